@@ -1,0 +1,29 @@
+"""Why a message was refused: a stable code, where in the message, and a sentence a person understands."""
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+
+class ErrorCode(StrEnum):
+    UNPARSEABLE = "UNPARSEABLE"
+    SCHEMA_INVALID = "SCHEMA_INVALID"
+    BSN_MISSING = "BSN_MISSING"
+    BSN_INVALID = "BSN_INVALID"
+    AGB_INVALID = "AGB_INVALID"
+    PRODUCT_UNKNOWN = "PRODUCT_UNKNOWN"
+    DATE_INVALID = "DATE_INVALID"
+    AGE_OUT_OF_RANGE = "AGE_OUT_OF_RANGE"
+    OUTSIDE_MUNICIPALITY = "OUTSIDE_MUNICIPALITY"
+    CHANNEL_MISMATCH = "CHANNEL_MISMATCH"
+    TOO_LARGE = "TOO_LARGE"
+
+
+class ReferralError(BaseModel):
+    """One problem with one message; `location` is a JSON pointer, FHIR path or HL7 field (`PID-3`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    code: ErrorCode
+    location: str
+    message: str

@@ -1,0 +1,59 @@
+"""The registry the hub routes by: WIJ teams, the postcode table, providers, products, channel join dates.
+
+A change of a provider's state or a contract is a registry change, published to `registry.v1`,
+never a code change.
+"""
+
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.referral import Channel
+
+
+class WijTeam(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9-]+$")
+    name: str
+    central_entrance: bool = Field(default=False, description="The team that takes postcodes mapped to no team.")
+
+
+class Provider(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    agb: str = Field(pattern=r"^\d{8}$")
+    name: str
+    products: frozenset[str]
+    accepting: bool = True
+    stopped_on: date | None = None
+
+
+class Product(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    code: str = Field(pattern=r"^[0-9A-Z]{5}$")
+    name: str
+    bjh_from: date | None = Field(default=None, description="From this date WIJ (BJH) delivers it; none: never.")
+    open_house_until: date | None = Field(default=None, description="The Open House is open for it before this date.")
+
+
+class ChannelJoin(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    channel: Channel
+    joins_bjh_on: date
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    version: str = Field(description="Content hash of the registry files it was loaded from.")
+    teams: dict[str, WijTeam]
+    postcodes: dict[str, str | None] = Field(description="PC4 in the municipality -> team id (None: no team).")
+    providers: dict[str, Provider]
+    products: dict[str, Product]
+    channels: dict[Channel, ChannelJoin]
+
+    def central_entrance(self) -> WijTeam:
+        return next(team for team in self.teams.values() if team.central_entrance)

@@ -1,0 +1,53 @@
+"""Routing decisions: who gets the referral, which rule decided, and the trace that explains it."""
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict
+
+from schemas.errors import ReferralError
+from schemas.referral import Referral
+
+
+class RecipientKind(StrEnum):
+    WIJ_TEAM = "wij-team"
+    PROVIDER = "provider"
+
+
+class Recipient(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    kind: RecipientKind
+    id: str
+    name: str
+    topic: str
+
+
+class RuleOutcome(BaseModel):
+    """One rule's verdict in words, so that a person can follow the decision."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    decided: bool
+    reason: str
+
+
+class RoutingDecision(BaseModel):
+    """The routing of one referral. `recipient` is None exactly when the referral is rejected."""
+
+    model_config = ConfigDict(frozen=True)
+
+    referral_id: str
+    recipient: Recipient | None
+    rule: str
+    trace: list[RuleOutcome]
+    flags: list[str] = []
+    errors: list[ReferralError] = []
+    decided_at: datetime
+    registry_version: str
+    referral: Referral
+
+    @property
+    def rejected(self) -> bool:
+        return self.recipient is None

@@ -1,0 +1,197 @@
+"""The `verwijshub` command line: run the hub, its services and the local Kafka; check and route files."""
+
+import asyncio
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from schemas.errors import ReferralError
+from schemas.referral import Channel, Referral
+from services.hub import SERVICES, create_topics, run_services
+from services.infra import topics
+from services.infra.clock import SystemClock
+from services.infra.local_kafka import LocalKafka, LocalKafkaError, resolve_classpath
+from services.infra.logging import configure_logging
+from services.infra.registry_files import RegistryError, load_registry
+from services.infra.settings import Settings, get_settings
+from services.intake.app import PARSERS
+from services.intake.outcome import ParseOutcome, Rejection
+from services.routing.policy import decide
+
+app = typer.Typer(help="Verwijshub: the youth-care referral hub of Groningen, on Apache Kafka.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+kafka_app = typer.Typer(help="The embedded local Apache Kafka broker (KRaft, one node).", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+console = Console(stderr=True)
+
+Service = StrEnum("Service", {name: name for name in SERVICES})
+ChannelOption = Annotated[Channel, typer.Option("--channel", "-c", help="The referrer channel the file is for.")]
+FileArgument = Annotated[str, typer.Argument(help="The referral file, or - for standard input.")]
+RegistryOption = Annotated[Path | None, typer.Option(
+    "--registry", help="Registry directory (default: VERWIJSHUB_REGISTRY_DIR, else deploy/registry).")]
+
+
+def _registry(settings: Settings, directory: Path | None = None):
+    try:
+        return load_registry(directory or settings.registry_dir)
+    except (RegistryError, OSError) as exc:
+        console.print(f"[red]registry: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _read(file: str) -> bytes:
+    return sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+
+
+def _parse(channel: Channel, raw: bytes, settings: Settings, registry) -> ParseOutcome:
+    if channel not in PARSERS:
+        console.print(f"[red]the {channel} channel has no adapter yet[/red]")
+        raise typer.Exit(2)
+    return PARSERS[channel](raw, known_products=frozenset(registry.products), received_at=SystemClock().now(),
+                            pseudonym_key=settings.pseudonym_key.get_secret_value(),
+                            max_bytes=settings.max_message_bytes)
+
+
+def _print_rejection(errors: list[ReferralError], **extra: object) -> None:
+    print(json.dumps({"rejected": True, "errors": [e.model_dump(mode="json") for e in errors], **extra}, indent=2))
+    raise typer.Exit(1)
+
+
+@app.command()
+def up() -> None:
+    """Run the whole hub: start the local Kafka unless VERWIJSHUB_KAFKA_BOOTSTRAP is set, create the
+    topics, and run intake, routing and notifier until Ctrl-C."""
+    settings = get_settings()
+    log_file = settings.log_file or settings.data_dir / "hub.log"
+    configure_logging("hub", settings.log_level, log_file)
+    registry = _registry(settings)
+    broker = None if settings.kafka_bootstrap else LocalKafka.from_settings(settings)
+    if broker is not None:
+        console.print(f"starting the local Apache Kafka on {broker.bootstrap} ...")
+        try:
+            broker.start()
+        except LocalKafkaError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    created = asyncio.run(create_topics(settings, registry))
+
+    def ready() -> None:
+        table = Table(title="Verwijshub is up", show_header=False)
+        table.add_row("broker", settings.bootstrap + (" (embedded)" if broker else ""))
+        if broker:
+            table.add_row("broker log", str(broker.log_file))
+        table.add_row("hub log", str(log_file))
+        table.add_row("topics", f"{len(topics.all_topics(registry))} ({len(created)} created now)")
+        table.add_row("send a referral", "verwijshub send --channel gp schemas/examples/gp/valid-basis-jeugdhulp.json")
+        table.add_row("stop", "Ctrl-C (the local Kafka keeps running: verwijshub kafka stop)")
+        Console().print(table)
+
+    asyncio.run(run_services(list(SERVICES), settings, registry, on_ready=ready))
+
+
+@app.command()
+def run(service: Annotated[Service, typer.Argument(help="The service to run in this process.")]) -> None:
+    """Run one service against the configured Kafka (run several processes to scale it out)."""
+    settings = get_settings()
+    configure_logging(service.value, settings.log_level, settings.log_file)
+    asyncio.run(run_services([service.value], settings, _registry(settings)))
+
+
+@app.command()
+def send(channel: ChannelOption, file: FileArgument) -> None:
+    """Publish a referral file on the channel's topic, as that referrer's system would."""
+    settings = get_settings()
+    raw = _read(file)
+    outcome = _parse(channel, raw, settings, _registry(settings))
+    referral_id = outcome.referrer_referral_id
+    key = referral_id.encode() if referral_id else None
+
+    async def publish() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
+                                    max_request_size=max(len(raw) + 4096, 1024 * 1024))
+        await producer.start()
+        try:
+            await producer.send_and_wait(topics.referrals(channel), raw, key=key,
+                                         headers=[("channel", channel.value.encode())])
+        finally:
+            await producer.stop()
+
+    asyncio.run(publish())
+    console.print(f"sent {len(raw)} bytes to {topics.referrals(channel)} (key {referral_id or '-'}); "
+                  f"watch {topics.status(channel)} for its status")
+
+
+@app.command()
+def check(channel: ChannelOption, file: FileArgument) -> None:
+    """Offline: parse and validate a referral file. Prints the canonical Referral (exit 0) or
+    {"rejected": true, "errors": [...]} (exit 1)."""
+    settings = get_settings()
+    outcome = _parse(channel, _read(file), settings, _registry(settings))
+    if isinstance(outcome, Rejection):
+        _print_rejection(outcome.errors)
+    print(outcome.model_dump_json(indent=2))
+
+
+@app.command()
+def route(channel: ChannelOption, file: FileArgument, registry_dir: RegistryOption = None) -> None:
+    """Offline: check a referral file, then decide it. Prints the RoutingDecision with its trace (exit 0),
+    or the rejection as `check` does (exit 1)."""
+    settings = get_settings()
+    registry = _registry(settings, registry_dir)
+    outcome = _parse(channel, _read(file), settings, registry)
+    if isinstance(outcome, Rejection):
+        _print_rejection(outcome.errors)
+    assert isinstance(outcome, Referral)
+    decision = decide(outcome, registry, SystemClock().now())
+    if decision.rejected:
+        _print_rejection(decision.errors, trace=[step.model_dump(mode="json") for step in decision.trace])
+    print(decision.model_dump_json(indent=2, exclude={"referral"}))
+
+
+@kafka_app.command("fetch")
+def kafka_fetch() -> None:
+    """Resolve the Kafka jars from Maven Central into the cache (done by `start` when needed)."""
+    settings = get_settings()
+    classpath = resolve_classpath(settings.cache_dir)
+    console.print(f"{len(classpath.split(':'))} jars cached under {settings.cache_dir}")
+
+
+@kafka_app.command("start")
+def kafka_start() -> None:
+    """Start the local Kafka (formatting its storage on first use) and wait until it answers."""
+    kafka = LocalKafka.from_settings(get_settings())
+    try:
+        kafka.start()
+    except LocalKafkaError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"Kafka answers on {kafka.bootstrap} (pid {kafka.pid()}, log {kafka.log_file})")
+
+
+@kafka_app.command("stop")
+def kafka_stop() -> None:
+    """Stop the local Kafka cleanly."""
+    stopped = LocalKafka.from_settings(get_settings()).stop()
+    console.print("Kafka stopped" if stopped else "Kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status() -> None:
+    """Say whether the local Kafka runs (exit 0) or not (exit 1)."""
+    kafka = LocalKafka.from_settings(get_settings())
+    pid = kafka.pid()
+    if pid is None:
+        console.print(f"Kafka is not running (data {kafka.data_dir})")
+        raise typer.Exit(1)
+    console.print(f"Kafka runs: pid {pid}, {kafka.bootstrap}, log {kafka.log_file}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""What the three services share: settings, Kafka wiring, the embedded broker, logging, pseudonyms."""

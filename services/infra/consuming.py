@@ -1,0 +1,48 @@
+"""The one way every hub consumer handles a record: context for the logs, and no exception escapes.
+
+FastStream would log an escaped exception with its message, and pydantic messages quote their input
+(personal data). So every handler runs inside `handling`, which binds safe context, logs only the
+exception's type, and lets the caller put the record aside (dead letters) instead of blocking.
+"""
+
+import contextlib
+import json
+from collections.abc import Iterator
+
+import structlog
+from faststream.kafka import KafkaBroker
+from faststream.kafka.message import KafkaMessage
+
+from schemas.errors import ReferralError
+from services.infra import topics
+from services.infra.logging import get_logger
+
+
+def record_context(message: KafkaMessage) -> dict[str, object]:
+    record = message.raw_message
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+@contextlib.contextmanager
+def handling(service: str, message: KafkaMessage) -> Iterator[structlog.stdlib.BoundLogger]:
+    with structlog.contextvars.bound_contextvars(service=service, **record_context(message)):
+        yield get_logger()
+
+
+def header(message: KafkaMessage, name: str) -> str | None:
+    value = (message.headers or {}).get(name)
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return value
+
+
+async def dead_letter(broker: KafkaBroker, message: KafkaMessage, errors: list[ReferralError],
+                      channel: str | None = None) -> None:
+    """Park a record on the dead-letter topic: its raw bytes, its key, why, and where it came from."""
+    origin = {f"origin-{k}": str(v) for k, v in record_context(message).items()}
+    origin_headers = {f"origin-header-{k}": v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+                      for k, v in (message.headers or {}).items()}
+    await broker.publish(
+        message.body, topics.DEAD_LETTERS, key=message.raw_message.key,
+        headers={**origin_headers, **origin, "channel": channel or "", "content-type": "application/octet-stream",
+                 "errors": json.dumps([e.model_dump(mode="json") for e in errors])})

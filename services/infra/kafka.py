@@ -1,0 +1,90 @@
+"""Kafka wiring shared by the services: brokers, headers, topic creation, readiness."""
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faststream.kafka import KafkaBroker
+from pydantic import BaseModel
+
+from services.infra import topics
+from services.infra.settings import Settings
+
+JSON = "application/json"
+
+
+def make_broker(settings: Settings, service: str) -> KafkaBroker:
+    """A FastStream broker whose producer waits for all in-sync replicas and never writes twice."""
+    return KafkaBroker(
+        settings.bootstrap,
+        client_id=f"verwijshub-{service}",
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=max(settings.max_message_bytes * 2, 1024 * 1024),
+        logger=logging.getLogger(f"verwijshub.{service}"),  # FastStream's lines as JSON, like ours
+    )
+
+
+def group_id(service: str) -> str:
+    return f"verwijshub-{service}"
+
+
+def message_headers(schema: str, correlation_id: str, channel: str, content_type: str = JSON) -> dict[str, str]:
+    """The headers every hub message carries (DESIGN.md, "Topics")."""
+    return {"content-type": content_type, "schema": schema, "correlation-id": correlation_id, "channel": channel}
+
+
+def encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode()
+
+
+async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replication: int) -> list[str]:
+    """Create the topics that do not exist yet; returns the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="verwijshub-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(name, num_partitions=partitions, replication_factor=replication,
+                     topic_configs={"cleanup.policy": "compact"} if name in topics.COMPACTED else {})
+            for name in dict.fromkeys(names) if name not in existing
+        ]
+        created = []
+        for topic in wanted:  # one by one, so that a topic someone else just made does not fail the rest
+            try:
+                await admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        await admin.close()
+
+
+async def wait_until_ready(bootstrap: str, timeout_s: float = 60.0) -> None:
+    """Wait until the cluster answers a metadata request; raise TimeoutError if it does not in time."""
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    while time.monotonic() < deadline:
+        try:  # a plain TCP probe first: aiokafka logs every refused connection as an error
+            _reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+        except OSError as exc:
+            last_error = exc
+            await asyncio.sleep(0.3)
+            continue
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            await admin.list_topics()
+            return
+        except (KafkaError, OSError) as exc:
+            last_error = exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s ({last_error!r})")

@@ -1,0 +1,1 @@
+"""Intake: channel adapters from each referrer's native format to the canonical `Referral`."""

@@ -1,0 +1,97 @@
+"""The intake service: consumes each channel's referrals, publishes canonical ones, rejects the rest.
+
+Order matters for the referrer: `received` is written before the normalised referral, so no later
+status can overtake it on the referrer's status topic.
+"""
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
+from faststream.kafka.message import KafkaMessage
+
+from schemas.errors import ErrorCode, ReferralError
+from schemas.referral import Channel, Referral
+from schemas.registry import Registry
+from schemas.status import ReferralStatus, StatusEvent
+from services.infra import topics
+from services.infra.clock import Clock
+from services.infra.consuming import dead_letter, handling
+from services.infra.kafka import encode, group_id, make_broker, message_headers
+from services.infra.settings import Settings
+from services.intake.gp import parse_gp
+from services.intake.outcome import ParseOutcome, Rejection
+
+SERVICE = "intake"
+PARSERS = {Channel.GP: parse_gp}
+"""The channels whose adapter exists; each gets a subscriber on its inbound topic."""
+
+
+class Intake:
+    """Reads one inbound record: adapter, then publish the referral or the rejection."""
+
+    def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
+        self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
+
+    def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:
+        return PARSERS[channel](
+            raw, known_products=frozenset(self.registry.products), received_at=self.clock.now(),
+            pseudonym_key=self.settings.pseudonym_key.get_secret_value(),
+            max_bytes=self.settings.max_message_bytes,
+        )
+
+    async def handle(self, channel: Channel, message: KafkaMessage) -> None:
+        with handling(SERVICE, message) as log:
+            try:
+                outcome = self.parse(channel, message.body)
+            except Exception as exc:  # an adapter bug must not stop the partition: park the record
+                log.error("adapter failed", channel=channel.value, error_type=type(exc).__name__)
+                outcome = Rejection([ReferralError(code=ErrorCode.UNPARSEABLE, location="",
+                                                   message="The hub could not read this message.")])
+            if isinstance(outcome, Referral):
+                await self.accept(outcome)
+                log.info("referral accepted", channel=channel.value, correlation_id=outcome.referral_id,
+                         referrer_referral_id=outcome.referrer_referral_id, pseudonym=outcome.youth.pseudonym)
+            else:
+                await self.reject(channel, message, outcome)
+                log.warning("referral rejected", channel=channel.value,
+                            referrer_referral_id=outcome.referrer_referral_id,
+                            codes=[e.code.value for e in outcome.errors])
+
+    async def accept(self, referral: Referral) -> None:
+        status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
+                                ReferralStatus.RECEIVED, self.clock.now())
+        await self.broker.publish(
+            encode(status), topics.status(referral.channel), key=referral.referrer_referral_id.encode(),
+            headers=message_headers("verwijshub.StatusEvent/1", referral.referral_id, referral.channel))
+        await self.broker.publish(
+            encode(referral), topics.NORMALISED, key=referral.youth.pseudonym.encode(),
+            headers=message_headers("verwijshub.Referral/1", referral.referral_id, referral.channel))
+
+    async def reject(self, channel: Channel, message: KafkaMessage, rejection: Rejection) -> None:
+        await dead_letter(self.broker, message, rejection.errors, channel)
+        if rejection.referrer_referral_id:
+            status = StatusEvent.of(channel, rejection.referrer_referral_id, None, ReferralStatus.REJECTED,
+                                    self.clock.now(), errors=rejection.errors)
+            await self.broker.publish(
+                encode(status), topics.status(channel), key=rejection.referrer_referral_id.encode(),
+                headers=message_headers("verwijshub.StatusEvent/1", "", channel))
+
+
+def create_intake(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
+    broker = make_broker(settings, SERVICE)
+    intake = Intake(broker, settings, registry, clock)
+    for channel in PARSERS:
+        subscriber = broker.subscriber(
+            topics.referrals(channel), group_id=group_id(SERVICE), auto_offset_reset="earliest",
+            ack_policy=AckPolicy.ACK, max_partition_fetch_bytes=settings.max_message_bytes * 2,
+            title=f"intake:{channel}", description=f"Referrals from the {channel} channel, in its native format.")
+        subscriber(_channel_handler(intake, channel))
+    return broker
+
+
+def _channel_handler(intake: Intake, channel: Channel):
+    async def on_referral(message: ConsumedRecord) -> None:
+        await intake.handle(channel, message)
+
+    on_referral.__name__ = f"on_{channel.value}_referral"
+    return on_referral

@@ -1,0 +1,1 @@
+"""Notifier: handovers to the one recipient, and the referrer's status events."""

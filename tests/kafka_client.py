@@ -1,0 +1,59 @@
+"""A plain aiokafka client for the end-to-end tests: they talk to the hub as its users' systems would."""
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+async def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None,
+                  headers: list[tuple[str, bytes]] | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key, headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def read_topic(bootstrap: str, topic: str, wanted: Callable[[ConsumerRecord], bool],
+                     count: int, timeout_s: float = 60.0, settle_s: float = 0.0) -> list[ConsumerRecord]:
+    """Records of `topic` (all partitions, from the start) that `wanted` accepts, in offset order per
+    partition. Returns once `count` are found and `settle_s` more passed (to catch extras), or at timeout."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    found: list[ConsumerRecord] = []
+    try:
+        partitions = await partitions_of(bootstrap, topic)
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        deadline = time.monotonic() + timeout_s
+        settle_until: float | None = None
+        while time.monotonic() < deadline and (settle_until is None or time.monotonic() < settle_until):
+            batches = await consumer.getmany(timeout_ms=200)
+            found += [record for records in batches.values() for record in records if wanted(record)]
+            if len(found) >= count and settle_until is None:
+                settle_until = time.monotonic() + settle_s
+        return found
+    finally:
+        await consumer.stop()
+
+
+async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        for _ in range(50):
+            (description,) = await admin.describe_topics([topic])
+            if description.get("partitions"):
+                return [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+    raise LookupError(f"topic {topic} does not exist")
+
+
+def header(record: ConsumerRecord, name: str) -> str | None:
+    return next((v.decode() for k, v in record.headers if k == name), None)
