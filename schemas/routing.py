@@ -46,6 +46,8 @@ class RoutingDecision(BaseModel):
     errors: list[ReferralError] = []
     decided_at: datetime
     registry_version: str
+    previous_recipient: Recipient | None = None
+    """Who had the youth before, for a warm handover: a stopped provider, or one that declined."""
     referral: Referral
 
     @property

@@ -97,11 +97,12 @@ def up() -> None:
 
 
 @app.command()
-def run(service: Annotated[Service, typer.Argument(help="The service to run in this process.")]) -> None:
-    """Run one service against the configured Kafka (run several processes to scale it out)."""
+def run(services: Annotated[list[Service], typer.Argument(help="The service(s) to run in this process.")]) -> None:
+    """Run services against the configured Kafka, e.g. `run routing` (start more processes to scale out)."""
     settings = get_settings()
-    configure_logging(service.value, settings.log_level, settings.log_file)
-    asyncio.run(run_services([service.value], settings, _registry(settings)))
+    names = [service.value for service in services]
+    configure_logging("+".join(names), settings.log_level, settings.log_file)
+    asyncio.run(run_services(names, settings, _registry(settings)))
 
 
 @app.command()

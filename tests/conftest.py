@@ -5,6 +5,7 @@ testcontainers Kafka where a Docker engine answers; else the local Apache Kafka 
 Central), started once per test session on free ports with a throwaway data directory.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -38,25 +39,41 @@ def _docker_answers() -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    configured = os.environ.get("VERWIJSHUB_KAFKA_BOOTSTRAP")
-    if configured:
-        yield configured
-    elif _docker_answers():
+@contextlib.contextmanager
+def new_broker(data_dir: Path) -> Iterator[str]:
+    """A broker of its own: a testcontainers Kafka where Docker answers, else the local Apache Kafka."""
+    if _docker_answers():
         from testcontainers.community.kafka import KafkaContainer
 
         with KafkaContainer("confluentinc/cp-kafka:8.0.0").with_kraft() as container:
             yield container.get_bootstrap_server()
-    else:
-        cache = Path(os.environ.get("VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub"))
-        kafka = LocalKafka(data_dir=tmp_path_factory.mktemp("kafka"), cache_dir=cache,
-                           port=_free_port(), controller_port=_free_port())
-        kafka.start()
-        try:
-            yield kafka.bootstrap
-        finally:
-            kafka.stop()
+        return
+    cache = Path(os.environ.get("VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub"))
+    kafka = LocalKafka(data_dir=data_dir, cache_dir=cache, port=_free_port(), controller_port=_free_port())
+    kafka.start()
+    try:
+        yield kafka.bootstrap
+    finally:
+        kafka.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's broker, shared by every test that uses the session-wide `hub`."""
+    configured = os.environ.get("VERWIJSHUB_KAFKA_BOOTSTRAP")
+    if configured:
+        yield configured
+        return
+    with new_broker(tmp_path_factory.mktemp("kafka")) as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="module")
+def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker for one test module alone: for tests that start, stop or multiply services themselves,
+    where the session-wide hub's consumers would take their messages."""
+    with new_broker(tmp_path_factory.mktemp("private-kafka")) as bootstrap:
+        yield bootstrap
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,22 @@
+"""Running indications: a youth's formal decision of need for a product with a provider, until an end date.
+
+Kept on the compacted `indications.v1` (key: youth pseudonym); routing keeps referrals with the
+provider of a running indication (rule 2); the notifier reminds providers before the end date.
+"""
+
+from datetime import date
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Indication(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    pseudonym: str = Field(description="Youth pseudonym (HMAC of the BSN); the BSN itself is not kept here.")
+    product: str
+    provider_agb: str = Field(pattern=r"^\d{8}$")
+    start: date
+    end: date
+
+    def running_on(self, day: date) -> bool:
+        return self.start <= day <= self.end
