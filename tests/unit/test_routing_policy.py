@@ -31,7 +31,9 @@ def test_the_team_of_the_postcode_area_gets_the_referral(postcode, team):
     assert decision.recipient.id == team
     assert decision.recipient.topic == f"handovers.wij.{team}.v1"
     assert decision.rule == "basis-jeugdhulp"
-    assert [step.rule for step in decision.trace] == ["reject-unroutable", "basis-jeugdhulp"]
+    assert [step.rule for step in decision.trace] == [
+        "reject-unroutable", "running-indication", "referrer-not-in-bjh", "product-not-in-bjh", "specialist-asked",
+        "basis-jeugdhulp"]
     assert decision.flags == []
 
 
