@@ -18,11 +18,14 @@ from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
 from services.infra.kafka import encode, group_id, make_broker, message_headers
 from services.infra.settings import Settings
+from services.intake.documents import parse_court, parse_ggd, parse_gi
 from services.intake.gp import parse_gp
 from services.intake.outcome import ParseOutcome, Rejection
+from services.intake.specialist import parse_specialist
 
 SERVICE = "intake"
-PARSERS = {Channel.GP: parse_gp}
+PARSERS = {Channel.GP: parse_gp, Channel.GI: parse_gi, Channel.GGD: parse_ggd, Channel.COURT: parse_court,
+           Channel.SPECIALIST: parse_specialist}
 """The channels whose adapter exists; each gets a subscriber on its inbound topic."""
 
 

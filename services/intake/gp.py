@@ -40,6 +40,12 @@ def parse_gp(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str, 
         bundle = Bundle.model_validate(_without_blank_strings(document))
     except ValidationError as exc:
         return Rejection(_fhir_validation_errors(exc), _service_request_identifier(document))
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        # fhir.resources raises plain errors for some malformed input, e.g. KeyError for an unknown
+        # resourceType inside an entry (found by the property tests)
+        return Rejection([_error(ErrorCode.SCHEMA_INVALID, "Bundle.entry.resource",
+                                 f"Not a valid FHIR R4 Bundle ({type(exc).__name__}: an unknown resource type "
+                                 "or a malformed element).")], _service_request_identifier(document))
     return _map_bundle(bundle, known_products, pseudonym_key, received_at)
 
 
@@ -90,7 +96,7 @@ def _map_bundle(bundle: Bundle, known_products: frozenset[str], pseudonym_key: s
         referral_date=referral_date,
         youth=Youth(
             bsn=bsn, pseudonym=youth_pseudonym(bsn, pseudonym_key), birth_date=birth_date, postcode=postcode,
-            given_name=" ".join(name.given) if name and name.given else None,
+            given_name=" ".join(g for g in name.given if g) or None if name and name.given else None,
             family_name=name.family if name else None,
         ),
         product=product,
@@ -142,14 +148,14 @@ def _preferred_provider(request: Any, errors: ErrorList) -> str | None:
 
 
 def _free_text(request: Any) -> str | None:
-    parts = [rc.text for rc in request.reasonCode or [] if rc.text]
-    parts += [note.text for note in request.note or [] if note.text]
+    parts = [rc.text for rc in request.reasonCode or [] if rc and rc.text]
+    parts += [note.text for note in request.note or [] if note and note.text]
     return "\n".join(parts) or None
 
 
 def _practitioner_name(practitioner: Any) -> str | None:
     name = (practitioner.name or [None])[0]
-    return (name.text or " ".join([*(name.given or []), name.family or ""]).strip() or None) if name else None
+    return (name.text or " ".join([*(g for g in name.given or [] if g), name.family or ""]).strip() or None) if name else None
 
 
 def _service_request_identifier(document: dict[str, Any]) -> str | None:

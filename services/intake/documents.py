@@ -1,0 +1,175 @@
+"""The gi, ggd and court channels: JSON documents (models in `schemas/inbound.py`) to the canonical `Referral`.
+
+The pydantic model checks structure and types; the shared checks of `validation` then run on every
+field that is there, even when the structure has errors elsewhere, so the referrer hears of all
+problems at once. Locations are JSON pointers (`/youth/bsn`).
+"""
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.errors import ErrorCode, ReferralError
+from schemas.inbound import INBOUND_MODELS, CourtReferral, GgdReferral, GiReferral
+from schemas.referral import REFERRER_TYPE_OF_CHANNEL, Channel, Referral, Referrer, Youth, hub_referral_id
+from services.infra.pseudonym import youth_pseudonym
+from services.intake import validation as v
+from services.intake.outcome import ErrorList, ParseOutcome, Rejection
+
+AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
+BIG_SYSTEM = "http://fhir.nl/fhir/NamingSystem/big"
+_DATE_FIELDS = {"referral_date", "birth_date", "date"}
+
+
+def parse_gi(raw: bytes, **options: Any) -> ParseOutcome:
+    return parse_document(Channel.GI, raw, **options)
+
+
+def parse_ggd(raw: bytes, **options: Any) -> ParseOutcome:
+    return parse_document(Channel.GGD, raw, **options)
+
+
+def parse_court(raw: bytes, **options: Any) -> ParseOutcome:
+    return parse_document(Channel.COURT, raw, **options)
+
+
+def parse_document(channel: Channel, raw: bytes, *, known_products: frozenset[str], pseudonym_key: str,
+                   received_at: datetime, max_bytes: int = 1024 * 1024) -> ParseOutcome:
+    if len(raw) > max_bytes:
+        return Rejection([_error(ErrorCode.TOO_LARGE, "", f"The message is {len(raw)} bytes; at most {max_bytes}.")])
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        hl7 = raw.lstrip().startswith(b"MSH|")
+        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH if hl7 else ErrorCode.UNPARSEABLE, "",
+                                 f"Not a JSON document ({type(exc).__name__}).")])
+    if not isinstance(document, dict):
+        return Rejection([_error(ErrorCode.SCHEMA_INVALID, "", f"The {channel} channel takes a JSON object.")])
+    if "resourceType" in document:
+        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH, "/resourceType",
+                                 f"A FHIR resource was sent on the {channel} channel, which takes its own JSON "
+                                 f"document (schemas/json/{channel}-referral.schema.json).")])
+    sent_channel = document.get("channel")
+    if isinstance(sent_channel, str) and sent_channel != channel.value and sent_channel in set(Channel):
+        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH, "/channel",
+                                 f"A {sent_channel} document was sent on the {channel} channel.")],
+                         _text(document.get("referral_id")))
+
+    cleaned = _without_blank_strings(document)
+    errors = ErrorList()
+    model = None
+    try:
+        model = INBOUND_MODELS[channel.value].model_validate(cleaned)
+    except ValidationError as exc:
+        _structure_errors(exc, errors)
+    referrer_referral_id = _text(cleaned.get("referral_id"))
+    values = _field_checks(channel, cleaned, known_products, errors)
+    if model is not None:
+        v.check_age(model.youth.birth_date, model.referral_date, model.continuation, "/youth/birth_date", errors)
+    if errors or model is None:
+        return Rejection(errors.errors or [_error(ErrorCode.SCHEMA_INVALID, "", "The document is incomplete.")],
+                         referrer_referral_id)
+    return _referral(channel, model, values, pseudonym_key, received_at)
+
+
+def _field_checks(channel: Channel, doc: dict[str, Any], known_products: frozenset[str],
+                  errors: ErrorList) -> dict[str, str | None]:
+    """The checks with codes of their own, on whichever of these fields are present."""
+    reported = {error.location for error in errors.errors}
+    youth = doc.get("youth") if isinstance(doc.get("youth"), dict) else {}
+    values: dict[str, str | None] = {}
+    if "/youth/bsn" not in reported and youth:
+        values["bsn"] = v.check_bsn(_text(youth.get("bsn")), "/youth/bsn", errors)
+    if "/youth/postcode" not in reported and _text(youth.get("postcode")):
+        values["postcode"] = v.check_postcode(_text(youth.get("postcode")), "/youth/postcode", errors)
+    product = _text(doc.get("product"))
+    if product:
+        v.check_product(product, known_products, "/product", errors)
+    if _text(doc.get("preferred_provider_agb")):
+        values["preferred"] = v.check_agb(_text(doc.get("preferred_provider_agb")), "/preferred_provider_agb",
+                                          errors, "preferred provider's AGB code")
+    if channel is Channel.GI:
+        institution = doc.get("institution") if isinstance(doc.get("institution"), dict) else {}
+        if "agb" in institution:
+            values["referrer"] = v.check_agb(_text(institution.get("agb")), "/institution/agb", errors,
+                                             "institution's AGB code")
+    elif channel is Channel.GGD:
+        doctor = doc.get("doctor") if isinstance(doc.get("doctor"), dict) else {}
+        agb, big = _text(doctor.get("agb")), _text(doctor.get("big"))
+        if agb or not big:
+            values["referrer"] = v.check_agb(agb, "/doctor/agb", errors,
+                                             "youth doctor's AGB code (or, without one, an 11-digit BIG number)")
+        elif not (big.isascii() and big.isdigit() and len(big) == 11):
+            errors.add(ErrorCode.SCHEMA_INVALID, "/doctor/big", "The youth doctor's BIG number must be 11 digits.")
+        else:
+            values["referrer"] = big
+    return values
+
+
+def _referral(channel: Channel, model: Any, values: dict[str, str | None], pseudonym_key: str,
+              received_at: datetime) -> Referral:
+    bsn, postcode = values["bsn"], values["postcode"]
+    assert bsn and postcode
+    if isinstance(model, GiReferral):
+        referrer = Referrer(type=REFERRER_TYPE_OF_CHANNEL[channel], identifier_system=AGB_SYSTEM,
+                            identifier=model.institution.agb.strip(), display=model.institution.name)
+    elif isinstance(model, GgdReferral):
+        system = AGB_SYSTEM if model.doctor.agb else BIG_SYSTEM
+        referrer = Referrer(type=REFERRER_TYPE_OF_CHANNEL[channel], identifier_system=system,
+                            identifier=str(values["referrer"]), display=model.doctor.name)
+    else:
+        assert isinstance(model, CourtReferral)
+        referrer = Referrer(type=REFERRER_TYPE_OF_CHANNEL[channel],
+                            identifier_system=f"urn:verwijshub:referrer:{model.issuer.kind}",
+                            identifier=model.issuer.id.strip(), display=model.issuer.name)
+    referral_id = model.referral_id.strip()
+    return Referral(
+        referral_id=hub_referral_id(channel, referrer.identifier, referral_id),
+        channel=channel,
+        referrer=referrer,
+        referrer_referral_id=referral_id,
+        referral_date=model.referral_date,
+        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, pseudonym_key), birth_date=model.youth.birth_date,
+                    postcode=postcode, given_name=model.youth.given_name, family_name=model.youth.family_name),
+        product=model.product.strip() if model.product else None,
+        specialist_asked=model.specialist_care_asked,
+        continuation=model.continuation,
+        preferred_provider=values.get("preferred"),
+        preference_notes=model.preference_notes,
+        free_text=model.free_text,
+        received_at=received_at,
+    )
+
+
+def _structure_errors(exc: ValidationError, errors: ErrorList) -> None:
+    for problem in exc.errors(include_input=False, include_url=False):
+        loc = [str(part) for part in problem["loc"]]
+        pointer = "/" + "/".join(loc)
+        if loc == ["youth", "bsn"] and problem["type"] == "missing":
+            errors.add(ErrorCode.BSN_MISSING, pointer, "The youth's BSN is missing.")
+        elif loc and loc[-1] in _DATE_FIELDS:
+            errors.add(ErrorCode.DATE_INVALID, pointer, f"Not a real date (YYYY-MM-DD): {problem['msg']}.")
+        elif problem["type"] == "extra_forbidden":
+            errors.add(ErrorCode.SCHEMA_INVALID, pointer, "This field is not part of the document's schema.")
+        else:
+            errors.add(ErrorCode.SCHEMA_INVALID, pointer, f"{problem['msg']}.")
+
+
+def _without_blank_strings(value: Any) -> Any:
+    """A blank field counts as an absent one (so a blank BSN is BSN_MISSING, not a type error)."""
+    if isinstance(value, dict):
+        return {k: _without_blank_strings(x) for k, x in value.items() if not (isinstance(x, str) and not x.strip())}
+    if isinstance(value, list):
+        return [_without_blank_strings(x) for x in value]
+    return value
+
+
+def _text(value: Any) -> str | None:
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def _error(code: ErrorCode, location: str, message: str) -> ReferralError:
+    return ReferralError(code=code, location=location, message=message)
+
