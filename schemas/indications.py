@@ -17,6 +17,20 @@ class Indication(BaseModel):
     provider_agb: str = Field(pattern=r"^\d{8}$")
     start: date
     end: date
+    referral_id: str | None = Field(default=None, description="The hub referral it came from, when known "
+                                    "(feedback); imported indications have none.")
+    rerouted_on: date | None = Field(default=None, description="Set when its provider stopped and the hub "
+                                     "sent the youth to WIJ, so that this happens once.")
 
     def running_on(self, day: date) -> bool:
         return self.start <= day <= self.end
+
+
+class YouthIndications(BaseModel):
+    """The value on `indications.v1`: all of one youth's indications, since compaction keeps one record
+    per key (the pseudonym). An empty list is written as a tombstone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pseudonym: str
+    indications: list[Indication]

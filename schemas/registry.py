@@ -4,7 +4,7 @@ A change of a provider's state or a contract is a registry change, published to 
 never a code change.
 """
 
-from datetime import date
+from datetime import date, datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,3 +57,18 @@ class Registry(BaseModel):
 
     def central_entrance(self) -> WijTeam:
         return next(team for team in self.teams.values() if team.central_entrance)
+
+
+REGISTRY_KEY = b"registry"
+
+
+class RegistrySnapshot(BaseModel):
+    """The value on the compacted `registry.v1` (key `registry`): the registry files as published.
+    Readers build the `Registry` with `services.infra.registry_files.registry_from_contents(files)`,
+    so the topic and the files are read by one and the same validation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    version: str
+    files: dict[str, str]
+    published_at: datetime

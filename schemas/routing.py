@@ -53,3 +53,18 @@ class RoutingDecision(BaseModel):
     @property
     def rejected(self) -> bool:
         return self.recipient is None
+
+
+class RoutingAlert(BaseModel):
+    """A message on `alerts.v1` (key: youth pseudonym) for operations and WIJ management; no personal data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    """E.g. `provider-stopped`."""
+    at: datetime
+    pseudonym: str
+    referral_id: str | None = None
+    provider: str | None = None
+    team: str | None = None
+    message: str

@@ -23,12 +23,16 @@ from services.infra.registry_files import RegistryError, load_registry
 from services.infra.settings import Settings, get_settings
 from services.intake.app import PARSERS
 from services.intake.outcome import ParseOutcome, Rejection
+from services.routing import commands as routing_commands
 from services.routing.policy import decide
 
 app = typer.Typer(help="Verwijshub: the youth-care referral hub of Groningen, on Apache Kafka.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 kafka_app = typer.Typer(help="The embedded local Apache Kafka broker (KRaft, one node).", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
+app.add_typer(routing_commands.registry_app, name="registry")
+app.add_typer(routing_commands.indications_app, name="indications")
+app.command("whatif")(routing_commands.whatif)
 console = Console(stderr=True)
 
 Service = StrEnum("Service", {name: name for name in SERVICES})
@@ -81,6 +85,7 @@ def up() -> None:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
     created = asyncio.run(create_topics(settings, registry))
+    asyncio.run(routing_commands.publish_registry(settings, settings.registry_dir))
 
     def ready() -> None:
         table = Table(title="Verwijshub is up", show_header=False)
@@ -141,7 +146,10 @@ def check(channel: ChannelOption, file: FileArgument) -> None:
 
 
 @app.command()
-def route(channel: ChannelOption, file: FileArgument, registry_dir: RegistryOption = None) -> None:
+def route(channel: ChannelOption, file: FileArgument, registry_dir: RegistryOption = None,
+          indications: Annotated[Path | None, typer.Option(
+              "--indications", help="CSV of running indications: bsn,product,provider_agb,start,end.")] = None,
+          ) -> None:
     """Offline: check a referral file, then decide it. Prints the RoutingDecision with its trace (exit 0),
     or the rejection as `check` does (exit 1)."""
     settings = get_settings()
@@ -150,7 +158,8 @@ def route(channel: ChannelOption, file: FileArgument, registry_dir: RegistryOpti
     if isinstance(outcome, Rejection):
         _print_rejection(outcome.errors)
     assert isinstance(outcome, Referral)
-    decision = decide(outcome, registry, SystemClock().now())
+    running = routing_commands.load_indications_file(indications, settings) if indications else []
+    decision = decide(outcome, registry, SystemClock().now(), indications=running)
     if decision.rejected:
         _print_rejection(decision.errors, trace=[step.model_dump(mode="json") for step in decision.trace])
     print(decision.model_dump_json(indent=2, exclude={"referral"}))

@@ -16,9 +16,10 @@ from services.infra.settings import Settings
 JSON = "application/json"
 
 
-def make_broker(settings: Settings, service: str) -> KafkaBroker:
-    """A FastStream broker whose producer waits for all in-sync replicas and never writes twice."""
-    return KafkaBroker(
+def make_broker(settings: Settings, service: str, broker_class: type[KafkaBroker] = KafkaBroker) -> KafkaBroker:
+    """A FastStream broker whose producer waits for all in-sync replicas and never writes twice
+    (`broker_class`: a subclass that runs more at start and stop, as routing's state follower)."""
+    return broker_class(
         settings.bootstrap,
         client_id=f"verwijshub-{service}",
         acks="all",

@@ -1,25 +1,258 @@
-"""The routing service: decides each normalised referral and publishes the decision with its trace."""
+"""The routing service: decides each normalised referral and publishes the decision with its trace.
 
+Around the pure policy it keeps a state rebuilt from Kafka (a follower without consumer group that
+reads `registry.v1`, `indications.v1` and `routing.decisions.v1` from the start and then live), so that
+a published registry takes effect without a restart, rule 2 sees the running indications, declines
+re-route without the recipient, and a provider's stop re-routes each of its youths once: a youth
+whose latest decision already names the WIJ team, or whose indication is marked, is not done again.
+"""
+
+import asyncio
+import contextlib
+from datetime import date
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, ReferralError
+from schemas.feedback import Feedback, FeedbackKind
+from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
-from schemas.registry import Registry
+from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
+from schemas.routing import RoutingAlert, RoutingDecision
 from services.infra import topics
 from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
 from services.infra.kafka import encode, group_id, make_broker, message_headers
+from services.infra.logging import get_logger
+from services.infra.registry_files import RegistryError, registry_from_contents
 from services.infra.settings import Settings
-from services.routing.policy import decide
+from services.routing.policy import PROVIDER_STOPPED, decide, redecide_after_decline, reroute_after_stop
+from services.routing.state import RoutingState, StopWork, merge_indication
 
 SERVICE = "routing"
+FEEDBACK_PATTERN = r"feedback\..*\.v1"
+SWEEP_EVERY_S = 30.0
+"""How often provider stops are looked for besides each registry change (a stop date may arrive)."""
+
+
+def decode_registry(value: bytes) -> Registry:
+    """A `registry.v1` record as a Registry; raises RegistryError for anything malformed."""
+    try:
+        snapshot = RegistrySnapshot.model_validate_json(value)
+    except ValidationError as exc:
+        raise RegistryError(f"not a registry snapshot ({exc.error_count()} errors)") from exc
+    return registry_from_contents(snapshot.files)
+
+
+class Routing:
+    def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
+        self.broker, self.settings, self.clock = broker, settings, clock
+        self.state = RoutingState(registry)
+        self.ready = asyncio.Event()
+        self.sweeping = asyncio.Lock()
+        self.tasks: list[asyncio.Task] = []
+        self.log = get_logger(service=SERVICE)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.tasks = [asyncio.create_task(self.follow(), name="routing-follow"),
+                      asyncio.create_task(self.sweep_periodically(), name="routing-sweep")]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- publishing --------------------------------------------------------------------------------
+    async def publish_decision(self, decision: RoutingDecision) -> None:
+        referral = decision.referral
+        await self.broker.publish(
+            encode(decision), topics.DECISIONS, key=referral.youth.pseudonym.encode(),
+            headers=message_headers("verwijshub.RoutingDecision/1", referral.referral_id, referral.channel))
+        self.state.apply_decision(decision)
+
+    async def publish_indications(self, pseudonym: str, indications: tuple[Indication, ...]) -> None:
+        value = YouthIndications(pseudonym=pseudonym, indications=list(indications))
+        await self.broker.publish(encode(value), topics.INDICATIONS,  # an empty list, not a tombstone
+                                  key=pseudonym.encode(), headers=message_headers(
+                                      "verwijshub.YouthIndications/1", "", ""))
+        self.state.apply_indications(pseudonym, value)
+
+    # -- referrals and feedback --------------------------------------------------------------------
+    async def route(self, referral: Referral) -> RoutingDecision:
+        await self.ready.wait()
+        state = self.state
+        decision = decide(referral, state.registry, self.clock.now(),
+                          indications=state.indications_of(referral.youth.pseudonym), load=state.open_load())
+        await self.publish_decision(decision)
+        return decision
+
+    async def on_feedback(self, topic: str, key: bytes | None, feedback: Feedback) -> str:
+        """Acts on what routing cares about; returns what it did, for the log."""
+        await self.ready.wait()
+        _, kind, source, _ = topic.split(".", 3)
+        if feedback.kind is FeedbackKind.DECLINED:
+            return await self.reroute_declined(source, feedback)
+        if feedback.kind is FeedbackKind.CLOSED:
+            self.state.close(feedback.referral_id)
+            return "closed"
+        if feedback.kind is FeedbackKind.INDICATION_STARTED:
+            if kind != "provider" or key is None or not feedback.product or not feedback.indication_end:
+                return "indication-started without provider, youth, product or end date: ignored"
+            indication = Indication(pseudonym=key.decode(), product=feedback.product, provider_agb=source,
+                                    start=feedback.at.date(), end=feedback.indication_end,
+                                    referral_id=feedback.referral_id)
+            await self.publish_indications(indication.pseudonym,
+                                           merge_indication(self.state.indications_of(indication.pseudonym),
+                                                            indication))
+            return "indication recorded"
+        return "nothing for routing"
+
+    async def reroute_declined(self, source: str, feedback: Feedback) -> str:
+        previous = self.state.decisions.get(feedback.referral_id)
+        if previous is None or previous.recipient is None or previous.recipient.id != source:
+            return "decline of a referral that is not with this recipient: ignored"
+        excluded = self.state.declined.get(feedback.referral_id, frozenset()) | {source}
+        decision = redecide_after_decline(
+            previous, self.state.registry, self.clock.now(), feedback.reason, excluded,
+            self.state.indications_of(previous.referral.youth.pseudonym), self.state.open_load())
+        await self.publish_decision(decision)
+        return f"re-routed to {decision.recipient.id if decision.recipient else None}"
+
+    # -- provider stops ----------------------------------------------------------------------------
+    async def sweep(self) -> int:
+        """Re-route the youths of every stopped provider that were not re-routed yet; returns how many."""
+        async with self.sweeping:
+            done = 0
+            for work in self.state.stop_work(self.clock.now().date()):
+                try:
+                    await self.handle_stop(work)
+                    done += 1
+                except Exception as exc:  # one youth's failure must not keep the others waiting
+                    self.log.error("provider-stop re-route failed", provider=work.provider.agb,
+                                   pseudonym=work.pseudonym, error_type=type(exc).__name__)
+            return done
+
+    async def handle_stop(self, work: StopWork) -> None:
+        now, registry = self.clock.now(), self.state.registry
+        team = None
+        if work.decision is not None:
+            products = sorted({i.product for i in work.indications})
+            what = ("the open handover" + (f" and the running indication(s) for {', '.join(products)}"
+                                           if products else ""))
+            decision = reroute_after_stop(work.decision.referral, work.provider, registry, now, what)
+            await self.publish_decision(decision)
+            team = decision.recipient.id if decision.recipient else None
+            message = f"{work.provider.name} stopped: {what} re-routed to WIJ team {team} (warm handover)"
+        else:
+            message = (f"{work.provider.name} stopped: a youth with a running indication imported without "
+                       "referral; the provider asks the client to report at WIJ, which takes the youth on")
+        alert = RoutingAlert(kind=PROVIDER_STOPPED, at=now, pseudonym=work.pseudonym,
+                             referral_id=work.decision.referral_id if work.decision else None,
+                             provider=work.provider.agb, team=team, message=message)
+        await self.broker.publish(encode(alert), topics.ALERTS, key=work.pseudonym.encode(),
+                                  headers=message_headers("verwijshub.RoutingAlert/1", alert.referral_id or "", ""))
+        if work.indications:
+            today: date = now.date()
+            marked = tuple(i.model_copy(update={"rerouted_on": today}) if i in work.indications else i
+                           for i in self.state.indications_of(work.pseudonym))
+            await self.publish_indications(work.pseudonym, marked)
+        self.log.info("provider stop re-routed", provider=work.provider.agb, pseudonym=work.pseudonym,
+                      correlation_id=alert.referral_id, team=team)
+
+    async def sweep_periodically(self) -> None:
+        await self.ready.wait()
+        while True:
+            await self.sweep()
+            await asyncio.sleep(SWEEP_EVERY_S)
+
+    # -- the state follower ------------------------------------------------------------------------
+    async def follow(self) -> None:
+        """Read registry, indications and decisions from the start, set `ready` at their end, then follow."""
+        names = [topics.REGISTRY, topics.INDICATIONS, topics.DECISIONS]
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
+                                    client_id="verwijshub-routing-state")
+        await consumer.start()
+        try:
+            await consumer.topics()
+            partitions = [TopicPartition(name, p) for name in names
+                          for p in sorted(consumer.partitions_for_topic(name) or ())]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            ends = await consumer.end_offsets(partitions)
+            behind = {tp for tp, end in ends.items() if end > 0}
+            self.mark_ready_if(behind)
+            while True:
+                batches = await consumer.getmany(timeout_ms=500)
+                registry_changed = False
+                for tp, records in batches.items():
+                    for record in records:
+                        registry_changed |= self.apply(record.topic, record.key, record.value)
+                    if tp in behind and await consumer.position(tp) >= ends[tp]:
+                        behind.discard(tp)
+                was_ready = self.ready.is_set()
+                self.mark_ready_if(behind)
+                if registry_changed and was_ready:
+                    await self.sweep()
+        finally:
+            await consumer.stop()
+
+    def mark_ready_if(self, behind: set) -> None:
+        if not behind and not self.ready.is_set():
+            self.ready.set()
+            self.log.info("routing state loaded", registry_version=self.state.registry.version,
+                          youths_with_indications=len(self.state.indications),
+                          decisions=len(self.state.decisions))
+
+    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> bool:
+        """One record into the state; never raises. Returns whether the registry in force changed."""
+        try:
+            if topic == topics.REGISTRY and key == REGISTRY_KEY and value is not None:
+                try:
+                    registry = decode_registry(value)
+                except RegistryError as exc:
+                    self.log.error("registry refused, the last good one stays in force", reason=str(exc),
+                                   registry_version=self.state.registry.version)
+                    return False
+                changed = registry.version != self.state.registry.version
+                self.state.registry = registry
+                if changed:
+                    self.log.info("registry in force", registry_version=registry.version)
+                return changed
+            if topic == topics.INDICATIONS and key is not None:
+                self.state.apply_indications(
+                    key.decode(), YouthIndications.model_validate_json(value) if value else None)
+            elif topic == topics.DECISIONS and value is not None:
+                self.state.apply_decision(RoutingDecision.model_validate_json(value))
+        except (ValidationError, ValueError) as exc:
+            self.log.error("state record unreadable: skipped", topic=topic, error_type=type(exc).__name__)
+        return False
+
+
+class RoutingBroker(KafkaBroker):
+    """The FastStream broker of routing, which also runs the state follower and the stop sweep."""
+
+    routing: Routing
+
+    async def start(self) -> None:
+        await super().start()
+        await self.routing.start()
+
+    async def stop(self, *exc_info) -> None:
+        await self.routing.stop()
+        await super().stop(*exc_info)
 
 
 def create_routing(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
-    broker = make_broker(settings, SERVICE)
+    broker = make_broker(settings, SERVICE, RoutingBroker)
+    routing = Routing(broker, settings, registry, clock)
+    broker.routing = routing
 
     @broker.subscriber(topics.NORMALISED, group_id=group_id(SERVICE), auto_offset_reset="earliest",
                        ack_policy=AckPolicy.ACK, title="routing:normalised",
@@ -33,11 +266,35 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
                 await dead_letter(broker, message, [ReferralError(
                     code=ErrorCode.SCHEMA_INVALID, location="", message="Not a canonical Referral.")])
                 return
-            decision = decide(referral, registry, clock.now())
-            await broker.publish(
-                encode(decision), topics.DECISIONS, key=referral.youth.pseudonym.encode(),
-                headers=message_headers("verwijshub.RoutingDecision/1", referral.referral_id, referral.channel))
+            try:
+                decision = await routing.route(referral)
+            except Exception as exc:  # a policy bug must not block the partition: park the record
+                log.error("routing failed: dead-lettered", correlation_id=referral.referral_id,
+                          error_type=type(exc).__name__)
+                await dead_letter(broker, message, [ReferralError(
+                    code=ErrorCode.UNPARSEABLE, location="", message="The hub could not route this referral.")])
+                return
             log.info("referral decided", correlation_id=referral.referral_id, rule=decision.rule,
-                     recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags)
+                     recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags,
+                     registry_version=decision.registry_version)
+
+    @broker.subscriber(pattern=FEEDBACK_PATTERN, group_id=group_id(SERVICE), auto_offset_reset="earliest",
+                       ack_policy=AckPolicy.ACK, title="routing:feedback",
+                       description="Recipients' feedback: declines re-route, started indications are kept.")
+    async def on_feedback(message: ConsumedRecord) -> None:
+        with handling(SERVICE, message) as log:
+            try:
+                feedback = Feedback.model_validate_json(message.body)
+            except ValidationError:
+                log.error("not a feedback message: ignored by routing")
+                return
+            try:
+                outcome = await routing.on_feedback(message.raw_message.topic, message.raw_message.key, feedback)
+            except Exception as exc:
+                log.error("feedback handling failed", correlation_id=feedback.referral_id,
+                          error_type=type(exc).__name__)
+                return
+            log.info("feedback handled", correlation_id=feedback.referral_id, kind=feedback.kind.value,
+                     outcome=outcome)
 
     return broker

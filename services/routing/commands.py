@@ -1,0 +1,280 @@
+"""Routing's commands: `registry publish`, `indications import`, `whatif`, and the indications file of `route`.
+
+The parsing and comparing are pure functions; the typer commands around them only read, print and publish.
+"""
+
+import asyncio
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from schemas.indications import Indication, YouthIndications
+from schemas.referral import Referral
+from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
+from schemas.routing import RoutingDecision
+from services.infra import topics
+from services.infra.clock import SystemClock
+from services.infra.kafka import ensure_topics
+from services.infra.pseudonym import youth_pseudonym
+from services.infra.registry_files import RegistryError, load_registry, read_registry_dir
+from services.infra.settings import Settings, get_settings
+from services.intake.validation import bsn_passes_elfproef
+from services.routing.policy import decide
+from services.routing.state import merge_indication
+
+console = Console(stderr=True)
+registry_app = typer.Typer(help="The registry routing decides by (teams, postcodes, providers, products, channels).",
+                           no_args_is_help=True)
+indications_app = typer.Typer(help="Running indications (compacted indications.v1).", no_args_is_help=True)
+INDICATION_COLUMNS = ("bsn", "product", "provider_agb", "start", "end")
+
+
+# -- pure parts ------------------------------------------------------------------------------------
+class IndicationsFileError(ValueError):
+    """The file has errors; `errors` lists them by line, without the BSN."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
+
+
+def parse_indications_csv(text: str, pseudonym_key: str) -> list[Indication]:
+    """CSV with the header `bsn,product,provider_agb,start,end`; keeps the pseudonym, never the BSN.
+    Refuses the whole file when any line is wrong, so an import is all or nothing."""
+    reader = csv.DictReader(io.StringIO(text))
+    if tuple(c.strip().lower() for c in reader.fieldnames or ()) != INDICATION_COLUMNS:
+        raise IndicationsFileError([f"line 1: the header must be {','.join(INDICATION_COLUMNS)}"])
+    indications, errors = [], []
+    for line, row in enumerate(reader, start=2):
+        row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+        bsn = row["bsn"]
+        if not bsn_passes_elfproef(bsn):
+            errors.append(f"line {line}: the BSN is not 9 digits passing the 11-test")
+            continue
+        try:
+            indication = Indication(pseudonym=youth_pseudonym(bsn, pseudonym_key), product=row["product"],
+                                    provider_agb=row["provider_agb"], start=date.fromisoformat(row["start"]),
+                                    end=date.fromisoformat(row["end"]))
+        except (ValidationError, ValueError) as exc:
+            fields = ", ".join(str(e["loc"][0]) for e in exc.errors()) if isinstance(exc, ValidationError) \
+                else "start/end (YYYY-MM-DD)"
+            errors.append(f"line {line}: invalid {fields}")
+            continue
+        if indication.end < indication.start:
+            errors.append(f"line {line}: the end date lies before the start date")
+            continue
+        indications.append(indication)
+    if errors:
+        raise IndicationsFileError(errors)
+    return indications
+
+
+def merge_into(current: dict[str, tuple[Indication, ...]], new: list[Indication]) -> dict[str, tuple[Indication, ...]]:
+    """The youths whose list changes, with their whole new list."""
+    changed: dict[str, tuple[Indication, ...]] = {}
+    for indication in new:
+        base = changed.get(indication.pseudonym, current.get(indication.pseudonym, ()))
+        changed[indication.pseudonym] = merge_indication(base, indication)
+    return changed
+
+
+@dataclass(frozen=True)
+class Change:
+    referral: Referral
+    before: RoutingDecision
+    after: RoutingDecision
+
+
+def describe(decision: RoutingDecision) -> str:
+    target = decision.recipient.id if decision.recipient else "rejected"
+    flags = f" [{', '.join(decision.flags)}]" if decision.flags else ""
+    return f"{target} ({decision.rule}){flags}"
+
+
+def what_if(referrals: list[Referral], current: Registry, new: Registry, now: datetime) -> list[Change]:
+    """Each referral decided under both registries (on its own referral date); the ones that differ."""
+    changes = []
+    for referral in referrals:
+        before, after = decide(referral, current, now), decide(referral, new, now)
+        if (before.recipient, before.rule, before.flags) != (after.recipient, after.rule, after.flags):
+            changes.append(Change(referral, before, after))
+    return changes
+
+
+def referrals_from_lines(lines: list[str]) -> list[Referral]:
+    """JSON lines of canonical referrals, or of routing decisions (their referral is taken)."""
+    referrals = []
+    for text in lines:
+        if text.strip():
+            data = json.loads(text)
+            referrals.append(Referral.model_validate(data.get("referral", data) if "trace" in data else data))
+    return referrals
+
+
+# -- Kafka -----------------------------------------------------------------------------------------
+async def read_to_end(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record of a topic, from the start to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[tuple[bytes | None, bytes | None]] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            batches = await consumer.getmany(timeout_ms=500)
+            records += [(r.key, r.value) for batch in batches.values() for r in batch]
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes, str]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        for topic, key, value, schema in records:
+            await producer.send(topic, value, key=key, headers=[("content-type", b"application/json"),
+                                                                ("schema", schema.encode())])
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def publish_registry(settings: Settings, directory: Path) -> Registry:
+    """Validate the files, create the topics of any new team or provider, then publish one snapshot."""
+    registry = load_registry(directory)
+    await ensure_topics(settings.bootstrap, topics.all_topics(registry), settings.partitions,
+                        settings.replication_factor)
+    snapshot = RegistrySnapshot(version=registry.version, files=read_registry_dir(directory),
+                                published_at=SystemClock().now())
+    await _produce(settings.bootstrap, [(topics.REGISTRY, REGISTRY_KEY, snapshot.model_dump_json().encode(),
+                                         "verwijshub.RegistrySnapshot/1")])
+    return registry
+
+
+async def import_indications(settings: Settings, indications: list[Indication]) -> int:
+    current: dict[str, tuple[Indication, ...]] = {}
+    for key, value in await read_to_end(settings.bootstrap, topics.INDICATIONS):
+        if key is not None:
+            current[key.decode()] = tuple(YouthIndications.model_validate_json(value).indications) if value else ()
+    changed = merge_into(current, indications)
+    await _produce(settings.bootstrap, [
+        (topics.INDICATIONS, pseudonym.encode(),
+         YouthIndications(pseudonym=pseudonym, indications=list(items)).model_dump_json().encode(),
+         "verwijshub.YouthIndications/1") for pseudonym, items in changed.items()])
+    return len(changed)
+
+
+async def latest_registry(settings: Settings) -> Registry | None:
+    from services.routing.app import decode_registry
+
+    latest = None
+    for key, value in await read_to_end(settings.bootstrap, topics.REGISTRY):
+        if key == REGISTRY_KEY and value:
+            try:
+                latest = decode_registry(value)
+            except RegistryError:
+                continue
+    return latest
+
+
+def load_indications_file(path: Path, settings: Settings) -> list[Indication]:
+    try:
+        return parse_indications_csv(path.read_text(encoding="utf-8"), settings.pseudonym_key.get_secret_value())
+    except IndicationsFileError as exc:
+        for error in exc.errors:
+            console.print(f"[red]{path}: {error}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _load(directory: Path) -> Registry:
+    try:
+        return load_registry(directory)
+    except (RegistryError, OSError) as exc:
+        console.print(f"[red]registry {directory} refused: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+# -- commands --------------------------------------------------------------------------------------
+@registry_app.command("publish")
+def registry_publish(directory: Annotated[Path | None, typer.Argument(
+        help="Registry directory (default: VERWIJSHUB_REGISTRY_DIR, else deploy/registry).")] = None) -> None:
+    """Validate the registry files and publish them to the compacted registry.v1; routing follows live.
+    A malformed registry is refused (exit 2) and nothing is published."""
+    settings = get_settings()
+    directory = directory or settings.registry_dir
+    _load(directory)
+    registry = asyncio.run(publish_registry(settings, directory))
+    console.print(f"registry {registry.version} published to {topics.REGISTRY}: {len(registry.teams)} teams, "
+                  f"{len(registry.providers)} providers, {len(registry.products)} products")
+
+
+@indications_app.command("import")
+def indications_import(file: Annotated[Path, typer.Argument(help="CSV: bsn,product,provider_agb,start,end")]) -> None:
+    """Import the running indications that exist at go-live into indications.v1 (pseudonyms, not BSNs)."""
+    settings = get_settings()
+    indications = load_indications_file(file, settings)
+    youths = asyncio.run(import_indications(settings, indications))
+    console.print(f"{len(indications)} indications of {youths} youths published to {topics.INDICATIONS}")
+
+
+def whatif(
+    registry_dir: Annotated[Path, typer.Option("--registry", help="The new registry directory to compare with.")],
+    from_topic: Annotated[bool, typer.Option("--from-topic", help="Re-decide referrals.normalised.v1.")] = False,
+    from_file: Annotated[Path | None, typer.Option("--from-file", help="JSON lines of referrals or decisions.")]
+    = None,
+    current_dir: Annotated[Path | None, typer.Option("--current", help="Current registry directory (default: "
+                                                     "registry.v1 with --from-topic, else the configured one).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON instead of a table.")] = False,
+) -> None:
+    """Re-decide past referrals under the current and a new registry and show the decisions that change."""
+    settings = get_settings()
+    if from_topic == (from_file is not None):
+        console.print("[red]give exactly one of --from-topic and --from-file[/red]")
+        raise typer.Exit(2)
+    new = _load(registry_dir)
+    current = _load(current_dir) if current_dir else None
+    if from_topic:
+        records = asyncio.run(read_to_end(settings.bootstrap, topics.NORMALISED))
+        referrals = [Referral.model_validate_json(v) for _, v in records if v]
+        current = current or asyncio.run(latest_registry(settings))
+    else:
+        referrals = referrals_from_lines(from_file.read_text(encoding="utf-8").splitlines())
+    current = current or _load(settings.registry_dir)
+    changes = what_if(referrals, current, new, SystemClock().now())
+    if as_json:
+        print(json.dumps({"current": current.version, "new": new.version, "referrals": len(referrals),
+                          "changed": [{"referral_id": c.referral.referral_id,
+                                       "referral_date": c.referral.referral_date.isoformat(),
+                                       "product": c.referral.product,
+                                       "before": c.before.model_dump(mode="json", exclude={"referral"}),
+                                       "after": c.after.model_dump(mode="json", exclude={"referral"})}
+                                      for c in changes]}, indent=2))
+        return
+    table = Table(title=f"what if: registry {current.version} -> {new.version}: {len(changes)} of "
+                        f"{len(referrals)} decisions change")
+    for column in ("referral", "date", "product", "before", "after", "why now"):
+        table.add_column(column, overflow="fold")
+    for c in changes:
+        table.add_row(c.referral.referral_id[:12], c.referral.referral_date.isoformat(), c.referral.product or "-",
+                      escape(describe(c.before)), escape(describe(c.after)),
+                      escape(c.after.trace[-1].reason))
+    Console(width=200).print(table)
