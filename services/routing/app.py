@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 from datetime import date
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
@@ -30,6 +30,7 @@ from services.infra.kafka import encode, group_id, make_broker, message_headers
 from services.infra.logging import get_logger
 from services.infra.registry_files import RegistryError, registry_from_contents
 from services.infra.settings import Settings
+from services.routing.commands import partitions_of
 from services.routing.policy import PROVIDER_STOPPED, decide, redecide_after_decline, reroute_after_stop
 from services.routing.state import RoutingState, StopWork, merge_indication
 
@@ -137,6 +138,7 @@ class Routing:
                 except Exception as exc:  # one youth's failure must not keep the others waiting
                     self.log.error("provider-stop re-route failed", provider=work.provider.agb,
                                    pseudonym=work.pseudonym, error_type=type(exc).__name__)
+            self.log.info("provider stops swept", rerouted=done, registry_version=self.state.registry.version)
             return done
 
     async def handle_stop(self, work: StopWork) -> None:
@@ -174,15 +176,29 @@ class Routing:
 
     # -- the state follower ------------------------------------------------------------------------
     async def follow(self) -> None:
+        """Follow the state topics; should the consumer fail, log it and start over (the state is idempotent)."""
+        while True:
+            try:
+                await self.follow_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.error("routing state follower failed: restarting", error_type=type(exc).__name__,
+                               error=str(exc)[:200])
+                await asyncio.sleep(1.0)
+
+    async def follow_once(self) -> None:
         """Read registry, indications and decisions from the start, set `ready` at their end, then follow."""
         names = [topics.REGISTRY, topics.INDICATIONS, topics.DECISIONS]
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
                                     client_id="verwijshub-routing-state")
         await consumer.start()
         try:
-            await consumer.topics()
-            partitions = [TopicPartition(name, p) for name in names
-                          for p in sorted(consumer.partitions_for_topic(name) or ())]
+            partitions = await partitions_of(self.settings.bootstrap, names)
+            if not partitions:  # no topics yet (`up` and `registry publish` create them): the files rule
+                self.mark_ready_if(set())
+                await asyncio.sleep(5.0)
+                return
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -123,13 +124,24 @@ def referrals_from_lines(lines: list[str]) -> list[Referral]:
 
 
 # -- Kafka -----------------------------------------------------------------------------------------
+async def partitions_of(bootstrap: str, names: list[str]) -> list[TopicPartition]:
+    """The partitions of existing topics (a topic that does not exist yet has none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="verwijshub-routing-admin")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return [TopicPartition(d["topic"], p["partition"]) for d in described if not d.get("error_code")
+            for p in sorted(d.get("partitions") or (), key=lambda p: p["partition"])]
+
+
 async def read_to_end(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every record of a topic, from the start to its current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = await partitions_of(bootstrap, [topic])
         if not partitions:
             return []
         consumer.assign(partitions)

@@ -1,0 +1,169 @@
+"""Routing on a real broker of its own: a registry update live, a malformed one refused, a decline
+re-routed, and a provider's stop re-routing its youths once, also across a restart of routing."""
+
+import asyncio
+import json
+import shutil
+import uuid
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas.feedback import Feedback, FeedbackKind
+from schemas.indications import Indication
+from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
+from schemas.routing import RoutingAlert, RoutingDecision
+from services.infra.pseudonym import youth_pseudonym
+from services.infra.settings import REPO_ROOT, Settings
+from services.routing.commands import import_indications, publish_registry
+from tests.conftest import ARTIFACTS, start_hub, stop_hub
+from tests.kafka_client import produce, read_topic
+from tests.referrals import random_bsn
+
+pytestmark = pytest.mark.e2e
+TODAY = datetime.now(UTC).date()
+STADSGEZIN = "98000022"
+
+
+def registry_copy(tmp: Path, name: str, providers=None, postcodes=None) -> Path:
+    directory = tmp / name
+    shutil.copytree(REPO_ROOT / "deploy" / "registry", directory, ignore=shutil.ignore_patterns("scenarios"))
+    if providers:
+        items = json.loads((directory / "providers.json").read_text())
+        for item in items:
+            item.update(providers.get(item["agb"], {}))
+        (directory / "providers.json").write_text(json.dumps(items))
+    if postcodes:
+        (directory / "postcodes.csv").write_text((directory / "postcodes.csv").read_text().replace(*postcodes))
+    return directory
+
+
+def referral(bsn: str, postcode: str = "9712 AB", product: str | None = None) -> Referral:
+    rid = str(uuid.uuid4())
+    return Referral(
+        referral_id=rid, channel=Channel.GP,
+        referrer=Referrer(type=ReferrerType.HUISARTS, identifier_system="agb", identifier="01012345"),
+        referrer_referral_id=f"ZD-{rid}", referral_date=TODAY,
+        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, Settings().pseudonym_key.get_secret_value()),
+                    birth_date=date(2014, 1, 1), postcode=postcode),
+        product=product, received_at=datetime.now(UTC))
+
+
+class Routing:
+    """One routing process on the module's broker, and the plain-Kafka view a user has of it."""
+
+    def __init__(self, bootstrap: str, log_file: Path) -> None:
+        self.bootstrap, self.log_file, self.settings = bootstrap, log_file, Settings(kafka_bootstrap=bootstrap)
+        self.process = None
+
+    def start(self) -> None:
+        self.process = start_hub(self.bootstrap, self.log_file, "routing")
+
+    def stop(self) -> None:
+        stop_hub(self.process)
+
+    def log_lines(self, event: str) -> list[dict]:
+        lines = [json.loads(line) for line in self.log_file.read_text().splitlines() if line.startswith("{")]
+        return [line for line in lines if line.get("event") == event]
+
+    async def wait_for_log(self, event: str, count: int, **fields) -> None:
+        for _ in range(600):
+            if len([x for x in self.log_lines(event) if fields.items() <= x.items()]) >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"routing never logged {event} {fields} {count} times")
+
+    async def send(self, ref: Referral) -> RoutingDecision:
+        await produce(self.bootstrap, "referrals.normalised.v1", ref.model_dump_json().encode(),
+                      key=ref.youth.pseudonym.encode())
+        (record,) = await self.decisions(ref.referral_id, 1)
+        return RoutingDecision.model_validate_json(record.value)
+
+    async def decisions(self, referral_id: str, count: int, settle_s: float = 0.0):
+        return await read_topic(self.bootstrap, "routing.decisions.v1",
+                                lambda r: json.loads(r.value)["referral_id"] == referral_id, count,
+                                settle_s=settle_s)
+
+
+@pytest.fixture(scope="module")
+def routing(private_kafka, tmp_path_factory):
+    ARTIFACTS.mkdir(exist_ok=True)
+    log_file = ARTIFACTS / "routing-live.log"
+    log_file.unlink(missing_ok=True)
+    service = Routing(private_kafka, log_file)
+    asyncio.run(publish_registry(service.settings, REPO_ROOT / "deploy" / "registry"))
+    service.start()
+    yield service
+    service.stop()
+
+
+async def test_registry_update_takes_effect_live_and_a_malformed_one_is_refused(routing, tmp_path):
+    before = await routing.send(referral(random_bsn(), postcode="9747 AA"))
+    assert (before.recipient.id, before.flags) == ("entree", ["central-entrance"])
+
+    changed = await publish_registry(routing.settings, registry_copy(tmp_path, "r2", postcodes=("9747,", "9747,selwerd")))
+    await routing.wait_for_log("registry in force", 1, registry_version=changed.version)
+    after = await routing.send(referral(random_bsn(), postcode="9747 AA"))
+    assert (after.recipient.id, after.flags, after.registry_version) == ("selwerd", [], changed.version)
+
+    await produce(routing.bootstrap, "registry.v1", b'{"version": "x", "files": {"teams.json": "[]"}}',
+                  key=b"registry")
+    await routing.wait_for_log("registry refused, the last good one stays in force", 1)
+    still = await routing.send(referral(random_bsn(), postcode="9747 AA"))
+    assert (still.recipient.id, still.registry_version) == ("selwerd", changed.version)
+
+
+async def test_declined_handover_is_rerouted_without_that_recipient(routing):
+    first = await routing.send(referral(random_bsn(), product="54B01"))
+    declined_by = first.recipient.id
+    assert first.recipient.kind == "provider"
+    feedback = Feedback(referral_id=first.referral_id, kind=FeedbackKind.DECLINED, at=datetime.now(UTC),
+                        reason="no capacity")
+    await produce(routing.bootstrap, f"feedback.provider.{declined_by}.v1", feedback.model_dump_json().encode(),
+                  key=first.referral.youth.pseudonym.encode())
+    records = await routing.decisions(first.referral_id, 2)
+    again = RoutingDecision.model_validate_json(records[1].value)
+    assert again.recipient.kind == "provider" and again.recipient.id != declined_by
+    assert again.previous_recipient.id == declined_by
+    assert again.trace[0].rule == "declined" and "no capacity" in again.trace[0].reason
+
+
+async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routing, tmp_path):
+    bsn_with_referral, bsn_imported = random_bsn(), random_bsn()
+    key = routing.settings.pseudonym_key.get_secret_value()
+    await import_indications(routing.settings, [
+        Indication(pseudonym=youth_pseudonym(bsn, key), product="45A51", provider_agb=STADSGEZIN,
+                   start=date(2026, 1, 1), end=date(2099, 12, 31)) for bsn in (bsn_with_referral, bsn_imported)])
+    # the follower reads the import before the referral: wait for rule 2 to see it
+    ref = referral(bsn_with_referral, postcode="9736 AB", product="45A51")
+    kept = await routing.send(ref)
+    while kept.rule != "running-indication":  # only if the import had not been read yet
+        ref = referral(bsn_with_referral, postcode="9736 AB", product="45A51")
+        kept = await routing.send(ref)
+    assert kept.recipient.id == STADSGEZIN
+
+    stopped = registry_copy(tmp_path, "r3", providers={STADSGEZIN: {"stopped_on": TODAY.isoformat()}})
+    await publish_registry(routing.settings, stopped)
+    records = await routing.decisions(ref.referral_id, 2)
+    rerouted = RoutingDecision.model_validate_json(records[1].value)
+    assert (rerouted.rule, rerouted.recipient.id, rerouted.previous_recipient.id) == (
+        "provider-stopped", "oosterparkwijk", STADSGEZIN)
+    assert "warm handover" in rerouted.trace[0].reason
+
+    pseudonyms = {youth_pseudonym(b, key) for b in (bsn_with_referral, bsn_imported)}
+    alerts = await read_topic(routing.bootstrap, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2)
+    by_youth = {a.pseudonym: a for a in (RoutingAlert.model_validate_json(r.value) for r in alerts)}
+    assert by_youth[youth_pseudonym(bsn_with_referral, key)].team == "oosterparkwijk"
+    assert by_youth[youth_pseudonym(bsn_imported, key)].referral_id is None
+    assert {a.provider for a in by_youth.values()} == {STADSGEZIN}
+
+    routing.stop()
+    sweeps = len(routing.log_lines("provider stops swept"))
+    routing.start()
+    await routing.wait_for_log("provider stops swept", sweeps + 1)
+    assert all(x["rerouted"] == 0 for x in routing.log_lines("provider stops swept")[sweeps:])
+    assert len(await routing.decisions(ref.referral_id, 2, settle_s=1.0)) == 2, "no second re-route"
+    alerts = await read_topic(routing.bootstrap, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2,
+                              settle_s=1.0)
+    assert len(alerts) == 2, "one alert per youth"
