@@ -9,8 +9,10 @@ DECISIONS = "routing.decisions.v1"
 REGISTRY = "registry.v1"
 INDICATIONS = "indications.v1"
 ALERTS = "alerts.v1"
+INTAKE_ACCEPTED = "intake.accepted.v1"
+"""Internal, compacted: one record per referral intake accepted, keyed by hub referral id (deduplication)."""
 
-COMPACTED = frozenset({REGISTRY, INDICATIONS})
+COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED})
 
 
 def referrals(channel: Channel) -> str:
@@ -39,7 +41,7 @@ def provider_feedback(agb: str) -> str:
 
 def all_topics(registry: Registry) -> list[str]:
     """Every topic the hub uses, recipients' included, so each exists before its first message."""
-    names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS]
+    names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED]
     for channel in Channel:
         names += [referrals(channel), status(channel)]
     for team_id in registry.teams:

@@ -1,7 +1,8 @@
 """The intake service: consumes each channel's referrals, publishes canonical ones, rejects the rest.
 
 Order matters for the referrer: `received` is written before the normalised referral, so no later
-status can overtake it on the referrer's status topic.
+status can overtake it on the referrer's status topic. Then the accepted-referral ledger is written
+(`ledger.py`), so that the same referral sent again, also after a restart, has no second effect.
 """
 
 from faststream import AckPolicy
@@ -20,6 +21,7 @@ from services.infra.kafka import encode, group_id, make_broker, message_headers
 from services.infra.settings import Settings
 from services.intake.documents import parse_court, parse_ggd, parse_gi
 from services.intake.gp import parse_gp
+from services.intake.ledger import AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
 from services.intake.specialist import parse_specialist
 
@@ -34,6 +36,7 @@ class Intake:
 
     def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
+        self.ledger = AcceptedLedger(settings.bootstrap)
 
     def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:
         return PARSERS[channel](
@@ -43,6 +46,7 @@ class Intake:
         )
 
     async def handle(self, channel: Channel, message: KafkaMessage) -> None:
+        await self.ledger.ready.wait()  # know every referral accepted before, by any instance
         with handling(SERVICE, message) as log:
             try:
                 outcome = self.parse(channel, message.body)
@@ -50,8 +54,14 @@ class Intake:
                 log.error("adapter failed", channel=channel.value, error_type=type(exc).__name__)
                 outcome = Rejection([ReferralError(code=ErrorCode.UNPARSEABLE, location="",
                                                    message="The hub could not read this message.")])
-            if isinstance(outcome, Referral):
+            if isinstance(outcome, Referral) and outcome.referral_id in self.ledger:
+                log.info("duplicate referral ignored", channel=channel.value, correlation_id=outcome.referral_id,
+                         referrer_referral_id=outcome.referrer_referral_id)
+            elif isinstance(outcome, Referral):
                 await self.accept(outcome)
+                record = message.raw_message
+                await self.ledger.record(self.broker, outcome, f"{record.topic}/{record.partition}/{record.offset}",
+                                         self.clock.now())
                 log.info("referral accepted", channel=channel.value, correlation_id=outcome.referral_id,
                          referrer_referral_id=outcome.referrer_referral_id, pseudonym=outcome.youth.pseudonym)
             else:
@@ -80,9 +90,24 @@ class Intake:
                 headers=message_headers("verwijshub.StatusEvent/1", "", channel))
 
 
+class IntakeBroker(KafkaBroker):
+    """The FastStream broker of intake, which also follows the accepted-referral ledger."""
+
+    intake: Intake
+
+    async def start(self) -> None:
+        self.intake.ledger.start()
+        await super().start()
+
+    async def stop(self, *exc_info) -> None:
+        await self.intake.ledger.stop()
+        await super().stop(*exc_info)
+
+
 def create_intake(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
-    broker = make_broker(settings, SERVICE)
+    broker = make_broker(settings, SERVICE, IntakeBroker)
     intake = Intake(broker, settings, registry, clock)
+    broker.intake = intake
     for channel in PARSERS:
         subscriber = broker.subscriber(
             topics.referrals(channel), group_id=group_id(SERVICE), auto_offset_reset="earliest",

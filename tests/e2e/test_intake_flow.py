@@ -1,0 +1,85 @@
+"""Intake on the real broker, through the running hub: a poison pill blocks nothing, dead letters say why."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from schemas.referral import Referral
+from schemas.status import ReferralStatus, StatusEvent
+from services.infra.settings import REPO_ROOT
+from tests.kafka_client import header, produce, read_topic
+from tests.referrals import random_bsn
+
+pytestmark = pytest.mark.e2e
+GI_EXAMPLE = json.loads((REPO_ROOT / "schemas" / "examples" / "gi" / "valid-ots.json").read_text())
+POISON = b"\x00\xff{not a referral" + uuid.uuid4().bytes
+
+
+def gi_document(referral_id: str, **youth: str) -> bytes:
+    document = json.loads(json.dumps(GI_EXAMPLE))
+    document["referral_id"] = referral_id
+    document["youth"].update({"bsn": random_bsn(), **youth})
+    return json.dumps(document).encode()
+
+
+@pytest.fixture(scope="module")
+def sent(hub):
+    """Good, poison, good, then one readable but invalid, all with one key: one partition, in this order."""
+    run = uuid.uuid4().hex[:8]
+    ids = {"first": f"JBN-{run}-1", "second": f"JBN-{run}-2", "invalid": f"JBN-{run}-3"}
+    key = f"JBN-{run}".encode()
+    invalid = gi_document(ids["invalid"], bsn="123456789", birth_date="2012-02-30")
+
+    async def send() -> None:
+        for value in (gi_document(ids["first"]), POISON, gi_document(ids["second"]), invalid):
+            await produce(hub.bootstrap, "referrals.gi.v1", value, key=key, headers=[("trace", run.encode())])
+
+    asyncio.run(send())
+    return ids, run, invalid
+
+
+async def test_both_good_referrals_around_a_poison_pill_are_received_and_normalised(hub, sent):
+    """Intake's part of "nothing blocks": both pass the pill in the same partition and go on to routing."""
+    ids, _, _ = sent
+    wanted = {ids["first"].encode(), ids["second"].encode()}
+    records = await read_topic(hub.bootstrap, "status.gi.v1",
+                               lambda r: r.key in wanted and b'"received"' in r.value, 2)
+    events = [StatusEvent.model_validate_json(r.value) for r in records]
+    assert sorted(e.referrer_referral_id for e in events) == sorted([ids["first"], ids["second"]])
+    normalised = await read_topic(
+        hub.bootstrap, "referrals.normalised.v1",
+        lambda r: json.loads(r.value)["referrer_referral_id"] in {ids["first"], ids["second"]}, 2)
+    referrals = [Referral.model_validate_json(r.value) for r in normalised]
+    assert {r.referral_id for r in referrals} == {e.referral_id for e in events}
+    assert {r.referrer.identifier for r in referrals} == {"98000101"}
+
+
+async def test_the_poison_pill_is_dead_lettered_with_its_origin_and_reason(hub, sent):
+    _, run, _ = sent
+    records = await read_topic(hub.bootstrap, "referrals.dlq.v1", lambda r: r.value == POISON, 1)
+    assert len(records) == 1
+    record = records[0]
+    assert header(record, "origin-topic") == "referrals.gi.v1"
+    assert header(record, "origin-partition").isdigit() and header(record, "origin-offset").isdigit()
+    assert header(record, "origin-header-trace") == run
+    assert header(record, "channel") == "gi"
+    errors = json.loads(header(record, "errors"))
+    assert [e["code"] for e in errors] == ["UNPARSEABLE"]
+    assert record.key == f"JBN-{run}".encode()
+
+
+async def test_an_invalid_referral_is_dead_lettered_and_rejected_to_the_referrer_with_all_errors(hub, sent):
+    ids, _, invalid = sent
+    dead = await read_topic(hub.bootstrap, "referrals.dlq.v1", lambda r: r.value == invalid, 1)
+    assert len(dead) == 1 and sorted(e["code"] for e in json.loads(header(dead[0], "errors"))) == [
+        "BSN_INVALID", "DATE_INVALID"]
+    records = await read_topic(hub.bootstrap, "status.gi.v1", lambda r: r.key == ids["invalid"].encode(), 1,
+                               settle_s=1.0)
+    assert len(records) == 1, "one rejected status, no received"
+    event = StatusEvent.model_validate_json(records[0].value)
+    assert event.status is ReferralStatus.REJECTED and event.referral_id is None
+    assert {(e.code.value, e.location) for e in event.errors} == {
+        ("BSN_INVALID", "/youth/bsn"), ("DATE_INVALID", "/youth/birth_date")}
+    assert b"123456789" not in records[0].value, "no BSN in a status event"
