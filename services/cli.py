@@ -165,6 +165,15 @@ def route(channel: ChannelOption, file: FileArgument, registry_dir: RegistryOpti
     print(decision.model_dump_json(indent=2, exclude={"referral"}))
 
 
+@app.command()
+def schemas(check_only: Annotated[bool, typer.Option("--check", help="Only say whether they are current.")] = False
+            ) -> None:
+    """Generate the JSON Schemas and the AsyncAPI document under schemas/ from the code."""
+    from schemas.generate import main as generate
+
+    raise typer.Exit(generate(["--check"] if check_only else []))
+
+
 @kafka_app.command("fetch")
 def kafka_fetch() -> None:
     """Resolve the Kafka jars from Maven Central into the cache (done by `start` when needed)."""

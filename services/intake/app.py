@@ -114,6 +114,18 @@ def create_intake(settings: Settings, registry: Registry, clock: Clock) -> Kafka
             ack_policy=AckPolicy.ACK, max_partition_fetch_bytes=settings.max_message_bytes * 2,
             title=f"intake:{channel}", description=f"Referrals from the {channel} channel, in its native format.")
         subscriber(_channel_handler(intake, channel))
+        broker.publisher(topics.status(channel), title=f"intake:status:{channel}", schema=StatusEvent,
+                         description=f"`received` or `rejected` (with its errors) to the {channel} referrers.")
+    # What intake writes, declared for the AsyncAPI document (the handlers publish through the broker).
+    broker.publisher(topics.NORMALISED, title="intake:normalised", schema=Referral,
+                     description="Canonical referrals, keyed by youth pseudonym.")
+    broker.publisher(topics.DEAD_LETTERS, title="intake:dead-letters", schema=bytes,
+                     description="Rejected records: raw bytes and key as received; headers `errors` (JSON list of "
+                                 "code, location, message), `channel`, `origin-topic|partition|offset`, "
+                                 "`origin-header-*`.")
+    broker.publisher(topics.INTAKE_ACCEPTED, title="intake:accepted-ledger",
+                     description="Internal, compacted: one record per accepted referral, keyed by hub referral id; "
+                                 "read back at start to drop re-sent referrals.")
     return broker
 
 

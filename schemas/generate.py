@@ -1,0 +1,95 @@
+"""Generates the published contract files under `schemas/` from the code, so they never drift from it:
+
+- `schemas/json/<name>.schema.json`: JSON Schemas of the gi, ggd and court documents and of the hub's
+  own messages, from the pydantic models;
+- `schemas/asyncapi.json`: the AsyncAPI 3.0 document of intake, routing and notifier, from their
+  FastStream brokers.
+
+`python -m schemas.generate` (or `verwijshub schemas`) writes them; `--check` exits 1 if any committed
+file differs from what the code generates (a test runs the same check).
+"""
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.errors import ReferralError
+from schemas.inbound import CourtReferral, GgdReferral, GiReferral
+from schemas.referral import Referral
+from schemas.status import StatusEvent
+
+SCHEMAS_DIR = Path(__file__).resolve().parent
+JSON_SCHEMAS: dict[str, type[BaseModel]] = {
+    "gi-referral": GiReferral, "ggd-referral": GgdReferral, "court-referral": CourtReferral,
+    "referral": Referral, "status-event": StatusEvent, "referral-error": ReferralError,
+}
+PLACEHOLDER_BOOTSTRAP = "kafka:9092"
+"""The server named in the AsyncAPI document: a placeholder, so the file does not depend on this machine."""
+
+
+def _dump(document: Any) -> str:
+    return json.dumps(document, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def json_schema(model: type[BaseModel], name: str) -> dict[str, Any]:
+    schema = model.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": f"urn:verwijshub:schema:{name}",
+            **schema}
+
+
+def asyncapi_document() -> dict[str, Any]:
+    """The AsyncAPI document FastStream generates from the three services' brokers."""
+    from faststream.specification import AsyncAPI
+
+    from services.hub import SERVICES
+    from services.infra.clock import SystemClock
+    from services.infra.registry_files import load_registry
+    from services.infra.settings import REPO_ROOT, Settings
+
+    settings = Settings(kafka_bootstrap=PLACEHOLDER_BOOTSTRAP, _env_file=None)
+    registry = load_registry(REPO_ROOT / "deploy" / "registry")
+    brokers = [create(settings, registry, SystemClock()) for create in SERVICES.values()]
+    specification = AsyncAPI(
+        *brokers, title="Verwijshub", version="1.0.0", schema_version="3.0.0",
+        description="The youth-care referral hub of Groningen: what intake, routing and notifier consume. "
+                    "Topics, keys and headers: DESIGN.md; inbound JSON documents: schemas/json/.")
+    return json.loads(specification.to_specification().to_json())
+
+
+def rendered() -> dict[Path, str]:
+    files = {SCHEMAS_DIR / "json" / f"{name}.schema.json": _dump(json_schema(model, name))
+             for name, model in JSON_SCHEMAS.items()}
+    files[SCHEMAS_DIR / "asyncapi.json"] = _dump(asyncapi_document())
+    return files
+
+
+def stale() -> list[Path]:
+    """The generated files whose committed content differs from what the code generates now."""
+    return [path for path, text in rendered().items() if not path.exists() or path.read_text() != text]
+
+
+def write() -> list[Path]:
+    changed = stale()
+    for path, text in rendered().items():
+        if path in changed:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    return changed
+
+
+def main(argv: list[str]) -> int:
+    if "--check" in argv:
+        outdated = stale()
+        for path in outdated:
+            print(f"outdated: {path.relative_to(SCHEMAS_DIR.parent)} (run `verwijshub schemas`)")
+        return 1 if outdated else 0
+    for path in write():
+        print(f"written: {path.relative_to(SCHEMAS_DIR.parent)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
