@@ -49,3 +49,11 @@ def test_example_gives_its_documented_outcome(channel, path, codes):
         assert isinstance(outcome, Rejection)
         assert sorted(e.code.value for e in outcome.errors) == sorted(codes)
         assert all(e.message and e.location is not None for e in outcome.errors)
+
+
+def test_channels_page_lists_every_example_with_its_codes():
+    page = (REPO_ROOT / "schemas" / "CHANNELS.md").read_text()
+    for channel, path, codes in CASES:
+        row = next((line for line in page.splitlines() if f"examples/{channel}/{path.name})" in line), None)
+        assert row is not None, f"{channel}/{path.name} is not documented"
+        assert all(f"`{code}`" in row for code in codes) and (codes or "accepted" in row)
