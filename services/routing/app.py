@@ -9,9 +9,11 @@ whose latest decision already names the WIJ team, or whose indication is marked,
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import date
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
@@ -36,6 +38,7 @@ from services.routing.state import RoutingState, StopWork, merge_indication
 
 SERVICE = "routing"
 FEEDBACK_PATTERN = r"feedback\..*\.v1"
+_PARTITIONER = DefaultPartitioner()
 SWEEP_EVERY_S = 30.0
 """How often provider stops are looked for besides each registry change (a stop date may arrive)."""
 
@@ -56,7 +59,19 @@ class Routing:
         self.ready = asyncio.Event()
         self.sweeping = asyncio.Lock()
         self.tasks: list[asyncio.Task] = []
+        self.state_partitions: list = []
         self.log = get_logger(service=SERVICE)
+        self.owned_partitions: Callable[[], set[int] | None] = lambda: None
+        """The `referrals.normalised.v1` partitions this instance consumes (None: unknown, own all)."""
+
+    def owns(self, pseudonym: str) -> bool:
+        """Whether this instance re-routes the youth after a stop: the one that consumes the youth's
+        partition, so that several routing instances do not each re-route the same youth."""
+        owned = self.owned_partitions()
+        if owned is None:
+            return True
+        count = len(self.state_partitions) or self.settings.partitions
+        return _PARTITIONER(pseudonym.encode(), list(range(count)), list(range(count))) in owned
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -132,6 +147,8 @@ class Routing:
         async with self.sweeping:
             done = 0
             for work in self.state.stop_work(self.clock.now().date()):
+                if not self.owns(work.pseudonym):
+                    continue
                 try:
                     await self.handle_stop(work)
                     done += 1
@@ -195,6 +212,7 @@ class Routing:
         await consumer.start()
         try:
             partitions = await partitions_of(self.settings.bootstrap, names)
+            self.state_partitions = [tp for tp in partitions if tp.topic == topics.DECISIONS]
             if not partitions:  # no topics yet (`up` and `registry publish` create them): the files rule
                 self.mark_ready_if(set())
                 await asyncio.sleep(5.0)
@@ -270,9 +288,11 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
     routing = Routing(broker, settings, registry, clock)
     broker.routing = routing
 
-    @broker.subscriber(topics.NORMALISED, group_id=group_id(SERVICE), auto_offset_reset="earliest",
-                       ack_policy=AckPolicy.ACK, title="routing:normalised",
-                       description="Canonical referrals from intake, to be decided.")
+    normalised = broker.subscriber(topics.NORMALISED, group_id=group_id(SERVICE), auto_offset_reset="earliest",
+                                   ack_policy=AckPolicy.ACK, title="routing:normalised",
+                                   description="Canonical referrals from intake, to be decided.")
+
+    @normalised
     async def on_normalised_referral(message: ConsumedRecord) -> None:
         with handling(SERVICE, message) as log:
             try:
@@ -293,6 +313,14 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
             log.info("referral decided", correlation_id=referral.referral_id, rule=decision.rule,
                      recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags,
                      registry_version=decision.registry_version)
+
+    def owned_partitions() -> set[int] | None:
+        consumer = getattr(normalised, "consumer", None)
+        if consumer is None:
+            return None
+        return {tp.partition for tp in consumer.assignment() if tp.topic == topics.NORMALISED}
+
+    routing.owned_partitions = owned_partitions
 
     @broker.subscriber(pattern=FEEDBACK_PATTERN, group_id=group_id(SERVICE), auto_offset_reset="earliest",
                        ack_policy=AckPolicy.ACK, title="routing:feedback",
