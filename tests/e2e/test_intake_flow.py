@@ -83,3 +83,12 @@ async def test_an_invalid_referral_is_dead_lettered_and_rejected_to_the_referrer
     assert {(e.code.value, e.location) for e in event.errors} == {
         ("BSN_INVALID", "/youth/bsn"), ("DATE_INVALID", "/youth/birth_date")}
     assert b"123456789" not in records[0].value, "no BSN in a status event"
+
+
+async def test_both_good_referrals_around_a_poison_pill_are_routed(hub, sent):
+    """The whole way: routing decides both, whatever intake parked between them."""
+    ids, _, _ = sent
+    wanted = {ids["first"].encode(), ids["second"].encode()}
+    records = await read_topic(hub.bootstrap, "status.gi.v1", lambda r: r.key in wanted and b'"routed"' in r.value, 2)
+    assert sorted(StatusEvent.model_validate_json(r.value).referrer_referral_id for r in records) == sorted(
+        [ids["first"], ids["second"]])
