@@ -322,7 +322,7 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
 
     routing.owned_partitions = owned_partitions
 
-    @broker.subscriber(pattern=FEEDBACK_PATTERN, group_id=group_id(SERVICE), auto_offset_reset="earliest",
+    @broker.subscriber(pattern=FEEDBACK_PATTERN, group_id=group_id(f"{SERVICE}-feedback"), auto_offset_reset="earliest",
                        ack_policy=AckPolicy.ACK, title="routing:feedback",
                        description="Recipients' feedback: declines re-route, started indications are kept.")
     async def on_feedback(message: ConsumedRecord) -> None:

@@ -2,6 +2,9 @@
 re-routed, and a provider's stop re-routing its youths once, also across a restart of routing."""
 
 import asyncio
+import os
+import subprocess
+import sys
 import json
 import shutil
 import uuid
@@ -167,3 +170,17 @@ async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routi
     alerts = await read_topic(routing.bootstrap, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2,
                               settle_s=1.0)
     assert len(alerts) == 2, "one alert per youth"
+
+
+def test_whatif_from_the_topic_shows_the_decisions_a_new_registry_changes(routing, tmp_path):
+    """Runs after the tests above: the topic holds their referrals, three of them in 9747 (no team)."""
+    new = registry_copy(tmp_path, "r4", providers={STADSGEZIN: {"stopped_on": TODAY.isoformat()}},
+                        postcodes=("9747,", "9747,selwerd"))
+    env = {**os.environ, "VERWIJSHUB_KAFKA_BOOTSTRAP": routing.bootstrap}
+    run = subprocess.run([sys.executable, "-m", "services.cli", "whatif", "--registry", str(new), "--from-topic",
+                          "--json"], env=env, cwd=REPO_ROOT, capture_output=True, timeout=120, check=True)
+    result = json.loads(run.stdout)
+    assert result["referrals"] >= 5
+    moves = [(c["before"]["recipient"]["id"], c["after"]["recipient"]["id"], c["after"]["rule"])
+             for c in result["changed"]]
+    assert moves == [("entree", "selwerd", "basis-jeugdhulp")] * 3
