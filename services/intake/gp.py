@@ -160,10 +160,12 @@ def _practitioner_name(practitioner: Any) -> str | None:
 
 def _service_request_identifier(document: dict[str, Any]) -> str | None:
     """The referral id from a Bundle that failed validation, read leniently, so the GP can be told."""
-    for entry in document.get("entry") or []:
+    entries = document.get("entry")
+    for entry in entries if isinstance(entries, list) else []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict) and resource.get("resourceType") == "ServiceRequest":
-            for identifier in resource.get("identifier") or []:
+            identifiers = resource.get("identifier")
+            for identifier in identifiers if isinstance(identifiers, list) else []:
                 if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
                     return identifier["value"].strip() or None
     return None
