@@ -6,7 +6,8 @@ Starts its own broker (as the tests do), loads N normalised referrals, then meas
 copy of the input topic:
 - `routing service`: the FastStream routing service (state follower, policy, one awaited publish each);
 - `raw aiokafka, awaited`: consume -> decide -> send_and_wait per record (same delivery guarantee);
-- `raw aiokafka, batched`: consume -> decide -> send without waiting, flush per batch (the ceiling).
+- `raw aiokafka, batched`: consume -> decide -> send without waiting, flush per batch (the ceiling);
+- `raw aiokafka, awaited+commit`: as awaited, and commit each offset as the service does (AckPolicy.ACK).
 """
 
 import asyncio
@@ -79,7 +80,7 @@ async def count_until(bootstrap: str, topic: str, n: int) -> float:
     return last - first
 
 
-async def raw(bootstrap: str, source: str, target: str, n: int, awaited: bool) -> float:
+async def raw(bootstrap: str, source: str, target: str, n: int, awaited: bool, commit_each: bool = False) -> float:
     consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4()}",
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
@@ -95,6 +96,8 @@ async def raw(bootstrap: str, source: str, target: str, n: int, awaited: bool) -
                 decision = decide(referral, REGISTRY, datetime.now(UTC))
                 send = producer.send_and_wait if awaited else producer.send
                 await send(target, decision.model_dump_json().encode(), key=record.key)
+                if commit_each:
+                    await consumer.commit()
                 done += 1
         if not awaited:
             await producer.flush()
@@ -110,9 +113,9 @@ async def main(n: int, bootstrap: str) -> None:
     if True:
         settings = Settings(kafka_bootstrap=bootstrap)
         await publish_registry(settings, REPO_ROOT / "deploy" / "registry")
-        await ensure_topics(bootstrap, ["bench.in.1", "bench.in.2", "bench.out.1", "bench.out.2"], 6, 1)
+        await ensure_topics(bootstrap, [f"bench.{d}.{i}" for d in ("in", "out") for i in (1, 2, 3)], 6, 1)
         items = referrals(n)
-        for topic in (topics.NORMALISED, "bench.in.1", "bench.in.2"):
+        for topic in (topics.NORMALISED, "bench.in.1", "bench.in.2", "bench.in.3"):
             await load(bootstrap, topic, items)
         broker = create_routing(settings, REGISTRY, SystemClock())
         await broker.start()
@@ -120,12 +123,14 @@ async def main(n: int, bootstrap: str) -> None:
         await broker.stop()
         awaited_s = await raw(bootstrap, "bench.in.1", "bench.out.1", n, awaited=True)
         batched_s = await raw(bootstrap, "bench.in.2", "bench.out.2", n, awaited=False)
+        each_s = await raw(bootstrap, "bench.in.3", "bench.out.3", n, awaited=True, commit_each=True)
         decide_start = time.perf_counter()
         for r in items:
             decide(r, REGISTRY, datetime.now(UTC))
         pure_s = time.perf_counter() - decide_start
     print(f"{n} referrals, one local Kafka 4.1.1 broker, 6 partitions, acks=all")
     for name, seconds in (("routing service (FastStream)", service_s), ("raw aiokafka, awaited", awaited_s),
+                          ("raw aiokafka, awaited+commit", each_s),
                           ("raw aiokafka, batched", batched_s), ("policy alone (decide)", pure_s)):
         print(f"  {name:30s} {n / seconds:8.0f} decisions/s  ({seconds:.2f} s)")
 

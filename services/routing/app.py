@@ -159,14 +159,15 @@ class Routing:
             return done
 
     async def handle_stop(self, work: StopWork) -> None:
+        """Alert first, then the decision, then the indication marks: a crash in between repeats at most
+        the alert; the decision, which ends the open handover, is written once."""
         now, registry = self.clock.now(), self.state.registry
-        team = None
+        decision = team = None
         if work.decision is not None:
             products = sorted({i.product for i in work.indications})
             what = ("the open handover" + (f" and the running indication(s) for {', '.join(products)}"
                                            if products else ""))
             decision = reroute_after_stop(work.decision.referral, work.provider, registry, now, what)
-            await self.publish_decision(decision)
             team = decision.recipient.id if decision.recipient else None
             message = f"{work.provider.name} stopped: {what} re-routed to WIJ team {team} (warm handover)"
         else:
@@ -177,6 +178,8 @@ class Routing:
                              provider=work.provider.agb, team=team, message=message)
         await self.broker.publish(encode(alert), topics.ALERTS, key=work.pseudonym.encode(),
                                   headers=message_headers("verwijshub.RoutingAlert/1", alert.referral_id or "", ""))
+        if decision is not None:
+            await self.publish_decision(decision)
         if work.indications:
             today: date = now.date()
             marked = tuple(i.model_copy(update={"rerouted_on": today}) if i in work.indications else i

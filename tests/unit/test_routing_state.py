@@ -55,3 +55,19 @@ def test_an_ended_indication_needs_no_reroute(end, due):
     state = RoutingState(with_provider(NOORDERLICHT, stopped_on=date(2026, 4, 1)))
     state.apply_indications(PSEUDONYM, YouthIndications(pseudonym=PSEUDONYM, indications=[indication(end=end)]))
     assert bool(state.stop_work(date(2026, 4, 1))) is due
+
+
+def test_only_the_instance_consuming_a_youths_partition_reroutes_it():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from services.infra.clock import SystemClock
+    from services.infra.settings import Settings
+    from services.routing.app import Routing
+
+    routing = Routing(broker=None, settings=Settings(partitions=6), registry=REGISTRY, clock=SystemClock())
+    partition = DefaultPartitioner()(PSEUDONYM.encode(), list(range(6)), list(range(6)))
+    assert routing.owns(PSEUDONYM), "assignment unknown: own everything"
+    routing.owned_partitions = lambda: {partition}
+    assert routing.owns(PSEUDONYM)
+    routing.owned_partitions = lambda: set(range(6)) - {partition}
+    assert not routing.owns(PSEUDONYM)
