@@ -132,6 +132,26 @@ async def test_declined_handover_is_rerouted_without_that_recipient(routing):
     assert again.trace[0].rule == "declined" and "no capacity" in again.trace[0].reason
 
 
+async def test_indication_started_feedback_keeps_the_next_referral_with_that_provider(routing):
+    bsn = random_bsn()
+    first = await routing.send(referral(bsn, product="54B01"))
+    provider = first.recipient.id
+    started = Feedback(referral_id=first.referral_id, kind=FeedbackKind.INDICATION_STARTED, at=datetime.now(UTC),
+                       product="46A02", indication_end=date(2099, 1, 1))
+    await produce(routing.bootstrap, f"feedback.provider.{provider}.v1", started.model_dump_json().encode(),
+                  key=first.referral.youth.pseudonym.encode())
+    records = await read_topic(routing.bootstrap, "indications.v1",
+                               lambda r: r.key == first.referral.youth.pseudonym.encode(), 1)
+    kept = json.loads(records[0].value)["indications"]
+    assert [(i["product"], i["provider_agb"], i["referral_id"]) for i in kept] == [
+        ("46A02", provider, first.referral_id)]
+    assert bsn not in records[0].value.decode()
+    await routing.wait_for_log("feedback handled", 1, correlation_id=first.referral_id,
+                               outcome="indication recorded")
+    second = await routing.send(referral(bsn, product="46A02"))
+    assert (second.rule, second.recipient.id) == ("running-indication", provider)
+
+
 async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routing, tmp_path):
     bsn_with_referral, bsn_imported = random_bsn(), random_bsn()
     key = routing.settings.pseudonym_key.get_secret_value()
@@ -180,7 +200,7 @@ def test_whatif_from_the_topic_shows_the_decisions_a_new_registry_changes(routin
     run = subprocess.run([sys.executable, "-m", "services.cli", "whatif", "--registry", str(new), "--from-topic",
                           "--json"], env=env, cwd=REPO_ROOT, capture_output=True, timeout=120, check=True)
     result = json.loads(run.stdout)
-    assert result["referrals"] >= 5
+    assert result["referrals"] >= 7
     moves = [(c["before"]["recipient"]["id"], c["after"]["recipient"]["id"], c["after"]["rule"])
              for c in result["changed"]]
     assert moves == [("entree", "selwerd", "basis-jeugdhulp")] * 3

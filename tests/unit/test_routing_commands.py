@@ -1,5 +1,6 @@
 """The indications file, and the what-if comparison, without a broker."""
 
+import json
 from datetime import date
 
 import pytest
@@ -52,3 +53,35 @@ def test_whatif_shows_only_the_decisions_that_change():
 def test_the_shipped_past_referrals_read():
     lines = (SCENARIOS / "past-referrals.jsonl").read_text().splitlines()
     assert len(referrals_from_lines(lines)) == len([line for line in lines if line.strip()]) >= 20
+
+
+def test_route_command_keeps_a_running_indication_from_the_csv(tmp_path):
+    from typer.testing import CliRunner
+
+    from services.cli import app
+    from tests.referrals import gp_bytes
+
+    (tmp_path / "ref.json").write_bytes(gp_bytes(product="45A51"))
+    (tmp_path / "ind.csv").write_text("bsn,product,provider_agb,start,end\n999911120,45A51,98000022,2025-06-01,"
+                                      "2099-12-31\n")
+    result = CliRunner().invoke(app, ["route", "--channel", "gp", str(tmp_path / "ref.json"),
+                                      "--indications", str(tmp_path / "ind.csv")])
+    assert result.exit_code == 0, result.output
+    decision = json.loads(result.stdout)
+    assert (decision["rule"], decision["recipient"]["id"]) == ("running-indication", "98000022")
+    assert [step["rule"] for step in decision["trace"]] == ["reject-unroutable", "running-indication"]
+
+
+def test_registry_publish_refuses_a_malformed_registry_before_touching_kafka(tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    shutil.copytree(REPO_ROOT / "deploy" / "registry", tmp_path / "bad", ignore=shutil.ignore_patterns("scenarios"))
+    (tmp_path / "bad" / "providers.json").write_text('[{"agb": "123", "name": "x", "products": []}]')
+    result = CliRunner().invoke(app, ["registry", "publish", str(tmp_path / "bad")],
+                                env={"VERWIJSHUB_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
+    assert result.exit_code == 2
+    assert "refused" in result.output and "agb" in result.output
