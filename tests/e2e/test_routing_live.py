@@ -190,6 +190,10 @@ async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routi
     alerts = await read_topic(routing.bootstrap, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2,
                               settle_s=1.0)
     assert len(alerts) == 2, "one alert per youth"
+    log = routing.log_file.read_text()
+    for personal in (bsn_with_referral, bsn_imported, "no capacity", "9736 AB"):
+        assert personal not in log, f"personal data in routing's log: {personal[:3]}..."
+    assert all(bsn_with_referral not in r.value.decode() for r in alerts)
 
 
 def test_whatif_from_the_topic_shows_the_decisions_a_new_registry_changes(routing, tmp_path):
