@@ -85,7 +85,7 @@ def up() -> None:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
     created = asyncio.run(create_topics(settings, registry))
-    asyncio.run(routing_commands.publish_registry(settings, settings.registry_dir))
+    asyncio.run(routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
 
     def ready() -> None:
         table = Table(title="Verwijshub is up", show_header=False)

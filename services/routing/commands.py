@@ -181,6 +181,15 @@ async def publish_registry(settings: Settings, directory: Path) -> Registry:
     return registry
 
 
+async def publish_registry_unless_present(settings: Settings, directory: Path) -> bool:
+    """For `up`: publish the files only when `registry.v1` holds no registry yet, so that a registry
+    published live (a provider's stop) survives a restart of the hub. Returns whether it published."""
+    if await latest_registry(settings) is not None:
+        return False
+    await publish_registry(settings, directory)
+    return True
+
+
 async def import_indications(settings: Settings, indications: list[Indication]) -> int:
     current: dict[str, tuple[Indication, ...]] = {}
     for key, value in await read_to_end(settings.bootstrap, topics.INDICATIONS):

@@ -208,3 +208,12 @@ def test_whatif_from_the_topic_shows_the_decisions_a_new_registry_changes(routin
     moves = [(c["before"]["recipient"]["id"], c["after"]["recipient"]["id"], c["after"]["rule"])
              for c in result["changed"]]
     assert moves == [("entree", "selwerd", "basis-jeugdhulp")] * 3
+
+
+async def test_up_does_not_overwrite_a_registry_published_live(routing):
+    from services.routing.commands import latest_registry, publish_registry_unless_present
+
+    live = await latest_registry(routing.settings)
+    assert live.providers[STADSGEZIN].stopped_on == TODAY, "the stop published by the test above is in force"
+    assert not await publish_registry_unless_present(routing.settings, REPO_ROOT / "deploy" / "registry")
+    assert (await latest_registry(routing.settings)).version == live.version
