@@ -9,10 +9,11 @@ whose latest decision already names the WIJ team, or whose indication is marked,
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from collections.abc import Callable
 from datetime import date
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -39,6 +40,8 @@ from services.routing.state import RoutingState, StopWork, merge_indication
 SERVICE = "routing"
 FEEDBACK_PATTERN = r"feedback\..*\.v1"
 _PARTITIONER = DefaultPartitioner()
+BATCH_MAX = 200
+"""Referrals decided per batch at most; their deliveries are confirmed, then committed, together."""
 SWEEP_EVERY_S = 30.0
 """How often provider stops are looked for besides each registry change (a stop date may arrive)."""
 
@@ -86,12 +89,15 @@ class Routing:
                 await task
 
     # -- publishing --------------------------------------------------------------------------------
-    async def publish_decision(self, decision: RoutingDecision) -> None:
+    async def publish_decision(self, decision: RoutingDecision, confirm: bool = True) -> asyncio.Future | None:
+        """Publish a decision; with `confirm=False` return the delivery future instead of waiting for it,
+        so a batch is sent in order and confirmed together."""
         referral = decision.referral
-        await self.broker.publish(
-            encode(decision), topics.DECISIONS, key=referral.youth.pseudonym.encode(),
+        delivery = await self.broker.publish(
+            encode(decision), topics.DECISIONS, key=referral.youth.pseudonym.encode(), no_confirm=not confirm,
             headers=message_headers("verwijshub.RoutingDecision/1", referral.referral_id, referral.channel))
         self.state.apply_decision(decision)
+        return None if confirm else delivery
 
     async def publish_indications(self, pseudonym: str, indications: tuple[Indication, ...]) -> None:
         value = YouthIndications(pseudonym=pseudonym, indications=list(indications))
@@ -101,13 +107,13 @@ class Routing:
         self.state.apply_indications(pseudonym, value)
 
     # -- referrals and feedback --------------------------------------------------------------------
-    async def route(self, referral: Referral) -> RoutingDecision:
+    async def route(self, referral: Referral) -> tuple[RoutingDecision, asyncio.Future | None]:
+        """Decide and publish; returns the decision and its (unconfirmed) delivery."""
         await self.ready.wait()
         state = self.state
         decision = decide(referral, state.registry, self.clock.now(),
                           indications=state.indications_of(referral.youth.pseudonym), load=state.open_load())
-        await self.publish_decision(decision)
-        return decision
+        return decision, await self.publish_decision(decision, confirm=False)
 
     async def on_feedback(self, topic: str, key: bytes | None, feedback: Feedback) -> str:
         """Acts on what routing cares about; returns what it did, for the log."""
@@ -272,6 +278,21 @@ class Routing:
         return False
 
 
+@dataclass(frozen=True)
+class RecordView:
+    """One record of a batch, shaped like a FastStream message for `handling` and `dead_letter`."""
+
+    raw_message: ConsumerRecord
+
+    @property
+    def body(self) -> bytes:
+        return self.raw_message.value or b""
+
+    @property
+    def headers(self) -> dict[str, bytes]:
+        return dict(self.raw_message.headers or ())
+
+
 class RoutingBroker(KafkaBroker):
     """The FastStream broker of routing, which also runs the state follower and the stop sweep."""
 
@@ -292,30 +313,42 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
     broker.routing = routing
 
     normalised = broker.subscriber(topics.NORMALISED, group_id=group_id(SERVICE), auto_offset_reset="earliest",
-                                   ack_policy=AckPolicy.ACK, title="routing:normalised",
+                                   ack_policy=AckPolicy.ACK, batch=True, max_records=BATCH_MAX,
+                                   title="routing:normalised",
                                    description="Canonical referrals from intake, to be decided.")
 
     @normalised
-    async def on_normalised_referral(message: ConsumedRecord) -> None:
-        with handling(SERVICE, message) as log:
+    async def on_normalised_referrals(message: ConsumedRecord) -> None:
+        """A batch: each record decided and published in order, then all deliveries confirmed before the
+        batch's offsets are committed (one commit per batch instead of one per referral)."""
+        deliveries = []
+        for record in message.raw_message:
+            delivery = await decide_record(RecordView(record))
+            if delivery is not None:
+                deliveries.append(delivery)
+        await asyncio.gather(*deliveries)
+
+    async def decide_record(view: "RecordView") -> asyncio.Future | None:
+        with handling(SERVICE, view) as log:
             try:
-                referral = Referral.model_validate_json(message.body)
+                referral = Referral.model_validate_json(view.body)
             except ValidationError:
                 log.error("not a canonical referral: dead-lettered")
-                await dead_letter(broker, message, [ReferralError(
+                await dead_letter(broker, view, [ReferralError(
                     code=ErrorCode.SCHEMA_INVALID, location="", message="Not a canonical Referral.")])
-                return
+                return None
             try:
-                decision = await routing.route(referral)
+                decision, delivery = await routing.route(referral)
             except Exception as exc:  # a policy bug must not block the partition: park the record
                 log.error("routing failed: dead-lettered", correlation_id=referral.referral_id,
                           error_type=type(exc).__name__)
-                await dead_letter(broker, message, [ReferralError(
+                await dead_letter(broker, view, [ReferralError(
                     code=ErrorCode.UNPARSEABLE, location="", message="The hub could not route this referral.")])
-                return
+                return None
             log.info("referral decided", correlation_id=referral.referral_id, rule=decision.rule,
                      recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags,
                      registry_version=decision.registry_version)
+            return delivery
 
     def owned_partitions() -> set[int] | None:
         consumer = getattr(normalised, "consumer", None)

@@ -275,7 +275,12 @@ def whatif(
     current = _load(current_dir) if current_dir else None
     if from_topic:
         records = asyncio.run(read_to_end(settings.bootstrap, topics.NORMALISED))
-        referrals = [Referral.model_validate_json(v) for _, v in records if v]
+        referrals = []
+        for _, value in records:
+            try:
+                referrals.append(Referral.model_validate_json(value or b""))
+            except ValidationError:
+                console.print("skipped an unreadable record on the topic (routing dead-lettered it)")
         current = current or asyncio.run(latest_registry(settings))
     else:
         referrals = referrals_from_lines(from_file.read_text(encoding="utf-8").splitlines())

@@ -117,6 +117,15 @@ async def test_registry_update_takes_effect_live_and_a_malformed_one_is_refused(
     assert (still.recipient.id, still.registry_version) == ("selwerd", changed.version)
 
 
+async def test_an_unreadable_normalised_record_is_dead_lettered_and_the_next_one_decided(routing):
+    await produce(routing.bootstrap, "referrals.normalised.v1", b"{not a referral", key=b"poison")
+    after = await routing.send(referral(random_bsn()))
+    assert after.recipient.id == "centrum"
+    (parked,) = await read_topic(routing.bootstrap, "referrals.dlq.v1", lambda r: r.key == b"poison", 1)
+    assert parked.value == b"{not a referral"
+    assert json.loads(dict(parked.headers)["errors"].decode())[0]["code"] == "SCHEMA_INVALID"
+
+
 async def test_declined_handover_is_rerouted_without_that_recipient(routing):
     first = await routing.send(referral(random_bsn(), product="54B01"))
     declined_by = first.recipient.id
