@@ -4,10 +4,12 @@
 
 Starts its own broker (as the tests do), loads N normalised referrals, then measures, each on its own
 copy of the input topic:
-- `routing service`: the FastStream routing service (state follower, policy, one awaited publish each);
-- `raw aiokafka, awaited`: consume -> decide -> send_and_wait per record (same delivery guarantee);
+- `routing service`: the FastStream routing service (state follower, policy; a batch of referrals
+  published in order, confirmed together, one offset commit per batch);
+- `raw aiokafka, awaited`: consume -> decide -> send_and_wait per record, commit per fetched batch;
+- `raw aiokafka, awaited+commit`: as awaited, and commit after each record (what per-message ack costs);
 - `raw aiokafka, batched`: consume -> decide -> send without waiting, flush per batch (the ceiling);
-- `raw aiokafka, awaited+commit`: as awaited, and commit each offset as the service does (AckPolicy.ACK).
+- `policy alone`: `decide` in a loop, no Kafka.
 """
 
 import asyncio
