@@ -59,3 +59,16 @@ def test_every_referral_gets_exactly_one_explained_decision(referral, running):
 def test_same_input_and_registry_give_the_same_decision(referral, running):
     assert decide(referral, REGISTRY, NOW, indications=running) == decide(
         referral, REGISTRY, NOW, indications=list(reversed(running)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(referrals, indications)
+def test_a_declined_recipient_is_never_chosen_again(referral, running):
+    from services.routing.policy import redecide_after_decline
+
+    first = decide(referral, REGISTRY, NOW, indications=running)
+    if first.rejected:
+        return
+    again = redecide_after_decline(first, REGISTRY, NOW, None, {first.recipient.id}, running)
+    assert again.recipient.id != first.recipient.id or again.recipient.id == REGISTRY.central_entrance().id
+    assert again.previous_recipient == first.recipient and again.trace[0].rule == "declined"
