@@ -253,6 +253,19 @@ class Routing:
                           youths_with_indications=len(self.state.indications),
                           decisions=len(self.state.decisions))
 
+    def apply_indication_record(self, pseudonym: str, value: bytes | None) -> None:
+        """A youth's list (what routing and the import write); a single `Indication`, should another
+        writer publish one, is merged into the list rather than dropped."""
+        if not value:
+            self.state.apply_indications(pseudonym, None)
+            return
+        try:
+            self.state.apply_indications(pseudonym, YouthIndications.model_validate_json(value))
+        except ValidationError:
+            single = Indication.model_validate_json(value)
+            merged = merge_indication(self.state.indications_of(pseudonym), single)
+            self.state.apply_indications(pseudonym, YouthIndications(pseudonym=pseudonym, indications=list(merged)))
+
     def apply(self, topic: str, key: bytes | None, value: bytes | None) -> bool:
         """One record into the state; never raises. Returns whether the registry in force changed."""
         try:
@@ -269,8 +282,7 @@ class Routing:
                     self.log.info("registry in force", registry_version=registry.version)
                 return changed
             if topic == topics.INDICATIONS and key is not None:
-                self.state.apply_indications(
-                    key.decode(), YouthIndications.model_validate_json(value) if value else None)
+                self.apply_indication_record(key.decode(), value)
             elif topic == topics.DECISIONS and value is not None:
                 self.state.apply_decision(RoutingDecision.model_validate_json(value))
         except (ValidationError, ValueError) as exc:

@@ -71,3 +71,18 @@ def test_only_the_instance_consuming_a_youths_partition_reroutes_it():
     assert routing.owns(PSEUDONYM)
     routing.owned_partitions = lambda: set(range(6)) - {partition}
     assert not routing.owns(PSEUDONYM)
+
+
+def test_the_follower_reads_a_youths_list_and_a_single_indication():
+    from services.infra.clock import SystemClock
+    from services.infra.settings import Settings
+    from services.routing.app import Routing
+
+    routing = Routing(broker=None, settings=Settings(), registry=REGISTRY, clock=SystemClock())
+    listed = YouthIndications(pseudonym=PSEUDONYM, indications=[indication()])
+    routing.apply("indications.v1", PSEUDONYM.encode(), listed.model_dump_json().encode())
+    routing.apply("indications.v1", PSEUDONYM.encode(), indication(product="45A04").model_dump_json().encode())
+    assert [i.product for i in routing.state.indications_of(PSEUDONYM)] == ["45A51", "45A04"]
+    routing.apply("indications.v1", PSEUDONYM.encode(), b"{garbage")  # logged and skipped, never raised
+    routing.apply("indications.v1", PSEUDONYM.encode(), None)
+    assert routing.state.indications_of(PSEUDONYM) == ()
