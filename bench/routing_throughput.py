@@ -30,7 +30,8 @@ from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.routing.app import create_routing
-from services.routing.commands import partitions_of, publish_registry
+from services.infra.kafka import partitions_of
+from services.routing.commands import publish_registry
 from services.routing.policy import decide
 from tests.conftest import new_broker
 from tests.referrals import random_bsn

@@ -17,6 +17,8 @@ class ErrorCode(StrEnum):
     OUTSIDE_MUNICIPALITY = "OUTSIDE_MUNICIPALITY"
     CHANNEL_MISMATCH = "CHANNEL_MISMATCH"
     TOO_LARGE = "TOO_LARGE"
+    NOT_RECIPIENT = "NOT_RECIPIENT"
+    """Feedback about a referral that is not open with the recipient that sent it."""
 
 
 class ReferralError(BaseModel):

@@ -17,14 +17,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.errors import ReferralError
+from schemas.feedback import Feedback
 from schemas.inbound import CourtReferral, GgdReferral, GiReferral
+from schemas.notices import RecipientNotice
 from schemas.referral import Referral
+from schemas.routing import RoutingAlert
 from schemas.status import StatusEvent
 
 SCHEMAS_DIR = Path(__file__).resolve().parent
 JSON_SCHEMAS: dict[str, type[BaseModel]] = {
     "gi-referral": GiReferral, "ggd-referral": GgdReferral, "court-referral": CourtReferral,
     "referral": Referral, "status-event": StatusEvent, "referral-error": ReferralError,
+    "feedback": Feedback, "recipient-notice": RecipientNotice, "alert": RoutingAlert,
 }
 PLACEHOLDER_BOOTSTRAP = "kafka:9092"
 """The server named in the AsyncAPI document: a placeholder, so the file does not depend on this machine."""

@@ -8,7 +8,7 @@ from faststream.kafka import KafkaBroker
 
 from schemas.registry import Registry
 from services.infra import topics
-from services.infra.clock import Clock, SystemClock
+from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.kafka import ensure_topics
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
@@ -19,7 +19,7 @@ from services.routing.app import create_routing
 SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
     "intake": create_intake,
     "routing": create_routing,
-    "notifier": lambda settings, _registry, clock: create_notifier(settings, clock),
+    "notifier": create_notifier,
 }
 
 
@@ -31,7 +31,7 @@ async def create_topics(settings: Settings, registry: Registry) -> list[str]:
 async def run_services(names: list[str], settings: Settings, registry: Registry,
                        on_ready: Callable[[], None] | None = None) -> None:
     """Start the named services on one event loop and run them until SIGINT or SIGTERM."""
-    clock = SystemClock()
+    clock: Clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
     brokers = [SERVICES[name](settings, registry, clock) for name in names]
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

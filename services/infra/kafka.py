@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import Iterable
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -89,3 +90,36 @@ async def wait_until_ready(bootstrap: str, timeout_s: float = 60.0) -> None:
             await admin.close()
         await asyncio.sleep(0.5)
     raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s ({last_error!r})")
+
+
+async def partitions_of(bootstrap: str, names: list[str]) -> list[TopicPartition]:
+    """The partitions of existing topics (a topic that does not exist yet has none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="verwijshub-admin")
+    await admin.start()
+    try:
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    return [TopicPartition(d["topic"], p["partition"]) for d in described if not d.get("error_code")
+            for p in sorted(d.get("partitions") or (), key=lambda p: p["partition"])]
+
+
+async def read_to_end(bootstrap: str, topic: str,
+                      only: set[int] | None = None) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record of a topic (or of its partitions `only`), from the start to the current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [tp for tp in await partitions_of(bootstrap, [topic]) if only is None or tp.partition in only]
+        if not partitions:
+            return []
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        records: list[tuple[bytes | None, bytes | None]] = []
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            batches = await consumer.getmany(timeout_ms=500)
+            records += [(r.key, r.value) for batch in batches.values() for r in batch]
+        return records
+    finally:
+        await consumer.stop()

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,13 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1024 * 1024, description="Largest inbound referral accepted.")
     log_level: str = Field(default="INFO", description="Log level of the services.")
     log_file: Path | None = Field(default=None, description="Also write the JSON log lines to this file.")
+    liberation_day: Literal["lustrum", "always", "never"] = Field(
+        default="lustrum", description="Whether Liberation Day (5 May) stops the contact clock: in lustrum "
+        "years (2025, 2030), every year, or never.")
+    notifier_tick_seconds: float = Field(default=1.0, gt=0, description="How often the notifier looks for "
+                                         "contact clocks and reminders that came due.")
+    clock_file: Path | None = Field(default=None, description="Tests and demos only: read 'now' from this file "
+                                    "(an ISO 8601 time with offset), so time can be moved; unset: the system clock.")
 
     @property
     def bootstrap(self) -> str:

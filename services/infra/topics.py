@@ -12,7 +12,11 @@ ALERTS = "alerts.v1"
 INTAKE_ACCEPTED = "intake.accepted.v1"
 """Internal, compacted: one record per referral intake accepted, keyed by hub referral id (deduplication)."""
 
-COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED})
+NOTIFIER_STATE = "notifier.state.v1"
+"""Internal, compacted: the notifier's follow-up of one youth (open handovers, contact clocks, reminders),
+keyed by youth pseudonym and in the same partition as the youth's decisions and feedback."""
+
+COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE})
 
 
 def referrals(channel: Channel) -> str:
@@ -41,7 +45,7 @@ def provider_feedback(agb: str) -> str:
 
 def all_topics(registry: Registry) -> list[str]:
     """Every topic the hub uses, recipients' included, so each exists before its first message."""
-    names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED]
+    names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED, NOTIFIER_STATE]
     for channel in Channel:
         names += [referrals(channel), status(channel)]
     for team_id in registry.teams:

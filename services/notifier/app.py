@@ -1,72 +1,304 @@
-"""The notifier service: hands each decided referral to its one recipient and tells the referrer.
+"""The notifier service: hands each decision to its one recipient, follows it up, and tells the referrer.
 
-For a routed referral the referrer sees `routed`, then the handover is written to the recipient's own
-topic, then `handed-over`; a referral rejected by routing gets `rejected` with the errors.
+One consumer group reads decisions, recipients' feedback and running indications together. All three
+are keyed by the youth pseudonym and have the same number of partitions, and the range assignor gives
+an instance the same partition numbers of each, so one instance owns everything about a youth. Its
+follow-up (open handovers, contact clocks, expiry reminders) lives on the compacted `notifier.state.v1`
+in that same partition: loaded when the partition is assigned, dropped when revoked, written after each
+change. A timer publishes what came due, for owned partitions only, so with N instances each notice is
+sent once; one that came due while no notifier ran fires when the partition is next owned.
 """
 
+import asyncio
+import contextlib
+from collections.abc import Iterable
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, ReferralError
-from schemas.routing import RoutingDecision
-from schemas.status import ReferralStatus, StatusEvent
+from schemas.feedback import Feedback
+from schemas.indications import Indication, YouthIndications
+from schemas.notices import YouthFollowUp
+from schemas.registry import Registry
+from schemas.routing import RecipientKind, RoutingDecision
+from schemas.status import StatusEvent
 from services.infra import topics
 from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
-from services.infra.kafka import encode, group_id, make_broker, message_headers
+from services.infra.kafka import encode, ensure_topics, group_id, make_broker, message_headers, read_to_end
+from services.infra.logging import get_logger
 from services.infra.settings import Settings
+from services.notifier.calendar import LiberationDay, WorkingCalendar
+from services.notifier.followup import (Alert, Effect, FeedbackRefused, HandOver, Notify, apply_decision,
+                                        apply_feedback, apply_indications, due_effects, is_empty, next_due)
 from services.notifier.handover import handover_bundle
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
+INPUT_PATTERN = r"(routing\.decisions|indications|feedback\.(wij|provider)\.[^.]+)\.v1$"
+
+
+class NotOwned(Exception):
+    """A record of a partition this instance just gave up: not acknowledged, so its next owner handles it."""
+
+
+class FollowUps:
+    """The follow-up of every youth in the partitions this instance owns, and when each is next due."""
+
+    def __init__(self) -> None:
+        self.by_partition: dict[int, dict[str, YouthFollowUp]] = {}
+        self.due: dict[str, tuple[int, object]] = {}
+        """pseudonym -> (partition, next due moment), for the youths with something pending."""
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.by_partition
+
+    def get(self, partition: int, pseudonym: str) -> YouthFollowUp:
+        return self.by_partition[partition].get(pseudonym) or YouthFollowUp(pseudonym=pseudonym)
+
+    def put(self, partition: int, state: YouthFollowUp) -> None:
+        youths = self.by_partition[partition]
+        if is_empty(state):
+            youths.pop(state.pseudonym, None)
+        else:
+            youths[state.pseudonym] = state
+        moment = next_due(state)
+        if moment is None:
+            self.due.pop(state.pseudonym, None)
+        else:
+            self.due[state.pseudonym] = (partition, moment)
+
+    def load(self, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        self.by_partition[partition] = {}
+        for key, value in records:
+            if key is None:
+                continue
+            pseudonym = key.decode()
+            if value:
+                self.put(partition, YouthFollowUp.model_validate_json(value))
+            else:
+                self.put(partition, YouthFollowUp(pseudonym=pseudonym))
+
+    def drop(self, partitions: Iterable[int]) -> None:
+        for partition in partitions:
+            for pseudonym in self.by_partition.pop(partition, {}):
+                self.due.pop(pseudonym, None)
+
+    def open_clocks(self) -> int:
+        return sum(1 for youths in self.by_partition.values() for state in youths.values()
+                   for handover in state.handovers.values() if handover.clock is not None)
 
 
 class Notifier:
-    def __init__(self, broker: KafkaBroker, clock: Clock) -> None:
-        self.broker, self.clock = broker, clock
+    def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
+        self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
+        self.calendar = WorkingCalendar(LiberationDay(settings.liberation_day))
+        self.followups = FollowUps()
+        self.lock = asyncio.Lock()
+        """Held while a record or a due moment is handled, and while partitions change hands."""
+        self.existing_topics: set[str] = set()
+        self.timer: asyncio.Task | None = None
+        self.log = get_logger(service=SERVICE)
 
-    async def tell_referrer(self, decision: RoutingDecision, status: ReferralStatus, detail: str | None = None) -> None:
-        referral = decision.referral
-        event = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id, status,
-                               self.clock.now(), detail=detail, errors=decision.errors)
-        await self.broker.publish(
-            encode(event), topics.status(referral.channel), key=referral.referrer_referral_id.encode(),
-            headers=message_headers("verwijshub.StatusEvent/1", referral.referral_id, referral.channel))
+    # -- ownership -----------------------------------------------------------------------------------
+    async def take(self, assigned: set[TopicPartition]) -> None:
+        partitions = {tp.partition for tp in assigned if tp.topic == topics.DECISIONS}
+        async with self.lock:
+            self.followups.drop(set(self.followups.by_partition) - partitions)
+            for partition in partitions - set(self.followups.by_partition):
+                self.followups.load(partition, await read_to_end(self.settings.bootstrap, topics.NOTIFIER_STATE,
+                                                                 only={partition}))
+        self.log.info("follow-up partitions owned", partitions=sorted(partitions),
+                      youths=sum(map(len, self.followups.by_partition.values())))
 
-    async def hand_over(self, decision: RoutingDecision) -> None:
-        if decision.recipient is None:
-            await self.tell_referrer(decision, ReferralStatus.REJECTED)
-            return
-        recipient, referral = decision.recipient, decision.referral
-        await self.tell_referrer(decision, ReferralStatus.ROUTED, f"to {recipient.name} ({recipient.kind.value})")
-        bundle = handover_bundle(decision, self.clock.now())
-        await self.broker.publish(
-            bundle.model_dump_json(exclude_none=True).encode(), recipient.topic,
-            key=referral.youth.pseudonym.encode(),
-            headers=message_headers("verwijshub.Handover/1", referral.referral_id, referral.channel, FHIR_JSON))
-        await self.tell_referrer(decision, ReferralStatus.HANDED_OVER, f"to {recipient.name}")
+    async def give_up(self, revoked: set[TopicPartition]) -> None:
+        async with self.lock:  # after the record or due moment in hand, so the next owner reads it all
+            self.followups.drop({tp.partition for tp in revoked})
+
+    # -- publishing ----------------------------------------------------------------------------------
+    async def ensure_topic(self, topic: str) -> None:
+        """A recipient's topic exists before its first message (a recipient added to the registry later)."""
+        if topic not in self.existing_topics:
+            await ensure_topics(self.settings.bootstrap, [topic], self.settings.partitions,
+                                self.settings.replication_factor)
+            self.existing_topics.add(topic)
+
+    async def publish(self, effects: list[Effect], pseudonym: str, correlation_id: str) -> None:
+        key = pseudonym.encode()
+        for effect in effects:
+            match effect:
+                case StatusEvent():
+                    await self.broker.publish(encode(effect), topics.status(effect.channel),
+                                              key=effect.referrer_referral_id.encode(),
+                                              headers=message_headers("verwijshub.StatusEvent/1",
+                                                                      effect.referral_id or "", effect.channel))
+                case HandOver(decision=decision):
+                    recipient = decision.recipient
+                    bundle = handover_bundle(decision, self.clock.now())
+                    await self.ensure_topic(recipient.topic)
+                    await self.broker.publish(bundle.model_dump_json(exclude_none=True).encode(), recipient.topic,
+                                              key=key, headers=message_headers(
+                                                  "verwijshub.Handover/1", decision.referral_id,
+                                                  decision.referral.channel, FHIR_JSON))
+                case Notify(topic=topic, notice=notice):
+                    await self.ensure_topic(topic)
+                    await self.broker.publish(encode(notice), topic, key=key, headers=message_headers(
+                        "verwijshub.Notice/1", notice.referral_id or correlation_id, ""))
+                case Alert(alert=alert):
+                    await self.broker.publish(encode(alert), topics.ALERTS, key=key, headers=message_headers(
+                        "verwijshub.Alert/1", alert.referral_id or "", ""))
+
+    async def save(self, partition: int, before: YouthFollowUp, after: YouthFollowUp) -> None:
+        self.followups.put(partition, after)
+        if after != before:
+            value = b"" if is_empty(after) else encode(after)  # empty: nothing left to follow for this youth
+            await self.broker.publish(value, topics.NOTIFIER_STATE, key=after.pseudonym.encode(), partition=partition,
+                                      headers=message_headers("verwijshub.YouthFollowUp/1", "", ""))
+
+    # -- records -------------------------------------------------------------------------------------
+    def team_of(self, decision: RoutingDecision) -> str | None:
+        return self.registry.postcodes.get(decision.referral.youth.pc4)
+
+    async def on_record(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes) -> str:
+        """One input record: effects published, then the youth's follow-up stored (with the offset, so the same
+        record delivered again after a rebalance does nothing). Raises FeedbackRefused, ValidationError or NotOwned."""
+        if topic == topics.DECISIONS:
+            decision = RoutingDecision.model_validate_json(value)
+            pseudonym = decision.referral.youth.pseudonym
+        elif key is None:
+            raise FeedbackRefused(ReferralError(code=ErrorCode.SCHEMA_INVALID, location="key", message=(
+                "Feedback and indications must be keyed by the youth pseudonym of the handover.")))
+        else:
+            pseudonym = key.decode(errors="replace")
+        async with self.lock:
+            if not self.followups.owns(partition):
+                raise NotOwned(f"partition {partition} of {topic} is not owned by this instance")
+            before = self.followups.get(partition, pseudonym)
+            position = f"{topic}:{partition}"
+            if before.seen.get(position, -1) >= offset:
+                return "already applied"
+            now, correlation_id = self.clock.now(), ""
+            if topic == topics.DECISIONS:
+                after, effects = apply_decision(before, decision, now, self.calendar, self.team_of(decision))
+                correlation_id, outcome = decision.referral_id, f"decision {decision.rule}"
+            elif topic == topics.INDICATIONS:
+                after, effects = apply_indications(before, _indications(value), now.date()), []
+                outcome = f"{len(after.watches)} indication(s) watched"
+            else:
+                feedback = Feedback.model_validate_json(value)
+                _, kind, source, _ = topic.split(".", 3)
+                after, effects = apply_feedback(before, (RecipientKind(_KIND[kind]), source), feedback, now)
+                correlation_id, outcome = feedback.referral_id, f"feedback {feedback.kind.value}"
+            await self.publish(effects, pseudonym, correlation_id)
+            await self.save(partition, before, after.model_copy(update={"seen": {**after.seen, position: offset}}))
+            return outcome
+
+    # -- time ----------------------------------------------------------------------------------------
+    async def fire_due(self) -> int:
+        """Publish what came due in the owned partitions; returns how many youths had something due."""
+        now, fired = self.clock.now(), 0
+        async with self.lock:
+            due = [(pseudonym, partition) for pseudonym, (partition, moment) in self.followups.due.items()
+                   if moment <= now]
+            for pseudonym, partition in due:
+                before = self.followups.get(partition, pseudonym)
+                after, effects = due_effects(before, now, self.registry.central_entrance().id)
+                await self.publish(effects, pseudonym, "")
+                await self.save(partition, before, after)
+                fired += 1
+        if fired:
+            self.log.info("due follow-ups published", youths=fired)
+        return fired
+
+    async def run_timer(self) -> None:
+        while True:
+            try:
+                await self.fire_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a failed publish is tried again at the next tick (state not yet saved)
+                self.log.error("due follow-ups failed", error_type=type(exc).__name__)
+            await asyncio.sleep(self.settings.notifier_tick_seconds)
 
 
-def create_notifier(settings: Settings, clock: Clock) -> KafkaBroker:
-    broker = make_broker(settings, SERVICE)
-    notifier = Notifier(broker, clock)
+_KIND = {"wij": RecipientKind.WIJ_TEAM.value, "provider": RecipientKind.PROVIDER.value}
 
-    @broker.subscriber(topics.DECISIONS, group_id=group_id(SERVICE), auto_offset_reset="earliest",
-                       ack_policy=AckPolicy.ACK, title="notifier:decisions",
-                       description="Routing decisions, to be handed over and reported to the referrer.")
-    async def on_decision(message: ConsumedRecord) -> None:
+
+def _indications(value: bytes) -> list[Indication]:
+    """A youth's list as routing and the import write it; a single Indication (another writer) as a list of one."""
+    if not value:
+        return []
+    try:
+        return YouthIndications.model_validate_json(value).indications
+    except ValidationError:
+        return [Indication.model_validate_json(value)]
+
+
+class OwnershipListener(ConsumerRebalanceListener):
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.notifier.give_up(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.notifier.take(assigned)
+
+
+class NotifierBroker(KafkaBroker):
+    """The FastStream broker of the notifier, which also runs the timer of due follow-ups."""
+
+    notifier: Notifier
+
+    async def start(self) -> None:
+        await super().start()
+        self.notifier.timer = asyncio.create_task(self.notifier.run_timer(), name="notifier-timer")
+
+    async def stop(self, *exc_info) -> None:
+        if self.notifier.timer is not None:
+            self.notifier.timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.notifier.timer
+        await super().stop(*exc_info)
+
+
+def create_notifier(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
+    broker = make_broker(settings, SERVICE, NotifierBroker)
+    notifier = broker.notifier = Notifier(broker, settings, registry, clock)
+
+    @broker.subscriber(pattern=INPUT_PATTERN, group_id=group_id(SERVICE), auto_offset_reset="earliest",
+                       ack_policy=AckPolicy.NACK_ON_ERROR, partition_assignment_strategy=(RangePartitionAssignor,),
+                       listener=OwnershipListener(notifier), title="notifier:follow-up",
+                       description="Routing decisions (handed over), recipients' feedback (the status lifecycle) "
+                                   "and running indications (expiry reminders), all keyed by youth pseudonym.")
+    async def on_input(message: ConsumedRecord) -> None:
+        record = message.raw_message
         with handling(SERVICE, message) as log:
             try:
-                decision = RoutingDecision.model_validate_json(message.body)
-            except ValidationError:
-                log.error("not a routing decision: dead-lettered")
-                await dead_letter(broker, message, [ReferralError(
-                    code=ErrorCode.SCHEMA_INVALID, location="", message="Not a RoutingDecision.")])
+                outcome = await notifier.on_record(record.topic, record.partition, record.offset, record.key,
+                                                   message.body)
+            except FeedbackRefused as refused:
+                log.warning("feedback refused: dead-lettered", code=refused.error.code.value)
+                await dead_letter(broker, message, [refused.error])
                 return
-            await notifier.hand_over(decision)
-            log.info("decision handed over", correlation_id=decision.referral_id,
-                     recipient=decision.recipient.topic if decision.recipient else None)
+            except ValidationError:
+                log.error("unreadable record: dead-lettered")
+                await dead_letter(broker, message, [ReferralError(
+                    code=ErrorCode.SCHEMA_INVALID, location="", message=f"Not a valid message for {record.topic}.")])
+                return
+            except NotOwned:
+                log.info("record of a partition given up: left to its next owner")
+                raise
+            except Exception as exc:  # a bug must not block the partition: park the record
+                log.error("follow-up failed: dead-lettered", error_type=type(exc).__name__)
+                await dead_letter(broker, message, [ReferralError(
+                    code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")])
+                return
+            log.info("record followed up", outcome=outcome)
 
     return broker

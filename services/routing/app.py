@@ -29,11 +29,10 @@ from schemas.routing import RoutingAlert, RoutingDecision
 from services.infra import topics
 from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
-from services.infra.kafka import encode, group_id, make_broker, message_headers
+from services.infra.kafka import encode, group_id, make_broker, message_headers, partitions_of
 from services.infra.logging import get_logger
 from services.infra.registry_files import RegistryError, registry_from_contents
 from services.infra.settings import Settings
-from services.routing.commands import partitions_of
 from services.routing.policy import PROVIDER_STOPPED, decide, redecide_after_decline, reroute_after_stop
 from services.routing.state import RoutingState, StopWork, merge_indication
 

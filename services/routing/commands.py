@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -26,7 +25,7 @@ from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from schemas.routing import RoutingDecision
 from services.infra import topics
 from services.infra.clock import SystemClock
-from services.infra.kafka import ensure_topics
+from services.infra.kafka import ensure_topics, partitions_of, read_to_end
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import RegistryError, load_registry, read_registry_dir
 from services.infra.settings import Settings, get_settings
@@ -124,38 +123,6 @@ def referrals_from_lines(lines: list[str]) -> list[Referral]:
 
 
 # -- Kafka -----------------------------------------------------------------------------------------
-async def partitions_of(bootstrap: str, names: list[str]) -> list[TopicPartition]:
-    """The partitions of existing topics (a topic that does not exist yet has none)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="verwijshub-routing-admin")
-    await admin.start()
-    try:
-        described = await admin.describe_topics(names)
-    finally:
-        await admin.close()
-    return [TopicPartition(d["topic"], p["partition"]) for d in described if not d.get("error_code")
-            for p in sorted(d.get("partitions") or (), key=lambda p: p["partition"])]
-
-
-async def read_to_end(bootstrap: str, topic: str) -> list[tuple[bytes | None, bytes | None]]:
-    """(key, value) of every record of a topic, from the start to its current end."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = await partitions_of(bootstrap, [topic])
-        if not partitions:
-            return []
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        records: list[tuple[bytes | None, bytes | None]] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            batches = await consumer.getmany(timeout_ms=500)
-            records += [(r.key, r.value) for batch in batches.values() for r in batch]
-        return records
-    finally:
-        await consumer.stop()
-
-
 async def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes, str]]) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
                                 max_request_size=8 * 1024 * 1024)

@@ -1,0 +1,92 @@
+"""What the notifier tells recipients besides handovers, and the follow-up state it keeps per youth.
+
+`RecipientNotice` goes on a recipient's own handover topic (header `schema: verwijshub.Notice/1`), so a
+team or provider reads everything meant for it from one topic. `YouthFollowUp` is the value of the
+compacted `notifier.state.v1` (key: youth pseudonym): the open handovers, contact clocks and expiry
+reminders of one youth, so that a restarted or newly assigned notifier carries on where the last left off.
+"""
+
+from datetime import date, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.referral import Channel
+from schemas.routing import Recipient
+
+
+class NoticeKind(StrEnum):
+    SLA_AT_RISK = "sla-at-risk"
+    SLA_BREACHED = "sla-breached"
+    HANDED_OVER_ELSEWHERE = "handed-over-elsewhere"
+    """To a stopped provider: its youth went to a WIJ team, which will contact it (warm handover)."""
+    EVALUATION_DUE = "evaluation-due"
+    EVALUATION_REMINDER = "evaluation-reminder"
+    RETRIAGE_EXPECTED = "retriage-expected"
+
+
+class RecipientNotice(BaseModel):
+    """A notice for one team or provider; names the hub referral id or the indication, never the youth."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: NoticeKind
+    at: datetime
+    referral_id: str | None = None
+    product: str | None = None
+    indication_end: date | None = None
+    due: datetime | None = Field(default=None, description="The deadline the notice is about, if any.")
+    message: str
+
+
+class ContactClock(BaseModel):
+    """The promise of first contact within 5 working days of a handover to a WIJ team."""
+
+    model_config = ConfigDict(frozen=True)
+
+    started_at: datetime
+    at_risk_at: datetime
+    due_at: datetime
+    at_risk_sent: bool = False
+    breached_sent: bool = False
+
+
+class OpenHandover(BaseModel):
+    """A referral handed to `recipient` and not closed: feedback for it is accepted from that recipient only."""
+
+    model_config = ConfigDict(frozen=True)
+
+    referral_id: str
+    referrer_referral_id: str
+    channel: Channel
+    recipient: Recipient
+    clock: ContactClock | None = None
+
+
+class IndicationWatch(BaseModel):
+    """The expiry reminders of one running indication (3 and 2 months before its end)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    product: str
+    provider_agb: str
+    end: date
+    referral_id: str | None = None
+    first_sent: bool = False
+    second_sent: bool = False
+    evaluation_done: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider_agb}:{self.product}:{self.end.isoformat()}"
+
+
+class YouthFollowUp(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    pseudonym: str
+    team_id: str | None = Field(default=None, description="The youth's WIJ team, for re-triage notices.")
+    handovers: dict[str, OpenHandover] = {}
+    watches: dict[str, IndicationWatch] = {}
+    seen: dict[str, int] = Field(default={}, description="topic:partition -> the last offset applied, so a "
+                                 "record delivered again after a rebalance is not acted on twice.")
