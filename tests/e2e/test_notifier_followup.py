@@ -6,6 +6,7 @@ Decisions and indications are published as routing would, so the notifier is tes
 
 import asyncio
 import json
+import os
 import signal
 import uuid
 from datetime import date, datetime, timedelta
@@ -21,12 +22,13 @@ from schemas.routing import RoutingDecision
 from services.hub import create_topics
 from services.infra import topics
 from services.infra.kafka import encode
+from services.infra.local_kafka import LocalKafka
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.infra.settings import Settings
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
 from services.routing.policy import decide
-from tests.conftest import ARTIFACTS, start_hub, stop_hub
+from tests.conftest import ARTIFACTS, _free_port, start_hub, stop_hub
 from tests.kafka_client import header, produce, read_topic, records_on_topics
 from tests.referrals import random_bsn
 
@@ -239,3 +241,34 @@ def test_the_notifier_logs_hold_no_bsn_postcode_or_birth_date(notifiers: Notifie
     assert notifiers.bsns and '"record followed up"' in logs
     assert not [bsn for bsn in notifiers.bsns if bsn in logs]
     assert "9712 AB" not in logs and "9712 HB" not in logs and "2014-01-01" not in logs
+
+
+def test_a_clock_survives_a_restart_of_the_broker_and_then_of_the_notifier(tmp_path: Path) -> None:
+    """The local Apache Kafka stopped and started on the same data: the clock's state is on Kafka."""
+    kafka = LocalKafka(data_dir=tmp_path / "kafka", cache_dir=Path(os.environ.get(
+        "VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub")), port=_free_port(),
+        controller_port=_free_port())
+    kafka.start()
+    directory = ARTIFACTS / "notifier-broker-restart"
+    directory.mkdir(parents=True, exist_ok=True)
+    hub = Notifiers(kafka.bootstrap, directory)
+    try:
+        asyncio.run(create_topics(hub.settings, hub.registry))
+        process = hub.start("notifier-broker-restart")
+        decision = hub.decision("9712 HB")
+        asyncio.run(hub.publish_decision(decision))
+        asyncio.run(hub.statuses([decision], 2, settle_s=0))
+        kafka.stop()
+        kafka.start()
+        hub.set_now(AT_RISK)
+        statuses = asyncio.run(hub.statuses([decision], 3))
+        assert statuses[decision.referral_id] == ["routed", "handed-over", "sla-at-risk"]
+        hub.kill(process)
+        process = hub.start("notifier-broker-restart")
+        hub.set_now(DUE)
+        statuses = asyncio.run(hub.statuses([decision], 4))
+        assert statuses[decision.referral_id] == ["routed", "handed-over", "sla-at-risk", "sla-breached"]
+    finally:
+        for process in list(hub.processes):
+            hub.stop(process)
+        kafka.stop()
