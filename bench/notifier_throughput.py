@@ -5,7 +5,8 @@
 Starts its own broker (as the tests do), loads N routing decisions (to WIJ teams and providers), then
 measures, each on its own copy of the input:
 - `notifier service`: the FastStream notifier (statuses `routed` and `handed-over`, the FHIR handover
-  validated by fhir.resources, the youth's follow-up written to `notifier.state.v1`, commit per record);
+  validated by fhir.resources, sent together and confirmed; then the youth's follow-up written to
+  `notifier.state.v1`; the follow-ups of a batch confirmed together, one commit per batch);
 - `raw aiokafka, same work`: consume -> the same core and FHIR Bundle -> the same four records sent and
   awaited -> commit per record (what FastStream and the service's adapter add on top);
 - `raw aiokafka, no work`: consume -> four copies of the input sent and awaited -> commit per record

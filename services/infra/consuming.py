@@ -8,8 +8,10 @@ exception's type, and lets the caller put the record aside (dead letters) instea
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import structlog
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 
@@ -46,3 +48,18 @@ async def dead_letter(broker: KafkaBroker, message: KafkaMessage, errors: list[R
         message.body, topics.DEAD_LETTERS, key=message.raw_message.key,
         headers={**origin_headers, **origin, "channel": channel or "", "content-type": "application/octet-stream",
                  "errors": json.dumps([e.model_dump(mode="json") for e in errors])})
+
+
+@dataclass(frozen=True)
+class RecordView:
+    """One record of a batch, shaped like a FastStream message for `handling` and `dead_letter`."""
+
+    raw_message: ConsumerRecord
+
+    @property
+    def body(self) -> bytes:
+        return self.raw_message.value or b""
+
+    @property
+    def headers(self) -> dict[str, bytes]:
+        return dict(self.raw_message.headers or ())

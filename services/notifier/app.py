@@ -30,7 +30,7 @@ from schemas.routing import RecipientKind, RoutingDecision
 from schemas.status import StatusEvent
 from services.infra import topics
 from services.infra.clock import Clock
-from services.infra.consuming import dead_letter, handling
+from services.infra.consuming import RecordView, dead_letter, handling
 from services.infra.kafka import encode, ensure_topics, group_id, make_broker, message_headers, read_to_end
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
@@ -41,6 +41,8 @@ from services.notifier.handover import handover_bundle
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
+BATCH_MAX = 200
+"""Records followed up per batch at most; one offset commit per batch."""
 INPUT_PATTERN = r"(routing\.decisions|indications|feedback\.(wij|provider)\.[^.]+)\.v1$"
 
 
@@ -99,6 +101,7 @@ class Notifier:
         self.lock = asyncio.Lock()
         """Held while a record or a due moment is handled, and while partitions change hands."""
         self.existing_topics: set[str] = set()
+        self.unsaved: list[asyncio.Future] = []
         self.timer: asyncio.Task | None = None
         self.log = get_logger(service=SERVICE)
 
@@ -115,6 +118,7 @@ class Notifier:
 
     async def give_up(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:  # after the record or due moment in hand, so the next owner reads it all
+            await self.confirm_saved()
             self.followups.drop({tp.partition for tp in revoked})
 
     # -- publishing ----------------------------------------------------------------------------------
@@ -151,11 +155,19 @@ class Notifier:
         await asyncio.gather(*deliveries)
 
     async def save(self, partition: int, before: YouthFollowUp, after: YouthFollowUp) -> None:
+        """Store the youth's follow-up; its delivery is confirmed with the others in `confirm_saved`."""
         value = b"" if is_empty(after) else encode(after)  # empty: nothing left to follow for this youth
         self.followups.put(partition, after, value)
         if after != before:
-            await self.broker.publish(value, topics.NOTIFIER_STATE, key=after.pseudonym.encode(), partition=partition,
-                                      headers=message_headers("verwijshub.YouthFollowUp/1", "", ""))
+            self.unsaved.append(await self.broker.publish(
+                value, topics.NOTIFIER_STATE, key=after.pseudonym.encode(), partition=partition, no_confirm=True,
+                headers=message_headers("verwijshub.YouthFollowUp/1", "", "")))
+
+    async def confirm_saved(self) -> None:
+        """Wait for every follow-up written so far: before offsets are committed and before a partition is
+        given up, so its next owner reads them all."""
+        unsaved, self.unsaved = self.unsaved, []
+        await asyncio.gather(*unsaved)
 
     # -- records -------------------------------------------------------------------------------------
     def team_of(self, decision: RoutingDecision) -> str | None:
@@ -208,6 +220,7 @@ class Notifier:
                 await self.publish(effects, pseudonym, "")
                 await self.save(partition, before, after)
                 fired += 1
+            await self.confirm_saved()
         if fired:
             self.log.info("due follow-ups published", youths=fired)
         return fired
@@ -269,31 +282,39 @@ def create_notifier(settings: Settings, registry: Registry, clock: Clock) -> Kaf
     notifier = broker.notifier = Notifier(broker, settings, registry, clock)
 
     @broker.subscriber(pattern=INPUT_PATTERN, group_id=group_id(SERVICE), auto_offset_reset="earliest",
-                       ack_policy=AckPolicy.NACK_ON_ERROR, partition_assignment_strategy=(RangePartitionAssignor,),
+                       batch=True, max_records=BATCH_MAX, ack_policy=AckPolicy.NACK_ON_ERROR,
+                       partition_assignment_strategy=(RangePartitionAssignor,),
                        listener=OwnershipListener(notifier), title="notifier:follow-up",
                        description="Routing decisions (handed over), recipients' feedback (the status lifecycle) "
                                    "and running indications (expiry reminders), all keyed by youth pseudonym.")
     async def on_input(message: ConsumedRecord) -> None:
-        record = message.raw_message
-        with handling(SERVICE, message) as log:
+        """A batch: each record followed up in order (its effects confirmed before its follow-up is written),
+        then all follow-ups confirmed before the batch's offsets are committed."""
+        for record in message.raw_message:
+            await follow_up(RecordView(record))
+        await notifier.confirm_saved()
+
+    async def follow_up(view: RecordView) -> None:
+        record = view.raw_message
+        with handling(SERVICE, view) as log:
             try:
                 outcome = await notifier.on_record(record.topic, record.partition, record.offset, record.key,
-                                                   message.body)
+                                                   view.body)
             except FeedbackRefused as refused:
                 log.warning("feedback refused: dead-lettered", code=refused.error.code.value)
-                await dead_letter(broker, message, [refused.error])
+                await dead_letter(broker, view, [refused.error])
                 return
             except ValidationError:
                 log.error("unreadable record: dead-lettered")
-                await dead_letter(broker, message, [ReferralError(
+                await dead_letter(broker, view, [ReferralError(
                     code=ErrorCode.SCHEMA_INVALID, location="", message=f"Not a valid message for {record.topic}.")])
                 return
-            except NotOwned:
+            except NotOwned:  # the batch is not committed; the next owner reads it (a record done is skipped)
                 log.info("record of a partition given up: left to its next owner")
                 raise
             except Exception as exc:  # a bug must not block the partition: park the record
                 log.error("follow-up failed: dead-lettered", error_type=type(exc).__name__)
-                await dead_letter(broker, message, [ReferralError(
+                await dead_letter(broker, view, [ReferralError(
                     code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")])
                 return
             log.info("record followed up", outcome=outcome)

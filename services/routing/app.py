@@ -9,11 +9,10 @@ whose latest decision already names the WIJ team, or whose indication is marked,
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
 from collections.abc import Callable
 from datetime import date
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
@@ -28,7 +27,7 @@ from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from schemas.routing import RoutingAlert, RoutingDecision
 from services.infra import topics
 from services.infra.clock import Clock
-from services.infra.consuming import dead_letter, handling
+from services.infra.consuming import RecordView, dead_letter, handling
 from services.infra.kafka import encode, group_id, make_broker, message_headers, partitions_of
 from services.infra.logging import get_logger
 from services.infra.registry_files import RegistryError, registry_from_contents
@@ -289,21 +288,6 @@ class Routing:
         return False
 
 
-@dataclass(frozen=True)
-class RecordView:
-    """One record of a batch, shaped like a FastStream message for `handling` and `dead_letter`."""
-
-    raw_message: ConsumerRecord
-
-    @property
-    def body(self) -> bytes:
-        return self.raw_message.value or b""
-
-    @property
-    def headers(self) -> dict[str, bytes]:
-        return dict(self.raw_message.headers or ())
-
-
 class RoutingBroker(KafkaBroker):
     """The FastStream broker of routing, which also runs the state follower and the stop sweep."""
 
@@ -339,7 +323,7 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
                 deliveries.append(delivery)
         await asyncio.gather(*deliveries)
 
-    async def decide_record(view: "RecordView") -> asyncio.Future | None:
+    async def decide_record(view: RecordView) -> asyncio.Future | None:
         with handling(SERVICE, view) as log:
             try:
                 referral = Referral.model_validate_json(view.body)
