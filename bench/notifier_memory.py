@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 
+from bench.routing_throughput import REGISTRY, referrals
 from schemas.notices import YouthFollowUp
 from services.hub import create_topics
 from services.infra import topics
@@ -26,7 +27,6 @@ from services.infra.settings import Settings
 from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import apply_decision
 from services.routing.policy import decide
-from bench.routing_throughput import REGISTRY, referrals
 from tests.conftest import new_broker, start_hub, stop_hub
 
 
@@ -83,7 +83,7 @@ def main(n: int, bootstrap: str) -> None:
     asyncio.run(load(bootstrap, items))
     del items
     loaded = rss_when_loaded(bootstrap, directory, n)
-    print(f"notifier resident memory, one local Kafka 4.1.1 broker, 6 partitions")
+    print("notifier resident memory, one local Kafka 4.1.1 broker, 6 partitions")
     print(f"  no follow-ups              {empty / 2**20:8.1f} MiB")
     print(f"  {n:>7} open clocks        {loaded / 2**20:8.1f} MiB  "
           f"(+{(loaded - empty) / n:.0f} bytes per clock; {record_bytes:.0f} bytes per record on notifier.state.v1)")

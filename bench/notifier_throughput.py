@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.routing_throughput import REGISTRY, referrals
 from schemas.notices import YouthFollowUp
 from schemas.routing import RoutingDecision
 from services.hub import create_topics
@@ -35,7 +36,6 @@ from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import apply_decision
 from services.notifier.handover import handover_bundle
 from services.routing.policy import decide
-from bench.routing_throughput import REGISTRY, referrals
 from tests.conftest import new_broker
 
 

@@ -25,12 +25,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
 from services.infra import topics
 from services.infra.clock import SystemClock
-from services.infra.kafka import ensure_topics
+from services.infra.kafka import ensure_topics, partitions_of
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.routing.app import create_routing
-from services.infra.kafka import partitions_of
 from services.routing.commands import publish_registry
 from services.routing.policy import decide
 from tests.conftest import new_broker

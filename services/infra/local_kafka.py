@@ -108,7 +108,7 @@ class LocalKafka:
         ])
 
     def _java(self, classpath: str, *args: str) -> list[str]:
-        return ["java", f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+        return ["java", "-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC",
                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath, *args]
 
     def start(self, timeout_s: float = 90.0) -> None:

@@ -13,7 +13,14 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.inbound import INBOUND_MODELS, CourtReferral, GgdReferral, GiReferral
-from schemas.referral import REFERRER_TYPE_OF_CHANNEL, Channel, Referral, Referrer, Youth, hub_referral_id
+from schemas.referral import (
+    REFERRER_TYPE_OF_CHANNEL,
+    Channel,
+    Referral,
+    Referrer,
+    Youth,
+    hub_referral_id,
+)
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection

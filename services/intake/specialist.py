@@ -23,7 +23,14 @@ from typing import Any
 import hl7
 
 from schemas.errors import ErrorCode, ReferralError
-from schemas.referral import REFERRER_TYPE_OF_CHANNEL, Channel, Referral, Referrer, Youth, hub_referral_id
+from schemas.referral import (
+    REFERRER_TYPE_OF_CHANNEL,
+    Channel,
+    Referral,
+    Referrer,
+    Youth,
+    hub_referral_id,
+)
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection

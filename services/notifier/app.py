@@ -11,6 +11,7 @@ sent once; one that came due while no notifier ran fires when the partition is n
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Iterable
 from datetime import datetime
 
@@ -31,16 +32,37 @@ from schemas.status import StatusEvent
 from services.infra import topics
 from services.infra.clock import Clock
 from services.infra.consuming import RecordView, dead_letter, handling
-from services.infra.kafka import encode, ensure_topics, group_id, make_broker, message_headers, read_to_end
+from services.infra.kafka import (
+    encode,
+    ensure_topics,
+    group_id,
+    make_broker,
+    message_headers,
+    read_to_end,
+)
 from services.infra.logging import get_logger
+from services.infra.registry_topic import latest_registry
 from services.infra.settings import Settings
 from services.notifier.calendar import LiberationDay, WorkingCalendar
-from services.notifier.followup import (Alert, Effect, FeedbackRefused, HandOver, Notify, apply_decision,
-                                        apply_feedback, apply_indications, due_effects, is_empty, next_due)
+from services.notifier.followup import (
+    Alert,
+    Effect,
+    FeedbackRefused,
+    HandOver,
+    Notify,
+    apply_decision,
+    apply_feedback,
+    apply_indications,
+    due_effects,
+    is_empty,
+    next_due,
+)
 from services.notifier.handover import handover_bundle
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
+REGISTRY_EVERY_S = 30.0
+"""How often the notifier reads `registry.v1` for a newly published registry."""
 BATCH_MAX = 200
 """Records followed up per batch at most; one offset commit per batch."""
 INPUT_PATTERN = r"(routing\.decisions|indications|feedback\.(wij|provider)\.[^.]+)\.v1$"
@@ -225,9 +247,20 @@ class Notifier:
             self.log.info("due follow-ups published", youths=fired)
         return fired
 
+    async def follow_registry(self) -> None:
+        """The registry in force: the latest on `registry.v1` (teams for re-triage notices, the central entrance)."""
+        latest = await latest_registry(self.settings)
+        if latest is not None and latest.version != self.registry.version:
+            self.registry = latest
+            self.log.info("registry in force", registry_version=latest.version)
+
     async def run_timer(self) -> None:
+        registry_read = 0.0
         while True:
             try:
+                if time.monotonic() - registry_read > REGISTRY_EVERY_S:
+                    registry_read = time.monotonic()
+                    await self.follow_registry()
                 await self.fire_due()
             except asyncio.CancelledError:
                 raise

@@ -13,7 +13,14 @@ from dateutil.relativedelta import relativedelta
 from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback, FeedbackKind
 from schemas.indications import Indication
-from schemas.notices import ContactClock, IndicationWatch, NoticeKind, OpenHandover, RecipientNotice, YouthFollowUp
+from schemas.notices import (
+    ContactClock,
+    IndicationWatch,
+    NoticeKind,
+    OpenHandover,
+    RecipientNotice,
+    YouthFollowUp,
+)
 from schemas.routing import Recipient, RecipientKind, RoutingAlert, RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import topics

@@ -23,16 +23,28 @@ from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback, FeedbackKind
 from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
-from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
+from schemas.registry import REGISTRY_KEY, Registry
 from schemas.routing import RoutingAlert, RoutingDecision
 from services.infra import topics
 from services.infra.clock import Clock
 from services.infra.consuming import RecordView, dead_letter, handling
-from services.infra.kafka import encode, group_id, make_broker, message_headers, partitions_of
+from services.infra.kafka import (
+    encode,
+    group_id,
+    make_broker,
+    message_headers,
+    partitions_of,
+)
 from services.infra.logging import get_logger
-from services.infra.registry_files import RegistryError, registry_from_contents
+from services.infra.registry_files import RegistryError
+from services.infra.registry_topic import decode_registry
 from services.infra.settings import Settings
-from services.routing.policy import PROVIDER_STOPPED, decide, redecide_after_decline, reroute_after_stop
+from services.routing.policy import (
+    PROVIDER_STOPPED,
+    decide,
+    redecide_after_decline,
+    reroute_after_stop,
+)
 from services.routing.state import RoutingState, StopWork, merge_indication
 
 SERVICE = "routing"
@@ -42,15 +54,6 @@ BATCH_MAX = 200
 """Referrals decided per batch at most; their deliveries are confirmed, then committed, together."""
 SWEEP_EVERY_S = 30.0
 """How often provider stops are looked for besides each registry change (a stop date may arrive)."""
-
-
-def decode_registry(value: bytes) -> Registry:
-    """A `registry.v1` record as a Registry; raises RegistryError for anything malformed."""
-    try:
-        snapshot = RegistrySnapshot.model_validate_json(value)
-    except ValidationError as exc:
-        raise RegistryError(f"not a registry snapshot ({exc.error_count()} errors)") from exc
-    return registry_from_contents(snapshot.files)
 
 
 class Routing:

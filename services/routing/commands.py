@@ -25,9 +25,14 @@ from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from schemas.routing import RoutingDecision
 from services.infra import topics
 from services.infra.clock import SystemClock
-from services.infra.kafka import ensure_topics, partitions_of, read_to_end
+from services.infra.kafka import ensure_topics, read_to_end
 from services.infra.pseudonym import youth_pseudonym
-from services.infra.registry_files import RegistryError, load_registry, read_registry_dir
+from services.infra.registry_files import (
+    RegistryError,
+    load_registry,
+    read_registry_dir,
+)
+from services.infra.registry_topic import latest_registry
 from services.infra.settings import Settings, get_settings
 from services.intake.validation import bsn_passes_elfproef
 from services.routing.policy import decide
@@ -168,19 +173,6 @@ async def import_indications(settings: Settings, indications: list[Indication]) 
          YouthIndications(pseudonym=pseudonym, indications=list(items)).model_dump_json().encode(),
          "verwijshub.YouthIndications/1") for pseudonym, items in changed.items()])
     return len(changed)
-
-
-async def latest_registry(settings: Settings) -> Registry | None:
-    from services.routing.app import decode_registry
-
-    latest = None
-    for key, value in await read_to_end(settings.bootstrap, topics.REGISTRY):
-        if key == REGISTRY_KEY and value:
-            try:
-                latest = decode_registry(value)
-            except RegistryError:
-                continue
-    return latest
 
 
 def load_indications_file(path: Path, settings: Settings) -> list[Indication]:

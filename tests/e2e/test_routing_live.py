@@ -2,11 +2,11 @@
 re-routed, and a provider's stop re-routing its youths once, also across a restart of routing."""
 
 import asyncio
+import json
 import os
+import shutil
 import subprocess
 import sys
-import json
-import shutil
 import uuid
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -220,7 +220,8 @@ def test_whatif_from_the_topic_shows_the_decisions_a_new_registry_changes(routin
 
 
 async def test_up_does_not_overwrite_a_registry_published_live(routing):
-    from services.routing.commands import latest_registry, publish_registry_unless_present
+    from services.infra.registry_topic import latest_registry
+    from services.routing.commands import publish_registry_unless_present
 
     live = await latest_registry(routing.settings)
     assert live.providers[STADSGEZIN].stopped_on == TODAY, "the stop published by the test above is in force"

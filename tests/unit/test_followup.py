@@ -15,8 +15,17 @@ from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from services.intake.gp import parse_gp
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
-from services.notifier.followup import (Alert, FeedbackRefused, HandOver, Notify, apply_decision, apply_feedback,
-                                        apply_indications, due_effects, next_due)
+from services.notifier.followup import (
+    Alert,
+    FeedbackRefused,
+    HandOver,
+    Notify,
+    apply_decision,
+    apply_feedback,
+    apply_indications,
+    due_effects,
+    next_due,
+)
 from services.routing.policy import decide
 from tests.referrals import gp_bytes
 

@@ -4,11 +4,10 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from schemas.errors import ErrorCode
 from schemas.referral import Channel, Referral, ReferrerType
+from services.infra.settings import REPO_ROOT
 from services.intake.outcome import Rejection
 from services.intake.specialist import parse_specialist
-from services.infra.settings import REPO_ROOT
 
 EXAMPLE = (REPO_ROOT / "schemas" / "examples" / "specialist" / "valid-product.hl7").read_bytes()
 PRODUCTS = frozenset({"45A53", "50G41"})

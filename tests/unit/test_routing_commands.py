@@ -8,8 +8,13 @@ import pytest
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
-from services.routing.commands import (IndicationsFileError, merge_into, parse_indications_csv, referrals_from_lines,
-                                       what_if)
+from services.routing.commands import (
+    IndicationsFileError,
+    merge_into,
+    parse_indications_csv,
+    referrals_from_lines,
+    what_if,
+)
 from tests.unit.test_routing_rules import NOW, REGISTRY, referral
 
 SCENARIOS = REPO_ROOT / "deploy" / "registry" / "scenarios"

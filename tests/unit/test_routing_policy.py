@@ -6,7 +6,12 @@ import pytest
 
 from schemas.errors import ErrorCode
 from schemas.routing import RecipientKind
-from services.infra.registry_files import RegistryError, load_registry, read_registry_dir, registry_from_contents
+from services.infra.registry_files import (
+    RegistryError,
+    load_registry,
+    read_registry_dir,
+    registry_from_contents,
+)
 from services.infra.settings import REPO_ROOT
 from services.intake.gp import parse_gp
 from services.routing.policy import CENTRAL_ENTRANCE, decide

@@ -11,8 +11,14 @@ from schemas.registry import Registry
 from schemas.routing import RecipientKind
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
-from services.routing.policy import (BEHAVIOURAL_SCIENTIST, CENTRAL_ENTRANCE, PROVIDER_STOPPED, decide,
-                                     redecide_after_decline, reroute_after_stop)
+from services.routing.policy import (
+    BEHAVIOURAL_SCIENTIST,
+    CENTRAL_ENTRANCE,
+    PROVIDER_STOPPED,
+    decide,
+    redecide_after_decline,
+    reroute_after_stop,
+)
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
 NOW = datetime(2026, 3, 12, tzinfo=UTC)

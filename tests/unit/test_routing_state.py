@@ -7,7 +7,15 @@ import pytest
 from schemas.indications import YouthIndications
 from services.routing.policy import decide, redecide_after_decline, reroute_after_stop
 from services.routing.state import RoutingState
-from tests.unit.test_routing_rules import NOORDERLICHT, NOW, PSEUDONYM, REGISTRY, indication, referral, with_provider
+from tests.unit.test_routing_rules import (
+    NOORDERLICHT,
+    NOW,
+    PSEUDONYM,
+    REGISTRY,
+    indication,
+    referral,
+    with_provider,
+)
 
 
 def test_latest_decision_wins_and_declines_accumulate():
