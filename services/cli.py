@@ -23,6 +23,7 @@ from services.infra.registry_files import RegistryError, load_registry
 from services.infra.settings import Settings, get_settings
 from services.intake.app import PARSERS
 from services.intake.outcome import ParseOutcome, Rejection
+from services.ops import commands as ops_commands
 from services.routing import commands as routing_commands
 from services.routing.policy import decide
 
@@ -33,6 +34,7 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(routing_commands.registry_app, name="registry")
 app.add_typer(routing_commands.indications_app, name="indications")
 app.command("whatif")(routing_commands.whatif)
+app.command("lag")(ops_commands.lag)
 console = Console(stderr=True)
 
 Service = StrEnum("Service", {name: name for name in SERVICES})

@@ -1,7 +1,9 @@
 """Running services: each alone (`verwijshub run X`) or all three in one process (`verwijshub up`)."""
 
 import asyncio
+import contextlib
 import signal
+from http.server import ThreadingHTTPServer
 from collections.abc import Callable
 
 from faststream.kafka import KafkaBroker
@@ -9,13 +11,16 @@ from faststream.kafka import KafkaBroker
 from schemas.registry import Registry
 from services.infra import topics
 from services.infra.clock import Clock, FileClock, SystemClock
-from services.infra.kafka import ensure_topics
+from services.infra.kafka import ensure_topics, group_id
 from services.infra.logging import get_logger
+from services.infra.metrics import serve_metrics
 from services.infra.settings import Settings
 from services.intake.app import create_intake
 from services.notifier.app import create_notifier
+from services.ops.lag import LagMonitor, export
 from services.routing.app import create_routing
 
+LAG_EVERY_S = 15.0
 SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
     "intake": create_intake,
     "routing": create_routing,
@@ -33,19 +38,53 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
     """Start the named services on one event loop and run them until SIGINT or SIGTERM."""
     clock: Clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
     brokers = [SERVICES[name](settings, registry, clock) for name in names]
-    stopping = asyncio.Event()
+    stopping, ready = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     log = get_logger()
+    endpoint = start_metrics(settings, ready)
+    lag = asyncio.create_task(export_own_lag(settings, names))
     try:
         for broker in brokers:
             await broker.start()
-        log.info("services ready", services=names, bootstrap=settings.bootstrap)
+        ready.set()
+        log.info("services ready", services=names, bootstrap=settings.bootstrap,
+                 metrics=f"http://{settings.metrics_host}:{endpoint.server_port}/metrics" if endpoint else None)
         if on_ready:
             on_ready()
         await stopping.wait()
     finally:
         log.info("services stopping", services=names)
+        lag.cancel()
         for broker in brokers:
             await broker.stop()
+        if endpoint:
+            endpoint.shutdown()
+
+
+def start_metrics(settings: Settings, ready: asyncio.Event) -> ThreadingHTTPServer | None:
+    """The process's /metrics, /healthz and /readyz; a port in use is logged, not fatal (the services matter more)."""
+    if not settings.metrics_port:
+        return None
+    try:
+        return serve_metrics(settings.metrics_host, settings.metrics_port, ready.is_set)
+    except OSError as exc:
+        get_logger().error("metrics endpoint not started", port=settings.metrics_port, error=str(exc))
+        return None
+
+
+async def export_own_lag(settings: Settings, names: list[str]) -> None:
+    """The consumer lag of this process's groups into its metrics, every LAG_EVERY_S."""
+    groups = {group_id(name) for name in names} | ({group_id("routing-feedback")} if "routing" in names else set())
+    monitor = LagMonitor(settings.bootstrap, groups=groups)
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            try:
+                if monitor.admin is None:
+                    await monitor.start()
+                export(await monitor.sample())
+            except Exception as exc:  # the broker may be away for a while: lag is looked at again later
+                get_logger().warning("own consumer lag not read", error_type=type(exc).__name__)
+            await asyncio.sleep(LAG_EVERY_S)
+    await monitor.stop()

@@ -16,7 +16,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.message import KafkaMessage
 
 from schemas.errors import ReferralError
-from services.infra import topics
+from services.infra import metrics, topics
 from services.infra.logging import get_logger
 
 
@@ -27,7 +27,10 @@ def record_context(message: KafkaMessage) -> dict[str, object]:
 
 @contextlib.contextmanager
 def handling(service: str, message: KafkaMessage) -> Iterator[structlog.stdlib.BoundLogger]:
-    with structlog.contextvars.bound_contextvars(service=service, **record_context(message)):
+    context = record_context(message)
+    metrics.MESSAGES_CONSUMED.labels(service, context["topic"]).inc()
+    with metrics.HANDLER_SECONDS.labels(service).time(), \
+            structlog.contextvars.bound_contextvars(service=service, **context):
         yield get_logger()
 
 
@@ -42,6 +45,7 @@ async def dead_letter(broker: KafkaBroker, message: KafkaMessage, errors: list[R
                       channel: str | None = None) -> None:
     """Park a record on the dead-letter topic: its raw bytes, its key, why, and where it came from."""
     origin = {f"origin-{k}": str(v) for k, v in record_context(message).items()}
+    metrics.DEAD_LETTERS.labels(origin["origin-topic"], errors[0].code.value if errors else "").inc()
     origin_headers = {f"origin-header-{k}": v.decode(errors="replace") if isinstance(v, bytes) else str(v)
                       for k, v in (message.headers or {}).items()}
     await broker.publish(

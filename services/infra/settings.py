@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=1024 * 1024, description="Largest inbound referral accepted.")
     log_level: str = Field(default="INFO", description="Log level of the services.")
     log_file: Path | None = Field(default=None, description="Also write the JSON log lines to this file.")
+    metrics_host: str = Field(default="127.0.0.1", description="Address of a service process's metrics endpoint.")
+    metrics_port: int = Field(default=9300, ge=0, description="Port of /metrics, /healthz and /readyz of a service "
+                              "process (`up` serves all three services on it); 0: no endpoint.")
     liberation_day: Literal["lustrum", "always", "never"] = Field(
         default="lustrum", description="Whether Liberation Day (5 May) stops the contact clock: in lustrum "
         "years (2025, 2030), every year, or never.")

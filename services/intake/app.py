@@ -14,7 +14,7 @@ from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
 from schemas.status import ReferralStatus, StatusEvent
-from services.infra import topics
+from services.infra import metrics, topics
 from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
 from services.infra.kafka import encode, group_id, make_broker, message_headers
@@ -62,10 +62,13 @@ class Intake:
                 record = message.raw_message
                 await self.ledger.record(self.broker, outcome, f"{record.topic}/{record.partition}/{record.offset}",
                                          self.clock.now())
+                metrics.REFERRALS_ACCEPTED.labels(channel.value).inc()
                 log.info("referral accepted", channel=channel.value, correlation_id=outcome.referral_id,
                          referrer_referral_id=outcome.referrer_referral_id, pseudonym=outcome.youth.pseudonym)
             else:
                 await self.reject(channel, message, outcome)
+                for code in {e.code.value for e in outcome.errors}:
+                    metrics.REFERRALS_REJECTED.labels(channel.value, code).inc()
                 log.warning("referral rejected", channel=channel.value,
                             referrer_referral_id=outcome.referrer_referral_id,
                             codes=[e.code.value for e in outcome.errors])

@@ -29,7 +29,7 @@ from schemas.notices import YouthFollowUp
 from schemas.registry import Registry
 from schemas.routing import RecipientKind, RoutingDecision
 from schemas.status import StatusEvent
-from services.infra import topics
+from services.infra import metrics, topics
 from services.infra.clock import Clock
 from services.infra.consuming import RecordView, dead_letter, handling
 from services.infra.kafka import (
@@ -68,6 +68,16 @@ BATCH_MAX = 200
 INPUT_PATTERN = r"(routing\.decisions|indications|feedback\.(wij|provider)\.[^.]+)\.v1$"
 
 
+CLOCK_STATES = ("open", "at_risk", "breached")
+
+
+def clock_states(state: YouthFollowUp) -> tuple[int, int, int]:
+    """How many of the youth's contact clocks run, have had their at-risk notice, have been breached."""
+    clocks = [h.clock for h in state.handovers.values() if h.clock is not None]
+    return (sum(not c.breached_sent for c in clocks), sum(c.at_risk_sent and not c.breached_sent for c in clocks),
+            sum(c.breached_sent for c in clocks))
+
+
 class NotOwned(Exception):
     """A record of a partition this instance just gave up: not acknowledged, so its next owner handles it."""
 
@@ -79,6 +89,8 @@ class FollowUps:
     the memory of the parsed models, which matters with 100,000 open clocks (bench/notifier_memory.py)."""
 
     def __init__(self) -> None:
+        self.clocks: dict[str, tuple[int, int, int]] = {}
+        """pseudonym -> its clocks (open, at risk, breached), summed into the CONTACT_CLOCKS gauge."""
         self.by_partition: dict[int, dict[str, bytes]] = {}
         self.due: dict[str, tuple[int, datetime]] = {}
         """pseudonym -> (partition, next due moment), for the youths with something pending."""
@@ -101,6 +113,15 @@ class FollowUps:
             self.due.pop(state.pseudonym, None)
         else:
             self.due[state.pseudonym] = (partition, moment)
+        self.count_clocks(state.pseudonym, clock_states(state))
+
+    def count_clocks(self, pseudonym: str, counts: tuple[int, int, int]) -> None:
+        before = self.clocks.pop(pseudonym, (0, 0, 0))
+        if any(counts):
+            self.clocks[pseudonym] = counts
+        for label, old, new in zip(CLOCK_STATES, before, counts):
+            if new != old:
+                metrics.CONTACT_CLOCKS.labels(label).inc(new - old)
 
     def load(self, partition: int, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
         self.by_partition[partition] = {}
@@ -113,6 +134,7 @@ class FollowUps:
         for partition in partitions:
             for pseudonym in self.by_partition.pop(partition, {}):
                 self.due.pop(pseudonym, None)
+                self.count_clocks(pseudonym, (0, 0, 0))
 
 
 class Notifier:
@@ -162,6 +184,7 @@ class Notifier:
                         topics.status(effect.channel), encode(effect), effect.referrer_referral_id.encode(),
                         message_headers("verwijshub.StatusEvent/1", effect.referral_id or "", effect.channel))
                 case HandOver(decision=decision):
+                    metrics.HANDOVERS.labels(decision.recipient.kind.value).inc()
                     topic, key_of = decision.recipient.topic, key
                     value = handover_bundle(decision, self.clock.now()).model_dump_json(exclude_none=True).encode()
                     headers = message_headers("verwijshub.Handover/1", decision.referral_id,
@@ -170,6 +193,8 @@ class Notifier:
                     value, key_of = encode(notice), key
                     headers = message_headers("verwijshub.Notice/1", notice.referral_id or correlation_id, "")
                 case Alert(alert=alert):
+                    if alert.kind == "sla-breached":
+                        metrics.SLA_BREACHES.inc()
                     topic, value, key_of = topics.ALERTS, encode(alert), key
                     headers = message_headers("verwijshub.Alert/1", alert.referral_id or "", "")
             await self.ensure_topic(topic)

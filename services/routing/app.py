@@ -25,7 +25,7 @@ from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
 from schemas.registry import REGISTRY_KEY, Registry
 from schemas.routing import RoutingAlert, RoutingDecision
-from services.infra import topics
+from services.infra import metrics, topics
 from services.infra.clock import Clock
 from services.infra.consuming import RecordView, dead_letter, handling
 from services.infra.kafka import (
@@ -343,6 +343,10 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
                 await dead_letter(broker, view, [ReferralError(
                     code=ErrorCode.UNPARSEABLE, location="", message="The hub could not route this referral.")])
                 return None
+            metrics.DECISIONS.labels(decision.rule, decision.recipient.kind.value if decision.recipient else
+                                     "rejected").inc()
+            for code in {e.code.value for e in decision.errors}:
+                metrics.REFERRALS_REJECTED.labels(referral.channel.value, code).inc()
             log.info("referral decided", correlation_id=referral.referral_id, rule=decision.rule,
                      recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags,
                      registry_version=decision.registry_version)

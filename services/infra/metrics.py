@@ -1,0 +1,47 @@
+"""The hub's Prometheus metrics, one place for all services (prometheus-client's default registry).
+
+Labels carry channels, error codes, rules, recipient kinds, services, groups and topics: never a BSN,
+a pseudonym, a name or a postcode. `serve_metrics` exposes them with `/healthz` and `/readyz`.
+"""
+
+from collections.abc import Callable
+from http.server import ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from services.infra.http import serve
+
+MESSAGES_CONSUMED = Counter("verwijshub_messages_consumed_total", "Records a service consumed.",
+                            ["service", "topic"])
+REFERRALS_ACCEPTED = Counter("verwijshub_referrals_accepted_total", "Referrals intake accepted.", ["channel"])
+REFERRALS_REJECTED = Counter("verwijshub_referrals_rejected_total",
+                             "Referrals rejected, by error code (intake's validation and routing's rule 1).",
+                             ["channel", "code"])
+DECISIONS = Counter("verwijshub_decisions_total", "Routing decisions, by deciding rule and recipient kind.",
+                    ["rule", "recipient_kind"])
+HANDOVERS = Counter("verwijshub_handovers_total", "Handover Bundles the notifier published.", ["recipient_kind"])
+CONTACT_CLOCKS = Gauge("verwijshub_contact_clocks", "Contact clocks of the handovers this notifier owns: "
+                       "open (running), at_risk (one working day left sent), breached.", ["state"])
+SLA_BREACHES = Counter("verwijshub_sla_breaches_total", "Contact promises breached (5 working days passed).")
+DEAD_LETTERS = Counter("verwijshub_dead_letters_total", "Records put on the dead-letter topic, by the topic they "
+                       "came from and their first error code.", ["topic", "code"])
+HANDLER_SECONDS = Histogram("verwijshub_handler_seconds", "Time to handle one consumed record.", ["service"],
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+CONSUMER_LAG = Gauge("verwijshub_consumer_lag", "Records not yet consumed by a consumer group.",
+                     ["group", "topic", "partition"])
+CONSUMER_LAG_SECONDS = Gauge("verwijshub_consumer_lag_seconds", "Age of the oldest record a group has not consumed.",
+                             ["group", "topic", "partition"])
+GROUP_STATUS = Gauge("verwijshub_consumer_group_status", "Lag status of a group: 0 OK, 1 WARN, 2 ERR.", ["group"])
+
+
+def metrics_response() -> tuple[int, str, bytes]:
+    return 200, CONTENT_TYPE_LATEST, generate_latest()
+
+
+def serve_metrics(host: str, port: int, ready: Callable[[], bool]) -> ThreadingHTTPServer:
+    """/metrics, /healthz (the process answers) and /readyz (the services are started) on host:port."""
+    return serve(host, port, {
+        "/metrics": metrics_response,
+        "/healthz": lambda: (200, "text/plain", b"ok\n"),
+        "/readyz": lambda: (200, "text/plain", b"ready\n") if ready() else (503, "text/plain", b"starting\n"),
+    })

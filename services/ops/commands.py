@@ -1,0 +1,118 @@
+"""`verwijshub lag`: consumer lag per group, topic and partition with a status per group; `--serve` runs
+the lag exporter (Prometheus metrics, the status page, health)."""
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Annotated
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from services.infra import metrics
+from services.infra.http import serve
+from services.infra.settings import get_settings
+from services.ops.lag import GroupLag, LagMonitor, export
+from services.ops.page import last_hour_per_channel, latest_dead_letters, render
+
+STATUS_STYLE = {"OK": "green", "WARN": "yellow", "ERR": "red", "STALL": "red", "STOP": "red", "REWIND": "red"}
+PAGE_EVERY_S = 10.0
+
+
+def table(groups: list[GroupLag]) -> Table:
+    view = Table(title=f"Consumer lag at {datetime.now(UTC).isoformat(timespec='seconds')}")
+    for column in ("group", "status", "members", "topic", "partition", "committed", "log end", "lag", "lag in time",
+                   "partition status"):
+        view.add_column(column, justify="right" if column in ("members", "partition", "committed", "log end",
+                                                                  "lag", "lag in time") else "left")
+    for group in groups:
+        style = STATUS_STYLE[group.status.value]
+        first = [group.group, f"[{style}]{group.status.value}[/{style}]", str(group.members)]
+        for row in group.partitions or [None]:
+            cells = ["-"] * 7 if row is None else [
+                row.topic, str(row.partition), str(row.committed), str(row.log_end), str(row.lag),
+                "-" if row.lag_seconds is None else f"{row.lag_seconds:.1f} s",
+                f"[{STATUS_STYLE[row.status.value]}]{row.status.value}[/]"]
+            view.add_row(*first, *cells)
+            first = ["", "", ""]
+    return view
+
+
+def as_json(groups: list[GroupLag]) -> str:
+    return json.dumps({"at": datetime.now(UTC).isoformat(), "groups": [g.as_json() for g in groups]}, indent=2)
+
+
+async def _sampled(monitor: LagMonitor, samples: int, interval: float) -> list[GroupLag]:
+    groups: list[GroupLag] = []
+    for index in range(samples):
+        if index:
+            await asyncio.sleep(interval)
+        groups = await monitor.sample()
+    return groups
+
+
+async def _serve(monitor: LagMonitor, host: str, port: int, interval: float) -> None:
+    latest: dict[str, object] = {"groups": [], "channels": {}, "dead_letters": [], "at": datetime.now(UTC)}
+    page = lambda: (200, "text/html; charset=utf-8", render(  # noqa: E731
+        latest["groups"], latest["channels"], latest["dead_letters"], latest["at"]).encode())
+    server = serve(host, port, {
+        "/": page, "/status": page, "/metrics": metrics.metrics_response,
+        "/status.json": lambda: (200, "application/json", as_json(latest["groups"]).encode()),
+        "/healthz": lambda: (200, "text/plain", b"ok\n"),
+    })
+    Console(stderr=True).print(f"lag exporter on http://{host}:{server.server_port}/ (metrics: /metrics)")
+    page_read = 0.0
+    loop = asyncio.get_running_loop()
+    while True:
+        latest["groups"] = groups = await monitor.sample()
+        export(groups)
+        if loop.time() - page_read > PAGE_EVERY_S:
+            page_read = loop.time()
+            latest["channels"] = await last_hour_per_channel(monitor.bootstrap)
+            latest["dead_letters"] = await latest_dead_letters(monitor.bootstrap)
+        latest["at"] = datetime.now(UTC)
+        await asyncio.sleep(interval)
+
+
+def lag(
+    all_groups: Annotated[bool, typer.Option("--all", help="All consumer groups, not only the hub's (verwijshub-*).")] = False,
+    as_json_output: Annotated[bool, typer.Option("--json", help="JSON for machines instead of a table.")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh the table in place every interval, until Ctrl-C.")] = False,
+    samples: Annotated[int, typer.Option(min=1, help="Samples in the sliding window the status is judged on.")] = 3,
+    interval: Annotated[float, typer.Option(min=0.05, help="Seconds between samples.")] = 1.0,
+    serve_http: Annotated[bool, typer.Option("--serve", help="Run the lag exporter: Prometheus /metrics, the status "
+                                             "page on /, /status.json and /healthz.")] = False,
+    host: Annotated[str, typer.Option(help="Address the exporter listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the exporter.")] = 9309,
+) -> None:
+    """Consumer lag per group, topic and partition (committed offset, log end, lag, lag in time) with a status
+    per group judged over a sliding window of samples (OK, WARN, ERR; partitions OK, WARN, STALL, STOP,
+    REWIND: docs/lag-rules.md)."""
+    settings = get_settings()
+
+    async def main() -> None:
+        monitor = LagMonitor(settings.bootstrap, window=samples, all_groups=all_groups)
+        await monitor.start()
+        try:
+            if serve_http:
+                await _serve(monitor, host, port, interval)
+            elif watch:
+                with Live(Group(table([])), refresh_per_second=4) as live:
+                    while True:
+                        live.update(table(await monitor.sample()))
+                        await asyncio.sleep(interval)
+            else:
+                groups = await _sampled(monitor, samples, interval)
+                if as_json_output:
+                    print(as_json(groups))
+                else:
+                    Console().print(table(groups))
+        finally:
+            await monitor.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,132 @@
+"""Consumer lag of the hub's groups, read from Kafka: committed offset, log end, lag, and lag in time.
+
+`LagMonitor.sample()` looks once at every group (the hub's, or all) and keeps a sliding window of
+samples per partition, so that each partition and group gets a status by the rules in `rules.py`.
+The lag in time is the age of the oldest record the group has not consumed: the timestamp of the
+record at its committed offset.
+"""
+
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.infra import metrics
+from services.ops.rules import GroupStatus, PartitionStatus, Sample, group_status, partition_status
+
+HUB_GROUP_PREFIX = "verwijshub-"
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int
+    log_end: int
+    lag: int
+    lag_seconds: float | None
+    status: PartitionStatus
+
+
+@dataclass(frozen=True)
+class GroupLag:
+    group: str
+    status: GroupStatus
+    state: str
+    """The broker's view of the group: Stable, Empty, PreparingRebalance, ..."""
+    members: int
+    partitions: list[PartitionLag] = field(default_factory=list)
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        return max((p.lag_seconds for p in self.partitions if p.lag_seconds is not None), default=None)
+
+    def as_json(self) -> dict:
+        return {**asdict(self), "lag": self.lag, "lag_seconds": self.lag_seconds}
+
+
+class LagMonitor:
+    def __init__(self, bootstrap: str, window: int = 5, all_groups: bool = False,
+                 groups: set[str] | None = None) -> None:
+        self.bootstrap, self.window, self.all_groups, self.only = bootstrap, window, all_groups, groups
+        self.samples: dict[tuple[str, str, int], deque[Sample]] = {}
+        self.admin: AIOKafkaAdminClient | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="verwijshub-lag")
+        await self.admin.start()
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                         client_id="verwijshub-lag")
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        if self.consumer:
+            await self.consumer.stop()
+        if self.admin:
+            await self.admin.close()
+
+    async def groups(self) -> list[str]:
+        names = sorted({entry[0] for entry in await self.admin.list_consumer_groups()})
+        if self.only is not None:
+            return [name for name in names if name in self.only]
+        return names if self.all_groups else [name for name in names if name.startswith(HUB_GROUP_PREFIX)]
+
+    async def describe(self, names: list[str]) -> dict[str, tuple[str, int]]:
+        """group -> (state, number of members)."""
+        found: dict[str, tuple[str, int]] = {}
+        for name in names:  # one group per request: aiokafka 0.14 cannot decode Kafka 4.1's answer for several
+            for response in await self.admin.describe_consumer_groups([name]):
+                for group in response.groups:  # (error_code, group, state, protocol_type, protocol, members, ...)
+                    found[group[1]] = (group[2], len(group[5]))
+        return found
+
+    async def oldest_unconsumed_age(self, tp: TopicPartition, offset: int, now: float) -> float | None:
+        """Seconds since the record at `offset` was written (None if it cannot be read in time)."""
+        self.consumer.assign([tp])
+        self.consumer.seek(tp, offset)
+        batch = await self.consumer.getmany(tp, timeout_ms=2000, max_records=1)
+        records = batch.get(tp) or []
+        return round(max(now - records[0].timestamp / 1000, 0.0), 3) if records else None
+
+    async def sample(self) -> list[GroupLag]:
+        """One look at every group; each partition's status judged on its window of samples."""
+        names = await self.groups()
+        described = await self.describe(names) if names else {}
+        offsets = {name: await self.admin.list_consumer_group_offsets(name) for name in names}
+        partitions = sorted({tp for committed in offsets.values() for tp in committed})
+        ends = await self.consumer.end_offsets(partitions) if partitions else {}
+        now, result = time.time(), []
+        for name in names:
+            state, members = described.get(name, ("Unknown", 0))
+            rows = []
+            for tp, meta in sorted(offsets[name].items()):
+                if meta.offset < 0:
+                    continue
+                sample = Sample(committed=meta.offset, log_end=ends.get(tp, meta.offset))
+                window = self.samples.setdefault((name, tp.topic, tp.partition), deque(maxlen=self.window))
+                window.append(sample)
+                age = await self.oldest_unconsumed_age(tp, meta.offset, now) if sample.lag else 0.0
+                rows.append(PartitionLag(tp.topic, tp.partition, sample.committed, sample.log_end, sample.lag, age,
+                                         partition_status(list(window), members > 0)))
+            result.append(GroupLag(name, group_status([r.status for r in rows]), state, members, rows))
+        return result
+
+
+STATUS_VALUE = {GroupStatus.OK: 0, GroupStatus.WARN: 1, GroupStatus.ERR: 2}
+
+
+def export(groups: list[GroupLag]) -> None:
+    """The lag of each group into the Prometheus gauges (`verwijshub_consumer_lag*`, `..._group_status`)."""
+    for group in groups:
+        metrics.GROUP_STATUS.labels(group.group).set(STATUS_VALUE[group.status])
+        for row in group.partitions:
+            labels = (group.group, row.topic, str(row.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(row.lag)
+            metrics.CONSUMER_LAG_SECONDS.labels(*labels).set(row.lag_seconds or 0.0)

@@ -1,0 +1,107 @@
+"""The status page for people without Grafana: groups and their lag, the last hour per channel, the
+latest dead letters (error code and time only, never content). Rendered by a pure function."""
+
+import html
+import json
+import time
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from schemas.referral import Channel
+from services.infra import topics
+from services.infra.kafka import partitions_of
+from services.ops.lag import GroupLag
+
+REFRESH_S = 5
+
+
+async def _records_since(bootstrap: str, topic: str, since_ms: int | None, last: int | None = None) -> list:
+    """Records of `topic` written since `since_ms`, or the `last` few of each partition."""
+    partitions = await partitions_of(bootstrap, [topic])
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="verwijshub-page")
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        ends = await consumer.end_offsets(partitions)
+        if since_ms is not None:
+            starts = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            for tp in partitions:
+                consumer.seek(tp, starts[tp].offset if starts.get(tp) else ends[tp])
+        else:
+            begins = await consumer.beginning_offsets(partitions)
+            for tp in partitions:
+                consumer.seek(tp, max(ends[tp] - last, begins[tp]))
+        records = []
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            batches = await consumer.getmany(timeout_ms=500)
+            records += [r for batch in batches.values() for r in batch]
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def last_hour_per_channel(bootstrap: str) -> dict[str, dict[str, int]]:
+    """Per channel, the referrals received (accepted by intake) and rejected in the last hour."""
+    since = int((time.time() - 3600) * 1000)
+    counts = {}
+    for channel in Channel:
+        tally = {"received": 0, "rejected": 0}
+        for record in await _records_since(bootstrap, topics.status(channel), since):
+            try:
+                status = json.loads(record.value)["status"]
+            except (ValueError, KeyError, TypeError):
+                continue
+            if status in tally:
+                tally[status] += 1
+        counts[channel.value] = tally
+    return counts
+
+
+async def latest_dead_letters(bootstrap: str, count: int = 10) -> list[dict[str, str]]:
+    """The newest dead letters: when, where from, and the error codes (from the headers, never the body)."""
+    letters = []
+    for record in await _records_since(bootstrap, topics.DEAD_LETTERS, None, last=count):
+        headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
+        try:
+            codes = sorted({e["code"] for e in json.loads(headers.get("errors", "[]"))})
+        except (ValueError, KeyError, TypeError):
+            codes = []
+        letters.append({"at": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(timespec="seconds"),
+                        "topic": headers.get("origin-topic", ""), "codes": ", ".join(codes)})
+    return sorted(letters, key=lambda letter: letter["at"], reverse=True)[:count]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], dead_letters: list[dict[str, str]],
+           at: datetime) -> str:
+    e = html.escape
+    group_rows = "".join(
+        f'<tr class="status-{e(g.status)}"><td>{e(g.group)}</td><td>{e(g.status)}</td><td>{e(g.state)}</td>'
+        f"<td>{g.members}</td><td>{g.lag}</td><td>{_seconds(g.lag_seconds)}</td>"
+        f"<td>{e(', '.join(sorted({p.status.value for p in g.partitions if p.status.value != 'OK'})) or 'OK')}</td>"
+        f"</tr>" for g in groups)
+    channel_rows = "".join(f"<tr><td>{e(name)}</td><td>{c['received']}</td><td>{c['rejected']}</td></tr>"
+                           for name, c in channels.items())
+    letter_rows = "".join(f"<tr><td>{e(d['at'])}</td><td>{e(d['topic'])}</td><td>{e(d['codes'])}</td></tr>"
+                          for d in dead_letters) or '<tr><td colspan="3">none</td></tr>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">
+<title>Verwijshub status</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
+td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}.status-OK td:nth-child(2){{background:#cfc}}
+.status-WARN td:nth-child(2){{background:#ffc}}.status-ERR td:nth-child(2){{background:#fcc}}</style></head>
+<body><h1>Verwijshub status</h1><p>As of <time id="at">{e(at.isoformat(timespec="seconds"))}</time>;
+refreshes every {REFRESH_S} s. Statuses by the lag rules in docs/lag-rules.md.</p>
+<h2>Consumer groups</h2><table id="groups"><tr><th>group</th><th>status</th><th>state</th><th>members</th>
+<th>lag</th><th>lag in time</th><th>partitions not OK</th></tr>{group_rows}</table>
+<h2>Last hour per channel</h2><table id="channels"><tr><th>channel</th><th>received</th><th>rejected</th></tr>
+{channel_rows}</table>
+<h2>Latest dead letters</h2><table id="dead-letters"><tr><th>at</th><th>from topic</th><th>error codes</th></tr>
+{letter_rows}</table></body></html>
+"""

@@ -1,0 +1,156 @@
+"""Operations on a real broker of its own: `verwijshub lag` counts what routing has not consumed, agrees
+with Kafka's own ConsumerGroupCommand, goes back to 0 and OK when routing returns, sees a stalled and a
+stopped consumer; the services' metrics endpoints count what happened; the status page shows it."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from schemas.referral import Channel
+from services.hub import create_topics
+from services.infra import topics
+from services.infra.local_kafka import resolve_classpath
+from services.infra.registry_files import load_registry
+from services.infra.settings import REPO_ROOT, Settings
+from tests.conftest import ARTIFACTS, _free_port, start_hub, stop_hub
+from tests.kafka_client import produce, read_topic
+from tests.referrals import gp_bytes, random_bsn
+
+pytestmark = pytest.mark.e2e
+ROUTING_GROUP = "verwijshub-routing"
+N = 7
+
+
+def lag_json(bootstrap: str, *args: str) -> dict[str, dict]:
+    """`verwijshub lag --json` as an operator runs it; groups by name."""
+    result = subprocess.run([sys.executable, "-m", "services.cli", "lag", "--json", "--samples", "3", "--interval",
+                             "0.3", *args], env={**os.environ, "VERWIJSHUB_KAFKA_BOOTSTRAP": bootstrap},
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {group["group"]: group for group in json.loads(result.stdout)["groups"]}
+
+
+def kafka_tool(bootstrap: str, group: str) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """Kafka's own view: (topic, partition) -> (current offset, log end offset, lag)."""
+    cache = Path(os.environ.get("VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub"))
+    out = subprocess.run(["java", "-cp", resolve_classpath(cache),
+                          "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server",
+                          bootstrap, "--describe", "--group", group], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    rows = {}
+    for line in out.splitlines():
+        cells = line.split()
+        if len(cells) >= 6 and cells[0] == group and cells[3].isdigit():
+            rows[(cells[1], int(cells[2]))] = (int(cells[3]), int(cells[4]), int(cells[5]))
+    return rows
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    wanted = "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else ""
+    for line in text.splitlines():
+        if line.startswith(name + wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def ops(private_kafka: str):
+    directory = ARTIFACTS / "ops"
+    directory.mkdir(parents=True, exist_ok=True)
+    for old in directory.glob("*.log"):
+        old.unlink()
+    settings = Settings(kafka_bootstrap=private_kafka)
+    asyncio.run(create_topics(settings, load_registry(settings.registry_dir)))
+    return private_kafka, directory
+
+
+async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops) -> None:
+    bootstrap, directory = ops
+    intake_port, routing_port = _free_port(), _free_port()
+    intake = start_hub(bootstrap, directory / "intake.log", "intake", env={"VERWIJSHUB_METRICS_PORT": str(intake_port)})
+    routing = start_hub(bootstrap, directory / "routing.log", "routing", "notifier",
+                        env={"VERWIJSHUB_METRICS_PORT": str(routing_port)})
+    try:
+        await produce(bootstrap, topics.referrals(Channel.GP), gp_bytes(referral_id="OPS-0", bsn=random_bsn()))
+        await read_topic(bootstrap, topics.DECISIONS, lambda r: True, 1)
+        for _ in range(50):  # routing has committed its first offset
+            if ROUTING_GROUP in lag_json(bootstrap) and lag_json(bootstrap)[ROUTING_GROUP]["lag"] == 0:
+                break
+        status, routing_metrics = get(f"http://127.0.0.1:{routing_port}/metrics")
+        ours = "\n".join(line for line in routing_metrics.splitlines() if line.startswith("verwijshub_"))
+        assert status == 200 and metric(routing_metrics, "verwijshub_decisions_total", rule="basis-jeugdhulp",
+                                        recipient_kind="wij-team") == 1, ours
+        assert metric(routing_metrics, "verwijshub_handovers_total", recipient_kind="wij-team") == 1
+        assert metric(routing_metrics, "verwijshub_contact_clocks", state="open") == 1
+        stop_hub(routing)
+
+        for i in range(1, N + 1):
+            await produce(bootstrap, topics.referrals(Channel.GP), gp_bytes(referral_id=f"OPS-{i}", bsn=random_bsn()))
+        await produce(bootstrap, topics.referrals(Channel.GP), b"not a bundle")
+        await read_topic(bootstrap, topics.NORMALISED, lambda r: True, N + 1)
+        groups = lag_json(bootstrap)
+        routing_lag = groups[ROUTING_GROUP]
+        assert routing_lag["lag"] == N and routing_lag["members"] == 0
+        assert routing_lag["status"] == "ERR"
+        assert {p["status"] for p in routing_lag["partitions"] if p["lag"]} == {"STOP"}
+        assert all(p["lag_seconds"] is not None and p["lag_seconds"] >= 0 for p in routing_lag["partitions"] if p["lag"])
+        ours = {(p["topic"], p["partition"]): (p["committed"], p["log_end"], p["lag"])
+                for p in routing_lag["partitions"]}
+        assert kafka_tool(bootstrap, ROUTING_GROUP) == ours
+
+        status, intake_metrics = get(f"http://127.0.0.1:{intake_port}/metrics")
+        assert metric(intake_metrics, "verwijshub_referrals_accepted_total", channel="gp") == N + 1
+        assert metric(intake_metrics, "verwijshub_referrals_rejected_total", channel="gp", code="UNPARSEABLE") == 1
+        assert metric(intake_metrics, "verwijshub_handler_seconds_count", service="intake") == N + 2
+        assert get(f"http://127.0.0.1:{intake_port}/healthz")[0] == 200
+        assert get(f"http://127.0.0.1:{intake_port}/readyz")[0] == 200
+
+        routing = start_hub(bootstrap, directory / "routing.log", "routing", "notifier",
+                            env={"VERWIJSHUB_METRICS_PORT": str(routing_port)})
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            routing_lag = lag_json(bootstrap)[ROUTING_GROUP]
+            if routing_lag["lag"] == 0 and routing_lag["status"] == "OK":
+                break
+            await asyncio.sleep(1)
+        assert routing_lag["lag"] == 0 and routing_lag["status"] == "OK" and routing_lag["members"] >= 1
+    finally:
+        for process in (intake, routing):
+            if process.poll() is None:
+                stop_hub(process)
+
+
+async def test_a_stalled_consumer_is_stall_then_stop_when_it_leaves(ops) -> None:
+    bootstrap, _ = ops
+    group = "verwijshub-stalled-test"
+    consumer = AIOKafkaConsumer(topics.NORMALISED, bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        await consumer.getmany(timeout_ms=3000)
+        await consumer.commit({tp: 0 for tp in consumer.assignment()})  # a member that never moves on
+        stalled = await asyncio.to_thread(lag_json, bootstrap)
+        partitions = stalled[group]["partitions"]
+        assert stalled[group]["members"] == 1 and stalled[group]["status"] == "ERR"
+        assert {p["status"] for p in partitions if p["lag"]} == {"STALL"}
+        assert {p["status"] for p in partitions if not p["lag"]} <= {"OK"}
+    finally:
+        await consumer.stop()
+    stopped = await asyncio.to_thread(lag_json, bootstrap)
+    assert {p["status"] for p in stopped[group]["partitions"] if p["lag"]} == {"STOP"}
