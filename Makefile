@@ -6,7 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test kafka-jars clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: up test tools kafka-jars clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +22,13 @@ kafka-jars: $(INSTALLED)
 up: kafka-jars
 	$(BIN)/verwijshub up
 
-test: kafka-jars
+# Debian's prometheus (promtool checks the alert rules) and chromium (the status page's browser test).
+tools:
+	@command -v promtool >/dev/null && command -v chromium >/dev/null || \
+	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
+	    --no-install-recommends prometheus chromium)
+
+test: kafka-jars tools
 	$(BIN)/pytest
 
 clean:

@@ -44,19 +44,24 @@ async def _records_since(bootstrap: str, topic: str, since_ms: int | None, last:
 
 
 async def last_hour_per_channel(bootstrap: str) -> dict[str, dict[str, int]]:
-    """Per channel, the referrals received (accepted by intake) and rejected in the last hour."""
+    """Per channel in the last hour: referrals received (accepted by intake), `rejected` statuses sent (by
+    intake or routing's rule 1), and messages dead-lettered (also those whose referral id was unreadable,
+    which no status can answer)."""
     since = int((time.time() - 3600) * 1000)
-    counts = {}
+    counts = {channel.value: {"received": 0, "rejected": 0, "dead_letters": 0} for channel in Channel}
     for channel in Channel:
-        tally = {"received": 0, "rejected": 0}
         for record in await _records_since(bootstrap, topics.status(channel), since):
             try:
                 status = json.loads(record.value)["status"]
             except (ValueError, KeyError, TypeError):
                 continue
-            if status in tally:
-                tally[status] += 1
-        counts[channel.value] = tally
+            if status in ("received", "rejected"):
+                counts[channel.value][status] += 1
+    origins = {topics.referrals(channel): channel.value for channel in Channel}
+    for record in await _records_since(bootstrap, topics.DEAD_LETTERS, since):
+        origin = dict(record.headers or ()).get("origin-topic", b"").decode(errors="replace")
+        if origin in origins:
+            counts[origins[origin]]["dead_letters"] += 1
     return counts
 
 
@@ -86,8 +91,8 @@ def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], dead_let
         f"<td>{g.members}</td><td>{g.lag}</td><td>{_seconds(g.lag_seconds)}</td>"
         f"<td>{e(', '.join(sorted({p.status.value for p in g.partitions if p.status.value != 'OK'})) or 'OK')}</td>"
         f"</tr>" for g in groups)
-    channel_rows = "".join(f"<tr><td>{e(name)}</td><td>{c['received']}</td><td>{c['rejected']}</td></tr>"
-                           for name, c in channels.items())
+    channel_rows = "".join(f"<tr><td>{e(name)}</td><td>{c['received']}</td><td>{c['rejected']}</td>"
+                           f"<td>{c['dead_letters']}</td></tr>" for name, c in channels.items())
     letter_rows = "".join(f"<tr><td>{e(d['at'])}</td><td>{e(d['topic'])}</td><td>{e(d['codes'])}</td></tr>"
                           for d in dead_letters) or '<tr><td colspan="3">none</td></tr>'
     return f"""<!doctype html>
@@ -100,7 +105,8 @@ td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}.status-OK td:nt
 refreshes every {REFRESH_S} s. Statuses by the lag rules in docs/lag-rules.md.</p>
 <h2>Consumer groups</h2><table id="groups"><tr><th>group</th><th>status</th><th>state</th><th>members</th>
 <th>lag</th><th>lag in time</th><th>partitions not OK</th></tr>{group_rows}</table>
-<h2>Last hour per channel</h2><table id="channels"><tr><th>channel</th><th>received</th><th>rejected</th></tr>
+<h2>Last hour per channel</h2><table id="channels"><tr><th>channel</th><th>received</th><th>rejected (status)</th>
+<th>dead letters</th></tr>
 {channel_rows}</table>
 <h2>Latest dead letters</h2><table id="dead-letters"><tr><th>at</th><th>from topic</th><th>error codes</th></tr>
 {letter_rows}</table></body></html>

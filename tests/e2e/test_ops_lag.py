@@ -5,6 +5,7 @@ stopped consumer; the services' metrics endpoints count what happened; the statu
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from services.infra.settings import REPO_ROOT, Settings
 from tests.conftest import ARTIFACTS, _free_port, start_hub, stop_hub
 from tests.kafka_client import produce, read_topic
 from tests.referrals import gp_bytes, random_bsn
+from tests.system_tools import require
 
 pytestmark = pytest.mark.e2e
 ROUTING_GROUP = "verwijshub-routing"
@@ -154,3 +156,41 @@ async def test_a_stalled_consumer_is_stall_then_stop_when_it_leaves(ops) -> None
         await consumer.stop()
     stopped = await asyncio.to_thread(lag_json, bootstrap)
     assert {p["status"] for p in stopped[group]["partitions"] if p["lag"]} == {"STOP"}
+
+
+def test_the_status_page_in_a_browser_shows_groups_channels_and_dead_letters(ops) -> None:
+    """The lag exporter's page in headless Chromium, after the tests above: the routing group, the GP
+    channel's last hour (N + 1 received, no rejected status as the bad message has no readable referral id,
+    1 dead letter) and the dead letter's code, never its content."""
+    chromium = require("chromium")
+    bootstrap, directory = ops
+    port = _free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "services.cli", "lag", "--serve", "--port", str(port),
+                                 "--interval", "0.5"], env={**os.environ, "VERWIJSHUB_KAFKA_BOOTSTRAP": bootstrap},
+                                cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=open(directory / "exporter.log", "w"))
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if "UNPARSEABLE" in get(url)[1]:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                   "--window-size=1280,1400"]
+        dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        subprocess.run([*browser, f"--screenshot={ARTIFACTS / 'status-page.png'}", url], capture_output=True,
+                       timeout=120)
+        assert "verwijshub-routing" in dom and "verwijshub-intake" in dom
+        assert re.search(r"<td>gp</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td>", dom).groups() == (
+            str(N + 1), "0", "1")
+        assert "UNPARSEABLE" in dom and "referrals.gp.v1" in dom
+        assert "not a bundle" not in dom  # the dead letter's content never shows
+        assert (ARTIFACTS / "status-page.png").stat().st_size > 10_000
+        status, exported = get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200 and metric(exported, "verwijshub_consumer_group_status", group=ROUTING_GROUP) == 0
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=30)
