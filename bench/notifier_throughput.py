@@ -23,13 +23,13 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from bench.routing_throughput import REGISTRY, referrals
+from bench.routing_throughput import REGISTRY, count_until, referrals
 from schemas.notices import YouthFollowUp
 from schemas.routing import RoutingDecision
 from services.hub import create_topics
 from services.infra import topics
 from services.infra.clock import SystemClock
-from services.infra.kafka import ensure_topics, partitions_of
+from services.infra.kafka import ensure_topics
 from services.infra.settings import Settings
 from services.notifier.app import create_notifier
 from services.notifier.calendar import WorkingCalendar
@@ -46,21 +46,6 @@ async def load(bootstrap: str, topic: str, items: list[RoutingDecision]) -> None
         await producer.send(topic, d.model_dump_json().encode(), key=d.referral.youth.pseudonym.encode())
     await producer.flush()
     await producer.stop()
-
-
-async def span_of(bootstrap: str, topic: str, n: int) -> float:
-    """Seconds from the first to the n-th record on `topic` (broker timestamps)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    parts = await partitions_of(bootstrap, [topic])
-    consumer.assign(parts)
-    await consumer.seek_to_beginning(*parts)
-    stamps: list[int] = []
-    while len(stamps) < n:
-        batches = await consumer.getmany(timeout_ms=200)
-        stamps += [record.timestamp for records in batches.values() for record in records]
-    await consumer.stop()
-    return (max(stamps) - min(stamps)) / 1000
 
 
 async def raw(bootstrap: str, source: str, target: str, n: int, same_work: bool) -> float:
@@ -105,7 +90,7 @@ async def main(n: int, bootstrap: str) -> None:
         await load(bootstrap, topic, decisions)
     broker = create_notifier(settings, REGISTRY, SystemClock())
     await broker.start()
-    service_s = await span_of(bootstrap, topics.status(decisions[0].referral.channel), 2 * n)
+    service_s = await count_until(bootstrap, topics.status(decisions[0].referral.channel), 2 * n)
     await broker.stop()
     same_s = await raw(bootstrap, "bench.in.1", "bench.out.1", n, same_work=True)
     bare_s = await raw(bootstrap, "bench.in.2", "bench.out.2", n, same_work=False)

@@ -64,22 +64,18 @@ async def load(bootstrap: str, topic: str, items: list[Referral]) -> None:
 
 
 async def count_until(bootstrap: str, topic: str, n: int) -> float:
-    """Seconds until `topic` holds n records, measured from the first one."""
+    """Seconds from the first to the n-th record on `topic` (broker timestamps, over all partitions)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     parts = await partitions_of(bootstrap, [topic])
     consumer.assign(parts)
     await consumer.seek_to_beginning(*parts)
-    seen, first = 0, None
-    while seen < n:
+    stamps: list[int] = []
+    while len(stamps) < n:
         batches = await consumer.getmany(timeout_ms=200)
-        for records in batches.values():
-            for record in records:
-                first = first or record.timestamp / 1000
-                seen += 1
-                last = record.timestamp / 1000
+        stamps += [record.timestamp for records in batches.values() for record in records]
     await consumer.stop()
-    return last - first
+    return (max(stamps) - min(stamps)) / 1000
 
 
 async def raw(bootstrap: str, source: str, target: str, n: int, awaited: bool, commit_each: bool = False) -> float:
