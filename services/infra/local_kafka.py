@@ -133,7 +133,9 @@ class LocalKafka:
             raise LocalKafkaError(f"{exc}\n--- {self.log_file} (tail) ---\n{tail}") from exc
 
     def _format(self, classpath: str, config: Path) -> None:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: an id led by "-" reads as an option
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         result = subprocess.run(self._java(classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
                                            "-c", str(config)), capture_output=True, text=True, check=False)
         if result.returncode != 0:
