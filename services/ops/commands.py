@@ -14,30 +14,59 @@ from rich.table import Table
 from services.infra import metrics
 from services.infra.http import serve
 from services.infra.settings import get_settings
-from services.ops.lag import GroupLag, LagMonitor, export
+from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export
 from services.ops.page import last_hour_per_channel, latest_dead_letters, render
+from services.ops.rules import PartitionStatus
 
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "ERR": "red", "STALL": "red", "STOP": "red", "REWIND": "red"}
 PAGE_EVERY_S = 10.0
+SEVERITY = [PartitionStatus.OK, PartitionStatus.WARN, PartitionStatus.STALL, PartitionStatus.STOP, PartitionStatus.REWIND]
+COLLAPSE_QUIET_TOPICS = 3
+"""More caught-up topics than this in one group (the notifier reads every feedback topic) share one row."""
 
 
-def table(groups: list[GroupLag]) -> Table:
+def table(groups: list[GroupLag], every_partition: bool = False) -> Table:
+    """One row per group and topic (sums, the oldest lag, the worst partition), and below it the partitions
+    that lag or are not OK (all of them with `every_partition`); caught-up topics of a group share one row."""
     view = Table(title=f"Consumer lag at {datetime.now(UTC).isoformat(timespec='seconds')}")
     for column in ("group", "status", "members", "topic", "partition", "committed", "log end", "lag", "lag in time",
                    "partition status"):
         view.add_column(column, justify="right" if column in ("members", "partition", "committed", "log end",
                                                                   "lag", "lag in time") else "left")
     for group in groups:
-        style = STATUS_STYLE[group.status.value]
-        first = [group.group, f"[{style}]{group.status.value}[/{style}]", str(group.members)]
-        for row in group.partitions or [None]:
-            cells = ["-"] * 7 if row is None else [
-                row.topic, str(row.partition), str(row.committed), str(row.log_end), str(row.lag),
-                "-" if row.lag_seconds is None else f"{row.lag_seconds:.1f} s",
-                f"[{STATUS_STYLE[row.status.value]}]{row.status.value}[/]"]
-            view.add_row(*first, *cells)
+        first = [group.group, _styled(group.status.value), str(group.members)]
+        if not group.partitions:
+            view.add_row(*first, *["-"] * 7)
+        by_topic: dict[str, list[PartitionLag]] = {}
+        for row in group.partitions:
+            by_topic.setdefault(row.topic, []).append(row)
+        quiet = [t for t, rows in by_topic.items() if not any(r.lag or r.status is not PartitionStatus.OK for r in rows)]
+        if not every_partition and len(quiet) > COLLAPSE_QUIET_TOPICS:
+            view.add_row(*first, f"{len(quiet)} topics caught up", f"all {sum(len(by_topic[t]) for t in quiet)}",
+                         str(sum(r.committed for t in quiet for r in by_topic[t])),
+                         str(sum(r.log_end for t in quiet for r in by_topic[t])), "0", _age(0.0), _styled("OK"))
             first = ["", "", ""]
+            by_topic = {t: rows for t, rows in by_topic.items() if t not in quiet}
+        for topic, rows in by_topic.items():
+            worst = max((r.status for r in rows), key=SEVERITY.index)
+            ages = [r.lag_seconds for r in rows if r.lag_seconds is not None]
+            view.add_row(*first, topic, f"all {len(rows)}", str(sum(r.committed for r in rows)),
+                         str(sum(r.log_end for r in rows)), str(sum(r.lag for r in rows)),
+                         _age(max(ages, default=None)), _styled(worst.value))
+            first = ["", "", ""]
+            for row in rows:
+                if every_partition or row.lag or row.status is not PartitionStatus.OK:
+                    view.add_row(*first, "", str(row.partition), str(row.committed), str(row.log_end), str(row.lag),
+                                 _age(row.lag_seconds), _styled(row.status.value))
     return view
+
+
+def _styled(status: str) -> str:
+    return f"[{STATUS_STYLE[status]}]{status}[/]"
+
+
+def _age(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f} s"
 
 
 def as_json(groups: list[GroupLag]) -> str:
@@ -55,7 +84,7 @@ async def _sampled(monitor: LagMonitor, samples: int, interval: float) -> list[G
 
 async def _serve(monitor: LagMonitor, host: str, port: int, interval: float) -> None:
     latest: dict[str, object] = {"groups": [], "channels": {}, "dead_letters": [], "at": datetime.now(UTC)}
-    page = lambda: (200, "text/html; charset=utf-8", render(  # noqa: E731
+    page = lambda: (200, "text/html; charset=utf-8", render(
         latest["groups"], latest["channels"], latest["dead_letters"], latest["at"]).encode())
     server = serve(host, port, {
         "/": page, "/status": page, "/metrics": metrics.metrics_response,
@@ -80,6 +109,8 @@ def lag(
     all_groups: Annotated[bool, typer.Option("--all", help="All consumer groups, not only the hub's (verwijshub-*).")] = False,
     as_json_output: Annotated[bool, typer.Option("--json", help="JSON for machines instead of a table.")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="Refresh the table in place every interval, until Ctrl-C.")] = False,
+    every_partition: Annotated[bool, typer.Option("--partitions", help="Every partition in the table, not only "
+                                                  "those that lag or are not OK.")] = False,
     samples: Annotated[int, typer.Option(min=1, help="Samples in the sliding window the status is judged on.")] = 3,
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between samples.")] = 1.0,
     serve_http: Annotated[bool, typer.Option("--serve", help="Run the lag exporter: Prometheus /metrics, the status "
@@ -101,14 +132,14 @@ def lag(
             elif watch:
                 with Live(Group(table([])), refresh_per_second=4) as live:
                     while True:
-                        live.update(table(await monitor.sample()))
+                        live.update(table(await monitor.sample(), every_partition))
                         await asyncio.sleep(interval)
             else:
                 groups = await _sampled(monitor, samples, interval)
                 if as_json_output:
                     print(as_json(groups))
                 else:
-                    Console().print(table(groups))
+                    Console().print(table(groups, every_partition))
         finally:
             await monitor.stop()
 

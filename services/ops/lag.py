@@ -14,7 +14,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.infra import metrics
-from services.ops.rules import GroupStatus, PartitionStatus, Sample, group_status, partition_status
+from services.ops.rules import (
+    GroupStatus,
+    PartitionStatus,
+    Sample,
+    group_status,
+    partition_status,
+)
 
 HUB_GROUP_PREFIX = "verwijshub-"
 

@@ -6,7 +6,7 @@ import json
 import time
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from schemas.referral import Channel
 from services.infra import topics

@@ -17,6 +17,7 @@ STALL, STOP or REWIND (Burrow's group statuses). Pure functions: tests give them
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import pairwise
 
 
 class PartitionStatus(StrEnum):
@@ -49,7 +50,7 @@ def partition_status(window: Sequence[Sample], has_members: bool) -> PartitionSt
     """The status of one partition from its samples, oldest first."""
     if not window:
         return PartitionStatus.OK
-    if any(later.committed < earlier.committed for earlier, later in zip(window, window[1:])):
+    if any(later.committed < earlier.committed for earlier, later in pairwise(window)):
         return PartitionStatus.REWIND
     if any(sample.lag == 0 for sample in window):
         return PartitionStatus.OK
@@ -59,7 +60,7 @@ def partition_status(window: Sequence[Sample], has_members: bool) -> PartitionSt
         return PartitionStatus.OK  # one sample with lag: too early to judge
     if window[-1].committed == window[0].committed:
         return PartitionStatus.STALL
-    if all(later.lag >= earlier.lag for earlier, later in zip(window, window[1:])):
+    if all(later.lag >= earlier.lag for earlier, later in pairwise(window)):
         return PartitionStatus.WARN
     return PartitionStatus.OK
 
