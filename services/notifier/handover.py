@@ -30,6 +30,13 @@ def routing_reason(decision: RoutingDecision) -> str:
     return f"Routed by rule '{decision.rule}': {deciding.reason}.{flags}"
 
 
+def warm_handover(decision: RoutingDecision) -> str:
+    previous = decision.previous_recipient
+    kind = "WIJ team" if previous.kind is RecipientKind.WIJ_TEAM else "provider (AGB)"
+    return (f"Warm handover: this youth comes from {previous.name}, {kind} {previous.id}; get in touch with "
+            "them about the care so far.")
+
+
 def handover_bundle(decision: RoutingDecision, now: datetime) -> Bundle:
     if decision.recipient is None:
         raise ValueError("a rejected referral has no handover")
@@ -56,7 +63,8 @@ def handover_bundle(decision: RoutingDecision, now: datetime) -> Bundle:
         "authoredOn": now.isoformat(),
         "requester": requester,
         "owner": owner,
-        "note": [{"text": routing_reason(decision)}],
+        "note": [{"text": routing_reason(decision)}] + ([{"text": warm_handover(decision)}]
+                                                         if decision.previous_recipient else []),
     }
     bundle = {
         "resourceType": "Bundle",

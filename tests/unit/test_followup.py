@@ -26,6 +26,7 @@ from services.notifier.followup import (
     due_effects,
     next_due,
 )
+from services.notifier.handover import handover_bundle
 from services.routing.policy import decide
 from tests.referrals import gp_bytes
 
@@ -157,6 +158,8 @@ def test_a_provider_stop_hands_over_warmly_and_tells_the_old_provider() -> None:
     assert notices[0].notice.kind is NoticeKind.HANDED_OVER_ELSEWHERE and team.name in notices[0].notice.message
     assert statuses(effects) == [ReferralStatus.REROUTED, ReferralStatus.HANDED_OVER]
     assert state.handovers[first.referral_id].clock is not None
+    task = handover_bundle(stop, FRIDAY).entry[1].resource
+    assert [PROVIDER.name in note.text and PROVIDER.id in note.text for note in task.note] == [False, True]
 
 
 def indication(end: date) -> Indication:
