@@ -3,8 +3,8 @@
 import asyncio
 import contextlib
 import signal
-from http.server import ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import ThreadingHTTPServer
 
 from faststream.kafka import KafkaBroker
 
@@ -18,6 +18,7 @@ from services.infra.settings import Settings
 from services.intake.app import create_intake
 from services.notifier.app import create_notifier
 from services.ops.lag import LagMonitor, export
+from services.routing.app import FEEDBACK_GROUP as ROUTING_FEEDBACK_GROUP
 from services.routing.app import create_routing
 
 LAG_EVERY_S = 15.0
@@ -76,7 +77,7 @@ def start_metrics(settings: Settings, ready: asyncio.Event) -> ThreadingHTTPServ
 
 async def export_own_lag(settings: Settings, names: list[str]) -> None:
     """The consumer lag of this process's groups into its metrics, every LAG_EVERY_S."""
-    groups = {group_id(name) for name in names} | ({group_id("routing-feedback")} if "routing" in names else set())
+    groups = {group_id(name) for name in names} | ({ROUTING_FEEDBACK_GROUP} if "routing" in names else set())
     monitor = LagMonitor(settings.bootstrap, groups=groups)
     with contextlib.suppress(asyncio.CancelledError):
         while True:

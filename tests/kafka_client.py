@@ -7,6 +7,8 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.infra.kafka import read_records
+
 
 async def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None,
                   headers: list[tuple[str, bytes]] | None = None) -> None:
@@ -60,25 +62,11 @@ def header(record: ConsumerRecord, name: str) -> str | None:
 
 
 async def records_on_topics(bootstrap: str, prefix: str) -> list[ConsumerRecord]:
-    """Every record now on every topic whose name starts with `prefix`, read by one consumer to the end."""
+    """Every record now on every topic whose name starts with `prefix`."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         names = sorted(name for name in await admin.list_topics() if name.startswith(prefix))
-        described = await admin.describe_topics(names)
     finally:
         await admin.close()
-    partitions = [TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        found: list[ConsumerRecord] = []
-        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            batches = await consumer.getmany(timeout_ms=500)
-            found += [record for records in batches.values() for record in records]
-        return found
-    finally:
-        await consumer.stop()
+    return await read_records(bootstrap, names)

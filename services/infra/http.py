@@ -17,7 +17,7 @@ def serve(host: str, port: int, routes: Routes) -> ThreadingHTTPServer:
     """Serve `routes` (path -> handler) on host:port until `server.shutdown()`; port 0 picks a free one."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        def do_GET(self) -> None:  # the standard library's name
             route = routes.get(self.path.split("?", 1)[0])
             status, content_type, body = route() if route else (404, "text/plain", b"not found\n")
             self.send_response(status)

@@ -5,7 +5,7 @@ import logging
 import time
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -104,22 +104,37 @@ async def partitions_of(bootstrap: str, names: list[str]) -> list[TopicPartition
             for p in sorted(d.get("partitions") or (), key=lambda p: p["partition"])]
 
 
-async def read_to_end(bootstrap: str, topic: str,
-                      only: set[int] | None = None) -> list[tuple[bytes | None, bytes | None]]:
-    """(key, value) of every record of a topic (or of its partitions `only`), from the start to the current end."""
+async def read_records(bootstrap: str, names: list[str], *, only: set[int] | None = None,
+                       since_ms: int | None = None, last: int | None = None) -> list[ConsumerRecord]:
+    """The records of topics (or of their partitions `only`) up to their current end: from the beginning, from
+    the time `since_ms`, or the `last` few of each partition."""
+    partitions = [tp for tp in await partitions_of(bootstrap, names) if only is None or tp.partition in only]
+    if not partitions:
+        return []
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [tp for tp in await partitions_of(bootstrap, [topic]) if only is None or tp.partition in only]
-        if not partitions:
-            return []
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        records: list[tuple[bytes | None, bytes | None]] = []
+        begins = await consumer.beginning_offsets(partitions)
+        starts = dict(begins)
+        if since_ms is not None:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            starts = {tp: found[tp].offset if found.get(tp) else ends[tp] for tp in partitions}
+        elif last is not None:
+            starts = {tp: max(ends[tp] - last, begins[tp]) for tp in partitions}
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+        records: list[ConsumerRecord] = []
         while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
             batches = await consumer.getmany(timeout_ms=500)
-            records += [(r.key, r.value) for batch in batches.values() for r in batch]
+            records += [r for batch in batches.values() for r in batch]
         return records
     finally:
         await consumer.stop()
+
+
+async def read_to_end(bootstrap: str, topic: str,
+                      only: set[int] | None = None) -> list[tuple[bytes | None, bytes | None]]:
+    """(key, value) of every record of a topic (or of its partitions `only`), from the start to the current end."""
+    return [(record.key, record.value) for record in await read_records(bootstrap, [topic], only=only)]

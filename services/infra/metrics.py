@@ -7,7 +7,13 @@ a pseudonym, a name or a postcode. `serve_metrics` exposes them with `/healthz` 
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from services.infra.http import serve
 

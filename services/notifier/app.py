@@ -38,7 +38,7 @@ from services.infra.kafka import (
     group_id,
     make_broker,
     message_headers,
-    read_to_end,
+    read_records,
 )
 from services.infra.logging import get_logger
 from services.infra.registry_topic import latest_registry
@@ -154,9 +154,10 @@ class Notifier:
         partitions = {tp.partition for tp in assigned if tp.topic == topics.DECISIONS}
         async with self.lock:
             self.followups.drop(set(self.followups.by_partition) - partitions)
-            for partition in partitions - set(self.followups.by_partition):
-                self.followups.load(partition, await read_to_end(self.settings.bootstrap, topics.NOTIFIER_STATE,
-                                                                 only={partition}))
+            new = partitions - set(self.followups.by_partition)
+            stored = await read_records(self.settings.bootstrap, [topics.NOTIFIER_STATE], only=new) if new else []
+            for partition in new:
+                self.followups.load(partition, [(r.key, r.value) for r in stored if r.partition == partition])
         self.log.info("follow-up partitions owned", partitions=sorted(partitions),
                       youths=sum(map(len, self.followups.by_partition.values())))
 
@@ -248,7 +249,7 @@ class Notifier:
             else:
                 feedback = Feedback.model_validate_json(value)
                 _, kind, source, _ = topic.split(".", 3)
-                after, effects = apply_feedback(before, (RecipientKind(_KIND[kind]), source), feedback, now)
+                after, effects = apply_feedback(before, _KIND[kind], source, feedback, now)
                 correlation_id, outcome = feedback.referral_id, f"feedback {feedback.kind.value}"
             await self.publish(effects, pseudonym, correlation_id)
             await self.save(partition, before, after.model_copy(update={"seen": {**after.seen, position: offset}}))
@@ -294,7 +295,8 @@ class Notifier:
             await asyncio.sleep(self.settings.notifier_tick_seconds)
 
 
-_KIND = {"wij": RecipientKind.WIJ_TEAM.value, "provider": RecipientKind.PROVIDER.value}
+_KIND = {"wij": RecipientKind.WIJ_TEAM, "provider": RecipientKind.PROVIDER}
+"""The kind part of a feedback topic's name (`feedback.<kind>.<id>.v1`)."""
 
 
 def _indications(value: bytes) -> list[Indication]:

@@ -21,7 +21,7 @@ from schemas.notices import (
     RecipientNotice,
     YouthFollowUp,
 )
-from schemas.routing import Recipient, RecipientKind, RoutingAlert, RoutingDecision
+from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import topics
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
@@ -110,13 +110,12 @@ def _refuse(message: str, location: str = "/referral_id") -> FeedbackRefused:
     return FeedbackRefused(ReferralError(code=ErrorCode.NOT_RECIPIENT, location=location, message=message))
 
 
-def apply_feedback(state: YouthFollowUp, source: Recipient | tuple[RecipientKind, str], feedback: Feedback,
+def apply_feedback(state: YouthFollowUp, kind: RecipientKind, source_id: str, feedback: Feedback,
                    now: datetime) -> tuple[YouthFollowUp, list[Effect]]:
-    """Feedback from the recipient `source` (kind, id: from the feedback topic it came on).
+    """Feedback from the recipient `kind`/`source_id` (from the feedback topic it came on).
 
     Raises FeedbackRefused for feedback about a referral that is not open with that recipient, so a
     provider can never move another's referral."""
-    kind, source_id = (source.kind, source.id) if isinstance(source, Recipient) else source
     if feedback.kind is FeedbackKind.EVALUATION_DONE:
         return _evaluation_done(state, kind, source_id, feedback)
     handover = state.handovers.get(feedback.referral_id)

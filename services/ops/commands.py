@@ -14,7 +14,7 @@ from rich.table import Table
 from services.infra import metrics
 from services.infra.http import serve
 from services.infra.settings import get_settings
-from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export
+from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export, format_age
 from services.ops.page import last_hour_per_channel, latest_dead_letters, render
 from services.ops.rules import PartitionStatus
 
@@ -44,7 +44,7 @@ def table(groups: list[GroupLag], every_partition: bool = False) -> Table:
         if not every_partition and len(quiet) > COLLAPSE_QUIET_TOPICS:
             view.add_row(*first, f"{len(quiet)} topics caught up", f"all {sum(len(by_topic[t]) for t in quiet)}",
                          str(sum(r.committed for t in quiet for r in by_topic[t])),
-                         str(sum(r.log_end for t in quiet for r in by_topic[t])), "0", _age(0.0), _styled("OK"))
+                         str(sum(r.log_end for t in quiet for r in by_topic[t])), "0", format_age(0.0), _styled("OK"))
             first = ["", "", ""]
             by_topic = {t: rows for t, rows in by_topic.items() if t not in quiet}
         for topic, rows in by_topic.items():
@@ -52,21 +52,17 @@ def table(groups: list[GroupLag], every_partition: bool = False) -> Table:
             ages = [r.lag_seconds for r in rows if r.lag_seconds is not None]
             view.add_row(*first, topic, f"all {len(rows)}", str(sum(r.committed for r in rows)),
                          str(sum(r.log_end for r in rows)), str(sum(r.lag for r in rows)),
-                         _age(max(ages, default=None)), _styled(worst.value))
+                         format_age(max(ages, default=None)), _styled(worst.value))
             first = ["", "", ""]
             for row in rows:
                 if every_partition or row.lag or row.status is not PartitionStatus.OK:
                     view.add_row(*first, "", str(row.partition), str(row.committed), str(row.log_end), str(row.lag),
-                                 _age(row.lag_seconds), _styled(row.status.value))
+                                 format_age(row.lag_seconds), _styled(row.status.value))
     return view
 
 
 def _styled(status: str) -> str:
     return f"[{STATUS_STYLE[status]}]{status}[/]"
-
-
-def _age(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds:.1f} s"
 
 
 def as_json(groups: list[GroupLag]) -> str:

@@ -66,11 +66,17 @@ class LagMonitor:
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="verwijshub-lag")
-        await self.admin.start()
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                                         client_id="verwijshub-lag")
-        await self.consumer.start()
+        """Connect; both clients are set only once started, so a failed start can simply be tried again."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="verwijshub-lag")
+        await admin.start()
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+                                    client_id="verwijshub-lag")
+        try:
+            await consumer.start()
+        except Exception:
+            await admin.close()
+            raise
+        self.admin, self.consumer = admin, consumer
 
     async def stop(self) -> None:
         if self.consumer:
@@ -123,6 +129,11 @@ class LagMonitor:
                                          partition_status(list(window), members > 0)))
             result.append(GroupLag(name, group_status([r.status for r in rows]), state, members, rows))
         return result
+
+
+def format_age(seconds: float | None) -> str:
+    """A lag in time as people read it: `12.3 s`, or `-` when unknown."""
+    return "-" if seconds is None else f"{seconds:.1f} s"
 
 
 STATUS_VALUE = {GroupStatus.OK: 0, GroupStatus.WARN: 1, GroupStatus.ERR: 2}

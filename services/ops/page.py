@@ -6,41 +6,12 @@ import json
 import time
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
-
 from schemas.referral import Channel
 from services.infra import topics
-from services.infra.kafka import partitions_of
-from services.ops.lag import GroupLag
+from services.infra.kafka import read_records
+from services.ops.lag import GroupLag, format_age
 
 REFRESH_S = 5
-
-
-async def _records_since(bootstrap: str, topic: str, since_ms: int | None, last: int | None = None) -> list:
-    """Records of `topic` written since `since_ms`, or the `last` few of each partition."""
-    partitions = await partitions_of(bootstrap, [topic])
-    if not partitions:
-        return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="verwijshub-page")
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        if since_ms is not None:
-            starts = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
-            for tp in partitions:
-                consumer.seek(tp, starts[tp].offset if starts.get(tp) else ends[tp])
-        else:
-            begins = await consumer.beginning_offsets(partitions)
-            for tp in partitions:
-                consumer.seek(tp, max(ends[tp] - last, begins[tp]))
-        records = []
-        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
-            batches = await consumer.getmany(timeout_ms=500)
-            records += [r for batch in batches.values() for r in batch]
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def last_hour_per_channel(bootstrap: str) -> dict[str, dict[str, int]]:
@@ -50,7 +21,7 @@ async def last_hour_per_channel(bootstrap: str) -> dict[str, dict[str, int]]:
     since = int((time.time() - 3600) * 1000)
     counts = {channel.value: {"received": 0, "rejected": 0, "dead_letters": 0} for channel in Channel}
     for channel in Channel:
-        for record in await _records_since(bootstrap, topics.status(channel), since):
+        for record in await read_records(bootstrap, [topics.status(channel)], since_ms=since):
             try:
                 status = json.loads(record.value)["status"]
             except (ValueError, KeyError, TypeError):
@@ -58,7 +29,7 @@ async def last_hour_per_channel(bootstrap: str) -> dict[str, dict[str, int]]:
             if status in ("received", "rejected"):
                 counts[channel.value][status] += 1
     origins = {topics.referrals(channel): channel.value for channel in Channel}
-    for record in await _records_since(bootstrap, topics.DEAD_LETTERS, since):
+    for record in await read_records(bootstrap, [topics.DEAD_LETTERS], since_ms=since):
         origin = dict(record.headers or ()).get("origin-topic", b"").decode(errors="replace")
         if origin in origins:
             counts[origins[origin]]["dead_letters"] += 1
@@ -68,7 +39,7 @@ async def last_hour_per_channel(bootstrap: str) -> dict[str, dict[str, int]]:
 async def latest_dead_letters(bootstrap: str, count: int = 10) -> list[dict[str, str]]:
     """The newest dead letters: when, where from, and the error codes (from the headers, never the body)."""
     letters = []
-    for record in await _records_since(bootstrap, topics.DEAD_LETTERS, None, last=count):
+    for record in await read_records(bootstrap, [topics.DEAD_LETTERS], last=count):
         headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
         try:
             codes = sorted({e["code"] for e in json.loads(headers.get("errors", "[]"))})
@@ -79,16 +50,12 @@ async def latest_dead_letters(bootstrap: str, count: int = 10) -> list[dict[str,
     return sorted(letters, key=lambda letter: letter["at"], reverse=True)[:count]
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f} s"
-
-
 def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], dead_letters: list[dict[str, str]],
            at: datetime) -> str:
     e = html.escape
     group_rows = "".join(
         f'<tr class="status-{e(g.status)}"><td>{e(g.group)}</td><td>{e(g.status)}</td><td>{e(g.state)}</td>'
-        f"<td>{g.members}</td><td>{g.lag}</td><td>{_seconds(g.lag_seconds)}</td>"
+        f"<td>{g.members}</td><td>{g.lag}</td><td>{format_age(g.lag_seconds)}</td>"
         f"<td>{e(', '.join(sorted({p.status.value for p in g.partitions if p.status.value != 'OK'})) or 'OK')}</td>"
         f"</tr>" for g in groups)
     channel_rows = "".join(f"<tr><td>{e(name)}</td><td>{c['received']}</td><td>{c['rejected']}</td>"

@@ -49,6 +49,8 @@ from services.routing.state import RoutingState, StopWork, merge_indication
 
 SERVICE = "routing"
 FEEDBACK_PATTERN = r"feedback\..*\.v1"
+FEEDBACK_GROUP = group_id(f"{SERVICE}-feedback")
+"""Routing reads feedback in a group of its own, so its referral consumer sees no rebalances from it."""
 _PARTITIONER = DefaultPartitioner()
 BATCH_MAX = 200
 """Referrals decided per batch at most; their deliveries are confirmed, then committed, together."""
@@ -360,7 +362,7 @@ def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Kafk
 
     routing.owned_partitions = owned_partitions
 
-    @broker.subscriber(pattern=FEEDBACK_PATTERN, group_id=group_id(f"{SERVICE}-feedback"), auto_offset_reset="earliest",
+    @broker.subscriber(pattern=FEEDBACK_PATTERN, group_id=FEEDBACK_GROUP, auto_offset_reset="earliest",
                        ack_policy=AckPolicy.ACK, title="routing:feedback",
                        description="Recipients' feedback: declines re-route, started indications are kept.")
     async def on_feedback(message: ConsumedRecord) -> None:

@@ -51,6 +51,10 @@ def handed_over(decision: RoutingDecision, now: datetime = FRIDAY) -> YouthFollo
     return state
 
 
+def source_of(decision: RoutingDecision) -> tuple[RecipientKind, str]:
+    return decision.recipient.kind, decision.recipient.id
+
+
 def statuses(effects) -> list[ReferralStatus]:
     return [effect.status for effect in effects if isinstance(effect, StatusEvent)]
 
@@ -108,12 +112,12 @@ def test_a_deadline_passed_while_down_fires_the_breach_alone() -> None:
 def test_accept_then_contact_made_stops_the_clock() -> None:
     decision = team_decision()
     state = handed_over(decision)
-    state, effects = apply_feedback(state, decision.recipient, feedback(decision, FeedbackKind.ACCEPTED), FRIDAY)
+    state, effects = apply_feedback(state, *source_of(decision), feedback(decision, FeedbackKind.ACCEPTED), FRIDAY)
     assert statuses(effects) == [ReferralStatus.ACCEPTED]
-    state, effects = apply_feedback(state, decision.recipient, feedback(
+    state, effects = apply_feedback(state, *source_of(decision), feedback(
         decision, FeedbackKind.CONTACT_MADE, contact_at=FRIDAY), FRIDAY)
     assert statuses(effects) == [ReferralStatus.CONTACT_MADE] and next_due(state) is None
-    state, effects = apply_feedback(state, decision.recipient, feedback(decision, FeedbackKind.CLOSED), FRIDAY)
+    state, effects = apply_feedback(state, *source_of(decision), feedback(decision, FeedbackKind.CLOSED), FRIDAY)
     assert statuses(effects) == [ReferralStatus.CLOSED] and not state.handovers
 
 
@@ -123,21 +127,21 @@ def test_feedback_from_another_recipient_is_refused(source) -> None:
     decision = team_decision()
     state = handed_over(decision)
     with pytest.raises(FeedbackRefused) as refused:
-        apply_feedback(state, source, feedback(decision, FeedbackKind.CLOSED), FRIDAY)
+        apply_feedback(state, *source, feedback(decision, FeedbackKind.CLOSED), FRIDAY)
     assert refused.value.error.code is ErrorCode.NOT_RECIPIENT
 
 
 def test_feedback_about_an_unknown_referral_is_refused() -> None:
     decision = team_decision()
     with pytest.raises(FeedbackRefused):
-        apply_feedback(YouthFollowUp(pseudonym="p"), decision.recipient, feedback(decision, FeedbackKind.ACCEPTED),
+        apply_feedback(YouthFollowUp(pseudonym="p"), *source_of(decision), feedback(decision, FeedbackKind.ACCEPTED),
                        FRIDAY)
 
 
 def test_decline_then_a_new_decision_is_rerouted_and_handed_over() -> None:
     decision = team_decision()
     state = handed_over(decision)
-    state, effects = apply_feedback(state, decision.recipient, feedback(decision, FeedbackKind.DECLINED), FRIDAY)
+    state, effects = apply_feedback(state, *source_of(decision), feedback(decision, FeedbackKind.DECLINED), FRIDAY)
     assert statuses(effects) == [ReferralStatus.DECLINED] and next_due(state) is None
     again = decision.model_copy(update={"recipient": PROVIDER, "rule": "declined",
                                         "previous_recipient": decision.recipient})
@@ -189,10 +193,10 @@ def test_evaluation_done_saves_the_second_reminder() -> None:
     state = apply_indications(YouthFollowUp(pseudonym="p"), [indication(date(2026, 12, 31))], date(2026, 3, 1))
     state, _ = due_effects(state, datetime(2026, 9, 30, tzinfo=AMSTERDAM), "entree")
     done = Feedback(referral_id="-", kind=FeedbackKind.EVALUATION_DONE, at=FRIDAY, product="45A51")
-    state, effects = apply_feedback(state, (RecipientKind.PROVIDER, "98000011"), done, FRIDAY)
+    state, effects = apply_feedback(state, RecipientKind.PROVIDER, "98000011", done, FRIDAY)
     assert effects == [] and next_due(state) is None
     with pytest.raises(FeedbackRefused):
-        apply_feedback(state, (RecipientKind.PROVIDER, "98000022"), done, FRIDAY)
+        apply_feedback(state, RecipientKind.PROVIDER, "98000022", done, FRIDAY)
 
 
 def test_an_indication_heard_of_within_two_months_gets_one_reminder_and_its_team_notice_goes_central() -> None:
