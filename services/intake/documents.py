@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from schemas.errors import ErrorCode, ReferralError
 from schemas.inbound import INBOUND_MODELS, CourtReferral, GgdReferral, GiReferral
 from schemas.referral import (
+    AGB_SYSTEM,
+    BIG_SYSTEM,
     REFERRER_TYPE_OF_CHANNEL,
     Channel,
     Referral,
@@ -25,8 +27,6 @@ from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
 
-AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
-BIG_SYSTEM = "http://fhir.nl/fhir/NamingSystem/big"
 _DATE_FIELDS = {"referral_date", "birth_date", "date"}
 
 

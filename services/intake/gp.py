@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import (
+    AGB_SYSTEM,
+    BSN_SYSTEM,
     REFERRER_TYPE_OF_CHANNEL,
     Channel,
     Referral,
@@ -24,8 +26,6 @@ from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
 
-BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"
-AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
 PRODUCT_SYSTEM = "urn:ijw:productcode"
 CATEGORY_SYSTEM = "urn:verwijshub:referral-category"
 _DATE_FIELDS = {"birthDate", "authoredOn"}

@@ -24,6 +24,7 @@ import hl7
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import (
+    AGB_SYSTEM,
     REFERRER_TYPE_OF_CHANNEL,
     Channel,
     Referral,
@@ -35,7 +36,6 @@ from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
 
-AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
 BSN_AUTHORITY, BSN_TYPE = "NLMINBIZA", "NNNLD"
 PRODUCT_CODING_SYSTEM = "IJWPROD"
 _HL7_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})")

@@ -10,9 +10,9 @@ from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
 
-from schemas.referral import Referral
+from schemas.referral import AGB_SYSTEM, BSN_SYSTEM, Referral
 from schemas.routing import RecipientKind, RoutingDecision
-from services.intake.gp import AGB_SYSTEM, BSN_SYSTEM, CATEGORY_SYSTEM, PRODUCT_SYSTEM
+from services.intake.gp import CATEGORY_SYSTEM, PRODUCT_SYSTEM
 
 HUB_REFERRAL_ID_SYSTEM = "urn:verwijshub:referral-id"
 WIJ_TEAM_SYSTEM = "urn:verwijshub:wij-team"
