@@ -1,4 +1,4 @@
-"""Feedback from a recipient about a handover it received (DESIGN.md, "Canonical model").
+"""Feedback from a recipient about a handover it received (docs/design.md, "Canonical model").
 
 Keyed like the handover it answers (youth pseudonym) and carrying the hub referral id.
 """

@@ -59,7 +59,7 @@ def asyncapi_document() -> dict[str, Any]:
     specification = AsyncAPI(
         *brokers, title="Verwijshub", version="1.0.0", schema_version="3.0.0",
         description="The youth-care referral hub of Groningen: what intake, routing and notifier consume. "
-                    "Topics, keys and headers: DESIGN.md; inbound JSON documents: schemas/json/.")
+                    "Topics, keys and headers: docs/design.md; inbound JSON documents: schemas/json/.")
     return json.loads(specification.to_specification().to_json())
 
 

@@ -38,7 +38,7 @@ REFERRER_TYPE_OF_CHANNEL: dict[Channel, ReferrerType] = {
 BSN_SYSTEM = "http://fhir.nl/fhir/NamingSystem/bsn"
 AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
 BIG_SYSTEM = "http://fhir.nl/fhir/NamingSystem/big"
-"""The Dutch FHIR naming systems of BSN, AGB and BIG numbers (DOMAIN.md, "Identifiers"), as every channel
+"""The Dutch FHIR naming systems of BSN, AGB and BIG numbers (docs/domain.md, "Identifiers"), as every channel
 and the handover name them."""
 
 _HUB_ID_NAMESPACE = uuid.UUID("7a1d2c57-1b8e-4f2e-9f3a-6c0de5a0b1e1")

@@ -1,6 +1,6 @@
 """Broker and hub fixtures for the end-to-end tests.
 
-A broker is found in the order DESIGN.md gives: VERWIJSHUB_KAFKA_BOOTSTRAP if set; else a
+A broker is found in the order docs/design.md gives: VERWIJSHUB_KAFKA_BOOTSTRAP if set; else a
 testcontainers Kafka where a Docker engine answers; else the local Apache Kafka (real jars from Maven
 Central), started once per test session on free ports with a throwaway data directory.
 """

@@ -35,7 +35,7 @@ def group_id(service: str) -> str:
 
 
 def message_headers(schema: str, correlation_id: str, channel: str, content_type: str = JSON) -> dict[str, str]:
-    """The headers every hub message carries (DESIGN.md, "Topics")."""
+    """The headers every hub message carries (docs/design.md, "Message headers")."""
     return {"content-type": content_type, "schema": schema, "correlation-id": correlation_id, "channel": channel}
 
 

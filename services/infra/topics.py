@@ -1,4 +1,4 @@
-"""Topic names of the public contract (DESIGN.md, "Topics"): one place, so no service spells them itself."""
+"""Topic names of the public contract (docs/design.md, "Topics"): one place, so no service spells them itself."""
 
 from schemas.referral import Channel
 from schemas.registry import Registry

@@ -8,7 +8,7 @@ is small, pure Python without dependencies, tolerant, and its accessor (`PID.F3.
 one onto the locations the referrer is told (`PID-3`). It splits segments on `\\r` only, so `\\n` and
 `\\r\\n` segment ends are normalised first.
 
-Field mapping (DESIGN.md, "Inbound formats"): MSH-9 `REF^I12`; RF1-6 the referrer's referral id;
+Field mapping (docs/design.md, "Inbound formats"): MSH-9 `REF^I12`; RF1-6 the referrer's referral id;
 RF1-3 the product when its coding system (component 3) is `IJWPROD`; RF1-5 `SPEC` asks for specialist
 care; RF1-10 `CONT` marks continued care that started before 18; RF1-7 the referral date; PRD with
 role `RP` the referring specialist (AGB in PRD-7), an optional PRD with role `RT` the preferred

@@ -1,4 +1,4 @@
-"""The routing policy of DOMAIN.md as pure rules over a referral, the registry and the youth's indications.
+"""The routing policy of docs/domain.md as pure rules over a referral, the registry and the youth's indications.
 
 Rules are evaluated in order; the first that decides wins. Every rule evaluated leaves a line in
 the trace, so that a person can check why a referral went where it went. Every date the policy

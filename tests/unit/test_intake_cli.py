@@ -1,4 +1,4 @@
-"""`verwijshub check` as DESIGN.md specifies it, for every channel: exit 0 with the Referral, exit 1 with the errors."""
+"""`verwijshub check` as docs/design.md specifies it, for every channel: exit 0 with the Referral, exit 1 with the errors."""
 
 import json
 
