@@ -22,11 +22,12 @@ kafka-jars: $(INSTALLED)
 up: kafka-jars
 	$(BIN)/verwijshub up
 
-# Debian's prometheus (promtool checks the alert rules) and chromium (the status page's browser test).
+# Debian's prometheus (promtool checks the alert rules), chromium (the status page's browser test) and kcat
+# (a third-party Kafka client for the access tests; run through deploy/kcat).
 tools:
-	@command -v promtool >/dev/null && command -v chromium >/dev/null || \
+	@command -v promtool >/dev/null && command -v chromium >/dev/null && command -v kcat >/dev/null || \
 	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
-	    --no-install-recommends prometheus chromium)
+	    --no-install-recommends prometheus chromium kcat)
 
 test: kafka-jars tools
 	$(BIN)/pytest

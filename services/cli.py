@@ -14,12 +14,14 @@ from rich.table import Table
 
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
+from services.access.commands import access_app, registry_in_force, sync_access
 from services.hub import SERVICES, create_topics, run_services
-from services.infra import topics
+from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.local_kafka import LocalKafka, LocalKafkaError, resolve_classpath
 from services.infra.logging import configure_logging
 from services.infra.registry_files import RegistryError, load_registry
+from services.infra.secrets import SecretsError
 from services.infra.settings import Settings, get_settings
 from services.intake.app import PARSERS
 from services.intake.outcome import ParseOutcome, Rejection
@@ -35,6 +37,7 @@ app.add_typer(routing_commands.registry_app, name="registry")
 app.add_typer(routing_commands.indications_app, name="indications")
 app.command("whatif")(routing_commands.whatif)
 app.command("lag")(ops_commands.lag)
+app.add_typer(access_app, name="access")
 console = Console(stderr=True)
 
 Service = StrEnum("Service", {name: name for name in SERVICES})
@@ -61,7 +64,7 @@ def _parse(channel: Channel, raw: bytes, settings: Settings, registry) -> ParseO
         console.print(f"[red]the {channel} channel has no adapter yet[/red]")
         raise typer.Exit(2)
     return PARSERS[channel](raw, known_products=frozenset(registry.products), received_at=SystemClock().now(),
-                            pseudonym_key=settings.pseudonym_key.get_secret_value(),
+                            pseudonym_key=settings.youth_pseudonym_key(),
                             max_bytes=settings.max_message_bytes)
 
 
@@ -78,6 +81,10 @@ def up() -> None:
     log_file = settings.log_file or settings.data_dir / "hub.log"
     configure_logging("hub", settings.log_level, log_file)
     registry = _registry(settings)
+    if not settings.connection(principals.ADMIN).secured:
+        console.print("[bold red]WARNING: VERWIJSHUB_KAFKA_SECURITY_PROTOCOL=PLAINTEXT: no authentication, no "
+                      "ACLs; any process that reaches the port reads every child's data. For debugging only."
+                      "[/bold red]")
     broker = None if settings.kafka_bootstrap else LocalKafka.from_settings(settings)
     if broker is not None:
         console.print(f"starting the local Apache Kafka on {broker.bootstrap} ...")
@@ -86,8 +93,15 @@ def up() -> None:
         except LocalKafkaError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
+    try:
+        settings.youth_pseudonym_key()  # generated on the first `up`; the old public default refused
+    except SecretsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     created = asyncio.run(create_topics(settings, registry))
     asyncio.run(routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
+    if settings.connection(principals.ADMIN).secured:
+        sync_access(settings, asyncio.run(registry_in_force(settings)))
 
     def ready() -> None:
         table = Table(title="Verwijshub is up", show_header=False)
@@ -122,7 +136,8 @@ def send(channel: ChannelOption, file: FileArgument) -> None:
     key = referral_id.encode() if referral_id else None
 
     async def publish() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", enable_idempotence=True,
+        producer = AIOKafkaProducer(**settings.connection(principals.referrer(channel)).client_options(),
+                                    acks="all", enable_idempotence=True,
                                     max_request_size=max(len(raw) + 4096, 1024 * 1024))
         await producer.start()
         try:

@@ -9,7 +9,7 @@ from http.server import ThreadingHTTPServer
 from faststream.kafka import KafkaBroker
 
 from schemas.registry import Registry
-from services.infra import topics
+from services.infra import principals, topics
 from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.kafka import ensure_topics, group_id
 from services.infra.logging import get_logger
@@ -30,7 +30,7 @@ SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
 
 
 async def create_topics(settings: Settings, registry: Registry) -> list[str]:
-    return await ensure_topics(settings.bootstrap, topics.all_topics(registry), settings.partitions,
+    return await ensure_topics(settings.connection(principals.ADMIN), topics.all_topics(registry), settings.partitions,
                                settings.replication_factor)
 
 
@@ -78,7 +78,7 @@ def start_metrics(settings: Settings, ready: asyncio.Event) -> ThreadingHTTPServ
 async def export_own_lag(settings: Settings, names: list[str]) -> None:
     """The consumer lag of this process's groups into its metrics, every LAG_EVERY_S."""
     groups = {group_id(name) for name in names} | ({ROUTING_FEEDBACK_GROUP} if "routing" in names else set())
-    monitor = LagMonitor(settings.bootstrap, groups=groups)
+    monitor = LagMonitor(settings.connection(principals.OPERATIONS), groups=groups)
     with contextlib.suppress(asyncio.CancelledError):
         while True:
             try:

@@ -1,12 +1,14 @@
 """Broker and hub fixtures for the end-to-end tests.
 
-A broker is found in the order docs/design.md gives: VERWIJSHUB_KAFKA_BOOTSTRAP if set; else a
-testcontainers Kafka where a Docker engine answers; else the local Apache Kafka (real jars from Maven
-Central), started once per test session on free ports with a throwaway data directory.
+Every broker is secured as in production (SASL_SSL with SCRAM-SHA-512, the KRaft authorizer, ACLs from the
+registry): VERWIJSHUB_KAFKA_BOOTSTRAP with VERWIJSHUB_SECRETS_DIR if set; else the local Apache Kafka (real
+jars from Maven Central), started once per test session on free ports with a throwaway data directory.
+Tests look as the admin unless they play a referrer or recipient, then they connect as that principal.
 """
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,8 +20,14 @@ from pathlib import Path
 
 import pytest
 
+from services.access.commands import sync_access
+from services.infra import principals
+from services.infra.connection import KafkaConnection
 from services.infra.local_kafka import LocalKafka
-from services.infra.settings import REPO_ROOT
+from services.infra.registry_files import load_registry
+from services.infra.secrets import PSEUDONYM_KEY_FILE, CredentialStore
+from services.infra.settings import REPO_ROOT, Settings
+from tests.referrals import BSNS_MADE
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -30,64 +38,115 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _docker_answers() -> bool:
-    try:
-        import docker
+@dataclass(frozen=True)
+class TestKafka:
+    """A secured broker as the tests see it: where it is, and the secrets directory (local CA, every
+    principal's password, the pseudonym key) that `verwijshub access sync` filled for it."""
 
-        return bool(docker.from_env(timeout=3).ping())
-    except Exception:  # no client library, no socket, no engine: all mean "no Docker here"
-        return False
+    __test__ = False  # a fixture's value, not a test class
+    bootstrap: str
+    secrets: Path
+
+    def settings(self, **overrides: object) -> Settings:
+        return Settings(kafka_bootstrap=self.bootstrap, secrets_dir=self.secrets, _env_file=None, **overrides)
+
+    def connection(self, principal: str = principals.ADMIN) -> KafkaConnection:
+        return self.settings().connection(principal)
+
+    @property
+    def admin(self) -> KafkaConnection:
+        return self.connection(principals.ADMIN)
+
+    def env(self) -> dict[str, str]:
+        """The settings a hub process needs to reach this broker (each service then picks its own principal)."""
+        return {"VERWIJSHUB_KAFKA_BOOTSTRAP": self.bootstrap, "VERWIJSHUB_SECRETS_DIR": str(self.secrets)}
+
+
+def provision(kafka: TestKafka) -> TestKafka:
+    """Every principal of the shipped registry with its password, ACLs and topics, as `up` makes them."""
+    sync_access(kafka.settings(), load_registry(REPO_ROOT / "deploy" / "registry"))
+    return kafka
+
+
+def cache_dir() -> Path:
+    """Where the Kafka jars are cached (as the hub's own setting has it)."""
+    return Path(os.environ.get("VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub"))
+
+
+SECRETS_SEEN: list[Path] = []
+"""Every secrets directory of the run: the log scan at the end looks for their passwords and keys."""
 
 
 @contextlib.contextmanager
-def new_broker(data_dir: Path) -> Iterator[str]:
-    """A broker of its own: a testcontainers Kafka where Docker answers, else the local Apache Kafka."""
-    if _docker_answers():
-        from testcontainers.community.kafka import KafkaContainer
-
-        with KafkaContainer("confluentinc/cp-kafka:8.0.0").with_kraft() as container:
-            yield container.get_bootstrap_server()
-        return
-    cache = Path(os.environ.get("VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub"))
-    kafka = LocalKafka(data_dir=data_dir, cache_dir=cache, port=_free_port(), controller_port=_free_port())
+def new_broker(data_dir: Path) -> Iterator[TestKafka]:
+    """A secured local Apache Kafka of its own (SASL_SSL, SCRAM, ACLs), every principal provisioned."""
+    kafka = LocalKafka(data_dir=data_dir, cache_dir=cache_dir(), port=_free_port(), controller_port=_free_port())
+    SECRETS_SEEN.append(kafka.secrets)
     kafka.start()
     try:
-        yield kafka.bootstrap
+        yield provision(TestKafka(kafka.bootstrap, kafka.secrets))
     finally:
         kafka.stop()
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The session's broker, shared by every test that uses the session-wide `hub`."""
+def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKafka]:
+    """The session's broker, shared by every test that uses the session-wide `hub`. An external cluster:
+    VERWIJSHUB_KAFKA_BOOTSTRAP with VERWIJSHUB_SECRETS_DIR holding the admin's password and the CA."""
     configured = os.environ.get("VERWIJSHUB_KAFKA_BOOTSTRAP")
     if configured:
-        yield configured
+        yield provision(TestKafka(configured, Path(os.environ["VERWIJSHUB_SECRETS_DIR"])))
         return
-    with new_broker(tmp_path_factory.mktemp("kafka")) as bootstrap:
-        yield bootstrap
+    with new_broker(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="module")
-def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKafka]:
     """A broker for one test module alone: for tests that start, stop or multiply services themselves,
     where the session-wide hub's consumers would take their messages."""
-    with new_broker(tmp_path_factory.mktemp("private-kafka")) as bootstrap:
-        yield bootstrap
+    with new_broker(tmp_path_factory.mktemp("private-kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session", autouse=True)
+def logs_hold_no_secret_and_no_bsn() -> Iterator[None]:
+    """After the whole run: no log line of the hub, its tools or the brokers holds a principal's password,
+    a pseudonym key or a BSN that any test made."""
+    yield
+    secrets: set[str] = set()
+    logs = sorted(ARTIFACTS.rglob("*.log")) if ARTIFACTS.exists() else []
+    for directory in SECRETS_SEEN:
+        secrets |= set(CredentialStore(directory).all().values())
+        key = directory / PSEUDONYM_KEY_FILE
+        if key.is_file():
+            secrets.add(key.read_text().strip())
+        logs += sorted(directory.parent.rglob("*.log"))
+    leaks = []
+    for log in logs:
+        text = log.read_text(errors="replace")
+        leaks += [f"{log}: a secret" for secret in secrets if secret and secret in text]
+        leaks += [f"{log}: BSN {bsn}" for bsn in set(re.findall(r"(?<!\d)\d{9}(?!\d)", text)) & BSNS_MADE]
+    assert not leaks, leaks
 
 
 @dataclass(frozen=True)
 class RunningHub:
-    bootstrap: str
+    broker: TestKafka
     log_file: Path
     process: subprocess.Popen[bytes]
 
+    @property
+    def kafka(self) -> KafkaConnection:
+        """The admin's connection: tests look at every topic."""
+        return self.broker.admin
 
-def start_hub(bootstrap: str, log_file: Path, *services: str,
+
+def start_hub(kafka: TestKafka, log_file: Path, *services: str,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """`verwijshub up` (or `run SERVICE`) as a real process against `bootstrap`, with `env` as further
+    """`verwijshub up` (or `run SERVICE`) as a real process against `kafka`, with `env` as further
     settings; returns once it is ready."""
-    env = {**os.environ, "VERWIJSHUB_KAFKA_BOOTSTRAP": bootstrap, "VERWIJSHUB_LOG_FILE": str(log_file),
+    env = {**os.environ, **kafka.env(), "VERWIJSHUB_LOG_FILE": str(log_file),
            "VERWIJSHUB_DATA_DIR": str(log_file.parent), "VERWIJSHUB_METRICS_PORT": str(_free_port()), **(env or {})}
     args = ["run", *services] if services else ["up"]
     already = log_file.read_text().count('"services ready"') if log_file.exists() else 0
@@ -114,13 +173,13 @@ def stop_hub(process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="session")
-def hub(kafka_bootstrap: str) -> Iterator[RunningHub]:
+def hub(kafka: TestKafka) -> Iterator[RunningHub]:
     """The whole hub, running as `verwijshub up` does, logging to test-artifacts/hub.log."""
     ARTIFACTS.mkdir(exist_ok=True)
     log_file = ARTIFACTS / "hub.log"
     log_file.unlink(missing_ok=True)
-    process = start_hub(kafka_bootstrap, log_file)
+    process = start_hub(kafka, log_file)
     try:
-        yield RunningHub(kafka_bootstrap, log_file, process)
+        yield RunningHub(kafka, log_file, process)
     finally:
         stop_hub(process)

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from services.infra.connection import KafkaConnection
 from services.infra.kafka import read_records
 
 
-async def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = None,
+async def produce(kafka: KafkaConnection, topic: str, value: bytes, key: bytes | None = None,
                   headers: list[tuple[str, bytes]] | None = None) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key, headers=headers)
@@ -20,15 +21,15 @@ async def produce(bootstrap: str, topic: str, value: bytes, key: bytes | None = 
         await producer.stop()
 
 
-async def read_topic(bootstrap: str, topic: str, wanted: Callable[[ConsumerRecord], bool],
+async def read_topic(kafka: KafkaConnection, topic: str, wanted: Callable[[ConsumerRecord], bool],
                      count: int, timeout_s: float = 60.0, settle_s: float = 0.0) -> list[ConsumerRecord]:
     """Records of `topic` (all partitions, from the start) that `wanted` accepts, in offset order per
     partition. Returns once `count` are found and `settle_s` more passed (to catch extras), or at timeout."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     found: list[ConsumerRecord] = []
     try:
-        partitions = await partitions_of(bootstrap, topic)
+        partitions = await partitions_of(kafka, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         deadline = time.monotonic() + timeout_s
@@ -43,8 +44,8 @@ async def read_topic(bootstrap: str, topic: str, wanted: Callable[[ConsumerRecor
         await consumer.stop()
 
 
-async def partitions_of(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def partitions_of(kafka: KafkaConnection, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         for _ in range(50):
@@ -61,12 +62,12 @@ def header(record: ConsumerRecord, name: str) -> str | None:
     return next((v.decode() for k, v in record.headers if k == name), None)
 
 
-async def records_on_topics(bootstrap: str, prefix: str) -> list[ConsumerRecord]:
+async def records_on_topics(kafka: KafkaConnection, prefix: str) -> list[ConsumerRecord]:
     """Every record now on every topic whose name starts with `prefix`."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         names = sorted(name for name in await admin.list_topics() if name.startswith(prefix))
     finally:
         await admin.close()
-    return await read_records(bootstrap, names)
+    return await read_records(kafka, names)

@@ -10,6 +10,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "schemas" / "examples"
 GP_EXAMPLE = EXAMPLES / "gp" / "valid-basis-jeugdhulp.json"
 
 
+BSNS_MADE: set[str] = set()
+"""Every BSN the tests made: the log scan at the end of the run looks for each of them."""
+
+
 def random_bsn(rng: random.Random | None = None) -> str:
     """A BSN that passes the elfproef, different per call, so tests never share a youth."""
     rng = rng or random.Random()
@@ -17,7 +21,9 @@ def random_bsn(rng: random.Random | None = None) -> str:
         digits = [rng.randint(0, 9) for _ in range(8)]
         check = sum(d * w for d, w in zip(digits, range(9, 1, -1))) % 11
         if check < 10 and digits[0] != 0:
-            return "".join(map(str, digits)) + str(check)
+            bsn = "".join(map(str, digits)) + str(check)
+            BSNS_MADE.add(bsn)
+            return bsn
 
 
 def gp_bundle(**changes: Any) -> dict[str, Any]:

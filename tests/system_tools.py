@@ -1,4 +1,4 @@
-"""System tools some tests need (Debian's prometheus and chromium, installed by `make tools`)."""
+"""System tools some tests need (Debian's prometheus, chromium and kcat, installed by `make tools`)."""
 
 import os
 import shutil
@@ -13,4 +13,4 @@ def require(tool: str) -> str:
         return path
     if os.environ.get("VERWIJSHUB_SKIP_SYSTEM_TOOLS") == "1":
         pytest.skip(f"{tool} missing and VERWIJSHUB_SKIP_SYSTEM_TOOLS=1")
-    pytest.fail(f"{tool} is not installed: run `make tools` (Debian packages prometheus and chromium)")
+    pytest.fail(f"{tool} is not installed: run `make tools` (Debian packages prometheus, chromium and kcat)")

@@ -7,11 +7,12 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
-from services.infra import topics
+from services.infra import principals, topics
+from services.infra.connection import KafkaConnection
 from services.infra.settings import Settings
 
 JSON = "application/json"
@@ -20,8 +21,11 @@ JSON = "application/json"
 def make_broker(settings: Settings, service: str, broker_class: type[KafkaBroker] = KafkaBroker) -> KafkaBroker:
     """A FastStream broker whose producer waits for all in-sync replicas and never writes twice
     (`broker_class`: a subclass that runs more at start and stop, as routing's state follower)."""
+    connection = settings.connection(principals.service(service))
     return broker_class(
-        settings.bootstrap,
+        connection.bootstrap,
+        security=connection.faststream_security(),
+        allow_auto_create_topics=False,  # topics are the admin's to create (`up`, `access sync`), never a service's
         client_id=f"verwijshub-{service}",
         acks="all",
         enable_idempotence=True,
@@ -43,9 +47,10 @@ def encode(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, replication: int) -> list[str]:
+async def ensure_topics(kafka: KafkaConnection, names: Iterable[str], partitions: int,
+                        replication: int) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="verwijshub-admin")
+    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="verwijshub-admin")
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -57,20 +62,26 @@ async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int, r
         created = []
         for topic in wanted:  # one by one, so that a topic someone else just made does not fail the rest
             try:
-                await admin.create_topics([topic])
-                created.append(topic.name)
+                response = await admin.create_topics([topic])
             except TopicAlreadyExistsError:
-                pass
+                continue
+            # aiokafka returns refusals (e.g. no Create right) in the answer instead of raising them
+            for name, code, *_ in response.topic_errors:
+                if code == TopicAlreadyExistsError.errno:
+                    continue
+                if code:
+                    raise for_code(code)(f"topic {name} not created")
+                created.append(name)
         return created
     finally:
         await admin.close()
 
 
-async def wait_until_ready(bootstrap: str, timeout_s: float = 60.0) -> None:
+async def wait_until_ready(kafka: KafkaConnection, timeout_s: float = 60.0) -> None:
     """Wait until the cluster answers a metadata request; raise TimeoutError if it does not in time."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
-    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    host, _, port = kafka.bootstrap.split(",")[0].rpartition(":")
     while time.monotonic() < deadline:
         try:  # a plain TCP probe first: aiokafka logs every refused connection as an error
             _reader, writer = await asyncio.open_connection(host, int(port))
@@ -79,7 +90,7 @@ async def wait_until_ready(bootstrap: str, timeout_s: float = 60.0) -> None:
             last_error = exc
             await asyncio.sleep(0.3)
             continue
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=5000)
         try:
             await admin.start()
             await admin.list_topics()
@@ -89,12 +100,12 @@ async def wait_until_ready(bootstrap: str, timeout_s: float = 60.0) -> None:
         finally:
             await admin.close()
         await asyncio.sleep(0.5)
-    raise TimeoutError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s ({last_error!r})")
+    raise TimeoutError(f"Kafka at {kafka.bootstrap} did not answer within {timeout_s:.0f}s ({last_error!r})")
 
 
-async def partitions_of(bootstrap: str, names: list[str]) -> list[TopicPartition]:
+async def partitions_of(kafka: KafkaConnection, names: list[str]) -> list[TopicPartition]:
     """The partitions of existing topics (a topic that does not exist yet has none)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="verwijshub-admin")
+    admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         described = await admin.describe_topics(names)
@@ -104,14 +115,14 @@ async def partitions_of(bootstrap: str, names: list[str]) -> list[TopicPartition
             for p in sorted(d.get("partitions") or (), key=lambda p: p["partition"])]
 
 
-async def read_records(bootstrap: str, names: list[str], *, only: set[int] | None = None,
+async def read_records(kafka: KafkaConnection, names: list[str], *, only: set[int] | None = None,
                        since_ms: int | None = None, last: int | None = None) -> list[ConsumerRecord]:
     """The records of topics (or of their partitions `only`) up to their current end: from the beginning, from
     the time `since_ms`, or the `last` few of each partition."""
-    partitions = [tp for tp in await partitions_of(bootstrap, names) if only is None or tp.partition in only]
+    partitions = [tp for tp in await partitions_of(kafka, names) if only is None or tp.partition in only]
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(partitions)
@@ -134,7 +145,7 @@ async def read_records(bootstrap: str, names: list[str], *, only: set[int] | Non
         await consumer.stop()
 
 
-async def read_to_end(bootstrap: str, topic: str,
+async def read_to_end(kafka: KafkaConnection, topic: str,
                       only: set[int] | None = None) -> list[tuple[bytes | None, bytes | None]]:
     """(key, value) of every record of a topic (or of its partitions `only`), from the start to the current end."""
-    return [(record.key, record.value) for record in await read_records(bootstrap, [topic], only=only)]
+    return [(record.key, record.value) for record in await read_records(kafka, [topic], only=only)]

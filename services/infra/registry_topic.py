@@ -6,7 +6,7 @@ from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from services.infra import topics
 from services.infra.kafka import read_to_end
 from services.infra.registry_files import RegistryError, registry_from_contents
-from services.infra.settings import Settings
+from services.infra.connection import KafkaConnection
 
 
 def decode_registry(value: bytes) -> Registry:
@@ -18,10 +18,10 @@ def decode_registry(value: bytes) -> Registry:
     return registry_from_contents(snapshot.files)
 
 
-async def latest_registry(settings: Settings) -> Registry | None:
+async def latest_registry(kafka: KafkaConnection) -> Registry | None:
     """The last well-formed registry on `registry.v1`, or None when none was published."""
     latest = None
-    for key, value in await read_to_end(settings.bootstrap, topics.REGISTRY):
+    for key, value in await read_to_end(kafka, topics.REGISTRY):
         if key == REGISTRY_KEY and value:
             try:
                 latest = decode_registry(value)

@@ -1,11 +1,16 @@
 """Settings from `VERWIJSHUB_*` environment variables (documented in the README)."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.infra.connection import PLAINTEXT, SASL_SSL, KafkaConnection
+from services.infra.secrets import CredentialStore
+from services.infra.secrets import pseudonym_key as stored_pseudonym_key
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this package is installed from (editable install): deploy/ and schemas/ live here."""
@@ -31,10 +36,27 @@ class Settings(BaseSettings):
     )
     partitions: int = Field(default=6, ge=1, description="Partitions of each topic the hub creates.")
     replication_factor: int = Field(default=1, ge=1, description="Replication of each topic the hub creates.")
-    pseudonym_key: SecretStr = Field(
-        default=SecretStr("local-development-key-change-me"),
-        description="HMAC key for youth pseudonyms; set a secret one in any real deployment.",
-    )
+    kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
+        default=SASL_SSL, description="SASL_SSL (the default, also of the embedded Kafka); PLAINTEXT only for "
+        "debugging: the embedded Kafka then runs without authentication or ACLs, and `up` warns.")
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism of the client listener.")
+    kafka_username: str | None = Field(default=None, description="The principal this process connects as; "
+                                       "unset: each service, command and tool its own, with passwords from the "
+                                       "secrets directory.")
+    kafka_password: SecretStr | None = Field(default=None, description="Password of VERWIJSHUB_KAFKA_USERNAME.")
+    kafka_ca_file: Path | None = Field(default=None, description="CA certificate(s) that sign the brokers' "
+                                       "certificates; unset: the local CA in the secrets directory.")
+    kafka_client_config: Path | None = Field(
+        default=None, description="A file of these settings (as `verwijshub access client-config --format env` "
+        "writes it); variables set in the environment win.")
+    secrets_dir: Path | None = Field(default=None, description="The local CA, the principals' passwords and the "
+                                     "generated pseudonym key (mode 0700); unset: `<data dir>/secrets`.")
+    access_read_grace_days: int = Field(default=30, ge=0, description="A stopped provider loses write on its "
+                                        "feedback topic at once and read of its handovers this many days later.")
+    pseudonym_key: SecretStr | None = Field(
+        default=None, description="HMAC key for youth pseudonyms; unset: a random 32-byte key generated on first "
+        "use and kept in the secrets directory (0600).")
     registry_dir: Path = Field(
         default=REPO_ROOT / "deploy" / "registry",
         description="Directory of registry files (teams, postcodes, providers, products, channels).",
@@ -58,7 +80,27 @@ class Settings(BaseSettings):
         """Where clients connect: the configured cluster, or the embedded broker."""
         return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
 
+    @property
+    def secrets(self) -> Path:
+        return self.secrets_dir or self.data_dir / "secrets"
+
+    def connection(self, principal: str) -> KafkaConnection:
+        """How this process connects as `principal` (or as VERWIJSHUB_KAFKA_USERNAME when that is set)."""
+        if self.kafka_security_protocol == PLAINTEXT:
+            return KafkaConnection(self.bootstrap, PLAINTEXT)
+        username = self.kafka_username or principal
+        password = (self.kafka_password.get_secret_value() if self.kafka_password and self.kafka_username
+                    else CredentialStore(self.secrets).password(username))
+        return KafkaConnection(self.bootstrap, SASL_SSL, self.kafka_sasl_mechanism, username, password,
+                               self.kafka_ca_file or self.secrets / "ca.pem")
+
+    def youth_pseudonym_key(self) -> str:
+        """The pseudonym key in force (generated on first use; the old public default refused)."""
+        configured = self.pseudonym_key.get_secret_value() if self.pseudonym_key else None
+        return stored_pseudonym_key(self.secrets, configured)
+
 
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    client_config = os.environ.get("VERWIJSHUB_KAFKA_CLIENT_CONFIG")
+    return Settings(_env_file=client_config) if client_config else Settings()

@@ -14,7 +14,7 @@ from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
 from schemas.status import ReferralStatus, StatusEvent
-from services.infra import metrics, topics
+from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
 from services.infra.kafka import encode, group_id, make_broker, message_headers
@@ -36,12 +36,13 @@ class Intake:
 
     def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
-        self.ledger = AcceptedLedger(settings.bootstrap)
+        self.ledger = AcceptedLedger(settings.connection(principals.service(SERVICE)))
+        self.pseudonym_key = settings.youth_pseudonym_key()
 
     def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:
         return PARSERS[channel](
             raw, known_products=frozenset(self.registry.products), received_at=self.clock.now(),
-            pseudonym_key=self.settings.pseudonym_key.get_secret_value(),
+            pseudonym_key=self.pseudonym_key,
             max_bytes=self.settings.max_message_bytes,
         )
 

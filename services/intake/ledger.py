@@ -23,14 +23,15 @@ from faststream.kafka import KafkaBroker
 
 from schemas.referral import Referral
 from services.infra import topics
+from services.infra.connection import KafkaConnection
 from services.infra.logging import get_logger
 
 
 class AcceptedLedger:
     """The hub referral ids intake has accepted, as read from (and written to) `intake.accepted.v1`."""
 
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self.kafka = kafka
         self.accepted: set[str] = set()
         self.ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -58,7 +59,7 @@ class AcceptedLedger:
 
     async def _partitions(self) -> list[TopicPartition]:
         """The ledger's partitions, asked of the cluster (the topic may have been created just now)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="verwijshub-intake-ledger")
+        admin = AIOKafkaAdminClient(**self.kafka.client_options(), client_id="verwijshub-intake-ledger")
         await admin.start()
         try:
             for _ in range(50):
@@ -75,7 +76,7 @@ class AcceptedLedger:
         """Read the ledger from the start, set `ready` at its end, then keep following it."""
         log = get_logger(service="intake")
         while True:  # a broker hiccup restarts the follow; `ready` stays set once loaded
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+            consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
                                         client_id="verwijshub-intake-ledger")
             try:
                 await consumer.start()

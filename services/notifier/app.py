@@ -11,6 +11,7 @@ sent once; one that came due while no notifier ran fires when the partition is n
 
 import asyncio
 import contextlib
+from functools import cached_property
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -29,12 +30,12 @@ from schemas.notices import YouthFollowUp
 from schemas.registry import Registry
 from schemas.routing import RecipientKind, RoutingDecision
 from schemas.status import StatusEvent
-from services.infra import metrics, topics
+from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
+from services.infra.connection import KafkaConnection
 from services.infra.consuming import RecordView, dead_letter, handling
 from services.infra.kafka import (
     encode,
-    ensure_topics,
     group_id,
     make_broker,
     message_headers,
@@ -144,10 +145,14 @@ class Notifier:
         self.followups = FollowUps()
         self.lock = asyncio.Lock()
         """Held while a record or a due moment is handled, and while partitions change hands."""
-        self.existing_topics: set[str] = set()
         self.unsaved: list[asyncio.Future] = []
         self.timer: asyncio.Task | None = None
         self.log = get_logger(service=SERVICE)
+
+    @cached_property
+    def kafka(self) -> KafkaConnection:
+        """The notifier's own principal, for reading its state topic on assignment."""
+        return self.settings.connection(principals.service(SERVICE))
 
     # -- ownership -----------------------------------------------------------------------------------
     async def take(self, assigned: set[TopicPartition]) -> None:
@@ -155,7 +160,7 @@ class Notifier:
         async with self.lock:
             self.followups.drop(set(self.followups.by_partition) - partitions)
             new = partitions - set(self.followups.by_partition)
-            stored = await read_records(self.settings.bootstrap, [topics.NOTIFIER_STATE], only=new) if new else []
+            stored = await read_records(self.kafka, [topics.NOTIFIER_STATE], only=new) if new else []
             for partition in new:
                 self.followups.load(partition, [(r.key, r.value) for r in stored if r.partition == partition])
         self.log.info("follow-up partitions owned", partitions=sorted(partitions),
@@ -167,13 +172,6 @@ class Notifier:
             self.followups.drop({tp.partition for tp in revoked})
 
     # -- publishing ----------------------------------------------------------------------------------
-    async def ensure_topic(self, topic: str) -> None:
-        """A recipient's topic exists before its first message (a recipient added to the registry later)."""
-        if topic not in self.existing_topics:
-            await ensure_topics(self.settings.bootstrap, [topic], self.settings.partitions,
-                                self.settings.replication_factor)
-            self.existing_topics.add(topic)
-
     async def publish(self, effects: list[Effect], pseudonym: str, correlation_id: str) -> None:
         """Send the effects in order and wait for all of them together (one round trip, not one each);
         the producer is idempotent, so records of one partition land in the order sent."""
@@ -198,7 +196,6 @@ class Notifier:
                         metrics.SLA_BREACHES.inc()
                     topic, value, key_of = topics.ALERTS, encode(alert), key
                     headers = message_headers("verwijshub.Alert/1", alert.referral_id or "", "")
-            await self.ensure_topic(topic)
             deliveries.append(await self.broker.publish(value, topic, key=key_of, headers=headers, no_confirm=True))
         await asyncio.gather(*deliveries)
 
@@ -275,7 +272,7 @@ class Notifier:
 
     async def follow_registry(self) -> None:
         """The registry in force: the latest on `registry.v1` (teams for re-triage notices, the central entrance)."""
-        latest = await latest_registry(self.settings)
+        latest = await latest_registry(self.kafka)
         if latest is not None and latest.version != self.registry.version:
             self.registry = latest
             self.log.info("registry in force", registry_version=latest.version)

@@ -11,11 +11,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from services.infra import metrics
+from services.infra import metrics, principals
 from services.infra.http import serve
 from services.infra.settings import get_settings
 from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export, format_age
-from services.ops.page import last_hour_per_channel, latest_dead_letters, render
+from services.ops.page import dead_letters_since, last_hour_per_channel, latest_rejections, render
 from services.ops.rules import PartitionStatus
 
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "ERR": "red", "STALL": "red", "STOP": "red", "REWIND": "red"}
@@ -79,9 +79,10 @@ async def _sampled(monitor: LagMonitor, samples: int, interval: float) -> list[G
 
 
 async def _serve(monitor: LagMonitor, host: str, port: int, interval: float) -> None:
-    latest: dict[str, object] = {"groups": [], "channels": {}, "dead_letters": [], "at": datetime.now(UTC)}
+    latest: dict[str, object] = {"groups": [], "channels": {}, "rejections": [], "dead_letters": 0,
+                                 "at": datetime.now(UTC)}
     page = lambda: (200, "text/html; charset=utf-8", render(
-        latest["groups"], latest["channels"], latest["dead_letters"], latest["at"]).encode())
+        latest["groups"], latest["channels"], latest["rejections"], latest["dead_letters"], latest["at"]).encode())
     server = serve(host, port, {
         "/": page, "/status": page, "/metrics": metrics.metrics_response,
         "/status.json": lambda: (200, "application/json", as_json(latest["groups"]).encode()),
@@ -95,8 +96,9 @@ async def _serve(monitor: LagMonitor, host: str, port: int, interval: float) -> 
         export(groups)
         if loop.time() - page_read > PAGE_EVERY_S:
             page_read = loop.time()
-            latest["channels"] = await last_hour_per_channel(monitor.bootstrap)
-            latest["dead_letters"] = await latest_dead_letters(monitor.bootstrap)
+            latest["channels"] = await last_hour_per_channel(monitor.kafka)
+            latest["rejections"] = await latest_rejections(monitor.kafka)
+            latest["dead_letters"] = await dead_letters_since(monitor.kafka, 3600)
         latest["at"] = datetime.now(UTC)
         await asyncio.sleep(interval)
 
@@ -120,7 +122,7 @@ def lag(
     settings = get_settings()
 
     async def main() -> None:
-        monitor = LagMonitor(settings.bootstrap, window=samples, all_groups=all_groups)
+        monitor = LagMonitor(settings.connection(principals.OPERATIONS), window=samples, all_groups=all_groups)
         await monitor.start()
         try:
             if serve_http:

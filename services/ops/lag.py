@@ -3,7 +3,8 @@
 `LagMonitor.sample()` looks once at every group (the hub's, or all) and keeps a sliding window of
 samples per partition, so that each partition and group gets a status by the rules in `rules.py`.
 The lag in time is the age of the oldest record the group has not consumed: the timestamp of the
-record at its committed offset.
+record at its committed offset, found without reading it (operations may not read topics that carry
+personal data; see `record_times`).
 """
 
 import time
@@ -14,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.infra import metrics
+from services.infra.connection import KafkaConnection
 from services.ops.rules import (
     GroupStatus,
     PartitionStatus,
@@ -58,18 +60,18 @@ class GroupLag:
 
 
 class LagMonitor:
-    def __init__(self, bootstrap: str, window: int = 5, all_groups: bool = False,
+    def __init__(self, kafka: KafkaConnection, window: int = 5, all_groups: bool = False,
                  groups: set[str] | None = None) -> None:
-        self.bootstrap, self.window, self.all_groups, self.only = bootstrap, window, all_groups, groups
+        self.kafka, self.window, self.all_groups, self.only = kafka, window, all_groups, groups
         self.samples: dict[tuple[str, str, int], deque[Sample]] = {}
         self.admin: AIOKafkaAdminClient | None = None
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         """Connect; both clients are set only once started, so a failed start can simply be tried again."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="verwijshub-lag")
+        admin = AIOKafkaAdminClient(**self.kafka.client_options(), client_id="verwijshub-lag")
         await admin.start()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
                                     client_id="verwijshub-lag")
         try:
             await consumer.start()
@@ -99,13 +101,25 @@ class LagMonitor:
                     found[group[1]] = (group[2], len(group[5]))
         return found
 
-    async def oldest_unconsumed_age(self, tp: TopicPartition, offset: int, now: float) -> float | None:
-        """Seconds since the record at `offset` was written (None if it cannot be read in time)."""
-        self.consumer.assign([tp])
-        self.consumer.seek(tp, offset)
-        batch = await self.consumer.getmany(tp, timeout_ms=2000, max_records=1)
-        records = batch.get(tp) or []
-        return round(max(now - records[0].timestamp / 1000, 0.0), 3) if records else None
+    async def record_times(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int | None]:
+        """The timestamp (ms) of the record at each offset, without fetching a record (which needs Read, and
+        operations may not read topics with personal data). ListOffsets by time (Describe suffices) answers
+        the first offset whose timestamp is at or after a time; a binary search over time, all partitions in
+        each request, finds the largest time whose answer is still at or before the offset: the record's
+        timestamp. Exact when timestamps grow with offsets (broker append order; producers' clocks nearly so).
+        None for an offset whose record retention has removed."""
+        low = dict.fromkeys(offsets, 0)
+        high = dict.fromkeys(offsets, int(time.time() * 1000) + 86_400_000)
+        while pending := [tp for tp in offsets if high[tp] - low[tp] > 1]:
+            middle = {tp: (low[tp] + high[tp]) // 2 for tp in pending}
+            found = await self.consumer.offsets_for_times(middle)
+            for tp in pending:
+                answer = found.get(tp)
+                if answer is not None and answer.offset <= offsets[tp]:
+                    low[tp] = middle[tp]
+                else:
+                    high[tp] = middle[tp]
+        return {tp: low[tp] or None for tp in offsets}
 
     async def sample(self) -> list[GroupLag]:
         """One look at every group; each partition's status judged on its window of samples."""
@@ -116,6 +130,9 @@ class LagMonitor:
         ends = await self.consumer.end_offsets(partitions) if partitions else {}
         now, result = time.time(), []
         for name in names:
+            lagging = {tp: meta.offset for tp, meta in offsets[name].items()
+                       if 0 <= meta.offset < ends.get(tp, meta.offset)}
+            written_ms = await self.record_times(lagging) if lagging else {}
             state, members = described.get(name, ("Unknown", 0))
             rows = []
             for tp, meta in sorted(offsets[name].items()):
@@ -124,7 +141,8 @@ class LagMonitor:
                 sample = Sample(committed=meta.offset, log_end=ends.get(tp, meta.offset))
                 window = self.samples.setdefault((name, tp.topic, tp.partition), deque(maxlen=self.window))
                 window.append(sample)
-                age = await self.oldest_unconsumed_age(tp, meta.offset, now) if sample.lag else 0.0
+                written = written_ms.get(tp)
+                age = (round(max(now - written / 1000, 0.0), 3) if written else None) if sample.lag else 0.0
                 rows.append(PartitionLag(tp.topic, tp.partition, sample.committed, sample.log_end, sample.lag, age,
                                          partition_status(list(window), members > 0)))
             result.append(GroupLag(name, group_status([r.status for r in rows]), state, members, rows))

@@ -1,5 +1,6 @@
 """The status page for people without Grafana: groups and their lag, the last hour per channel, the
-latest dead letters (error code and time only, never content). Rendered by a pure function."""
+latest rejections (error codes and time only, never content) and how many dead letters arrived. Read as the
+operations principal, which may read no topic that carries personal data. Rendered by a pure function."""
 
 import html
 import json
@@ -8,60 +9,76 @@ from datetime import UTC, datetime
 
 from schemas.referral import Channel
 from services.infra import topics
-from services.infra.kafka import read_records
+from aiokafka import AIOKafkaConsumer
+
+from services.infra.connection import KafkaConnection
+from services.infra.kafka import partitions_of, read_records
 from services.ops.lag import GroupLag, format_age
 
 REFRESH_S = 5
 
 
-async def last_hour_per_channel(bootstrap: str) -> dict[str, dict[str, int]]:
-    """Per channel in the last hour: referrals received (accepted by intake), `rejected` statuses sent (by
-    intake or routing's rule 1), and messages dead-lettered (also those whose referral id was unreadable,
-    which no status can answer)."""
+async def last_hour_per_channel(kafka: KafkaConnection) -> dict[str, dict[str, int]]:
+    """Per channel in the last hour: referrals received (accepted by intake) and `rejected` statuses sent (by
+    intake or routing's rule 1), from the status topics, which carry no BSN, name, address or free text."""
     since = int((time.time() - 3600) * 1000)
-    counts = {channel.value: {"received": 0, "rejected": 0, "dead_letters": 0} for channel in Channel}
+    counts = {channel.value: {"received": 0, "rejected": 0} for channel in Channel}
     for channel in Channel:
-        for record in await read_records(bootstrap, [topics.status(channel)], since_ms=since):
+        for record in await read_records(kafka, [topics.status(channel)], since_ms=since):
             try:
                 status = json.loads(record.value)["status"]
             except (ValueError, KeyError, TypeError):
                 continue
             if status in ("received", "rejected"):
                 counts[channel.value][status] += 1
-    origins = {topics.referrals(channel): channel.value for channel in Channel}
-    for record in await read_records(bootstrap, [topics.DEAD_LETTERS], since_ms=since):
-        origin = dict(record.headers or ()).get("origin-topic", b"").decode(errors="replace")
-        if origin in origins:
-            counts[origins[origin]]["dead_letters"] += 1
     return counts
 
 
-async def latest_dead_letters(bootstrap: str, count: int = 10) -> list[dict[str, str]]:
-    """The newest dead letters: when, where from, and the error codes (from the headers, never the body)."""
+async def dead_letters_since(kafka: KafkaConnection, seconds: float) -> int:
+    """How many records reached the dead-letter topic in the last `seconds`, counted from offsets alone:
+    dead letters carry the raw message, which operations may not read."""
+    partitions = await partitions_of(kafka, [topics.DEAD_LETTERS])
+    if not partitions:
+        return 0
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+        found = await consumer.offsets_for_times({tp: int((time.time() - seconds) * 1000) for tp in partitions})
+        return sum(ends[tp] - (found[tp].offset if found.get(tp) else ends[tp]) for tp in partitions)
+    finally:
+        await consumer.stop()
+
+
+async def latest_rejections(kafka: KafkaConnection, count: int = 10) -> list[dict[str, str]]:
+    """The newest `rejected` statuses: when, which channel, the error codes (never content)."""
     letters = []
-    for record in await read_records(bootstrap, [topics.DEAD_LETTERS], last=count):
-        headers = {k: v.decode(errors="replace") for k, v in record.headers or ()}
-        try:
-            codes = sorted({e["code"] for e in json.loads(headers.get("errors", "[]"))})
-        except (ValueError, KeyError, TypeError):
-            codes = []
-        letters.append({"at": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(timespec="seconds"),
-                        "topic": headers.get("origin-topic", ""), "codes": ", ".join(codes)})
+    for channel in Channel:
+        for record in await read_records(kafka, [topics.status(channel)], last=count):
+            try:
+                event = json.loads(record.value)
+                if event["status"] != "rejected":
+                    continue
+                codes = sorted({e["code"] for e in event.get("errors") or ()})
+            except (ValueError, KeyError, TypeError):
+                continue
+            letters.append({"at": datetime.fromtimestamp(record.timestamp / 1000, UTC).isoformat(timespec="seconds"),
+                            "channel": channel.value, "codes": ", ".join(codes)})
     return sorted(letters, key=lambda letter: letter["at"], reverse=True)[:count]
 
 
-def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], dead_letters: list[dict[str, str]],
-           at: datetime) -> str:
+def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], rejections: list[dict[str, str]],
+           dead_letters_last_hour: int, at: datetime) -> str:
     e = html.escape
     group_rows = "".join(
         f'<tr class="status-{e(g.status)}"><td>{e(g.group)}</td><td>{e(g.status)}</td><td>{e(g.state)}</td>'
         f"<td>{g.members}</td><td>{g.lag}</td><td>{format_age(g.lag_seconds)}</td>"
         f"<td>{e(', '.join(sorted({p.status.value for p in g.partitions if p.status.value != 'OK'})) or 'OK')}</td>"
         f"</tr>" for g in groups)
-    channel_rows = "".join(f"<tr><td>{e(name)}</td><td>{c['received']}</td><td>{c['rejected']}</td>"
-                           f"<td>{c['dead_letters']}</td></tr>" for name, c in channels.items())
-    letter_rows = "".join(f"<tr><td>{e(d['at'])}</td><td>{e(d['topic'])}</td><td>{e(d['codes'])}</td></tr>"
-                          for d in dead_letters) or '<tr><td colspan="3">none</td></tr>'
+    channel_rows = "".join(f"<tr><td>{e(name)}</td><td>{c['received']}</td><td>{c['rejected']}</td></tr>"
+                           for name, c in channels.items())
+    rejection_rows = "".join(f"<tr><td>{e(r['at'])}</td><td>{e(r['channel'])}</td><td>{e(r['codes'])}</td></tr>"
+                             for r in rejections) or '<tr><td colspan="3">none</td></tr>'
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">
 <title>Verwijshub status</title>
@@ -73,8 +90,10 @@ refreshes every {REFRESH_S} s. Statuses by the lag rules in docs/lag-rules.md.</
 <h2>Consumer groups</h2><table id="groups"><tr><th>group</th><th>status</th><th>state</th><th>members</th>
 <th>lag</th><th>lag in time</th><th>partitions not OK</th></tr>{group_rows}</table>
 <h2>Last hour per channel</h2><table id="channels"><tr><th>channel</th><th>received</th><th>rejected (status)</th>
-<th>dead letters</th></tr>
+</tr>
 {channel_rows}</table>
-<h2>Latest dead letters</h2><table id="dead-letters"><tr><th>at</th><th>from topic</th><th>error codes</th></tr>
-{letter_rows}</table></body></html>
+<p>Dead letters in the last hour, all channels: <strong id="dead-letters">{dead_letters_last_hour}</strong>
+(counted from offsets; their content is not for operations).</p>
+<h2>Latest rejections</h2><table id="rejections"><tr><th>at</th><th>channel</th><th>error codes</th></tr>
+{rejection_rows}</table></body></html>
 """

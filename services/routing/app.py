@@ -9,6 +9,7 @@ whose latest decision already names the WIJ team, or whose indication is marked,
 
 import asyncio
 import contextlib
+from functools import cached_property
 from collections.abc import Callable
 from datetime import date
 
@@ -25,8 +26,9 @@ from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
 from schemas.registry import REGISTRY_KEY, Registry
 from schemas.routing import RoutingAlert, RoutingDecision
-from services.infra import metrics, topics
+from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
+from services.infra.connection import KafkaConnection
 from services.infra.consuming import RecordView, dead_letter, handling
 from services.infra.kafka import (
     encode,
@@ -90,6 +92,11 @@ class Routing:
         for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    @cached_property
+    def kafka(self) -> KafkaConnection:
+        """Routing's own principal, for what it reads beside its FastStream subscribers (its state topics)."""
+        return self.settings.connection(principals.service(SERVICE))
 
     # -- publishing --------------------------------------------------------------------------------
     async def publish_decision(self, decision: RoutingDecision, confirm: bool = True) -> asyncio.Future | None:
@@ -219,11 +226,11 @@ class Routing:
     async def follow_once(self) -> None:
         """Read registry, indications and decisions from the start, set `ready` at their end, then follow."""
         names = [topics.REGISTRY, topics.INDICATIONS, topics.DECISIONS]
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
                                     client_id="verwijshub-routing-state")
         await consumer.start()
         try:
-            partitions = await partitions_of(self.settings.bootstrap, names)
+            partitions = await partitions_of(self.kafka, names)
             self.state_partitions = [tp for tp in partitions if tp.topic == topics.DECISIONS]
             if not partitions:  # no topics yet (`up` and `registry publish` create them): the files rule
                 self.mark_ready_if(set())

@@ -23,8 +23,10 @@ from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
 from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from schemas.routing import RoutingDecision
-from services.infra import topics
+from services.access.commands import sync_access
+from services.infra import principals, topics
 from services.infra.clock import SystemClock
+from services.infra.connection import KafkaConnection
 from services.infra.kafka import ensure_topics, read_to_end
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import (
@@ -128,8 +130,13 @@ def referrals_from_lines(lines: list[str]) -> list[Referral]:
 
 
 # -- Kafka -----------------------------------------------------------------------------------------
-async def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes, str]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+def _admin(settings: Settings) -> KafkaConnection:
+    """These commands change or read the hub's own topics: only the admin principal may."""
+    return settings.connection(principals.ADMIN)
+
+
+async def _produce(kafka: KafkaConnection, records: list[tuple[str, bytes, bytes, str]]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     try:
@@ -144,11 +151,11 @@ async def _produce(bootstrap: str, records: list[tuple[str, bytes, bytes, str]])
 async def publish_registry(settings: Settings, directory: Path) -> Registry:
     """Validate the files, create the topics of any new team or provider, then publish one snapshot."""
     registry = load_registry(directory)
-    await ensure_topics(settings.bootstrap, topics.all_topics(registry), settings.partitions,
+    await ensure_topics(_admin(settings), topics.all_topics(registry), settings.partitions,
                         settings.replication_factor)
     snapshot = RegistrySnapshot(version=registry.version, files=read_registry_dir(directory),
                                 published_at=SystemClock().now())
-    await _produce(settings.bootstrap, [(topics.REGISTRY, REGISTRY_KEY, snapshot.model_dump_json().encode(),
+    await _produce(_admin(settings), [(topics.REGISTRY, REGISTRY_KEY, snapshot.model_dump_json().encode(),
                                          "verwijshub.RegistrySnapshot/1")])
     return registry
 
@@ -156,7 +163,7 @@ async def publish_registry(settings: Settings, directory: Path) -> Registry:
 async def publish_registry_unless_present(settings: Settings, directory: Path) -> bool:
     """For `up`: publish the files only when `registry.v1` holds no registry yet, so that a registry
     published live (a provider's stop) survives a restart of the hub. Returns whether it published."""
-    if await latest_registry(settings) is not None:
+    if await latest_registry(_admin(settings)) is not None:
         return False
     await publish_registry(settings, directory)
     return True
@@ -164,11 +171,11 @@ async def publish_registry_unless_present(settings: Settings, directory: Path) -
 
 async def import_indications(settings: Settings, indications: list[Indication]) -> int:
     current: dict[str, tuple[Indication, ...]] = {}
-    for key, value in await read_to_end(settings.bootstrap, topics.INDICATIONS):
+    for key, value in await read_to_end(_admin(settings), topics.INDICATIONS):
         if key is not None:
             current[key.decode()] = tuple(YouthIndications.model_validate_json(value).indications) if value else ()
     changed = merge_into(current, indications)
-    await _produce(settings.bootstrap, [
+    await _produce(_admin(settings), [
         (topics.INDICATIONS, pseudonym.encode(),
          YouthIndications(pseudonym=pseudonym, indications=list(items)).model_dump_json().encode(),
          "verwijshub.YouthIndications/1") for pseudonym, items in changed.items()])
@@ -177,7 +184,7 @@ async def import_indications(settings: Settings, indications: list[Indication]) 
 
 def load_indications_file(path: Path, settings: Settings) -> list[Indication]:
     try:
-        return parse_indications_csv(path.read_text(encoding="utf-8"), settings.pseudonym_key.get_secret_value())
+        return parse_indications_csv(path.read_text(encoding="utf-8"), settings.youth_pseudonym_key())
     except IndicationsFileError as exc:
         for error in exc.errors:
             console.print(f"[red]{path}: {error}[/red]")
@@ -202,6 +209,8 @@ def registry_publish(directory: Annotated[Path | None, typer.Argument(
     directory = directory or settings.registry_dir
     _load(directory)
     registry = asyncio.run(publish_registry(settings, directory))
+    if _admin(settings).secured:  # a new recipient gets its principal and ACLs, a stopped provider loses write
+        sync_access(settings, registry)
     console.print(f"registry {registry.version} published to {topics.REGISTRY}: {len(registry.teams)} teams, "
                   f"{len(registry.providers)} providers, {len(registry.products)} products")
 
@@ -233,14 +242,14 @@ def whatif(
     new = _load(registry_dir)
     current = _load(current_dir) if current_dir else None
     if from_topic:
-        records = asyncio.run(read_to_end(settings.bootstrap, topics.NORMALISED))
+        records = asyncio.run(read_to_end(_admin(settings), topics.NORMALISED))
         referrals = []
         for _, value in records:
             try:
                 referrals.append(Referral.model_validate_json(value or b""))
             except ValidationError:
                 console.print("skipped an unreadable record on the topic (routing dead-lettered it)")
-        current = current or asyncio.run(latest_registry(settings))
+        current = current or asyncio.run(latest_registry(_admin(settings)))
     else:
         referrals = referrals_from_lines(from_file.read_text(encoding="utf-8").splitlines())
     current = current or _load(settings.registry_dir)

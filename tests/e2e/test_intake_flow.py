@@ -34,7 +34,7 @@ def sent(hub):
 
     async def send() -> None:
         for value in (gi_document(ids["first"]), POISON, gi_document(ids["second"]), invalid):
-            await produce(hub.bootstrap, "referrals.gi.v1", value, key=key, headers=[("trace", run.encode())])
+            await produce(hub.kafka, "referrals.gi.v1", value, key=key, headers=[("trace", run.encode())])
 
     asyncio.run(send())
     return ids, run, invalid
@@ -44,12 +44,12 @@ async def test_both_good_referrals_around_a_poison_pill_are_received_and_normali
     """Intake's part of "nothing blocks": both pass the pill in the same partition and go on to routing."""
     ids, _, _ = sent
     wanted = {ids["first"].encode(), ids["second"].encode()}
-    records = await read_topic(hub.bootstrap, "status.gi.v1",
+    records = await read_topic(hub.kafka, "status.gi.v1",
                                lambda r: r.key in wanted and b'"received"' in r.value, 2)
     events = [StatusEvent.model_validate_json(r.value) for r in records]
     assert sorted(e.referrer_referral_id for e in events) == sorted([ids["first"], ids["second"]])
     normalised = await read_topic(
-        hub.bootstrap, "referrals.normalised.v1",
+        hub.kafka, "referrals.normalised.v1",
         lambda r: json.loads(r.value)["referrer_referral_id"] in {ids["first"], ids["second"]}, 2)
     referrals = [Referral.model_validate_json(r.value) for r in normalised]
     assert {r.referral_id for r in referrals} == {e.referral_id for e in events}
@@ -58,7 +58,7 @@ async def test_both_good_referrals_around_a_poison_pill_are_received_and_normali
 
 async def test_the_poison_pill_is_dead_lettered_with_its_origin_and_reason(hub, sent):
     _, run, _ = sent
-    records = await read_topic(hub.bootstrap, "referrals.dlq.v1", lambda r: r.value == POISON, 1)
+    records = await read_topic(hub.kafka, "referrals.dlq.v1", lambda r: r.value == POISON, 1)
     assert len(records) == 1
     record = records[0]
     assert header(record, "origin-topic") == "referrals.gi.v1"
@@ -72,10 +72,10 @@ async def test_the_poison_pill_is_dead_lettered_with_its_origin_and_reason(hub, 
 
 async def test_an_invalid_referral_is_dead_lettered_and_rejected_to_the_referrer_with_all_errors(hub, sent):
     ids, _, invalid = sent
-    dead = await read_topic(hub.bootstrap, "referrals.dlq.v1", lambda r: r.value == invalid, 1)
+    dead = await read_topic(hub.kafka, "referrals.dlq.v1", lambda r: r.value == invalid, 1)
     assert len(dead) == 1 and sorted(e["code"] for e in json.loads(header(dead[0], "errors"))) == [
         "BSN_INVALID", "DATE_INVALID"]
-    records = await read_topic(hub.bootstrap, "status.gi.v1", lambda r: r.key == ids["invalid"].encode(), 1,
+    records = await read_topic(hub.kafka, "status.gi.v1", lambda r: r.key == ids["invalid"].encode(), 1,
                                settle_s=1.0)
     assert len(records) == 1, "one rejected status, no received"
     event = StatusEvent.model_validate_json(records[0].value)
@@ -89,6 +89,6 @@ async def test_both_good_referrals_around_a_poison_pill_are_routed(hub, sent):
     """The whole way: routing decides both, whatever intake parked between them."""
     ids, _, _ = sent
     wanted = {ids["first"].encode(), ids["second"].encode()}
-    records = await read_topic(hub.bootstrap, "status.gi.v1", lambda r: r.key in wanted and b'"routed"' in r.value, 2)
+    records = await read_topic(hub.kafka, "status.gi.v1", lambda r: r.key in wanted and b'"routed"' in r.value, 2)
     assert sorted(StatusEvent.model_validate_json(r.value).referrer_referral_id for r in records) == sorted(
         [ids["first"], ids["second"]])

@@ -25,10 +25,9 @@ from services.infra.kafka import encode
 from services.infra.local_kafka import LocalKafka
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
-from services.infra.settings import Settings
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
 from services.routing.policy import decide
-from tests.conftest import ARTIFACTS, _free_port, start_hub, stop_hub
+from tests.conftest import ARTIFACTS, TestKafka, _free_port, provision, start_hub, stop_hub
 from tests.kafka_client import header, produce, read_topic, records_on_topics
 from tests.referrals import random_bsn
 
@@ -44,10 +43,10 @@ SETTLE_S = 3.0
 class Notifiers:
     """Notifier processes on the module's broker, a clock file they all read, and a user's view of Kafka."""
 
-    def __init__(self, bootstrap: str, directory: Path) -> None:
-        self.bootstrap, self.directory = bootstrap, directory
+    def __init__(self, broker: TestKafka, directory: Path) -> None:
+        self.broker, self.kafka, self.directory = broker, broker.admin, directory
         self.clock_file = directory / "now"
-        self.settings = Settings(kafka_bootstrap=bootstrap)
+        self.settings = broker.settings()
         self.registry = load_registry(self.settings.registry_dir)
         self.processes: list = []
         self.bsns: list[str] = []
@@ -57,7 +56,7 @@ class Notifiers:
         self.clock_file.write_text(moment.isoformat())
 
     def start(self, name: str = "notifier"):
-        process = start_hub(self.bootstrap, self.directory / f"{name}.log", "notifier", env={
+        process = start_hub(self.broker, self.directory / f"{name}.log", "notifier", env={
             "VERWIJSHUB_CLOCK_FILE": str(self.clock_file), "VERWIJSHUB_NOTIFIER_TICK_SECONDS": str(TICK_S)})
         self.processes.append(process)
         return process
@@ -84,22 +83,22 @@ class Notifiers:
             referral_id=rid, channel=Channel.GP,
             referrer=Referrer(type=ReferrerType.HUISARTS, identifier_system="agb", identifier="01012345"),
             referrer_referral_id=f"ZD-{rid}", referral_date=T0.date(),
-            youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, self.settings.pseudonym_key.get_secret_value()),
+            youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, self.settings.youth_pseudonym_key()),
                         birth_date=date(2014, 1, 1), postcode=postcode),
             received_at=T0)
         return decide(referral, self.registry, T0)
 
     async def publish_decision(self, decision: RoutingDecision) -> None:
-        await produce(self.bootstrap, topics.DECISIONS, encode(decision), key=decision.referral.youth.pseudonym.encode())
+        await produce(self.kafka, topics.DECISIONS, encode(decision), key=decision.referral.youth.pseudonym.encode())
 
     async def feedback(self, topic: str, decision: RoutingDecision, kind: FeedbackKind, **extra) -> None:
         message = Feedback(referral_id=decision.referral_id, kind=kind, at=T0, **extra)
-        await produce(self.bootstrap, topic, encode(message), key=decision.referral.youth.pseudonym.encode())
+        await produce(self.kafka, topic, encode(message), key=decision.referral.youth.pseudonym.encode())
 
     async def statuses(self, decisions: list[RoutingDecision], count: int, settle_s: float = SETTLE_S) -> dict:
         """Statuses per hub referral id, in order, once `count` of them arrived (and `settle_s` passed)."""
         ids = {d.referral_id for d in decisions}
-        records = await read_topic(self.bootstrap, topics.status(Channel.GP),
+        records = await read_topic(self.kafka, topics.status(Channel.GP),
                                    lambda r: json.loads(r.value)["referral_id"] in ids, count, settle_s=settle_s)
         found: dict[str, list[str]] = {rid: [] for rid in ids}
         for record in records:
@@ -109,13 +108,13 @@ class Notifiers:
 
     async def notices(self, topic: str, referral_ids: set[str] | None, count: int,
                       settle_s: float = SETTLE_S) -> list[dict]:
-        records = await read_topic(self.bootstrap, topic, lambda r: header(r, "schema") == "verwijshub.Notice/1" and (
+        records = await read_topic(self.kafka, topic, lambda r: header(r, "schema") == "verwijshub.Notice/1" and (
             referral_ids is None or json.loads(r.value)["referral_id"] in referral_ids), count, settle_s=settle_s)
         return [json.loads(r.value) for r in records]
 
 
 @pytest.fixture(scope="module")
-def notifiers(private_kafka: str, tmp_path_factory: pytest.TempPathFactory):
+def notifiers(private_kafka: TestKafka, tmp_path_factory: pytest.TempPathFactory):
     directory = ARTIFACTS / "notifier"
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("*.log"):
@@ -140,11 +139,11 @@ async def test_handover_on_its_team_topic_only_lifecycle_in_order_and_another_te
     await notifiers.feedback(topics.wij_feedback(team.id), decision, FeedbackKind.CLOSED)
     statuses = await notifiers.statuses([decision], 5)
     assert statuses[decision.referral_id] == ["routed", "handed-over", "accepted", "contact-made", "closed"]
-    refused = await read_topic(notifiers.bootstrap, topics.DEAD_LETTERS,
+    refused = await read_topic(notifiers.kafka, topics.DEAD_LETTERS,
                                lambda r: header(r, "origin-topic") == topics.wij_feedback("beijum"), 1)
     assert json.loads(header(refused[0], "errors"))[0]["code"] == "NOT_RECIPIENT"
     assert json.loads(refused[0].value)["referral_id"] == decision.referral_id  # the raw bytes, kept
-    handovers = [record for record in await records_on_topics(notifiers.bootstrap, "handovers.")
+    handovers = [record for record in await records_on_topics(notifiers.kafka, "handovers.")
                  if header(record, "correlation-id") == decision.referral_id]
     assert [(r.topic, header(r, "schema")) for r in handovers] == [(team.topic, "verwijshub.Handover/1")]
     notifiers.stop(process)
@@ -172,11 +171,11 @@ async def test_at_risk_and_breach_fire_once_at_their_virtual_times_across_a_kill
     assert statuses[decision.referral_id] == ["routed", "handed-over", "sla-at-risk", "sla-breached"]
     notices = await notifiers.notices(team_topic, {decision.referral_id}, 2)
     assert [n["kind"] for n in notices] == [NoticeKind.SLA_AT_RISK, NoticeKind.SLA_BREACHED]
-    alerts = await read_topic(notifiers.bootstrap, topics.ALERTS,
+    alerts = await read_topic(notifiers.kafka, topics.ALERTS,
                               lambda r: json.loads(r.value).get("referral_id") == decision.referral_id, 1,
                               settle_s=1.0)
     assert [json.loads(a.value)["kind"] for a in alerts] == ["sla-breached"]
-    handovers = await read_topic(notifiers.bootstrap, team_topic,
+    handovers = await read_topic(notifiers.kafka, team_topic,
                                  lambda r: header(r, "schema") == "verwijshub.Handover/1"
                                  and header(r, "correlation-id") == decision.referral_id, 1, settle_s=0.5)
     assert len(handovers) == 1
@@ -217,7 +216,7 @@ async def test_expiry_reminders_once_and_the_second_saved_by_an_evaluation(notif
     for pseudonym in youths:
         value = YouthIndications(pseudonym=pseudonym, indications=[Indication(
             pseudonym=pseudonym, product="45A51", provider_agb="98000011", start=date(2025, 10, 1), end=end)])
-        await produce(notifiers.bootstrap, topics.INDICATIONS, encode(value), key=pseudonym.encode())
+        await produce(notifiers.kafka, topics.INDICATIONS, encode(value), key=pseudonym.encode())
     provider_topic = topics.provider_handovers("98000011")
     notifiers.set_now(datetime(2026, 6, 30, 0, 1, tzinfo=AMSTERDAM))  # 3 months before the end
     first = await notifiers.notices(provider_topic, None, 2)
@@ -225,7 +224,7 @@ async def test_expiry_reminders_once_and_the_second_saved_by_an_evaluation(notif
     central = await notifiers.notices(topics.wij_handovers("entree"), None, 2)
     assert [n["kind"] for n in central] == [NoticeKind.RETRIAGE_EXPECTED] * 2  # youths without a known team
     done = Feedback(referral_id="-", kind=FeedbackKind.EVALUATION_DONE, at=T0, product="45A51")
-    await produce(notifiers.bootstrap, topics.provider_feedback("98000011"), encode(done), key=youths[0].encode())
+    await produce(notifiers.kafka, topics.provider_feedback("98000011"), encode(done), key=youths[0].encode())
     await asyncio.sleep(2)
     notifiers.kill(process)
     process = notifiers.start()
@@ -251,7 +250,7 @@ def test_a_clock_survives_a_restart_of_the_broker_and_then_of_the_notifier(tmp_p
     kafka.start()
     directory = ARTIFACTS / "notifier-broker-restart"
     directory.mkdir(parents=True, exist_ok=True)
-    hub = Notifiers(kafka.bootstrap, directory)
+    hub = Notifiers(provision(TestKafka(kafka.bootstrap, kafka.secrets)), directory)
     try:
         asyncio.run(create_topics(hub.settings, hub.registry))
         process = hub.start("notifier-broker-restart")

@@ -16,37 +16,38 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from schemas.referral import Channel
-from services.hub import create_topics
-from services.infra import topics
+from services.access.commands import ConfigFormat, client_config_text
+from services.infra import principals, topics
 from services.infra.local_kafka import resolve_classpath
-from services.infra.registry_files import load_registry
-from services.infra.settings import REPO_ROOT, Settings
-from tests.conftest import ARTIFACTS, _free_port, start_hub, stop_hub
+from services.infra.settings import REPO_ROOT
+from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
 from tests.kafka_client import produce, read_topic
 from tests.referrals import gp_bytes, random_bsn
 from tests.system_tools import require
 
 pytestmark = pytest.mark.e2e
 ROUTING_GROUP = "verwijshub-routing"
+INVALID_BSN = "123456789"
 N = 7
 
 
-def lag_json(bootstrap: str, *args: str) -> dict[str, dict]:
-    """`verwijshub lag --json` as an operator runs it; groups by name."""
+def lag_json(kafka: TestKafka, *args: str) -> dict[str, dict]:
+    """`verwijshub lag --json` as an operator runs it (as the operations principal); groups by name."""
     result = subprocess.run([sys.executable, "-m", "services.cli", "lag", "--json", "--samples", "3", "--interval",
-                             "0.3", *args], env={**os.environ, "VERWIJSHUB_KAFKA_BOOTSTRAP": bootstrap},
+                             "0.3", *args], env={**os.environ, **kafka.env()},
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return {group["group"]: group for group in json.loads(result.stdout)["groups"]}
 
 
-def kafka_tool(bootstrap: str, group: str) -> dict[tuple[str, int], tuple[int, int, int]]:
-    """Kafka's own view: (topic, partition) -> (current offset, log end offset, lag)."""
+def kafka_tool(kafka: TestKafka, group: str, config: Path) -> dict[tuple[str, int], tuple[int, int, int]]:
+    """Kafka's own view, as the operations principal: (topic, partition) -> (current offset, log end offset, lag)."""
     cache = Path(os.environ.get("VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub"))
+    config.write_text(client_config_text(kafka.connection(principals.OPERATIONS), ConfigFormat.JAVA))
     out = subprocess.run(["java", "-cp", resolve_classpath(cache),
                           "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server",
-                          bootstrap, "--describe", "--group", group], capture_output=True, text=True, timeout=120,
-                         check=True).stdout
+                          kafka.bootstrap, "--command-config", str(config), "--describe", "--group", group],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
     rows = {}
     for line in out.splitlines():
         cells = line.split()
@@ -72,27 +73,26 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def ops(private_kafka: str):
+def ops(private_kafka: TestKafka):
     directory = ARTIFACTS / "ops"
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.glob("*.log"):
         old.unlink()
-    settings = Settings(kafka_bootstrap=private_kafka)
-    asyncio.run(create_topics(settings, load_registry(settings.registry_dir)))
     return private_kafka, directory
 
 
 async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops) -> None:
-    bootstrap, directory = ops
+    kafka, directory = ops
+    gp = kafka.connection(principals.referrer(Channel.GP))
     intake_port, routing_port = _free_port(), _free_port()
-    intake = start_hub(bootstrap, directory / "intake.log", "intake", env={"VERWIJSHUB_METRICS_PORT": str(intake_port)})
-    routing = start_hub(bootstrap, directory / "routing.log", "routing", "notifier",
+    intake = start_hub(kafka, directory / "intake.log", "intake", env={"VERWIJSHUB_METRICS_PORT": str(intake_port)})
+    routing = start_hub(kafka, directory / "routing.log", "routing", "notifier",
                         env={"VERWIJSHUB_METRICS_PORT": str(routing_port)})
     try:
-        await produce(bootstrap, topics.referrals(Channel.GP), gp_bytes(referral_id="OPS-0", bsn=random_bsn()))
-        await read_topic(bootstrap, topics.DECISIONS, lambda r: True, 1)
+        await produce(gp, topics.referrals(Channel.GP), gp_bytes(referral_id="OPS-0", bsn=random_bsn()))
+        await read_topic(kafka.admin, topics.DECISIONS, lambda r: True, 1)
         for _ in range(50):  # routing has committed its first offset
-            if ROUTING_GROUP in lag_json(bootstrap) and lag_json(bootstrap)[ROUTING_GROUP]["lag"] == 0:
+            if ROUTING_GROUP in lag_json(kafka) and lag_json(kafka)[ROUTING_GROUP]["lag"] == 0:
                 break
         status, routing_metrics = get(f"http://127.0.0.1:{routing_port}/metrics")
         ours = "\n".join(line for line in routing_metrics.splitlines() if line.startswith("verwijshub_"))
@@ -103,10 +103,10 @@ async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops)
         stop_hub(routing)
 
         for i in range(1, N + 1):
-            await produce(bootstrap, topics.referrals(Channel.GP), gp_bytes(referral_id=f"OPS-{i}", bsn=random_bsn()))
-        await produce(bootstrap, topics.referrals(Channel.GP), b"not a bundle")
-        await read_topic(bootstrap, topics.NORMALISED, lambda r: True, N + 1)
-        groups = lag_json(bootstrap)
+            await produce(gp, topics.referrals(Channel.GP), gp_bytes(referral_id=f"OPS-{i}", bsn=random_bsn()))
+        await produce(gp, topics.referrals(Channel.GP), b"not a bundle")
+        await read_topic(kafka.admin, topics.NORMALISED, lambda r: True, N + 1)
+        groups = lag_json(kafka)
         routing_lag = groups[ROUTING_GROUP]
         assert routing_lag["lag"] == N and routing_lag["members"] == 0
         assert routing_lag["status"] == "ERR"
@@ -114,7 +114,7 @@ async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops)
         assert all(p["lag_seconds"] is not None and p["lag_seconds"] >= 0 for p in routing_lag["partitions"] if p["lag"])
         ours = {(p["topic"], p["partition"]): (p["committed"], p["log_end"], p["lag"])
                 for p in routing_lag["partitions"]}
-        assert kafka_tool(bootstrap, ROUTING_GROUP) == ours
+        assert kafka_tool(kafka, ROUTING_GROUP, directory / "ops.properties") == ours
 
         status, intake_metrics = get(f"http://127.0.0.1:{intake_port}/metrics")
         assert metric(intake_metrics, "verwijshub_referrals_accepted_total", channel="gp") == N + 1
@@ -123,11 +123,11 @@ async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops)
         assert get(f"http://127.0.0.1:{intake_port}/healthz")[0] == 200
         assert get(f"http://127.0.0.1:{intake_port}/readyz")[0] == 200
 
-        routing = start_hub(bootstrap, directory / "routing.log", "routing", "notifier",
+        routing = start_hub(kafka, directory / "routing.log", "routing", "notifier",
                             env={"VERWIJSHUB_METRICS_PORT": str(routing_port)})
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            routing_lag = lag_json(bootstrap)[ROUTING_GROUP]
+            routing_lag = lag_json(kafka)[ROUTING_GROUP]
             if routing_lag["lag"] == 0 and routing_lag["status"] == "OK":
                 break
             await asyncio.sleep(1)
@@ -139,41 +139,48 @@ async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops)
 
 
 async def test_a_stalled_consumer_is_stall_then_stop_when_it_leaves(ops) -> None:
-    bootstrap, _ = ops
+    kafka, _ = ops
     group = "verwijshub-stalled-test"
-    consumer = AIOKafkaConsumer(topics.NORMALISED, bootstrap_servers=bootstrap, group_id=group,
+    consumer = AIOKafkaConsumer(topics.NORMALISED, **kafka.admin.client_options(), group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         await consumer.getmany(timeout_ms=3000)
         await consumer.commit({tp: 0 for tp in consumer.assignment()})  # a member that never moves on
-        stalled = await asyncio.to_thread(lag_json, bootstrap)
+        stalled = await asyncio.to_thread(lag_json, kafka)
         partitions = stalled[group]["partitions"]
         assert stalled[group]["members"] == 1 and stalled[group]["status"] == "ERR"
         assert {p["status"] for p in partitions if p["lag"]} == {"STALL"}
         assert {p["status"] for p in partitions if not p["lag"]} <= {"OK"}
     finally:
         await consumer.stop()
-    stopped = await asyncio.to_thread(lag_json, bootstrap)
+    stopped = await asyncio.to_thread(lag_json, kafka)
     assert {p["status"] for p in stopped[group]["partitions"] if p["lag"]} == {"STOP"}
 
 
 def test_the_status_page_in_a_browser_shows_groups_channels_and_dead_letters(ops) -> None:
-    """The lag exporter's page in headless Chromium, after the tests above: the routing group, the GP
-    channel's last hour (N + 1 received, no rejected status as the bad message has no readable referral id,
-    1 dead letter) and the dead letter's code, never its content."""
+    """The lag exporter's page in headless Chromium, after the tests above and one more referral with an
+    invalid BSN: the routing group, the GP channel's last hour (N + 1 received, 1 rejected), 2 dead letters
+    (the unreadable one has no referral id, so no status), the rejection's code, never any content."""
     chromium = require("chromium")
-    bootstrap, directory = ops
+    kafka, directory = ops
+    intake = start_hub(kafka, directory / "intake-page.log", "intake")
+    try:
+        asyncio.run(produce(kafka.connection(principals.referrer(Channel.GP)), topics.referrals(Channel.GP),
+                            gp_bytes(referral_id="OPS-BAD", bsn=INVALID_BSN)))
+        asyncio.run(read_topic(kafka.admin, topics.DEAD_LETTERS, lambda r: True, 2))
+    finally:
+        stop_hub(intake)
     port = _free_port()
     exporter = subprocess.Popen([sys.executable, "-m", "services.cli", "lag", "--serve", "--port", str(port),
-                                 "--interval", "0.5"], env={**os.environ, "VERWIJSHUB_KAFKA_BOOTSTRAP": bootstrap},
+                                 "--interval", "0.5"], env={**os.environ, **kafka.env()},
                                 cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=open(directory / "exporter.log", "w"))
     try:
         url = f"http://127.0.0.1:{port}/"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if "UNPARSEABLE" in get(url)[1]:
+                if "BSN_INVALID" in get(url)[1]:
                     break
             except OSError:
                 pass
@@ -184,10 +191,10 @@ def test_the_status_page_in_a_browser_shows_groups_channels_and_dead_letters(ops
         subprocess.run([*browser, f"--screenshot={ARTIFACTS / 'status-page.png'}", url], capture_output=True,
                        timeout=120)
         assert "verwijshub-routing" in dom and "verwijshub-intake" in dom
-        assert re.search(r"<td>gp</td><td>(\d+)</td><td>(\d+)</td><td>(\d+)</td>", dom).groups() == (
-            str(N + 1), "0", "1")
-        assert "UNPARSEABLE" in dom and "referrals.gp.v1" in dom
-        assert "not a bundle" not in dom  # the dead letter's content never shows
+        assert re.search(r"<td>gp</td><td>(\d+)</td><td>(\d+)</td></tr>", dom).groups() == (str(N + 1), "1")
+        assert re.search(r'id="dead-letters">(\d+)<', dom).group(1) == "2"
+        assert re.search(r"<td>gp</td><td>BSN_INVALID</td>", dom)
+        assert "not a bundle" not in dom and INVALID_BSN not in dom  # no content ever shows
         assert (ARTIFACTS / "status-page.png").stat().st_size > 10_000
         status, exported = get(f"http://127.0.0.1:{port}/metrics")
         assert status == 200 and metric(exported, "verwijshub_consumer_group_status", group=ROUTING_GROUP) == 0

@@ -18,14 +18,16 @@ from schemas.indications import Indication
 from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
 from schemas.routing import RoutingAlert, RoutingDecision
 from services.infra.pseudonym import youth_pseudonym
-from services.infra.settings import REPO_ROOT, Settings
+from services.infra.settings import REPO_ROOT
 from services.routing.commands import import_indications, publish_registry
-from tests.conftest import ARTIFACTS, start_hub, stop_hub
+from tests.conftest import ARTIFACTS, TestKafka, start_hub, stop_hub
 from tests.kafka_client import produce, read_topic
 from tests.referrals import random_bsn
 
 pytestmark = pytest.mark.e2e
 TODAY = datetime.now(UTC).date()
+PSEUDONYM_KEY = "routing-live-test-key"
+"""Routing takes pseudonyms as they come; the test makes them, and imports indications, with this key."""
 STADSGEZIN = "98000022"
 
 
@@ -48,7 +50,7 @@ def referral(bsn: str, postcode: str = "9712 AB", product: str | None = None) ->
         referral_id=rid, channel=Channel.GP,
         referrer=Referrer(type=ReferrerType.HUISARTS, identifier_system="agb", identifier="01012345"),
         referrer_referral_id=f"ZD-{rid}", referral_date=TODAY,
-        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, Settings().pseudonym_key.get_secret_value()),
+        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, PSEUDONYM_KEY),
                     birth_date=date(2014, 1, 1), postcode=postcode),
         product=product, received_at=datetime.now(UTC))
 
@@ -56,12 +58,13 @@ def referral(bsn: str, postcode: str = "9712 AB", product: str | None = None) ->
 class Routing:
     """One routing process on the module's broker, and the plain-Kafka view a user has of it."""
 
-    def __init__(self, bootstrap: str, log_file: Path) -> None:
-        self.bootstrap, self.log_file, self.settings = bootstrap, log_file, Settings(kafka_bootstrap=bootstrap)
+    def __init__(self, broker: TestKafka, log_file: Path) -> None:
+        self.broker, self.kafka, self.log_file = broker, broker.admin, log_file
+        self.settings = broker.settings(pseudonym_key=PSEUDONYM_KEY)
         self.process = None
 
     def start(self) -> None:
-        self.process = start_hub(self.bootstrap, self.log_file, "routing")
+        self.process = start_hub(self.broker, self.log_file, "routing")
 
     def stop(self) -> None:
         stop_hub(self.process)
@@ -78,13 +81,13 @@ class Routing:
         raise AssertionError(f"routing never logged {event} {fields} {count} times")
 
     async def send(self, ref: Referral) -> RoutingDecision:
-        await produce(self.bootstrap, "referrals.normalised.v1", ref.model_dump_json().encode(),
+        await produce(self.kafka, "referrals.normalised.v1", ref.model_dump_json().encode(),
                       key=ref.youth.pseudonym.encode())
         (record,) = await self.decisions(ref.referral_id, 1)
         return RoutingDecision.model_validate_json(record.value)
 
     async def decisions(self, referral_id: str, count: int, settle_s: float = 0.0):
-        return await read_topic(self.bootstrap, "routing.decisions.v1",
+        return await read_topic(self.kafka, "routing.decisions.v1",
                                 lambda r: json.loads(r.value)["referral_id"] == referral_id, count,
                                 settle_s=settle_s)
 
@@ -110,7 +113,7 @@ async def test_registry_update_takes_effect_live_and_a_malformed_one_is_refused(
     after = await routing.send(referral(random_bsn(), postcode="9747 AA"))
     assert (after.recipient.id, after.flags, after.registry_version) == ("selwerd", [], changed.version)
 
-    await produce(routing.bootstrap, "registry.v1", b'{"version": "x", "files": {"teams.json": "[]"}}',
+    await produce(routing.kafka, "registry.v1", b'{"version": "x", "files": {"teams.json": "[]"}}',
                   key=b"registry")
     await routing.wait_for_log("registry refused, the last good one stays in force", 1)
     still = await routing.send(referral(random_bsn(), postcode="9747 AA"))
@@ -118,10 +121,10 @@ async def test_registry_update_takes_effect_live_and_a_malformed_one_is_refused(
 
 
 async def test_an_unreadable_normalised_record_is_dead_lettered_and_the_next_one_decided(routing):
-    await produce(routing.bootstrap, "referrals.normalised.v1", b"{not a referral", key=b"poison")
+    await produce(routing.kafka, "referrals.normalised.v1", b"{not a referral", key=b"poison")
     after = await routing.send(referral(random_bsn()))
     assert after.recipient.id == "centrum"
-    (parked,) = await read_topic(routing.bootstrap, "referrals.dlq.v1", lambda r: r.key == b"poison", 1)
+    (parked,) = await read_topic(routing.kafka, "referrals.dlq.v1", lambda r: r.key == b"poison", 1)
     assert parked.value == b"{not a referral"
     assert json.loads(dict(parked.headers)["errors"].decode())[0]["code"] == "SCHEMA_INVALID"
 
@@ -132,7 +135,7 @@ async def test_declined_handover_is_rerouted_without_that_recipient(routing):
     assert first.recipient.kind == "provider"
     feedback = Feedback(referral_id=first.referral_id, kind=FeedbackKind.DECLINED, at=datetime.now(UTC),
                         reason="no capacity")
-    await produce(routing.bootstrap, f"feedback.provider.{declined_by}.v1", feedback.model_dump_json().encode(),
+    await produce(routing.kafka, f"feedback.provider.{declined_by}.v1", feedback.model_dump_json().encode(),
                   key=first.referral.youth.pseudonym.encode())
     records = await routing.decisions(first.referral_id, 2)
     again = RoutingDecision.model_validate_json(records[1].value)
@@ -147,9 +150,9 @@ async def test_indication_started_feedback_keeps_the_next_referral_with_that_pro
     provider = first.recipient.id
     started = Feedback(referral_id=first.referral_id, kind=FeedbackKind.INDICATION_STARTED, at=datetime.now(UTC),
                        product="46A02", indication_end=date(2099, 1, 1))
-    await produce(routing.bootstrap, f"feedback.provider.{provider}.v1", started.model_dump_json().encode(),
+    await produce(routing.kafka, f"feedback.provider.{provider}.v1", started.model_dump_json().encode(),
                   key=first.referral.youth.pseudonym.encode())
-    records = await read_topic(routing.bootstrap, "indications.v1",
+    records = await read_topic(routing.kafka, "indications.v1",
                                lambda r: r.key == first.referral.youth.pseudonym.encode(), 1)
     kept = json.loads(records[0].value)["indications"]
     assert [(i["product"], i["provider_agb"], i["referral_id"]) for i in kept] == [
@@ -163,7 +166,7 @@ async def test_indication_started_feedback_keeps_the_next_referral_with_that_pro
 
 async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routing, tmp_path):
     bsn_with_referral, bsn_imported = random_bsn(), random_bsn()
-    key = routing.settings.pseudonym_key.get_secret_value()
+    key = routing.settings.youth_pseudonym_key()
     await import_indications(routing.settings, [
         Indication(pseudonym=youth_pseudonym(bsn, key), product="45A51", provider_agb=STADSGEZIN,
                    start=date(2026, 1, 1), end=date(2099, 12, 31)) for bsn in (bsn_with_referral, bsn_imported)])
@@ -184,7 +187,7 @@ async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routi
     assert "warm handover" in rerouted.trace[0].reason
 
     pseudonyms = {youth_pseudonym(b, key) for b in (bsn_with_referral, bsn_imported)}
-    alerts = await read_topic(routing.bootstrap, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2)
+    alerts = await read_topic(routing.kafka, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2)
     by_youth = {a.pseudonym: a for a in (RoutingAlert.model_validate_json(r.value) for r in alerts)}
     assert by_youth[youth_pseudonym(bsn_with_referral, key)].team == "oosterparkwijk"
     assert by_youth[youth_pseudonym(bsn_imported, key)].referral_id is None
@@ -196,7 +199,7 @@ async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routi
     await routing.wait_for_log("provider stops swept", sweeps + 1)
     assert all(x["rerouted"] == 0 for x in routing.log_lines("provider stops swept")[sweeps:])
     assert len(await routing.decisions(ref.referral_id, 2, settle_s=1.0)) == 2, "no second re-route"
-    alerts = await read_topic(routing.bootstrap, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2,
+    alerts = await read_topic(routing.kafka, "alerts.v1", lambda r: r.key.decode() in pseudonyms, 2,
                               settle_s=1.0)
     assert len(alerts) == 2, "one alert per youth"
     log = routing.log_file.read_text()
@@ -209,7 +212,7 @@ def test_whatif_from_the_topic_shows_the_decisions_a_new_registry_changes(routin
     """Runs after the tests above: the topic holds their referrals, three of them in 9747 (no team)."""
     new = registry_copy(tmp_path, "r4", providers={STADSGEZIN: {"stopped_on": TODAY.isoformat()}},
                         postcodes=("9747,", "9747,selwerd"))
-    env = {**os.environ, "VERWIJSHUB_KAFKA_BOOTSTRAP": routing.bootstrap}
+    env = {**os.environ, **routing.broker.env()}
     run = subprocess.run([sys.executable, "-m", "services.cli", "whatif", "--registry", str(new), "--from-topic",
                           "--json"], env=env, cwd=REPO_ROOT, capture_output=True, timeout=120, check=True)
     result = json.loads(run.stdout)
@@ -223,7 +226,7 @@ async def test_up_does_not_overwrite_a_registry_published_live(routing):
     from services.infra.registry_topic import latest_registry
     from services.routing.commands import publish_registry_unless_present
 
-    live = await latest_registry(routing.settings)
+    live = await latest_registry(routing.kafka)
     assert live.providers[STADSGEZIN].stopped_on == TODAY, "the stop published by the test above is in force"
     assert not await publish_registry_unless_present(routing.settings, REPO_ROOT / "deploy" / "registry")
-    assert (await latest_registry(routing.settings)).version == live.version
+    assert (await latest_registry(routing.kafka)).version == live.version

@@ -1,0 +1,194 @@
+"""`verwijshub access`: principals, passwords and ACLs reconciled with the registry; client configurations.
+
+Run as the admin principal. Passwords live in the secrets directory (0600) and are printed only by
+`client-config`; nothing here logs one.
+"""
+
+import asyncio
+import json
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from schemas.registry import Registry
+from services.access.kafka_admin import AccessAdmin, AccessError
+from services.access.matrix import Principal, all_principals, grants
+from services.access.strimzi import manifests
+from services.infra import principals, topics
+from services.infra.clock import SystemClock
+from services.infra.connection import KafkaConnection
+from services.infra.kafka import ensure_topics
+from services.infra.registry_files import RegistryError, load_registry
+from services.infra.registry_topic import latest_registry
+from services.infra.secrets import CredentialStore, SecretsError
+from services.infra.settings import Settings, get_settings
+
+access_app = typer.Typer(help="Who may connect and what each principal may do, reconciled with the registry.",
+                         no_args_is_help=True)
+console = Console(stderr=True)
+MANAGED_PREFIXES = ("verwijshub-", "referrer-", "wij-", "provider-")
+"""SCRAM users and ACLs whose principal starts so are the hub's to add and remove; others are left alone."""
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    users_added: int
+    users_removed: int
+    grants_added: int
+    grants_removed: int
+    grants: int
+
+
+def _managed(name: str) -> bool:
+    return name.startswith(MANAGED_PREFIXES)
+
+
+async def registry_in_force(settings: Settings) -> Registry:
+    """The registry published on registry.v1 (a live change, e.g. a provider's stop), else the files."""
+    return await latest_registry(settings.connection(principals.ADMIN)) or load_registry(settings.registry_dir)
+
+
+def sync_access(settings: Settings, registry: Registry) -> SyncResult:
+    """Make the broker match the registry: every principal's topics, SCRAM user and grants; a principal no
+    longer in the registry loses its user and grants; a stopped provider loses write at once and read after
+    the grace period (VERWIJSHUB_ACCESS_READ_GRACE_DAYS)."""
+    admin_connection = settings.connection(principals.ADMIN)
+    asyncio.run(ensure_topics(admin_connection, topics.all_topics(registry), settings.partitions,
+                              settings.replication_factor))
+    people = [p.name for p in all_principals(registry)]
+    passwords = CredentialStore(settings.secrets).ensure(people)
+    admin = AccessAdmin(admin_connection)
+    present_users = {user for user in admin.scram_users() if _managed(user)}
+    new_users = {p for p in people if p not in present_users and p != principals.ADMIN}
+    admin.set_passwords({user: passwords[user] for user in sorted(new_users)})
+    gone_users = present_users - set(people)
+    admin.delete_users(gone_users)
+    wanted = set(grants(registry, SystemClock().now().date(), timedelta(days=settings.access_read_grace_days)))
+    present = {grant for grant in admin.grants() if _managed(grant.principal)}
+    admin.remove(present - wanted)
+    admin.add(wanted - present)
+    return SyncResult(len(new_users), len(gone_users), len(wanted - present), len(present - wanted), len(wanted))
+
+
+def _settings_and_registry() -> tuple[Settings, Registry]:
+    settings = get_settings()
+    try:
+        return settings, asyncio.run(registry_in_force(settings))
+    except (RegistryError, OSError, SecretsError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _principal(registry: Registry, name: str) -> Principal:
+    found = next((p for p in all_principals(registry) if p.name == name), None)
+    if found is None:
+        console.print(f"[red]no principal {name!r}; `verwijshub access list` shows them[/red]")
+        raise typer.Exit(2)
+    return found
+
+
+@access_app.command("sync")
+def sync() -> None:
+    """Reconcile topics, SCRAM users and ACLs with the registry in force (`up` and `registry publish` do this)."""
+    settings, registry = _settings_and_registry()
+    try:
+        result = sync_access(settings, registry)
+    except (AccessError, SecretsError) as exc:
+        console.print(f"[red]access not synchronised: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"access in sync with registry {registry.version}: {result.grants} grants "
+                  f"(+{result.grants_added} -{result.grants_removed}), users +{result.users_added} "
+                  f"-{result.users_removed}")
+
+
+@access_app.command("list")
+def list_access(as_json: Annotated[bool, typer.Option("--json", help="JSON instead of a table.")] = False) -> None:
+    """Every principal of the registry, whether its SCRAM user exists, and the grants the broker holds for it."""
+    settings, registry = _settings_and_registry()
+    admin = AccessAdmin(settings.connection(principals.ADMIN))
+    users, present = admin.scram_users(), admin.grants()
+    rows = []
+    for person in all_principals(registry):
+        held = sorted(g for g in present if g.principal == person.name)
+        rows.append({"principal": person.name, "kind": person.kind,
+                     "user": person.name in users or person.name == principals.ADMIN,
+                     "grants": [f"{g.operation.value} {g.resource.value} {g.name}"
+                                f"{'*' if g.pattern.value == 'prefixed' else ''}" for g in held]})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("principal", "kind", "user", "grants")
+    for row in rows:
+        grants_text = "super user" if row["principal"] == principals.ADMIN else "\n".join(row["grants"]) or "-"
+        table.add_row(row["principal"], row["kind"], "yes" if row["user"] else "no", grants_text)
+    Console().print(table)
+
+
+class ConfigFormat(StrEnum):
+    LIBRDKAFKA = "librdkafka"
+    JAVA = "java"
+    ENV = "env"
+
+
+def client_config_text(kafka: KafkaConnection, form: ConfigFormat) -> str:
+    """A ready client configuration: `kcat -F`, Kafka's `--command-config`, or the hub's own settings."""
+    props = {ConfigFormat.LIBRDKAFKA: kafka.librdkafka, ConfigFormat.JAVA: kafka.java,
+             ConfigFormat.ENV: kafka.environment}[form]()
+    return "".join(f"{key}={value}\n" for key, value in props.items())
+
+
+@access_app.command("client-config")
+def client_config(
+    principal: Annotated[str, typer.Argument(help="The principal, e.g. provider-12345678 or referrer-gp.")],
+    form: Annotated[ConfigFormat, typer.Option("--format", help="librdkafka (kcat -F), java (--command-config) "
+                                               "or env (VERWIJSHUB_* settings).")] = ConfigFormat.LIBRDKAFKA,
+) -> None:
+    """Print a client configuration for PRINCIPAL, password included (the only command that prints one)."""
+    settings, registry = _settings_and_registry()
+    _principal(registry, principal)
+    if settings.kafka_username:
+        console.print("[red]VERWIJSHUB_KAFKA_USERNAME is set: client-config reads the secrets directory[/red]")
+        raise typer.Exit(2)
+    try:
+        print(client_config_text(settings.connection(principal), form), end="")
+    except SecretsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@access_app.command("rotate")
+def rotate(principal: Annotated[str, typer.Argument(help="The principal whose password is replaced.")]) -> None:
+    """Issue a new random password for PRINCIPAL (its clients need a new client-config). For the admin of the
+    local Kafka the new password takes effect for the broker's own listeners at its next start."""
+    settings, registry = _settings_and_registry()
+    _principal(registry, principal)
+    password = CredentialStore(settings.secrets).rotate(principal)
+    AccessAdmin(settings.connection(principals.ADMIN) if principal != principals.ADMIN else
+                settings.connection(principals.ADMIN)).set_passwords({principal: password})
+    console.print(f"new password for {principal} stored in {CredentialStore(settings.secrets).path}")
+
+
+class ExportFormat(StrEnum):
+    STRIMZI = "strimzi"
+
+
+@access_app.command("export")
+def export(
+    directory: Annotated[Path, typer.Argument(help="Where the manifests are written (created if missing).")],
+    form: Annotated[ExportFormat, typer.Option("--format", help="Manifest format.")] = ExportFormat.STRIMZI,
+) -> None:
+    """Write Strimzi KafkaUser and KafkaTopic manifests for every principal and topic of the registry."""
+    settings, registry = _settings_and_registry()
+    granted = grants(registry, SystemClock().now().date(), timedelta(days=settings.access_read_grace_days))
+    files = manifests(all_principals(registry), granted, topics.all_topics(registry), settings.partitions)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, manifest in files.items():
+        (directory / name).write_text(yaml.safe_dump(manifest, sort_keys=False))
+    console.print(f"{len(files)} {form.value} manifests written to {directory}")

@@ -1,0 +1,104 @@
+"""The broker side of access: SCRAM users and ACL bindings, through confluent-kafka's AdminClient.
+
+aiokafka has no AlterUserScramCredentials and no ACL calls; Kafka's own tools have them but start one JVM
+per user or resource (seconds each). confluent-kafka (librdkafka) has both, in one connection.
+"""
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialDeletion,
+    UserScramCredentialUpsertion,
+)
+
+from services.access.matrix import Grant, Operation, Pattern, Resource
+from services.infra.connection import KafkaConnection
+
+SCRAM_ITERATIONS = 8192
+RESOURCES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceType.GROUP}
+PATTERNS = {Pattern.LITERAL: ResourcePatternType.LITERAL, Pattern.PREFIXED: ResourcePatternType.PREFIXED}
+OPERATIONS = {Operation.READ: AclOperation.READ, Operation.WRITE: AclOperation.WRITE,
+              Operation.DESCRIBE: AclOperation.DESCRIBE}
+TIMEOUT_S = 30.0
+
+
+class AccessError(RuntimeError):
+    """The broker refused or did not answer an access change."""
+
+
+def _binding(grant: Grant, kind: type[AclBinding] | type[AclBindingFilter] = AclBinding):
+    return kind(RESOURCES[grant.resource], grant.name, PATTERNS[grant.pattern], f"User:{grant.principal}",
+                "*", OPERATIONS[grant.operation], AclPermissionType.ALLOW)
+
+
+def _grant(binding: AclBinding) -> Grant | None:
+    """A binding as a Grant, or None for one the matrix never makes (another tool's ACL)."""
+    resources = {v: k for k, v in RESOURCES.items()}
+    patterns = {v: k for k, v in PATTERNS.items()}
+    operations = {v: k for k, v in OPERATIONS.items()}
+    if (binding.permission_type != AclPermissionType.ALLOW or binding.host != "*"
+            or not binding.principal.startswith("User:") or binding.restype not in resources
+            or binding.resource_pattern_type not in patterns or binding.operation not in operations):
+        return None
+    return Grant(binding.principal.removeprefix("User:"), resources[binding.restype],
+                 patterns[binding.resource_pattern_type], binding.name, operations[binding.operation])
+
+
+def _wait(futures: dict) -> None:
+    failures = []
+    for what, future in futures.items():
+        try:
+            future.result(timeout=TIMEOUT_S)
+        except KafkaException as exc:
+            failures.append(f"{getattr(what, 'name', what)}: {exc.args[0].str() if exc.args else exc}")
+    if failures:
+        raise AccessError("; ".join(failures))
+
+
+class AccessAdmin:
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self.client = AdminClient({**kafka.librdkafka(), "client.id": "verwijshub-access"})
+
+    def scram_users(self) -> set[str]:
+        try:
+            described = self.client.describe_user_scram_credentials().result(timeout=TIMEOUT_S)
+        except KafkaException as exc:
+            raise AccessError(f"SCRAM users not described: {exc}") from exc
+        return set(described)
+
+    def set_passwords(self, passwords: dict[str, str]) -> None:
+        if passwords:
+            info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+            _wait(self.client.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(user, info, password.encode()) for user, password in passwords.items()]))
+
+    def delete_users(self, users: set[str]) -> None:
+        if users:
+            _wait(self.client.alter_user_scram_credentials(
+                [UserScramCredentialDeletion(user, ScramMechanism.SCRAM_SHA_512) for user in sorted(users)]))
+
+    def grants(self) -> set[Grant]:
+        """Every ALLOW binding on the cluster that the matrix could have made."""
+        everything = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                      AclOperation.ANY, AclPermissionType.ANY)
+        try:
+            bindings = self.client.describe_acls(everything).result(timeout=TIMEOUT_S)
+        except KafkaException as exc:
+            raise AccessError(f"ACLs not described: {exc}") from exc
+        return {grant for binding in bindings if (grant := _grant(binding)) is not None}
+
+    def add(self, grants: set[Grant]) -> None:
+        if grants:
+            _wait(self.client.create_acls([_binding(g) for g in sorted(grants)]))
+
+    def remove(self, grants: set[Grant]) -> None:
+        if grants:
+            _wait(self.client.delete_acls([_binding(g, AclBindingFilter) for g in sorted(grants)]))

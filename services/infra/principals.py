@@ -1,0 +1,28 @@
+"""Principal names: who connects to Kafka. One place, so the ACL matrix, the clients and the docs agree.
+
+Every client connects as its own principal: one per hub service, one for operations, one admin (the only
+super user), one per referrer channel, one per recipient. A referrer's or recipient's consumer groups must
+start with its principal's name and a dot (`wij-centrum.epd`).
+"""
+
+from schemas.referral import Channel
+
+ADMIN = "verwijshub-admin"
+OPERATIONS = "verwijshub-ops"
+
+
+def service(name: str) -> str:
+    """intake, routing, notifier: the same name as the service's consumer group."""
+    return f"verwijshub-{name}"
+
+
+def referrer(channel: Channel | str) -> str:
+    return f"referrer-{channel}"
+
+
+def wij_team(team_id: str) -> str:
+    return f"wij-{team_id}"
+
+
+def provider(agb: str) -> str:
+    return f"provider-{agb}"

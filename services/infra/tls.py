@@ -1,0 +1,93 @@
+"""The local certificate authority: TLS for the embedded Kafka without a real PKI.
+
+On first start the project makes a CA and a broker certificate for the broker's address with the
+`cryptography` library; private keys are kept 0600 in the secrets directory. Clients trust `ca.pem`
+(a public certificate). Production replaces all of this with certificates from a real CA (docs/security.md).
+"""
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from services.infra.secrets import write_private
+
+VALID_DAYS = 825
+
+
+@dataclass(frozen=True)
+class LocalCa:
+    directory: Path
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca.key"
+
+    def broker_pem(self, host: str) -> Path:
+        """Private key (PKCS#8) and certificate chain of the broker on `host`, in the PEM file Kafka reads."""
+        return self.directory / f"broker-{host}.pem"
+
+    def ensure(self, host: str) -> Path:
+        """The CA (made once) and a broker certificate for `host` and localhost; returns the broker's PEM file."""
+        if not self.ca_cert.is_file() or not self.ca_key.is_file():
+            self._make_ca()
+        pem = self.broker_pem(host)
+        if not pem.is_file():
+            self._make_broker(host, pem)
+        return pem
+
+    def _make_ca(self) -> None:
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Verwijshub local CA")])
+        now = datetime.now(UTC)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+                .not_valid_after(now + timedelta(days=VALID_DAYS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False, encipher_only=False,
+                                             decipher_only=False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .sign(key, hashes.SHA256()))
+        write_private(self.ca_key, _pkcs8(key))
+        self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def _make_broker(self, host: str, pem: Path) -> None:
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+        for candidate in dict.fromkeys([host, "127.0.0.1"]):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(candidate)))
+            except ValueError:
+                names.append(x509.DNSName(candidate))
+        now = datetime.now(UTC)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"verwijshub-broker {host}")]))
+                .issuer_name(ca_cert.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+                .not_valid_after(now + timedelta(days=VALID_DAYS))
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        write_private(pem, _pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM)
+                      + ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """Unencrypted PKCS#8: the form Kafka's PEM key store reads (the file's 0600 mode protects it)."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())

@@ -1,0 +1,130 @@
+"""The ACL matrix, the Strimzi export, client configurations and secrets, without a broker."""
+
+import json
+import stat
+from datetime import date, timedelta
+from pathlib import Path
+
+import pytest
+
+from schemas.referral import Channel
+from services.access.commands import ConfigFormat, client_config_text
+from services.access.matrix import Operation, Resource, all_principals, allows, grants, who_may
+from services.access.strimzi import grants_of, manifests
+from services.infra import principals, topics
+from services.infra.connection import KafkaConnection
+from services.infra.registry_files import load_registry
+from services.infra.secrets import CredentialStore, SecretsError, pseudonym_key
+from services.infra.settings import REPO_ROOT
+from services.infra.tls import LocalCa
+
+REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
+TODAY = date(2026, 11, 24)
+GRANTED = grants(REGISTRY, TODAY, timedelta(days=30))
+PERSONAL_DATA = [topics.NORMALISED, topics.DEAD_LETTERS, topics.DECISIONS, topics.NOTIFIER_STATE,
+                 *(topics.referrals(c) for c in Channel),
+                 *(t for t in topics.all_topics(REGISTRY) if t.startswith(("handovers.", "feedback.")))]
+
+
+def may(principal: str, topic: str, operation: Operation) -> bool:
+    return allows(GRANTED, principal, Resource.TOPIC, topic, operation)
+
+
+def test_a_provider_reads_only_its_own_handovers_and_writes_only_its_own_feedback() -> None:
+    first, second = sorted(REGISTRY.providers)[:2]
+    me = principals.provider(first)
+    readable = {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.READ)}
+    writable = {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.WRITE)}
+    assert readable == {topics.provider_handovers(first)}
+    assert writable == {topics.provider_feedback(first)}
+    assert not may(me, topics.provider_handovers(second), Operation.DESCRIBE)
+
+
+def test_a_referrer_writes_its_channel_and_reads_its_status_only() -> None:
+    for channel in Channel:
+        me = principals.referrer(channel)
+        assert {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.READ)} == {topics.status(channel)}
+        assert {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.WRITE)} == {topics.referrals(channel)}
+
+
+def test_operations_reads_no_topic_with_personal_data_but_describes_all() -> None:
+    for topic in PERSONAL_DATA:
+        assert not may(principals.OPERATIONS, topic, Operation.READ), topic
+    assert all(may(principals.OPERATIONS, t, Operation.DESCRIBE) for t in topics.all_topics(REGISTRY))
+
+
+def test_routing_never_reads_a_handover_and_intake_never_a_decision() -> None:
+    handovers = [t for t in topics.all_topics(REGISTRY) if t.startswith("handovers.")]
+    assert not any(may(principals.service("routing"), t, Operation.READ) for t in handovers)
+    assert not may(principals.service("intake"), topics.DECISIONS, Operation.READ)
+
+
+def test_group_prefixes_of_two_teams_never_overlap() -> None:
+    assert allows(GRANTED, "wij-centrum", Resource.GROUP, "wij-centrum.epd", Operation.READ)
+    assert not allows(GRANTED, "wij-centrum", Resource.GROUP, "wij-centrum-oost.epd", Operation.READ)
+    assert not allows(GRANTED, "wij-centrum", Resource.GROUP, "verwijshub-notifier", Operation.READ)
+
+
+def test_a_stopped_provider_loses_write_on_its_day_and_read_after_the_grace_period() -> None:
+    agb = sorted(REGISTRY.providers)[0]
+    stopped = REGISTRY.model_copy(update={"providers": {**REGISTRY.providers, agb: REGISTRY.providers[agb].model_copy(
+        update={"stopped_on": TODAY})}})
+    me = principals.provider(agb)
+    on_the_day = grants(stopped, TODAY, timedelta(days=30))
+    assert not allows(on_the_day, me, Resource.TOPIC, topics.provider_feedback(agb), Operation.WRITE)
+    assert allows(on_the_day, me, Resource.TOPIC, topics.provider_handovers(agb), Operation.READ)
+    later = grants(stopped, TODAY + timedelta(days=30), timedelta(days=30))
+    assert not allows(later, me, Resource.TOPIC, topics.provider_handovers(agb), Operation.READ)
+    assert not [g for g in later if g.principal == me]
+
+
+def test_the_strimzi_users_grant_exactly_the_matrix_and_topics_are_replicated_three_times() -> None:
+    files = manifests(all_principals(REGISTRY), GRANTED, topics.all_topics(REGISTRY), 6)
+    users = [m for m in files.values() if m["kind"] == "KafkaUser"]
+    assert {u["metadata"]["name"] for u in users} == {p.name for p in all_principals(REGISTRY)}
+    assert set().union(*(grants_of(u) for u in users)) == set(GRANTED)
+    admin = next(u for u in users if u["metadata"]["name"] == principals.ADMIN)
+    assert "authorization" not in admin["spec"]
+    compacted = files[f"topic-{topics.NOTIFIER_STATE}.yaml"]["spec"]
+    assert compacted["replicas"] == 3 and compacted["config"] == {"min.insync.replicas": "2",
+                                                                   "cleanup.policy": "compact"}
+
+
+def test_the_asyncapi_access_names_who_may_publish_and_subscribe() -> None:
+    assert who_may("handovers.wij.centrum.v1") == {"publish": ["verwijshub-notifier"], "subscribe": ["wij-<id>"]}
+    assert who_may("referrals.dlq.v1")["subscribe"] == []
+    asyncapi = json.loads((REPO_ROOT / "schemas" / "asyncapi.json").read_text())
+    assert asyncapi["servers"]["development"]["protocol"] == "kafka-secure"
+    assert all("x-access" in channel for channel in asyncapi["channels"].values())
+
+
+def test_client_configs_carry_bootstrap_mechanism_user_password_and_ca() -> None:
+    kafka = KafkaConnection("127.0.0.1:9092", username="wij-centrum", password="s3cret", ca_file=Path("/x/ca.pem"))
+    librdkafka = client_config_text(kafka, ConfigFormat.LIBRDKAFKA)
+    assert "security.protocol=sasl_ssl\n" in librdkafka and "sasl.mechanisms=SCRAM-SHA-512\n" in librdkafka
+    assert "sasl.password=s3cret\n" in librdkafka and "ssl.ca.location=/x/ca.pem\n" in librdkafka
+    java = client_config_text(kafka, ConfigFormat.JAVA)
+    assert 'username="wij-centrum" password="s3cret";' in java and "ssl.truststore.type=PEM\n" in java
+    assert "VERWIJSHUB_KAFKA_USERNAME=wij-centrum\n" in client_config_text(kafka, ConfigFormat.ENV)
+    assert "s3cret" not in repr(kafka)
+
+
+def test_secrets_are_generated_private_and_the_public_pseudonym_key_is_refused(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "secrets")
+    first = store.ensure(["a", "b"])
+    assert store.ensure(["a", "b"]) == first and first["a"] != first["b"] and len(first["a"]) >= 32
+    assert store.rotate("a") != first["a"]
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
+    key = pseudonym_key(tmp_path / "secrets", None)
+    assert len(bytes.fromhex(key)) == 32 and pseudonym_key(tmp_path / "secrets", None) == key
+    assert stat.S_IMODE((tmp_path / "secrets" / "pseudonym.key").stat().st_mode) == 0o600
+    with pytest.raises(SecretsError):
+        pseudonym_key(tmp_path, "local-development-key-change-me")
+
+
+def test_the_local_ca_keeps_private_keys_private(tmp_path: Path) -> None:
+    ca = LocalCa(tmp_path / "secrets")
+    pem = ca.ensure("127.0.0.1")
+    assert stat.S_IMODE(pem.stat().st_mode) == 0o600 and stat.S_IMODE(ca.ca_key.stat().st_mode) == 0o600
+    assert pem.read_text().startswith("-----BEGIN PRIVATE KEY-----") and ca.ca_cert.read_text().count("CERTIFICATE") == 2
