@@ -58,6 +58,10 @@ class Settings(BaseSettings):
         """Where clients connect: the configured cluster, or the embedded broker."""
         return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
 
+    good_friday: Literal["working", "holiday"] = Field(
+        default="working", description="Whether Good Friday stops the contact clock: a working day as the "
+        "Algemene termijnenwet counts deadlines, or a holiday where the team's collective agreement gives it off.")
+
 
 @lru_cache
 def get_settings() -> Settings:
