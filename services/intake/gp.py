@@ -15,6 +15,8 @@ from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import (
     AGB_SYSTEM,
     BSN_SYSTEM,
+    CATEGORY_SYSTEM,
+    PRODUCT_SYSTEM,
     REFERRER_TYPE_OF_CHANNEL,
     Channel,
     Referral,
@@ -26,8 +28,6 @@ from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
 
-PRODUCT_SYSTEM = "urn:ijw:productcode"
-CATEGORY_SYSTEM = "urn:verwijshub:referral-category"
 _DATE_FIELDS = {"birthDate", "authoredOn"}
 
 
