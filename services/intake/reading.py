@@ -72,13 +72,16 @@ def clean_text(value: Any) -> str | None:
 
 def cleaned_document(value: Any) -> Any:
     """A JSON document with every string cleaned by `clean_text` and blank ones dropped, so a blank field
-    counts as an absent one (a blank BSN is BSN_MISSING, not a type error; FHIR forbids empty strings)."""
+    counts as an absent one (a blank BSN is BSN_MISSING, not a type error; FHIR forbids empty strings). An
+    object or list left empty by that is absent too: `{"text": " "}` is no note at all (FHIR forbids empty
+    elements as well)."""
     if isinstance(value, dict):
-        return {key: cleaned_document(child) for key, child in value.items() if not _blank(child)}
+        cleaned = ((key, cleaned_document(child)) for key, child in value.items())
+        return {key: child for key, child in cleaned if not _absent(child)}
     if isinstance(value, list):
-        return [cleaned_document(child) for child in value if not _blank(child)]
+        return [child for child in map(cleaned_document, value) if not _absent(child)]
     return clean_text(value) if isinstance(value, str) else value
 
 
-def _blank(value: Any) -> bool:
-    return isinstance(value, str) and clean_text(value) is None
+def _absent(value: Any) -> bool:
+    return value is None or value == {} or value == []
