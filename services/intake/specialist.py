@@ -40,6 +40,9 @@ from services.intake.reading import clean_text, has_control_character, reject, t
 BSN_AUTHORITY, BSN_TYPE = "NLMINBIZA", "NNNLD"
 PRODUCT_CODING_SYSTEM = "IJWPROD"
 _HL7_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})")
+MAX_PIECES = 5_000
+"""Separators (MSH-1, MSH-2 and segment ends) in one message. python-hl7 builds an object for each piece,
+some microseconds each: a megabyte of `~` would hold a partition for seconds. A REF^I12 has a few hundred."""
 
 
 def parse_specialist(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str, received_at: datetime,
@@ -59,6 +62,10 @@ def parse_specialist(raw: bytes, *, known_products: frozenset[str], pseudonym_ke
                       "The specialist channel takes an HL7 v2 REF^I12 message (ER7), not JSON or XML.")
     if not text.startswith("MSH") or len(text) < 8:
         return reject(ErrorCode.UNPARSEABLE, "MSH", "An HL7 v2 message starts with an MSH segment.")
+    pieces = sum(text.count(separator) for separator in set(text[3:8]) | {"\r"})
+    if pieces > MAX_PIECES:
+        return reject(ErrorCode.TOO_LARGE, "MSH", f"The message has {pieces} segments, fields, components and "
+                      f"repetitions; a referral needs far fewer (at most {MAX_PIECES}).")
     try:
         message = hl7.parse(text)
     except Exception as exc:  # python-hl7 raises assorted errors on malformed ER7; all mean the same here
