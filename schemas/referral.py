@@ -40,6 +40,10 @@ AGB_SYSTEM = "http://fhir.nl/fhir/NamingSystem/agb-z"
 BIG_SYSTEM = "http://fhir.nl/fhir/NamingSystem/big"
 """The Dutch FHIR naming systems of BSN, AGB and BIG numbers (docs/domain.md, "Identifiers"), as every channel
 and the handover name them."""
+PRODUCT_SYSTEM = "urn:ijw:productcode"
+CATEGORY_SYSTEM = "urn:verwijshub:referral-category"
+"""The iJw product code and the hub's referral categories (`specialist`, `continuation`) in FHIR codings, as
+the GP channel reads them and the handover writes them."""
 
 _HUB_ID_NAMESPACE = uuid.UUID("7a1d2c57-1b8e-4f2e-9f3a-6c0de5a0b1e1")
 

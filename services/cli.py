@@ -23,7 +23,7 @@ from services.infra.logging import configure_logging
 from services.infra.registry_files import RegistryError, load_registry
 from services.infra.secrets import SecretsError
 from services.infra.settings import Settings, get_settings
-from services.intake.app import PARSERS
+from services.intake.adapters import PARSERS, read_referral
 from services.intake.outcome import ParseOutcome, Rejection
 from services.ops import commands as ops_commands
 from services.routing import commands as routing_commands
@@ -63,9 +63,10 @@ def _parse(channel: Channel, raw: bytes, settings: Settings, registry) -> ParseO
     if channel not in PARSERS:
         console.print(f"[red]the {channel} channel has no adapter yet[/red]")
         raise typer.Exit(2)
-    return PARSERS[channel](raw, known_products=frozenset(registry.products), received_at=SystemClock().now(),
-                            pseudonym_key=settings.youth_pseudonym_key(),
-                            max_bytes=settings.max_message_bytes)
+    return read_referral(channel, raw, known_products=frozenset(registry.products),
+                         received_at=SystemClock().now(),
+                         pseudonym_key=settings.youth_pseudonym_key(),
+                         max_bytes=settings.max_message_bytes)
 
 
 def _print_rejection(errors: list[ReferralError], **extra: object) -> None:

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     liberation_day: Literal["lustrum", "always", "never"] = Field(
         default="lustrum", description="Whether Liberation Day (5 May) stops the contact clock: in lustrum "
         "years (2025, 2030), every year, or never.")
+    good_friday: Literal["working", "holiday"] = Field(
+        default="working", description="Whether Good Friday stops the contact clock: a working day as the "
+        "Algemene termijnenwet counts deadlines, or a holiday where the team's collective agreement gives it off.")
     notifier_tick_seconds: float = Field(default=1.0, gt=0, description="How often the notifier looks for "
                                          "contact clocks and reminders that came due.")
     clock_file: Path | None = Field(default=None, description="Tests and demos only: read 'now' from this file "

@@ -10,7 +10,6 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
 from faststream.kafka.message import KafkaMessage
 
-from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
 from schemas.status import ReferralStatus, StatusEvent
@@ -19,16 +18,11 @@ from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
 from services.infra.kafka import encode, group_id, make_broker, message_headers
 from services.infra.settings import Settings
-from services.intake.documents import parse_court, parse_ggd, parse_gi
-from services.intake.gp import parse_gp
+from services.intake.adapters import PARSERS, read_referral
 from services.intake.ledger import AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
-from services.intake.specialist import parse_specialist
 
 SERVICE = "intake"
-PARSERS = {Channel.GP: parse_gp, Channel.GI: parse_gi, Channel.GGD: parse_ggd, Channel.COURT: parse_court,
-           Channel.SPECIALIST: parse_specialist}
-"""The channels whose adapter exists; each gets a subscriber on its inbound topic."""
 
 
 class Intake:
@@ -40,8 +34,8 @@ class Intake:
         self.pseudonym_key = settings.youth_pseudonym_key()
 
     def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:
-        return PARSERS[channel](
-            raw, known_products=frozenset(self.registry.products), received_at=self.clock.now(),
+        return read_referral(
+            channel, raw, known_products=frozenset(self.registry.products), received_at=self.clock.now(),
             pseudonym_key=self.pseudonym_key,
             max_bytes=self.settings.max_message_bytes,
         )
@@ -49,12 +43,9 @@ class Intake:
     async def handle(self, channel: Channel, message: KafkaMessage) -> None:
         await self.ledger.ready.wait()  # know every referral accepted before, by any instance
         with handling(SERVICE, message) as log:
-            try:
-                outcome = self.parse(channel, message.body)
-            except Exception as exc:  # an adapter bug must not stop the partition: park the record
-                log.error("adapter failed", channel=channel.value, error_type=type(exc).__name__)
-                outcome = Rejection([ReferralError(code=ErrorCode.UNPARSEABLE, location="",
-                                                   message="The hub could not read this message.")])
+            outcome = self.parse(channel, message.body)
+            if isinstance(outcome, Rejection) and outcome.failure:  # an adapter bug: the record is parked
+                log.error("adapter failed", channel=channel.value, error_type=outcome.failure)
             if isinstance(outcome, Referral) and outcome.referral_id in self.ledger:
                 log.info("duplicate referral ignored", channel=channel.value, correlation_id=outcome.referral_id,
                          referrer_referral_id=outcome.referrer_referral_id)

@@ -2,16 +2,16 @@
 
 The pydantic model checks structure and types; the shared checks of `validation` then run on every
 field that is there, even when the structure has errors elsewhere, so the referrer hears of all
-problems at once. Locations are JSON pointers (`/youth/bsn`).
+problems at once. Locations are JSON pointers (`/youth/bsn`). Every string is cleaned before the model
+sees it (`reading.cleaned_document`): names and notes trimmed, blank ones absent, as on every channel.
 """
 
-import json
 from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.errors import ErrorCode, ReferralError
+from schemas.errors import ErrorCode
 from schemas.inbound import INBOUND_MODELS, CourtReferral, GgdReferral, GiReferral
 from schemas.referral import (
     AGB_SYSTEM,
@@ -26,6 +26,7 @@ from schemas.referral import (
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
+from services.intake.reading import clean_text, cleaned_document, read_json, reject, too_large
 
 _DATE_FIELDS = {"referral_date", "birth_date", "date"}
 
@@ -44,40 +45,38 @@ def parse_court(raw: bytes, **options: Any) -> ParseOutcome:
 
 def parse_document(channel: Channel, raw: bytes, *, known_products: frozenset[str], pseudonym_key: str,
                    received_at: datetime, max_bytes: int = 1024 * 1024) -> ParseOutcome:
-    if len(raw) > max_bytes:
-        return Rejection([_error(ErrorCode.TOO_LARGE, "", f"The message is {len(raw)} bytes; at most {max_bytes}.")])
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        hl7 = raw.lstrip().startswith(b"MSH|")
-        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH if hl7 else ErrorCode.UNPARSEABLE, "",
-                                 f"Not a JSON document ({type(exc).__name__}).")])
+    if rejection := too_large(raw, max_bytes):
+        return rejection
+    document = read_json(raw)
+    if isinstance(document, Rejection):
+        return document
     if not isinstance(document, dict):
-        return Rejection([_error(ErrorCode.SCHEMA_INVALID, "", f"The {channel} channel takes a JSON object.")])
+        return reject(ErrorCode.SCHEMA_INVALID, "", f"The {channel} channel takes a JSON object.")
     if "resourceType" in document:
-        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH, "/resourceType",
-                                 f"A FHIR resource was sent on the {channel} channel, which takes its own JSON "
-                                 f"document (schemas/json/{channel}-referral.schema.json).")])
+        return reject(ErrorCode.CHANNEL_MISMATCH, "/resourceType",
+                      f"A FHIR resource was sent on the {channel} channel, which takes its own JSON document "
+                      f"(schemas/json/{channel}-referral.schema.json).")
     sent_channel = document.get("channel")
     if isinstance(sent_channel, str) and sent_channel != channel.value and sent_channel in set(Channel):
-        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH, "/channel",
-                                 f"A {sent_channel} document was sent on the {channel} channel.")],
-                         _text(document.get("referral_id")))
+        return reject(ErrorCode.CHANNEL_MISMATCH, "/channel",
+                      f"A {sent_channel} document was sent on the {channel} channel.",
+                      clean_text(document.get("referral_id")))
 
-    cleaned = _without_blank_strings(document)
+    cleaned = cleaned_document(document)
     errors = ErrorList()
     model = None
     try:
         model = INBOUND_MODELS[channel.value].model_validate(cleaned)
     except ValidationError as exc:
         _structure_errors(exc, errors)
-    referrer_referral_id = _text(cleaned.get("referral_id"))
+    referrer_referral_id = clean_text(cleaned.get("referral_id"))
     values = _field_checks(channel, cleaned, known_products, errors)
     if model is not None:
         v.check_age(model.youth.birth_date, model.referral_date, model.continuation, "/youth/birth_date", errors)
     if errors or model is None:
-        return Rejection(errors.errors or [_error(ErrorCode.SCHEMA_INVALID, "", "The document is incomplete.")],
-                         referrer_referral_id)
+        if not errors:
+            errors.add(ErrorCode.SCHEMA_INVALID, "", "The document is incomplete.")
+        return Rejection(errors.errors, referrer_referral_id)
     return _referral(channel, model, values, pseudonym_key, received_at)
 
 
@@ -88,23 +87,23 @@ def _field_checks(channel: Channel, doc: dict[str, Any], known_products: frozens
     youth = doc.get("youth") if isinstance(doc.get("youth"), dict) else {}
     values: dict[str, str | None] = {}
     if "/youth/bsn" not in reported and youth:
-        values["bsn"] = v.check_bsn(_text(youth.get("bsn")), "/youth/bsn", errors)
-    if "/youth/postcode" not in reported and _text(youth.get("postcode")):
-        values["postcode"] = v.check_postcode(_text(youth.get("postcode")), "/youth/postcode", errors)
-    product = _text(doc.get("product"))
+        values["bsn"] = v.check_bsn(clean_text(youth.get("bsn")), "/youth/bsn", errors)
+    if "/youth/postcode" not in reported and clean_text(youth.get("postcode")):
+        values["postcode"] = v.check_postcode(clean_text(youth.get("postcode")), "/youth/postcode", errors)
+    product = clean_text(doc.get("product"))
     if product:
         v.check_product(product, known_products, "/product", errors)
-    if _text(doc.get("preferred_provider_agb")):
-        values["preferred"] = v.check_agb(_text(doc.get("preferred_provider_agb")), "/preferred_provider_agb",
+    if clean_text(doc.get("preferred_provider_agb")):
+        values["preferred"] = v.check_agb(clean_text(doc.get("preferred_provider_agb")), "/preferred_provider_agb",
                                           errors, "preferred provider's AGB code")
     if channel is Channel.GI:
         institution = doc.get("institution") if isinstance(doc.get("institution"), dict) else {}
         if "agb" in institution:
-            values["referrer"] = v.check_agb(_text(institution.get("agb")), "/institution/agb", errors,
+            values["referrer"] = v.check_agb(clean_text(institution.get("agb")), "/institution/agb", errors,
                                              "institution's AGB code")
     elif channel is Channel.GGD:
         doctor = doc.get("doctor") if isinstance(doc.get("doctor"), dict) else {}
-        agb, big = _text(doctor.get("agb")), _text(doctor.get("big"))
+        agb, big = clean_text(doctor.get("agb")), clean_text(doctor.get("big"))
         if agb or not big:
             values["referrer"] = v.check_agb(agb, "/doctor/agb", errors,
                                              "youth doctor's AGB code (or, without one, an 11-digit BIG number)")
@@ -162,21 +161,3 @@ def _structure_errors(exc: ValidationError, errors: ErrorList) -> None:
             errors.add(ErrorCode.SCHEMA_INVALID, pointer, "This field is not part of the document's schema.")
         else:
             errors.add(ErrorCode.SCHEMA_INVALID, pointer, f"{problem['msg']}.")
-
-
-def _without_blank_strings(value: Any) -> Any:
-    """A blank field counts as an absent one (so a blank BSN is BSN_MISSING, not a type error)."""
-    if isinstance(value, dict):
-        return {k: _without_blank_strings(x) for k, x in value.items() if not (isinstance(x, str) and not x.strip())}
-    if isinstance(value, list):
-        return [_without_blank_strings(x) for x in value]
-    return value
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
-
-
-def _error(code: ErrorCode, location: str, message: str) -> ReferralError:
-    return ReferralError(code=code, location=location, message=message)
-

@@ -1,10 +1,10 @@
 """GP channel: a FHIR R4 message Bundle (ZorgDomein style) to the canonical `Referral`.
 
 The Bundle is validated with fhir.resources (R4B models, wire-compatible with R4 for these resources);
-the mapping then reads the ServiceRequest, the Patient and the requesting Practitioner.
+the mapping then reads the ServiceRequest, the Patient and the requesting Practitioner. Every string of the
+Bundle is cleaned first (`reading.cleaned_document`), so names and notes arrive trimmed, blank ones absent.
 """
 
-import json
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +15,8 @@ from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import (
     AGB_SYSTEM,
     BSN_SYSTEM,
+    CATEGORY_SYSTEM,
+    PRODUCT_SYSTEM,
     REFERRER_TYPE_OF_CHANNEL,
     Channel,
     Referral,
@@ -25,34 +27,31 @@ from schemas.referral import (
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
+from services.intake.reading import clean_text, cleaned_document, read_json, reject, too_large
 
-PRODUCT_SYSTEM = "urn:ijw:productcode"
-CATEGORY_SYSTEM = "urn:verwijshub:referral-category"
 _DATE_FIELDS = {"birthDate", "authoredOn"}
 
 
 def parse_gp(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str, received_at: datetime,
              max_bytes: int = 1024 * 1024) -> ParseOutcome:
-    if len(raw) > max_bytes:
-        return Rejection([_error(ErrorCode.TOO_LARGE, "", f"The message is {len(raw)} bytes; at most {max_bytes}.")])
-    try:
-        document = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH if raw.lstrip().startswith(b"MSH|")
-                                 else ErrorCode.UNPARSEABLE, "", f"Not a JSON document: {_short(exc)}.")])
+    if rejection := too_large(raw, max_bytes):
+        return rejection
+    document = read_json(raw)
+    if isinstance(document, Rejection):
+        return document
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
-        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH, "/resourceType",
-                                 "The gp channel takes a FHIR message Bundle (resourceType 'Bundle').")])
+        return reject(ErrorCode.CHANNEL_MISMATCH, "/resourceType",
+                      "The gp channel takes a FHIR message Bundle (resourceType 'Bundle').")
     try:
-        bundle = Bundle.model_validate(_without_blank_strings(document))
+        bundle = Bundle.model_validate(cleaned_document(document))
     except ValidationError as exc:
         return Rejection(_fhir_validation_errors(exc), _service_request_identifier(document))
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
         # fhir.resources raises plain errors for some malformed input, e.g. KeyError for an unknown
         # resourceType inside an entry (found by the property tests)
-        return Rejection([_error(ErrorCode.SCHEMA_INVALID, "Bundle.entry.resource",
-                                 f"Not a valid FHIR R4 Bundle ({type(exc).__name__}: an unknown resource type "
-                                 "or a malformed element).")], _service_request_identifier(document))
+        return reject(ErrorCode.SCHEMA_INVALID, "Bundle.entry.resource",
+                      f"Not a valid FHIR R4 Bundle ({type(exc).__name__}: an unknown resource type or a malformed "
+                      "element).", _service_request_identifier(document))
     return _map_bundle(bundle, known_products, pseudonym_key, received_at)
 
 
@@ -115,16 +114,6 @@ def _map_bundle(bundle: Bundle, known_products: frozenset[str], pseudonym_key: s
     )
 
 
-def _without_blank_strings(value: Any) -> Any:
-    """FHIR forbids empty strings; a blank field is read as an absent one, so that the referrer is told
-    what is missing (e.g. BSN_MISSING) instead of a bare schema error."""
-    if isinstance(value, dict):
-        return {k: _without_blank_strings(v) for k, v in value.items() if not (isinstance(v, str) and not v.strip())}
-    if isinstance(value, list):
-        return [_without_blank_strings(v) for v in value if not (isinstance(v, str) and not v.strip())]
-    return value
-
-
 def _single(by_type: dict[str, list[Any]], resource_type: str, errors: ErrorList) -> Any:
     found = by_type.get(resource_type, [])
     if len(found) != 1:
@@ -174,7 +163,7 @@ def _service_request_identifier(document: dict[str, Any]) -> str | None:
             identifiers = resource.get("identifier")
             for identifier in identifiers if isinstance(identifiers, list) else []:
                 if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
-                    return identifier["value"].strip() or None
+                    return clean_text(identifier["value"])
     return None
 
 
@@ -185,11 +174,3 @@ def _fhir_validation_errors(exc: ValidationError) -> list[ReferralError]:
         code = ErrorCode.DATE_INVALID if set(map(str, problem["loc"])) & _DATE_FIELDS else ErrorCode.SCHEMA_INVALID
         errors.add(code, f"Bundle{path}", problem["msg"])
     return errors.errors
-
-
-def _error(code: ErrorCode, location: str, message: str) -> ReferralError:
-    return ReferralError(code=code, location=location, message=message)
-
-
-def _short(exc: Exception) -> str:
-    return str(exc).split("\n")[0][:120]

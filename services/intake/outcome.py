@@ -13,6 +13,8 @@ class Rejection:
 
     errors: list[ReferralError]
     referrer_referral_id: str | None = None
+    failure: str | None = None
+    """The type of an exception an adapter raised (a bug), for the log; None for an ordinary rejection."""
 
     def __post_init__(self) -> None:
         if not self.errors:

@@ -22,7 +22,7 @@ from typing import Any
 
 import hl7
 
-from schemas.errors import ErrorCode, ReferralError
+from schemas.errors import ErrorCode
 from schemas.referral import (
     AGB_SYSTEM,
     REFERRER_TYPE_OF_CHANNEL,
@@ -35,30 +35,41 @@ from schemas.referral import (
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
+from services.intake.reading import clean_text, has_control_character, reject, too_large
 
 BSN_AUTHORITY, BSN_TYPE = "NLMINBIZA", "NNNLD"
 PRODUCT_CODING_SYSTEM = "IJWPROD"
 _HL7_DATE = re.compile(r"^(\d{4})(\d{2})(\d{2})")
+MAX_PIECES = 5_000
+"""Separators (MSH-1, MSH-2 and segment ends) in one message. python-hl7 builds an object for each piece,
+some microseconds each: a megabyte of `~` would hold a partition for seconds. A REF^I12 has a few hundred."""
 
 
 def parse_specialist(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str, received_at: datetime,
                      max_bytes: int = 1024 * 1024) -> ParseOutcome:
-    if len(raw) > max_bytes:
-        return Rejection([_error(ErrorCode.TOO_LARGE, "", f"The message is {len(raw)} bytes; at most {max_bytes}.")])
+    if rejection := too_large(raw, max_bytes):
+        return rejection
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return Rejection([_error(ErrorCode.UNPARSEABLE, "", "The message is not UTF-8 text.")])
+        return reject(ErrorCode.UNPARSEABLE, "", "The message is not UTF-8 text.")
+    if has_control_character(text):
+        return reject(ErrorCode.UNPARSEABLE, "", "The message holds a control character (e.g. NUL); HL7 v2 "
+                      "segments end in a carriage return and hold text only.")
     text = text.replace("\r\n", "\r").replace("\n", "\r").strip()
     if text.startswith(("{", "[", "<")):
-        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH, "MSH",
-                                 "The specialist channel takes an HL7 v2 REF^I12 message (ER7), not JSON or XML.")])
+        return reject(ErrorCode.CHANNEL_MISMATCH, "MSH",
+                      "The specialist channel takes an HL7 v2 REF^I12 message (ER7), not JSON or XML.")
     if not text.startswith("MSH") or len(text) < 8:
-        return Rejection([_error(ErrorCode.UNPARSEABLE, "MSH", "An HL7 v2 message starts with an MSH segment.")])
+        return reject(ErrorCode.UNPARSEABLE, "MSH", "An HL7 v2 message starts with an MSH segment.")
+    pieces = sum(text.count(separator) for separator in set(text[3:8]) | {"\r"})
+    if pieces > MAX_PIECES:
+        return reject(ErrorCode.TOO_LARGE, "MSH", f"The message has {pieces} segments, fields, components and "
+                      f"repetitions; a referral needs far fewer (at most {MAX_PIECES}).")
     try:
         message = hl7.parse(text)
     except Exception as exc:  # python-hl7 raises assorted errors on malformed ER7; all mean the same here
-        return Rejection([_error(ErrorCode.UNPARSEABLE, "MSH", f"Not a readable HL7 v2 message ({type(exc).__name__}).")])
+        return reject(ErrorCode.UNPARSEABLE, "MSH", f"Not a readable HL7 v2 message ({type(exc).__name__}).")
     return _map_message(message, known_products, pseudonym_key, received_at)
 
 
@@ -68,9 +79,9 @@ def _map_message(message: Any, known_products: frozenset[str], pseudonym_key: st
     kind = (_get(message, "MSH.F9.R1.C1"), _get(message, "MSH.F9.R1.C2"))
     if kind != ("REF", "I12"):
         label = "^".join(kind).strip("^") or "nothing"
-        return Rejection([_error(ErrorCode.CHANNEL_MISMATCH, "MSH-9",
-                                 f"The specialist channel takes REF^I12 messages; this one is {label}.")],
-                         _get(message, "RF1.F6.R1.C1") or None)
+        return reject(ErrorCode.CHANNEL_MISMATCH, "MSH-9",
+                      f"The specialist channel takes REF^I12 messages; this one is {label}.",
+                      _get(message, "RF1.F6.R1.C1") or None)
     segments = {_segment_name(segment) for segment in message}
     for required in ("RF1", "PRD", "PID"):
         if required not in segments:
@@ -139,16 +150,16 @@ def _segment_name(segment: Any) -> str:
 
 
 def _get(message: Any, key: str) -> str:
-    """A field by python-hl7's accessor, '' where the message does not have it."""
+    """A field by python-hl7's accessor, cleaned like text on every channel; '' where the message does not have it."""
     try:
-        return str(message[key]).strip()
+        return clean_text(str(message[key])) or ""
     except (IndexError, KeyError, TypeError, ValueError, AttributeError):
         return ""
 
 
 def _field(segment: Any, field: int, repetition: int, component: int) -> str:
     try:
-        return str(segment.extract_field(1, field, repetition, component, 1)).strip()
+        return clean_text(str(segment.extract_field(1, field, repetition, component, 1))) or ""
     except (IndexError, KeyError, TypeError, ValueError, AttributeError):
         return ""
 
@@ -201,7 +212,3 @@ def _date(value: str, location: str, errors: ErrorList, what: str) -> date | Non
             pass
     errors.add(ErrorCode.DATE_INVALID, location, f"The {what} '{value[:20]}' is not a real date (YYYYMMDD).")
     return None
-
-
-def _error(code: ErrorCode, location: str, message: str) -> ReferralError:
-    return ReferralError(code=code, location=location, message=message)

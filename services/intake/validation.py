@@ -1,7 +1,7 @@
 """Checks shared by every channel adapter: BSN, AGB, postcode, dates, age, product."""
 
 import re
-from datetime import date
+from datetime import date, datetime
 
 from schemas.errors import ErrorCode
 from services.intake.outcome import ErrorList
@@ -52,7 +52,10 @@ def check_postcode(value: str | None, location: str, errors: ErrorList) -> str |
 
 
 def check_date(value: object, location: str, errors: ErrorList, what: str) -> date | None:
-    """Accepts a date or an ISO `YYYY-MM-DD` string (a longer dateTime is cut to its date)."""
+    """Accepts a date or an ISO `YYYY-MM-DD` string (a longer dateTime is cut to its date, as is a datetime:
+    FHIR's authoredOn is a dateTime, and a datetime does not compare with a date)."""
+    if isinstance(value, datetime):
+        return value.date()
     if isinstance(value, date):
         return value
     if isinstance(value, str) and value.strip():

@@ -44,7 +44,7 @@ from services.infra.kafka import (
 from services.infra.logging import get_logger
 from services.infra.registry_topic import latest_registry
 from services.infra.settings import Settings
-from services.notifier.calendar import LiberationDay, WorkingCalendar
+from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalendar
 from services.notifier.followup import (
     Alert,
     Effect,
@@ -141,7 +141,7 @@ class FollowUps:
 class Notifier:
     def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
-        self.calendar = WorkingCalendar(LiberationDay(settings.liberation_day))
+        self.calendar = WorkingCalendar(LiberationDay(settings.liberation_day), GoodFriday(settings.good_friday))
         self.followups = FollowUps()
         self.lock = asyncio.Lock()
         """Held while a record or a due moment is handled, and while partitions change hands."""

@@ -1,7 +1,9 @@
 """The handover to a recipient: a FHIR R4 message Bundle (MessageHeader, Task, ServiceRequest, Patient).
 
 Built as plain FHIR JSON and validated with fhir.resources (R4B models) before it leaves the hub, so a
-recipient never receives a Bundle its FHIR library would refuse.
+recipient never receives a Bundle its FHIR library would refuse. Shaped after the HL7 BSeR referral
+message where it applies (event I12, Task code `fulfill` with a BSeR businessStatus); docs/fhir-bser.md
+says where the hub differs and why.
 """
 
 import uuid
@@ -10,18 +12,40 @@ from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
 
-from schemas.referral import AGB_SYSTEM, BSN_SYSTEM, Referral
+from schemas.referral import AGB_SYSTEM, BSN_SYSTEM, CATEGORY_SYSTEM, PRODUCT_SYSTEM, Referral
 from schemas.routing import RecipientKind, RoutingDecision
-from services.intake.gp import CATEGORY_SYSTEM, PRODUCT_SYSTEM
 
 HUB_REFERRAL_ID_SYSTEM = "urn:verwijshub:referral-id"
+HANDOVER_ID_SYSTEM = "urn:verwijshub:handover-id"
 WIJ_TEAM_SYSTEM = "urn:verwijshub:wij-team"
-EVENT_SYSTEM = "urn:verwijshub:event"
+ROUTING_RULE_SYSTEM = "urn:verwijshub:routing-rule"
+REFERRAL_EVENT = {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "I12",
+                  "display": "REF/RRI - Patient referral"}
+"""BSeR's MessageHeader.eventCoding: the handover is a referral to its recipient."""
+TASK_FULFILL = {"coding": [{"system": "http://hl7.org/fhir/CodeSystem/task-code", "code": "fulfill"}]}
+SERVICE_REQUEST_CREATED = {"coding": [{"system": "http://hl7.org/fhir/us/bser/CodeSystem/TaskBusinessStatusCS",
+                                       "code": "2.0", "display": "Service Request Created"}]}
+"""BSeR's Task.businessStatus of a new referral; the recipient's feedback moves it on (docs/fhir-bser.md)."""
 
 
-def _urn(referral_id: str, part: str) -> str:
-    """Stable fullUrls: the same decision always yields the same Bundle."""
-    return f"urn:uuid:{uuid.uuid5(uuid.UUID(referral_id), part)}"
+def handover_id(decision: RoutingDecision) -> uuid.UUID:
+    """The id of one handover message: new for every decision that hands the referral to someone (FHIR
+    messaging wants a new Bundle id per message, also after a re-route), yet the same for the same decision.
+    The notifier publishes a decision again when it stopped between publishing and storing its state; the
+    recipient then sees the same Bundle and MessageHeader id and can drop the copy, as FHIR messaging
+    expects of a resent message. So it derives from the decision (when, by which rule, to whom), never
+    from the clock or a random number."""
+    recipient = decision.recipient
+    assert recipient is not None
+    return uuid.uuid5(uuid.UUID(decision.referral_id), "|".join(
+        ("handover", decision.decided_at.isoformat(), decision.rule, recipient.kind.value, recipient.id)))
+
+
+def _ids(decision: RoutingDecision) -> dict[str, str]:
+    """Ids of the Bundle and of each resource in it, all derived from the handover's id."""
+    message = handover_id(decision)
+    return {"bundle": str(message)} | {part: str(uuid.uuid5(message, part))
+                                       for part in ("header", "task", "request", "patient")}
 
 
 def routing_reason(decision: RoutingDecision) -> str:
@@ -38,26 +62,38 @@ def warm_handover(decision: RoutingDecision) -> str:
 
 
 def handover_bundle(decision: RoutingDecision, now: datetime) -> Bundle:
+    """The message for the decision's recipient. Each handover of a referral is a message of its own (ids
+    from `handover_id`); what stays the same across re-routes is the hub referral id, in the identifiers
+    of Task and ServiceRequest and in Task.groupIdentifier, which ties the handovers of one referral."""
     if decision.recipient is None:
         raise ValueError("a rejected referral has no handover")
     referral, recipient = decision.referral, decision.recipient
-    urls = {part: _urn(referral.referral_id, part) for part in ("bundle", "header", "task", "request", "patient")}
+    ids = _ids(decision)
+    urls = {part: f"urn:uuid:{value}" for part, value in ids.items()}
+    referral_identifier = {"system": HUB_REFERRAL_ID_SYSTEM, "value": referral.referral_id}
     owner_system = WIJ_TEAM_SYSTEM if recipient.kind is RecipientKind.WIJ_TEAM else AGB_SYSTEM
     owner = {"identifier": {"system": owner_system, "value": recipient.id}, "display": recipient.name}
     requester = {"identifier": {"system": referral.referrer.identifier_system, "value": referral.referrer.identifier},
                  "display": referral.referrer.display or f"referrer type {referral.referrer.type.value}"}
     header = {
         "resourceType": "MessageHeader",
-        "eventCoding": {"system": EVENT_SYSTEM, "code": "handover"},
-        "destination": [{"name": recipient.name, "endpoint": f"kafka:{recipient.topic}"}],
+        "id": ids["header"],
+        "eventCoding": REFERRAL_EVENT,
+        "destination": [{"name": recipient.name, "endpoint": f"kafka:{recipient.topic}", "receiver": owner}],
+        "sender": {"display": "Verwijshub"},
         "source": {"name": "Verwijshub", "endpoint": "urn:verwijshub"},
+        "reason": {"coding": [{"system": ROUTING_RULE_SYSTEM, "code": decision.rule}]},
         "focus": [{"reference": urls["task"]}],
     }
     task = {
         "resourceType": "Task",
-        "identifier": [{"system": HUB_REFERRAL_ID_SYSTEM, "value": referral.referral_id}],
+        "id": ids["task"],
+        "identifier": [referral_identifier, {"system": HANDOVER_ID_SYSTEM, "value": ids["bundle"]}],
+        "groupIdentifier": referral_identifier,
         "status": "requested",
+        "businessStatus": SERVICE_REQUEST_CREATED,
         "intent": "order",
+        "code": TASK_FULFILL,
         "focus": {"reference": urls["request"]},
         "for": {"reference": urls["patient"]},
         "authoredOn": now.isoformat(),
@@ -68,14 +104,15 @@ def handover_bundle(decision: RoutingDecision, now: datetime) -> Bundle:
     }
     bundle = {
         "resourceType": "Bundle",
-        "id": str(uuid.UUID(urls["bundle"][9:])),
+        "id": ids["bundle"],
         "type": "message",
         "timestamp": now.isoformat(),
         "entry": [
             {"fullUrl": urls["header"], "resource": header},
             {"fullUrl": urls["task"], "resource": task},
-            {"fullUrl": urls["request"], "resource": service_request(referral, urls["patient"], requester)},
-            {"fullUrl": urls["patient"], "resource": patient(referral)},
+            {"fullUrl": urls["request"], "resource": {"id": ids["request"],
+                                                      **service_request(referral, urls["patient"], requester)}},
+            {"fullUrl": urls["patient"], "resource": {"id": ids["patient"], **patient(referral)}},
         ],
     }
     return Bundle.model_validate(bundle)

@@ -94,3 +94,17 @@ def test_eighteenth_birthday_on_the_referral_date_is_too_old_unless_continuation
 ])
 def test_messages_that_are_no_gp_bundle_are_rejected(raw, expected):
     assert expected in codes(parse(raw))
+
+
+@pytest.mark.parametrize(("authored_on", "expected"), [
+    ("2026-03-12T09:30:00+01:00", date(2026, 3, 12)),
+    ("2026-03-12T23:30:00-05:00", date(2026, 3, 12)),  # the date where it was written
+])
+def test_authored_on_as_a_date_time_is_the_referral_date(authored_on, expected):
+    """FHIR's authoredOn is a dateTime; it was once compared with the birth date and raised TypeError."""
+    referral = parse(gp_bytes(authored_on=authored_on))
+    assert isinstance(referral, Referral) and referral.referral_date == expected
+
+
+def test_authored_on_far_in_the_future_is_a_coded_rejection():
+    assert codes(parse(gp_bytes(authored_on="9999-12-31T23:59:59+14:00"))) == [ErrorCode.AGE_OUT_OF_RANGE]

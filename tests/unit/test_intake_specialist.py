@@ -127,3 +127,11 @@ def test_messages_that_are_no_ref_i12(raw, expected):
 def test_missing_segments_are_named():
     outcome = parse(b"MSH|^~\\&|HIS|UMCG|||20260312||REF^I12|1|P|2.5")
     assert {e.location for e in outcome.errors} >= {"RF1", "PRD", "PID"}
+
+
+def test_a_megabyte_of_field_repetitions_is_refused_before_parsing():
+    """python-hl7 builds an object per repetition: a megabyte of them took seconds; now it takes a count."""
+    raw = variant(PID_3="~" * 1_000_000)
+    outcome = parse_specialist(raw, known_products=PRODUCTS, pseudonym_key="k", received_at=NOW,
+                               max_bytes=2 * 1024 * 1024)
+    assert codes(outcome) == ["TOO_LARGE"] and outcome.errors[0].location == "MSH"
