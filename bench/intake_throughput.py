@@ -26,13 +26,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.referral import Channel
 from services.hub import create_topics
-from services.infra import topics
+from services.infra import principals, topics
 from services.infra.clock import SystemClock
+from services.infra.connection import KafkaConnection
 from services.infra.kafka import group_id
 from services.infra.logging import configure_logging
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.intake.app import create_intake
+from tests.conftest import TestKafka
 
 EXAMPLES = REPO_ROOT / "schemas" / "examples"
 
@@ -50,8 +52,8 @@ def referral(channel: Channel, referral_id: str) -> bytes:
     return json.dumps(document).encode()
 
 
-async def fill(bootstrap: str, channel: Channel, count: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5)
+async def fill(kafka: KafkaConnection, channel: Channel, count: int) -> None:
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5)
     await producer.start()
     try:
         run = uuid.uuid4().hex[:8]
@@ -62,10 +64,10 @@ async def fill(bootstrap: str, channel: Channel, count: int) -> None:
         await producer.stop()
 
 
-async def baseline(bootstrap: str, channel: Channel, count: int) -> float:
-    consumer = AIOKafkaConsumer(topics.referrals(channel), bootstrap_servers=bootstrap, enable_auto_commit=False,
+async def baseline(kafka: KafkaConnection, channel: Channel, count: int) -> float:
+    consumer = AIOKafkaConsumer(topics.referrals(channel), **kafka.client_options(), enable_auto_commit=False,
                                 group_id=f"bench-baseline-{uuid.uuid4().hex[:6]}", auto_offset_reset="earliest")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     started = time.monotonic()
     await consumer.start()
     await producer.start()
@@ -91,7 +93,7 @@ async def committed(admin: AIOKafkaAdminClient, topic: str) -> int:
 
 
 async def intake(settings: Settings, channel: Channel, count: int) -> float:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(**settings.connection(principals.ADMIN).client_options())
     await admin.start()
     topic = topics.referrals(channel)
     before = await committed(admin, topic)
@@ -107,13 +109,13 @@ async def intake(settings: Settings, channel: Channel, count: int) -> float:
         await admin.close()
 
 
-async def run(bootstrap: str, count: int, channels: list[Channel]) -> dict[str, dict[str, float]]:
-    settings = Settings(kafka_bootstrap=bootstrap, _env_file=None)
+async def run(kafka: KafkaConnection, count: int, channels: list[Channel]) -> dict[str, dict[str, float]]:
+    settings = broker.settings()
     await create_topics(settings, load_registry(settings.registry_dir))
     results = {}
     for channel in channels:
-        await fill(bootstrap, channel, count)
-        raw = await baseline(bootstrap, channel, count)
+        await fill(kafka, channel, count)
+        raw = await baseline(kafka, channel, count)
         hub = await intake(settings, channel, count)
         results[channel.value] = {"baseline_msgs_per_s": round(raw, 1), "intake_msgs_per_s": round(hub, 1)}
         print(json.dumps({"channel": channel.value, "count": count, **results[channel.value]}), flush=True)
@@ -129,12 +131,12 @@ def main() -> None:
     configure_logging("bench", "WARNING")
     settings = Settings()
     if settings.kafka_bootstrap:
-        asyncio.run(run(settings.kafka_bootstrap, args.count, channels))
+        asyncio.run(run(TestKafka(settings.kafka_bootstrap, settings.secrets), args.count, channels))
         return
     from tests.conftest import new_broker
 
-    with tempfile.TemporaryDirectory() as directory, new_broker(Path(directory)) as bootstrap:
-        asyncio.run(run(bootstrap, args.count, channels))
+    with tempfile.TemporaryDirectory() as directory, new_broker(Path(directory)) as broker:
+        asyncio.run(run(broker, args.count, channels))
 
 
 if __name__ == "__main__":

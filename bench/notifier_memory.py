@@ -22,12 +22,12 @@ from bench.routing_throughput import REGISTRY, referrals
 from schemas.notices import YouthFollowUp
 from services.hub import create_topics
 from services.infra import topics
+from services.infra.connection import KafkaConnection
 from services.infra.pseudonym import youth_pseudonym
-from services.infra.settings import Settings
 from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import apply_decision
 from services.routing.policy import decide
-from tests.conftest import new_broker, start_hub, stop_hub
+from tests.conftest import TestKafka, new_broker, start_hub, stop_hub
 
 
 def follow_ups(n: int) -> list[YouthFollowUp]:
@@ -46,8 +46,8 @@ def follow_ups(n: int) -> list[YouthFollowUp]:
     return out
 
 
-async def load(bootstrap: str, items: list[YouthFollowUp]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=20)
+async def load(kafka: KafkaConnection, items: list[YouthFollowUp]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=20)
     await producer.start()
     for state in items:
         await producer.send(topics.NOTIFIER_STATE, state.model_dump_json().encode(), key=state.pseudonym.encode())
@@ -55,10 +55,10 @@ async def load(bootstrap: str, items: list[YouthFollowUp]) -> None:
     await producer.stop()
 
 
-def rss_when_loaded(bootstrap: str, directory: Path, youths: int) -> int:
+def rss_when_loaded(kafka: KafkaConnection, directory: Path, youths: int) -> int:
     """Resident memory (bytes) of a notifier process once it owns `youths` follow-ups."""
     log = directory / f"notifier-{youths}.log"
-    process = start_hub(bootstrap, log, "notifier")
+    process = start_hub(broker, log, "notifier")
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -73,16 +73,17 @@ def rss_when_loaded(bootstrap: str, directory: Path, youths: int) -> int:
         stop_hub(process)
 
 
-def main(n: int, bootstrap: str) -> None:
-    settings = Settings(kafka_bootstrap=bootstrap)
+def main(n: int, broker: TestKafka) -> None:
+    kafka = broker.admin
+    settings = broker.settings()
     asyncio.run(create_topics(settings, REGISTRY))
     directory = Path(tempfile.mkdtemp())
-    empty = rss_when_loaded(bootstrap, directory, 0)
+    empty = rss_when_loaded(broker, directory, 0)
     items = follow_ups(n)
     record_bytes = sum(len(s.model_dump_json()) for s in items[:100]) / 100
-    asyncio.run(load(bootstrap, items))
+    asyncio.run(load(kafka, items))
     del items
-    loaded = rss_when_loaded(bootstrap, directory, n)
+    loaded = rss_when_loaded(broker, directory, n)
     print("notifier resident memory, one local Kafka 4.1.1 broker, 6 partitions")
     print(f"  no follow-ups              {empty / 2**20:8.1f} MiB")
     print(f"  {n:>7} open clocks        {loaded / 2**20:8.1f} MiB  "
@@ -90,5 +91,5 @@ def main(n: int, bootstrap: str) -> None:
 
 
 if __name__ == "__main__":
-    with new_broker(Path(tempfile.mkdtemp())) as broker_address:
-        main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000, broker_address)
+    with new_broker(Path(tempfile.mkdtemp())) as broker:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000, broker)

@@ -29,18 +29,18 @@ from schemas.routing import RoutingDecision
 from services.hub import create_topics
 from services.infra import topics
 from services.infra.clock import SystemClock
+from services.infra.connection import KafkaConnection
 from services.infra.kafka import ensure_topics
-from services.infra.settings import Settings
 from services.notifier.app import create_notifier
 from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import apply_decision
 from services.notifier.handover import handover_bundle
 from services.routing.policy import decide
-from tests.conftest import new_broker
+from tests.conftest import TestKafka, new_broker
 
 
-async def load(bootstrap: str, topic: str, items: list[RoutingDecision]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def load(kafka: KafkaConnection, topic: str, items: list[RoutingDecision]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     for d in items:
         await producer.send(topic, d.model_dump_json().encode(), key=d.referral.youth.pseudonym.encode())
@@ -48,10 +48,10 @@ async def load(bootstrap: str, topic: str, items: list[RoutingDecision]) -> None
     await producer.stop()
 
 
-async def raw(bootstrap: str, source: str, target: str, n: int, same_work: bool) -> float:
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4()}",
+async def raw(kafka: KafkaConnection, source: str, target: str, n: int, same_work: bool) -> float:
+    consumer = AIOKafkaConsumer(source, **kafka.client_options(), group_id=f"raw-{uuid.uuid4()}",
                                 auto_offset_reset="earliest", enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await consumer.start()
     await producer.start()
     calendar, done, started = WorkingCalendar(), 0, None
@@ -79,21 +79,22 @@ async def raw(bootstrap: str, source: str, target: str, n: int, same_work: bool)
     return elapsed
 
 
-async def main(n: int, bootstrap: str) -> None:
-    settings = Settings(kafka_bootstrap=bootstrap)
+async def main(n: int, broker: TestKafka) -> None:
+    kafka = broker.admin
+    settings = broker.settings()
     await create_topics(settings, REGISTRY)
-    await ensure_topics(bootstrap, [f"bench.{d}.{i}" for d in ("in", "out") for i in (1, 2)], 6, 1)
+    await ensure_topics(kafka, [f"bench.{d}.{i}" for d in ("in", "out") for i in (1, 2)], 6, 1)
     now = datetime.now(UTC)
     decisions = [d for d in (decide(r, REGISTRY, now) for r in referrals(n)) if d.recipient is not None]
     n = len(decisions)
     for topic in (topics.DECISIONS, "bench.in.1", "bench.in.2"):
-        await load(bootstrap, topic, decisions)
+        await load(kafka, topic, decisions)
     broker = create_notifier(settings, REGISTRY, SystemClock())
     await broker.start()
-    service_s = await count_until(bootstrap, topics.status(decisions[0].referral.channel), 2 * n)
+    service_s = await count_until(kafka, topics.status(decisions[0].referral.channel), 2 * n)
     await broker.stop()
-    same_s = await raw(bootstrap, "bench.in.1", "bench.out.1", n, same_work=True)
-    bare_s = await raw(bootstrap, "bench.in.2", "bench.out.2", n, same_work=False)
+    same_s = await raw(kafka, "bench.in.1", "bench.out.1", n, same_work=True)
+    bare_s = await raw(kafka, "bench.in.2", "bench.out.2", n, same_work=False)
     teams = sum(d.recipient.kind.value == "wij-team" for d in decisions)
     print(f"{n} decisions ({teams} to WIJ teams), one local Kafka 4.1.1 broker, 6 partitions, acks=all")
     for name, seconds in (("notifier service (FastStream)", service_s), ("raw aiokafka, same work", same_s),
@@ -103,5 +104,5 @@ async def main(n: int, bootstrap: str) -> None:
 
 
 if __name__ == "__main__":
-    with new_broker(Path(tempfile.mkdtemp())) as broker_address:
-        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000, broker_address))
+    with new_broker(Path(tempfile.mkdtemp())) as broker:
+        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000, broker))

@@ -25,14 +25,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
 from services.infra import topics
 from services.infra.clock import SystemClock
+from services.infra.connection import KafkaConnection
 from services.infra.kafka import ensure_topics, partitions_of
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
-from services.infra.settings import REPO_ROOT, Settings
+from services.infra.settings import REPO_ROOT
 from services.routing.app import create_routing
 from services.routing.commands import publish_registry
 from services.routing.policy import decide
-from tests.conftest import new_broker
+from tests.conftest import TestKafka, new_broker
 from tests.referrals import random_bsn
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
@@ -54,8 +55,8 @@ def referrals(n: int) -> list[Referral]:
     return out
 
 
-async def load(bootstrap: str, topic: str, items: list[Referral]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+async def load(kafka: KafkaConnection, topic: str, items: list[Referral]) -> None:
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await producer.start()
     for r in items:
         await producer.send(topic, r.model_dump_json().encode(), key=r.youth.pseudonym.encode())
@@ -63,11 +64,11 @@ async def load(bootstrap: str, topic: str, items: list[Referral]) -> None:
     await producer.stop()
 
 
-async def count_until(bootstrap: str, topic: str, n: int) -> float:
+async def count_until(kafka: KafkaConnection, topic: str, n: int) -> float:
     """Seconds from the first to the n-th record on `topic` (broker timestamps, over all partitions)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
     await consumer.start()
-    parts = await partitions_of(bootstrap, [topic])
+    parts = await partitions_of(kafka, [topic])
     consumer.assign(parts)
     await consumer.seek_to_beginning(*parts)
     stamps: list[int] = []
@@ -78,10 +79,10 @@ async def count_until(bootstrap: str, topic: str, n: int) -> float:
     return (max(stamps) - min(stamps)) / 1000
 
 
-async def raw(bootstrap: str, source: str, target: str, n: int, awaited: bool, commit_each: bool = False) -> float:
-    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4()}",
+async def raw(kafka: KafkaConnection, source: str, target: str, n: int, awaited: bool, commit_each: bool = False) -> float:
+    consumer = AIOKafkaConsumer(source, **kafka.client_options(), group_id=f"raw-{uuid.uuid4()}",
                                 auto_offset_reset="earliest", enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True)
     await consumer.start()
     await producer.start()
     done, started = 0, None
@@ -107,21 +108,22 @@ async def raw(bootstrap: str, source: str, target: str, n: int, awaited: bool, c
     return elapsed
 
 
-async def main(n: int, bootstrap: str) -> None:
+async def main(n: int, broker: TestKafka) -> None:
+    kafka = broker.admin
     if True:
-        settings = Settings(kafka_bootstrap=bootstrap)
+        settings = broker.settings()
         await publish_registry(settings, REPO_ROOT / "deploy" / "registry")
-        await ensure_topics(bootstrap, [f"bench.{d}.{i}" for d in ("in", "out") for i in (1, 2, 3)], 6, 1)
+        await ensure_topics(kafka, [f"bench.{d}.{i}" for d in ("in", "out") for i in (1, 2, 3)], 6, 1)
         items = referrals(n)
         for topic in (topics.NORMALISED, "bench.in.1", "bench.in.2", "bench.in.3"):
-            await load(bootstrap, topic, items)
+            await load(kafka, topic, items)
         broker = create_routing(settings, REGISTRY, SystemClock())
         await broker.start()
-        service_s = await count_until(bootstrap, topics.DECISIONS, n)
+        service_s = await count_until(kafka, topics.DECISIONS, n)
         await broker.stop()
-        awaited_s = await raw(bootstrap, "bench.in.1", "bench.out.1", n, awaited=True)
-        batched_s = await raw(bootstrap, "bench.in.2", "bench.out.2", n, awaited=False)
-        each_s = await raw(bootstrap, "bench.in.3", "bench.out.3", n, awaited=True, commit_each=True)
+        awaited_s = await raw(kafka, "bench.in.1", "bench.out.1", n, awaited=True)
+        batched_s = await raw(kafka, "bench.in.2", "bench.out.2", n, awaited=False)
+        each_s = await raw(kafka, "bench.in.3", "bench.out.3", n, awaited=True, commit_each=True)
         decide_start = time.perf_counter()
         for r in items:
             decide(r, REGISTRY, datetime.now(UTC))
@@ -134,5 +136,5 @@ async def main(n: int, bootstrap: str) -> None:
 
 
 if __name__ == "__main__":
-    with new_broker(Path(tempfile.mkdtemp())) as broker_address:
-        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 3000, broker_address))
+    with new_broker(Path(tempfile.mkdtemp())) as broker:
+        asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 3000, broker))

@@ -53,9 +53,9 @@ def asyncapi_document() -> dict[str, Any]:
     from faststream.specification import AsyncAPI
 
     from services.hub import SERVICES
+    from services.infra import topics
     from services.infra.clock import SystemClock
     from services.infra.registry_files import load_registry
-    from services.infra import topics
     from services.infra.settings import REPO_ROOT, Settings
 
     settings = Settings(kafka_bootstrap=PLACEHOLDER_BOOTSTRAP, kafka_username="<principal>",

@@ -4,9 +4,9 @@ from pydantic import ValidationError
 
 from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from services.infra import topics
+from services.infra.connection import KafkaConnection
 from services.infra.kafka import read_to_end
 from services.infra.registry_files import RegistryError, registry_from_contents
-from services.infra.connection import KafkaConnection
 
 
 def decode_registry(value: bytes) -> Registry:

@@ -11,10 +11,10 @@ sent once; one that came due while no notifier ran fires when the partition is n
 
 import asyncio
 import contextlib
-from functools import cached_property
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from functools import cached_property
 
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor

@@ -7,10 +7,10 @@ import json
 import time
 from datetime import UTC, datetime
 
-from schemas.referral import Channel
-from services.infra import topics
 from aiokafka import AIOKafkaConsumer
 
+from schemas.referral import Channel
+from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import partitions_of, read_records
 from services.ops.lag import GroupLag, format_age

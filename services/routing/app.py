@@ -9,9 +9,9 @@ whose latest decision already names the WIJ team, or whose indication is marked,
 
 import asyncio
 import contextlib
-from functools import cached_property
 from collections.abc import Callable
 from datetime import date
+from functools import cached_property
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import DefaultPartitioner

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from services.hub import create_topics
-from services.infra.registry_files import load_registry
 from services.infra import principals
 from services.infra.connection import KafkaConnection
+from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, start_hub, stop_hub
 from tests.kafka_client import produce, read_topic
