@@ -25,12 +25,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.referral import Channel
-from services.hub import create_topics
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import group_id
 from services.infra.logging import configure_logging
+from services.infra.provisioning import TopicSpec, provision_hub_topics, provision_topics
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.intake.app import create_intake
@@ -50,6 +50,8 @@ def referral(channel: Channel, referral_id: str) -> bytes:
     document = json.loads(next((EXAMPLES / channel.value).glob("valid-*.json")).read_text())
     document["referral_id"] = referral_id
     return json.dumps(document).encode()
+SINK = "bench.sink.v1"
+"""Where the raw baseline writes what it consumed."""
 
 
 async def fill(kafka: KafkaConnection, channel: Channel, count: int) -> None:
@@ -77,8 +79,8 @@ async def baseline(kafka: KafkaConnection, channel: Channel, count: int) -> floa
             batches = await consumer.getmany(timeout_ms=500, max_records=1)
             for records in batches.values():
                 for record in records:
-                    await producer.send_and_wait("bench.sink.v1", record.value, key=record.key)
-                    await producer.send_and_wait("bench.sink.v1", record.value, key=record.key)
+                    await producer.send_and_wait(SINK, record.value, key=record.key)
+                    await producer.send_and_wait(SINK, record.value, key=record.key)
                     await consumer.commit()
                     done += 1
         return done / (time.monotonic() - started)
@@ -109,9 +111,10 @@ async def intake(settings: Settings, channel: Channel, count: int) -> float:
         await admin.close()
 
 
-async def run(kafka: KafkaConnection, count: int, channels: list[Channel]) -> dict[str, dict[str, float]]:
-    settings = broker.settings()
-    await create_topics(settings, load_registry(settings.registry_dir))
+async def run(broker: TestKafka, count: int, channels: list[Channel]) -> dict[str, dict[str, float]]:
+    kafka, settings = broker.admin, broker.settings()
+    provision_hub_topics(settings, load_registry(settings.registry_dir))
+    provision_topics(kafka, [TopicSpec(SINK, 6, 1, {})])  # the secured broker creates no topic by itself
     results = {}
     for channel in channels:
         await fill(kafka, channel, count)

@@ -20,9 +20,9 @@ from aiokafka import AIOKafkaProducer
 
 from bench.routing_throughput import REGISTRY, referrals
 from schemas.notices import YouthFollowUp
-from services.hub import create_topics
 from services.infra import topics
 from services.infra.connection import KafkaConnection
+from services.infra.provisioning import provision_hub_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import apply_decision
@@ -76,7 +76,7 @@ def rss_when_loaded(kafka: KafkaConnection, directory: Path, youths: int) -> int
 def main(n: int, broker: TestKafka) -> None:
     kafka = broker.admin
     settings = broker.settings()
-    asyncio.run(create_topics(settings, REGISTRY))
+    provision_hub_topics(settings, REGISTRY)
     directory = Path(tempfile.mkdtemp())
     empty = rss_when_loaded(broker, directory, 0)
     items = follow_ups(n)

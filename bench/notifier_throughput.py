@@ -26,11 +26,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.routing_throughput import REGISTRY, count_until, referrals
 from schemas.notices import YouthFollowUp
 from schemas.routing import RoutingDecision
-from services.hub import create_topics
 from services.infra import topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import ensure_topics
+from services.infra.provisioning import TopicSpec, provision_hub_topics, provision_topics
 from services.notifier.app import create_notifier
 from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import apply_decision
@@ -82,8 +81,8 @@ async def raw(kafka: KafkaConnection, source: str, target: str, n: int, same_wor
 async def main(n: int, broker: TestKafka) -> None:
     kafka = broker.admin
     settings = broker.settings()
-    await create_topics(settings, REGISTRY)
-    await ensure_topics(kafka, [f"bench.{d}.{i}" for d in ("in", "out") for i in (1, 2)], 6, 1)
+    provision_hub_topics(settings, REGISTRY)
+    provision_topics(kafka, [TopicSpec(f"bench.{d}.{i}", 6, 1, {}) for d in ("in", "out") for i in (1, 2)])
     now = datetime.now(UTC)
     decisions = [d for d in (decide(r, REGISTRY, now) for r in referrals(n)) if d.recipient is not None]
     n = len(decisions)

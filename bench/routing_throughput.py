@@ -26,7 +26,8 @@ from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
 from services.infra import topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import ensure_topics, partitions_of
+from services.infra.kafka import partitions_of
+from services.infra.provisioning import TopicSpec, provision_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
@@ -113,7 +114,7 @@ async def main(n: int, broker: TestKafka) -> None:
     if True:
         settings = broker.settings()
         await publish_registry(settings, REPO_ROOT / "deploy" / "registry")
-        await ensure_topics(kafka, [f"bench.{d}.{i}" for d in ("in", "out") for i in (1, 2, 3)], 6, 1)
+        provision_topics(kafka, [TopicSpec(f"bench.{d}.{i}", 6, 1, {}) for d in ("in", "out") for i in (1, 2, 3)])
         items = referrals(n)
         for topic in (topics.NORMALISED, "bench.in.1", "bench.in.2", "bench.in.3"):
             await load(kafka, topic, items)

@@ -15,11 +15,12 @@ from rich.table import Table
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
 from services.access.commands import access_app, registry_in_force, sync_access
-from services.hub import SERVICES, create_topics, run_services
+from services.hub import SERVICES, run_services
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.local_kafka import LocalKafka, LocalKafkaError, resolve_classpath
 from services.infra.logging import configure_logging
+from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import RegistryError, load_registry
 from services.infra.secrets import SecretsError
 from services.infra.settings import Settings, get_settings
@@ -99,7 +100,7 @@ def up() -> None:
     except SecretsError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    created = asyncio.run(create_topics(settings, registry))
+    created = provision_hub_topics(settings, registry).created
     asyncio.run(routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
     if settings.connection(principals.ADMIN).secured:
         sync_access(settings, asyncio.run(registry_in_force(settings)))

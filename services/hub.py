@@ -9,9 +9,9 @@ from http.server import ThreadingHTTPServer
 from faststream.kafka import KafkaBroker
 
 from schemas.registry import Registry
-from services.infra import principals, topics
+from services.infra import principals
 from services.infra.clock import Clock, FileClock, SystemClock
-from services.infra.kafka import ensure_topics, group_id
+from services.infra.kafka import group_id
 from services.infra.logging import get_logger
 from services.infra.metrics import serve_metrics
 from services.infra.settings import Settings
@@ -27,11 +27,6 @@ SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
     "routing": create_routing,
     "notifier": create_notifier,
 }
-
-
-async def create_topics(settings: Settings, registry: Registry) -> list[str]:
-    return await ensure_topics(settings.connection(principals.ADMIN), topics.all_topics(registry), settings.partitions,
-                               settings.replication_factor)
 
 
 async def run_services(names: list[str], settings: Settings, registry: Registry,

@@ -24,7 +24,7 @@ from services.access.strimzi import manifests
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import ensure_topics
+from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import RegistryError, load_registry
 from services.infra.registry_topic import latest_registry
 from services.infra.secrets import CredentialStore, SecretsError
@@ -60,8 +60,7 @@ def sync_access(settings: Settings, registry: Registry) -> SyncResult:
     longer in the registry loses its user and grants; a stopped provider loses write at once and read after
     the grace period (VERWIJSHUB_ACCESS_READ_GRACE_DAYS)."""
     admin_connection = settings.connection(principals.ADMIN)
-    asyncio.run(ensure_topics(admin_connection, topics.all_topics(registry), settings.partitions,
-                              settings.replication_factor))
+    provision_hub_topics(settings, registry)
     people = [p.name for p in all_principals(registry)]
     passwords = CredentialStore(settings.secrets).ensure(people)
     admin = AccessAdmin(admin_connection)

@@ -3,15 +3,14 @@
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
-from services.infra import principals, topics
+from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.settings import Settings
 
@@ -45,36 +44,6 @@ def message_headers(schema: str, correlation_id: str, channel: str, content_type
 
 def encode(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
-
-
-async def ensure_topics(kafka: KafkaConnection, names: Iterable[str], partitions: int,
-                        replication: int) -> list[str]:
-    """Create the topics that do not exist yet; returns the ones created."""
-    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id="verwijshub-admin")
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [
-            NewTopic(name, num_partitions=partitions, replication_factor=replication,
-                     topic_configs={"cleanup.policy": "compact"} if name in topics.COMPACTED else {})
-            for name in dict.fromkeys(names) if name not in existing
-        ]
-        created = []
-        for topic in wanted:  # one by one, so that a topic someone else just made does not fail the rest
-            try:
-                response = await admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                continue
-            # aiokafka returns refusals (e.g. no Create right) in the answer instead of raising them
-            for name, code, *_ in response.topic_errors:
-                if code == TopicAlreadyExistsError.errno:
-                    continue
-                if code:
-                    raise for_code(code)(f"topic {name} not created")
-                created.append(name)
-        return created
-    finally:
-        await admin.close()
 
 
 async def wait_until_ready(kafka: KafkaConnection, timeout_s: float = 60.0) -> None:

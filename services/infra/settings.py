@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from services.infra.connection import PLAINTEXT, SASL_SSL, KafkaConnection
 from services.infra.secrets import CredentialStore
 from services.infra.secrets import pseudonym_key as stored_pseudonym_key
+from services.infra.topics import TopicClass
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this package is installed from (editable install): deploy/ and schemas/ live here."""
@@ -54,6 +55,19 @@ class Settings(BaseSettings):
                                      "generated pseudonym key (mode 0700); unset: `<data dir>/secrets`.")
     access_read_grace_days: int = Field(default=30, ge=0, description="A stopped provider loses write on its "
                                         "feedback topic at once and read of its handovers this many days later.")
+    retention_inbound_days: float = Field(default=14, gt=0, description="Inbound and normalised referrals: "
+                                          "processed in seconds; kept two weeks for replays and investigation.")
+    retention_handovers_days: float = Field(default=90, gt=0, description="Handover topics: a recipient offline "
+                                            "for weeks loses nothing.")
+    retention_feedback_days: float = Field(default=30, gt=0, description="Recipients' feedback: read by the hub "
+                                           "within seconds; a month for investigation.")
+    retention_status_days: float = Field(default=90, gt=0, description="Referrers' status topics: a referrer "
+                                         "offline for weeks loses nothing.")
+    retention_dead_letters_days: float = Field(default=90, gt=0, description="Dead letters: time to fix and "
+                                               "re-process; they hold raw personal data, so not longer.")
+    retention_alerts_days: float = Field(default=90, gt=0, description="Alerts for operations and WIJ management.")
+    retention_decisions_days: float = Field(default=365, gt=0, description="Routing decisions, the audit trail: "
+                                            "a year, as the municipality's monitoring looks back a year.")
     pseudonym_key: SecretStr | None = Field(
         default=None, description="HMAC key for youth pseudonyms; unset: a random 32-byte key generated on first "
         "use and kept in the secrets directory (0600).")
@@ -96,6 +110,12 @@ class Settings(BaseSettings):
                     else CredentialStore(self.secrets).password(username))
         return KafkaConnection(self.bootstrap, SASL_SSL, self.kafka_sasl_mechanism, username, password,
                                self.kafka_ca_file or self.secrets / "ca.pem")
+
+    def retention_days(self, kind: TopicClass) -> float | None:
+        """How long records of a topic class live; None: compacted, kept while their key lives."""
+        if kind is TopicClass.INTERNAL:
+            return None
+        return getattr(self, f"retention_{kind.value.replace('-', '_')}_days")
 
     def youth_pseudonym_key(self) -> str:
         """The pseudonym key in force (generated on first use; the old public default refused)."""

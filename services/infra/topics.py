@@ -1,5 +1,7 @@
 """Topic names of the public contract (docs/design.md, "Topics"): one place, so no service spells them itself."""
 
+from enum import StrEnum
+
 from schemas.referral import Channel
 from schemas.registry import Registry
 
@@ -17,6 +19,36 @@ NOTIFIER_STATE = "notifier.state.v1"
 keyed by youth pseudonym and in the same partition as the youth's decisions and feedback."""
 
 COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE})
+
+
+class TopicClass(StrEnum):
+    """Topics grouped by how long their records must live (docs/design.md, "Retention")."""
+
+    INBOUND = "inbound"
+    """Referrals as sent and as normalised: processed in seconds, kept for replays and investigation."""
+    HANDOVERS = "handovers"
+    FEEDBACK = "feedback"
+    STATUS = "status"
+    DEAD_LETTERS = "dead-letters"
+    ALERTS = "alerts"
+    DECISIONS = "decisions"
+    """The audit trail of routing."""
+    INTERNAL = "internal"
+    """Compacted state: kept as long as its key lives (the latest record per key)."""
+
+
+def topic_class(name: str) -> TopicClass:
+    if name in COMPACTED:
+        return TopicClass.INTERNAL
+    if name == DEAD_LETTERS:
+        return TopicClass.DEAD_LETTERS
+    if name == DECISIONS:
+        return TopicClass.DECISIONS
+    if name == ALERTS:
+        return TopicClass.ALERTS
+    prefixes = {"referrals.": TopicClass.INBOUND, "handovers.": TopicClass.HANDOVERS,
+                "feedback.": TopicClass.FEEDBACK, "status.": TopicClass.STATUS}
+    return next((kind for prefix, kind in prefixes.items() if name.startswith(prefix)), TopicClass.INTERNAL)
 
 
 def referrals(channel: Channel) -> str:

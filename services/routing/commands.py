@@ -27,7 +27,8 @@ from services.access.commands import sync_access
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import ensure_topics, read_to_end
+from services.infra.kafka import read_to_end
+from services.infra.provisioning import provision_hub_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import (
     RegistryError,
@@ -151,8 +152,7 @@ async def _produce(kafka: KafkaConnection, records: list[tuple[str, bytes, bytes
 async def publish_registry(settings: Settings, directory: Path) -> Registry:
     """Validate the files, create the topics of any new team or provider, then publish one snapshot."""
     registry = load_registry(directory)
-    await ensure_topics(_admin(settings), topics.all_topics(registry), settings.partitions,
-                        settings.replication_factor)
+    provision_hub_topics(settings, registry)
     snapshot = RegistrySnapshot(version=registry.version, files=read_registry_dir(directory),
                                 published_at=SystemClock().now())
     await _produce(_admin(settings), [(topics.REGISTRY, REGISTRY_KEY, snapshot.model_dump_json().encode(),

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from services.hub import create_topics
 from services.infra import principals
 from services.infra.connection import KafkaConnection
+from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, start_hub, stop_hub
@@ -33,7 +33,7 @@ def test_a_referral_sent_again_after_an_intake_restart_has_one_effect(private_ka
     log_file.unlink(missing_ok=True)
     settings = private_kafka.settings()
     referrer = private_kafka.connection(principals.referrer("specialist"))
-    asyncio.run(create_topics(settings, load_registry(settings.registry_dir)))
+    provision_hub_topics(settings, load_registry(settings.registry_dir))
 
     intake = start_hub(private_kafka, log_file, "intake")
     try:

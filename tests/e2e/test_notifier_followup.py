@@ -19,10 +19,10 @@ from schemas.indications import Indication, YouthIndications
 from schemas.notices import NoticeKind
 from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
 from schemas.routing import RoutingDecision
-from services.hub import create_topics
 from services.infra import topics
 from services.infra.kafka import encode
 from services.infra.local_kafka import LocalKafka
+from services.infra.provisioning import provision_hub_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
@@ -120,7 +120,7 @@ def notifiers(private_kafka: TestKafka, tmp_path_factory: pytest.TempPathFactory
     for old in directory.glob("*.log"):
         old.unlink()
     hub = Notifiers(private_kafka, directory)
-    asyncio.run(create_topics(hub.settings, hub.registry))
+    provision_hub_topics(hub.settings, hub.registry)
     yield hub
     for process in list(hub.processes):
         hub.stop(process)
@@ -252,7 +252,7 @@ def test_a_clock_survives_a_restart_of_the_broker_and_then_of_the_notifier(tmp_p
     directory.mkdir(parents=True, exist_ok=True)
     hub = Notifiers(provision(TestKafka(kafka.bootstrap, kafka.secrets)), directory)
     try:
-        asyncio.run(create_topics(hub.settings, hub.registry))
+        provision_hub_topics(hub.settings, hub.registry)
         process = hub.start("notifier-broker-restart")
         decision = hub.decision("9712 HB")
         asyncio.run(hub.publish_decision(decision))
