@@ -5,6 +5,7 @@ Keyed like the handover it answers (youth pseudonym) and carrying the hub referr
 
 from datetime import date, datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -20,6 +21,8 @@ class FeedbackKind(StrEnum):
 
 class Feedback(BaseModel):
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.Feedback/1"
+    """The `schema` header of this message on Kafka."""
 
     referral_id: str
     kind: FeedbackKind

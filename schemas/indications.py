@@ -5,6 +5,7 @@ provider of a running indication (rule 2); the notifier reminds providers before
 """
 
 from datetime import date
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +32,8 @@ class YouthIndications(BaseModel):
     per key (the pseudonym). An empty list is written as a tombstone."""
 
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.YouthIndications/1"
+    """The `schema` header of this message on Kafka."""
 
     pseudonym: str
     indications: list[Indication]

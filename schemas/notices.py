@@ -8,6 +8,7 @@ reminders of one youth, so that a restarted or newly assigned notifier carries o
 
 from datetime import date, datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,6 +30,8 @@ class RecipientNotice(BaseModel):
     """A notice for one team or provider; names the hub referral id or the indication, never the youth."""
 
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.Notice/1"
+    """The `schema` header of this message on Kafka."""
 
     kind: NoticeKind
     at: datetime
@@ -83,6 +86,8 @@ class IndicationWatch(BaseModel):
 
 class YouthFollowUp(BaseModel):
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.YouthFollowUp/1"
+    """The `schema` header of this message on Kafka."""
 
     pseudonym: str
     team_id: str | None = Field(default=None, description="The youth's WIJ team, for re-triage notices.")

@@ -3,6 +3,7 @@
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,6 +86,8 @@ class Referral(BaseModel):
     """A referral as the hub understands it, whatever channel it came in on."""
 
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.Referral/1"
+    """The `schema` header of this message on Kafka."""
 
     referral_id: str = Field(description="The hub's id; see `hub_referral_id`.")
     channel: Channel
@@ -99,3 +102,18 @@ class Referral(BaseModel):
     preference_notes: str | None = None
     free_text: str | None = None
     received_at: datetime
+
+
+class AcceptedReferral(BaseModel):
+    """Internal, compacted `intake.accepted.v1` (key: hub referral id): intake accepted this referral, so the
+    same referral sent again has no second effect. No personal data."""
+
+    model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.Accepted/1"
+    """The `schema` header of this message on Kafka."""
+
+    referral_id: str
+    channel: Channel
+    referrer_referral_id: str
+    accepted_at: datetime
+    origin: str = Field(description="topic/partition/offset of the inbound record.")

@@ -5,6 +5,7 @@ never a code change.
 """
 
 from datetime import date, datetime
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +69,8 @@ class RegistrySnapshot(BaseModel):
     so the topic and the files are read by one and the same validation."""
 
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.RegistrySnapshot/1"
+    """The `schema` header of this message on Kafka."""
 
     version: str
     files: dict[str, str]

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -37,6 +38,8 @@ class RoutingDecision(BaseModel):
     """The routing of one referral. `recipient` is None exactly when the referral is rejected."""
 
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.RoutingDecision/1"
+    """The `schema` header of this message on Kafka."""
 
     referral_id: str
     recipient: Recipient | None
@@ -59,6 +62,8 @@ class RoutingAlert(BaseModel):
     """A message on `alerts.v1` (key: youth pseudonym) for operations and WIJ management; no personal data."""
 
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.Alert/1"
+    """The `schema` header of this message on Kafka."""
 
     kind: str
     """E.g. `provider-stopped`."""

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from enum import StrEnum
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -41,6 +42,8 @@ FHIR_TASK_STATUS: dict[ReferralStatus, str] = {
 
 class StatusEvent(BaseModel):
     model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.StatusEvent/1"
+    """The `schema` header of this message on Kafka."""
 
     referrer_referral_id: str
     referral_id: str | None = None

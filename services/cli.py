@@ -202,15 +202,22 @@ def kafka_fetch() -> None:
 
 
 @kafka_app.command("start")
-def kafka_start() -> None:
+def kafka_start(brokers: Annotated[int | None, typer.Option(
+        "--brokers", min=1, max=5, help="Nodes (KRaft, combined broker and controller); 3 gives replication 3 and "
+        "min.insync.replicas 2. Default VERWIJSHUB_KAFKA_BROKERS (1); set that for `up` and the clients too.")] = None,
+                ) -> None:
     """Start the local Kafka (formatting its storage on first use) and wait until it answers."""
-    kafka = LocalKafka.from_settings(get_settings())
+    settings = get_settings()
+    if brokers is not None:
+        settings = settings.model_copy(update={"kafka_brokers": brokers})
+    kafka = LocalKafka.from_settings(settings)
     try:
         kafka.start()
     except LocalKafkaError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
-    console.print(f"Kafka answers on {kafka.bootstrap} (pid {kafka.pid()}, log {kafka.log_file})")
+    console.print(f"Kafka answers on {kafka.bootstrap} ({len(kafka.nodes)} node(s), first pid {kafka.pid()}, "
+                  f"log {kafka.log_file})")
 
 
 @kafka_app.command("stop")

@@ -46,9 +46,11 @@ class TestKafka:
     __test__ = False  # a fixture's value, not a test class
     bootstrap: str
     secrets: Path
+    brokers: int = 1
 
     def settings(self, **overrides: object) -> Settings:
-        return Settings(kafka_bootstrap=self.bootstrap, secrets_dir=self.secrets, _env_file=None, **overrides)
+        return Settings(**{"kafka_bootstrap": self.bootstrap, "secrets_dir": self.secrets,
+                           "kafka_brokers": self.brokers, "_env_file": None, **overrides})
 
     def connection(self, principal: str = principals.ADMIN) -> KafkaConnection:
         return self.settings().connection(principal)
@@ -59,7 +61,8 @@ class TestKafka:
 
     def env(self) -> dict[str, str]:
         """The settings a hub process needs to reach this broker (each service then picks its own principal)."""
-        return {"VERWIJSHUB_KAFKA_BOOTSTRAP": self.bootstrap, "VERWIJSHUB_SECRETS_DIR": str(self.secrets)}
+        return {"VERWIJSHUB_KAFKA_BOOTSTRAP": self.bootstrap, "VERWIJSHUB_SECRETS_DIR": str(self.secrets),
+                "VERWIJSHUB_KAFKA_BROKERS": str(self.brokers)}
 
 
 def provision(kafka: TestKafka) -> TestKafka:
@@ -78,13 +81,16 @@ SECRETS_SEEN: list[Path] = []
 
 
 @contextlib.contextmanager
-def new_broker(data_dir: Path) -> Iterator[TestKafka]:
-    """A secured local Apache Kafka of its own (SASL_SSL, SCRAM, ACLs), every principal provisioned."""
-    kafka = LocalKafka(data_dir=data_dir, cache_dir=cache_dir(), port=_free_port(), controller_port=_free_port())
+def new_broker(data_dir: Path, brokers: int = 1) -> Iterator[TestKafka]:
+    """A secured local Apache Kafka of its own (SASL_SSL, SCRAM, ACLs) of one node, or three (replication 3,
+    `min.insync.replicas` 2), on free ports, every principal provisioned."""
+    ports = tuple(_free_port() for _ in range(2 * brokers))
+    kafka = LocalKafka(data_dir=data_dir, cache_dir=cache_dir(), brokers=brokers, ports=ports[:brokers],
+                       controller_ports=ports[brokers:])
     SECRETS_SEEN.append(kafka.secrets)
     kafka.start()
     try:
-        yield provision(TestKafka(kafka.bootstrap, kafka.secrets))
+        yield provision(TestKafka(kafka.bootstrap, kafka.secrets, brokers))
     finally:
         kafka.stop()
 
@@ -121,7 +127,7 @@ def logs_hold_no_secret_and_no_bsn() -> Iterator[None]:
         key = directory / PSEUDONYM_KEY_FILE
         if key.is_file():
             secrets.add(key.read_text().strip())
-        logs += sorted(directory.parent.rglob("*.log"))
+        logs += sorted(directory.parent.rglob("kafka.log"))  # the brokers' own logs, not their data segments
     leaks = []
     for log in logs:
         text = log.read_text(errors="replace")

@@ -73,6 +73,9 @@ def sync_access(settings: Settings, registry: Registry) -> SyncResult:
     present = {grant for grant in admin.grants() if _managed(grant.principal)}
     admin.remove(present - wanted)
     admin.add(wanted - present)
+    users = set(people) - {principals.ADMIN}
+    admin.settle(lambda: users <= admin.scram_users() and not gone_users & admin.scram_users()
+                 and {g for g in admin.grants() if _managed(g.principal)} == wanted)
     return SyncResult(len(new_users), len(gone_users), len(wanted - present), len(present - wanted), len(wanted))
 
 
@@ -168,9 +171,9 @@ def rotate(principal: Annotated[str, typer.Argument(help="The principal whose pa
     local Kafka the new password takes effect for the broker's own listeners at its next start."""
     settings, registry = _settings_and_registry()
     _principal(registry, principal)
+    admin = AccessAdmin(settings.connection(principals.ADMIN))  # with the admin's password before the change
     password = CredentialStore(settings.secrets).rotate(principal)
-    AccessAdmin(settings.connection(principals.ADMIN) if principal != principals.ADMIN else
-                settings.connection(principals.ADMIN)).set_passwords({principal: password})
+    admin.set_passwords({principal: password})
     console.print(f"new password for {principal} stored in {CredentialStore(settings.secrets).path}")
 
 

@@ -4,6 +4,9 @@ aiokafka has no AlterUserScramCredentials and no ACL calls; Kafka's own tools ha
 per user or resource (seconds each). confluent-kafka (librdkafka) has both, in one connection.
 """
 
+import time
+from collections.abc import Callable
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import (
     AclBinding,
@@ -94,6 +97,17 @@ class AccessAdmin:
         except KafkaException as exc:
             raise AccessError(f"ACLs not described: {exc}") from exc
         return {grant for binding in bindings if (grant := _grant(binding)) is not None}
+
+    @staticmethod
+    def settle(applied: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> None:
+        """Wait until the broker enforces what was just changed: a change is committed by the controller at
+        once but reaches the broker's caches through the metadata log, seconds later after a burst of topic
+        creations, and a client that connected meanwhile would be refused."""
+        deadline = time.monotonic() + timeout_s
+        while not applied():
+            if time.monotonic() > deadline:
+                raise AccessError("the broker did not apply the access changes in time")
+            time.sleep(0.2)
 
     def add(self, grants: set[Grant]) -> None:
         if grants:

@@ -17,7 +17,11 @@ from faststream.kafka.message import KafkaMessage
 
 from schemas.errors import ReferralError
 from services.infra import metrics, topics
+from services.infra.kafka import outbound, publish
 from services.infra.logging import get_logger
+
+DEAD_LETTER_SCHEMA = "verwijshub.DeadLetter/1"
+"""A dead letter: the record's raw bytes and key as received; why and whence in its headers."""
 
 
 def record_context(message: KafkaMessage) -> dict[str, object]:
@@ -48,10 +52,10 @@ async def dead_letter(broker: KafkaBroker, message: KafkaMessage, errors: list[R
     metrics.DEAD_LETTERS.labels(origin["origin-topic"], errors[0].code.value if errors else "").inc()
     origin_headers = {f"origin-header-{k}": v.decode(errors="replace") if isinstance(v, bytes) else str(v)
                       for k, v in (message.headers or {}).items()}
-    await broker.publish(
-        message.body, topics.DEAD_LETTERS, key=message.raw_message.key,
-        headers={**origin_headers, **origin, "channel": channel or "", "content-type": "application/octet-stream",
-                 "errors": json.dumps([e.model_dump(mode="json") for e in errors])})
+    await publish(broker, outbound(
+        topics.DEAD_LETTERS, message.body, message.raw_message.key, schema=DEAD_LETTER_SCHEMA,
+        content_type="application/octet-stream", channel=channel or "",
+        extra_headers={**origin_headers, **origin, "errors": json.dumps([e.model_dump(mode="json") for e in errors])}))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -37,24 +38,51 @@ def group_id(service: str) -> str:
     return f"verwijshub-{service}"
 
 
-def message_headers(schema: str, correlation_id: str, channel: str, content_type: str = JSON) -> dict[str, str]:
-    """The headers every hub message carries (docs/design.md, "Message headers")."""
-    return {"content-type": content_type, "schema": schema, "correlation-id": correlation_id, "channel": channel}
-
-
 def encode(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
-async def wait_until_ready(kafka: KafkaConnection, timeout_s: float = 60.0) -> None:
-    """Wait until the cluster answers a metadata request; raise TimeoutError if it does not in time."""
+@dataclass(frozen=True)
+class Outbound:
+    """One record the hub writes, built only by `outbound`: topic, key, value and the contract's headers."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+    partition: int | None = None
+
+
+def outbound(topic: str, message: BaseModel | bytes, key: str | bytes | None, *, correlation_id: str = "",
+             channel: str = "", schema: str | None = None, content_type: str = JSON, partition: int | None = None,
+             extra_headers: dict[str, str] | None = None) -> Outbound:
+    """The record for a hub message. A model names its own schema (`SCHEMA`); raw bytes (a dead letter, a FHIR
+    handover) say theirs. Every record carries `content-type`, `schema`, `correlation-id` (the hub referral id)
+    and `channel` (docs/design.md, "Message headers")."""
+    value = message if isinstance(message, bytes) else encode(message)
+    headers = {**(extra_headers or {}), "content-type": content_type,
+               "schema": schema or type(message).SCHEMA, "correlation-id": correlation_id, "channel": str(channel)}
+    return Outbound(topic, key.encode() if isinstance(key, str) else key, value, headers, partition)
+
+
+async def publish(broker: KafkaBroker, record: Outbound, confirm: bool = True) -> asyncio.Future | None:
+    """Send one outbound record; with `confirm=False` return its delivery, to be awaited with others."""
+    delivery = await broker.publish(record.value, record.topic, key=record.key, partition=record.partition,
+                                    headers=record.headers, no_confirm=not confirm)
+    return None if confirm else delivery
+
+
+async def wait_until_ready(kafka: KafkaConnection, timeout_s: float = 60.0, brokers: int = 1) -> None:
+    """Wait until the cluster answers a metadata request naming at least `brokers` brokers; raise TimeoutError
+    if it does not in time."""
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
-    host, _, port = kafka.bootstrap.split(",")[0].rpartition(":")
+    addresses = [address.rpartition(":") for address in kafka.bootstrap.split(",")[:brokers]]
     while time.monotonic() < deadline:
         try:  # a plain TCP probe first: aiokafka logs every refused connection as an error
-            _reader, writer = await asyncio.open_connection(host, int(port))
-            writer.close()
+            for host, _, port in addresses:
+                _reader, writer = await asyncio.open_connection(host, int(port))
+                writer.close()
         except OSError as exc:
             last_error = exc
             await asyncio.sleep(0.3)
@@ -62,8 +90,10 @@ async def wait_until_ready(kafka: KafkaConnection, timeout_s: float = 60.0) -> N
         admin = AIOKafkaAdminClient(**kafka.client_options(), request_timeout_ms=5000)
         try:
             await admin.start()
-            await admin.list_topics()
-            return
+            cluster = await admin.describe_cluster()
+            if len(cluster.get("brokers") or ()) >= brokers:
+                return
+            last_error = RuntimeError(f"{len(cluster.get('brokers') or ())} of {brokers} brokers registered")
         except (KafkaError, OSError) as exc:
             last_error = exc
         finally:

@@ -54,7 +54,40 @@ def resolve_classpath(cache_dir: Path) -> str:
 
 
 @dataclass(frozen=True)
+class Node:
+    """One Kafka process of the local cluster: broker and KRaft controller in one (combined mode)."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    directory: Path
+    """Its server.properties, data, pid file and log."""
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "kafka.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "kafka.pid"
+
+    def pid(self) -> int | None:
+        """The node's process id if it runs, else None (a stale pid file is removed)."""
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+
+
+@dataclass(frozen=True)
 class LocalKafka:
+    """The local cluster: one node by default, or three (`brokers=3`: replication 3, `min.insync.replicas` 2)
+    for the fault tests. Node i listens on `port + 2i` and `controller_port + 2i` unless `ports` and
+    `controller_ports` name each node's."""
+
     data_dir: Path
     cache_dir: Path
     host: str = "127.0.0.1"
@@ -65,16 +98,28 @@ class LocalKafka:
     """Where the local CA and the passwords live; None: `<data_dir>/secrets`."""
     secured: bool = True
     """SASL_SSL with SCRAM and ACLs; False only for debugging (PLAINTEXT, no authorizer)."""
+    brokers: int = 1
+    ports: tuple[int, ...] = ()
+    controller_ports: tuple[int, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LocalKafka":
         return cls(data_dir=settings.data_dir / "kafka", cache_dir=settings.cache_dir, host=settings.kafka_host,
                    port=settings.kafka_port, controller_port=settings.kafka_controller_port,
-                   secrets_dir=settings.secrets, secured=settings.kafka_security_protocol != PLAINTEXT)
+                   secrets_dir=settings.secrets, secured=settings.kafka_security_protocol != PLAINTEXT,
+                   brokers=settings.kafka_brokers)
+
+    @property
+    def nodes(self) -> list[Node]:
+        ports = self.ports or tuple(self.port + 2 * i for i in range(self.brokers))
+        controllers = self.controller_ports or tuple(self.controller_port + 2 * i for i in range(self.brokers))
+        if self.brokers == 1:  # the layout a single node always had: everything in the data directory
+            return [Node(1, ports[0], controllers[0], self.data_dir)]
+        return [Node(i + 1, ports[i], controllers[i], self.data_dir / f"node-{i + 1}") for i in range(self.brokers)]
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return ",".join(f"{self.host}:{node.port}" for node in self.nodes)
 
     @property
     def secrets(self) -> Path:
@@ -84,6 +129,14 @@ class LocalKafka:
     def ca(self) -> LocalCa:
         return LocalCa(self.secrets)
 
+    @property
+    def log_file(self) -> Path:
+        return self.nodes[0].log_file
+
+    def pid(self) -> int | None:
+        """The first node's process id if it runs (`kafka status`)."""
+        return self.nodes[0].pid()
+
     def admin_connection(self) -> KafkaConnection:
         """The admin principal (the only super user), whose SCRAM credential is made at format time."""
         if not self.secured:
@@ -92,51 +145,37 @@ class LocalKafka:
         return KafkaConnection(self.bootstrap, SASL_SSL, SCRAM_SHA_512, principals.ADMIN, password,
                                self.ca.ca_cert)
 
-    @property
-    def log_file(self) -> Path:
-        return self.data_dir / "kafka.log"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "kafka.pid"
-
-    def pid(self) -> int | None:
-        """The broker's process id if it runs, else None (a stale pid file is removed)."""
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            self.pid_file.unlink(missing_ok=True)
-            return None
-
-    def properties(self) -> str:
+    def properties(self, node: Node) -> str:
+        replicas, min_isr = min(3, self.brokers), min(2, self.brokers)
+        voters = ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in self.nodes)
         return "\n".join([
             "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+            f"node.id={node.node_id}",
+            f"controller.quorum.voters={voters}",
             "controller.listener.names=CONTROLLER",
-            *(self._secured_listeners() if self.secured else [
-                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            *(self._secured_listeners(node) if self.secured else [
+                f"listeners=PLAINTEXT://{self.host}:{node.port},CONTROLLER://{self.host}:{node.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{node.port}",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"]),
-            f"log.dirs={self.data_dir / 'data'}",
+            f"log.dirs={node.directory / 'data'}",
             "num.partitions=6",
-            "offsets.topic.replication.factor=1",
+            f"default.replication.factor={replicas}",
+            f"min.insync.replicas={min_isr}",
+            f"offsets.topic.replication.factor={replicas}",
             "offsets.topic.num.partitions=6",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
+            f"transaction.state.log.replication.factor={replicas}",
+            f"transaction.state.log.min.isr={min_isr}",
+            f"share.coordinator.state.topic.replication.factor={replicas}",
+            f"share.coordinator.state.topic.min.isr={min_isr}",
             "group.initial.rebalance.delay.ms=0",
             f"auto.create.topics.enable={'false' if self.secured else 'true'}",
             "",
         ])
 
-    def _secured_listeners(self) -> list[str]:
-        """Clients on SASL_SSL with SCRAM-SHA-512, the controller on SASL_SSL with a static PLAIN credential
-        (SCRAM credentials live in the metadata the controller serves, so it cannot use them itself); both
-        as the admin principal, the only super user; the KRaft authorizer denies whatever no ACL allows."""
+    def _secured_listeners(self, node: Node) -> list[str]:
+        """Clients on SASL_SSL with SCRAM-SHA-512, the controllers on SASL_SSL with a static PLAIN credential
+        (SCRAM credentials live in the metadata the controllers serve, so they cannot use them themselves);
+        both as the admin principal, the only super user; the KRaft authorizer denies what no ACL allows."""
         admin = self.admin_connection()
         scram = ("org.apache.kafka.common.security.scram.ScramLoginModule required "
                  f'username="{admin.username}" password="{admin.password}";')
@@ -144,8 +183,8 @@ class LocalKafka:
                  f'username="{admin.username}" password="{admin.password}" '
                  f'user_{admin.username}="{admin.password}";')
         return [
-            f"listeners=CLIENTS://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            f"advertised.listeners=CLIENTS://{self.host}:{self.port}",
+            f"listeners=CLIENTS://{self.host}:{node.port},CONTROLLER://{self.host}:{node.controller_port}",
+            f"advertised.listeners=CLIENTS://{self.host}:{node.port}",
             "listener.security.protocol.map=CLIENTS:SASL_SSL,CONTROLLER:SASL_SSL",
             "inter.broker.listener.name=CLIENTS",
             "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512",
@@ -164,36 +203,53 @@ class LocalKafka:
         ]
 
     def _java(self, classpath: str, *args: str) -> list[str]:
-        return ["java", "-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+        heap = self.heap if self.brokers == 1 else "512m"
+        return ["java", "-Xms256m", f"-Xmx{heap}", "-XX:+UseG1GC",
                 f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", "-cp", classpath, *args]
 
     def start(self, timeout_s: float = 90.0) -> None:
-        """Start the broker unless it runs already, and wait until it answers."""
-        if self.pid() is None:
-            classpath = resolve_classpath(self.cache_dir)
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            if self.secured:
-                self.ca.ensure(self.host)
-            config = self.data_dir / "server.properties"
-            write_private(config, self.properties().encode())  # it holds the admin's password
-            if not (self.data_dir / "data" / "meta.properties").is_file():
-                self._format(classpath, config)
-            with self.log_file.open("ab") as log:
-                process = subprocess.Popen(self._java(classpath, "kafka.Kafka", str(config)), stdout=log,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           start_new_session=True)
-            self.pid_file.write_text(str(process.pid))
+        """Start every node that does not run yet (formatting its storage on first use), and wait until the
+        cluster answers with all of its brokers."""
+        classpath = resolve_classpath(self.cache_dir)
+        if self.secured:
+            self.ca.ensure(self.host)
+        cluster_id = self._cluster_id()
+        for node in self.nodes:
+            self.start_node(node, classpath, cluster_id)
         try:
-            asyncio.run(wait_until_ready(self.admin_connection(), timeout_s))
+            asyncio.run(wait_until_ready(self.admin_connection(), timeout_s, brokers=self.brokers))
         except TimeoutError as exc:
             tail = self.log_file.read_text(errors="replace")[-3000:] if self.log_file.exists() else ""
             self.stop()
             raise LocalKafkaError(f"{exc}\n--- {self.log_file} (tail) ---\n{tail}") from exc
 
-    def _format(self, classpath: str, config: Path) -> None:
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: an id led by "-" reads as an option
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    def start_node(self, node: Node, classpath: str | None = None, cluster_id: str | None = None) -> None:
+        """Start one node unless it runs (the fault tests restart a killed one this way); does not wait."""
+        if node.pid() is not None:
+            return
+        classpath = classpath or resolve_classpath(self.cache_dir)
+        node.directory.mkdir(parents=True, exist_ok=True)
+        config = node.directory / "server.properties"
+        write_private(config, self.properties(node).encode())  # it holds the admin's password
+        if not (node.directory / "data" / "meta.properties").is_file():
+            self._format(classpath, config, cluster_id or self._cluster_id())
+        with node.log_file.open("ab") as log:
+            process = subprocess.Popen(self._java(classpath, "kafka.Kafka", str(config)), stdout=log,
+                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        node.pid_file.write_text(str(process.pid))
+
+    def _cluster_id(self) -> str:
+        """One id for every node of the cluster, made once and kept beside the nodes."""
+        path = self.data_dir / "cluster.id"
+        if not path.is_file():
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # as Kafka's Uuid.randomUuid: an id led by "-" reads as an option
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(cluster_id)
+        return path.read_text().strip()
+
+    def _format(self, classpath: str, config: Path, cluster_id: str) -> None:
         scram = []
         if self.secured:
             admin = self.admin_connection()
@@ -206,19 +262,28 @@ class LocalKafka:
                 output = output.replace(self.admin_connection().password or "", "***")
             raise LocalKafkaError(f"formatting the Kafka storage failed:\n{output}")
 
-    def stop(self, timeout_s: float = 30.0) -> bool:
-        """Stop the broker cleanly (SIGTERM, then SIGKILL after `timeout_s`); False if it was not running."""
-        pid = self.pid()
-        if pid is None:
-            return False
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if _alive(pid):
+    def kill_node(self, node: Node) -> None:
+        """SIGKILL one node, as a crash would (the fault tests)."""
+        pid = node.pid()
+        if pid is not None:
             os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+            while _alive(pid):
+                time.sleep(0.05)
+            node.pid_file.unlink(missing_ok=True)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Stop every node cleanly (SIGTERM, then SIGKILL after `timeout_s`); False if none was running."""
+        pids = [(node, pid) for node in self.nodes if (pid := node.pid()) is not None]
+        for _, pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for node, pid in pids:
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            node.pid_file.unlink(missing_ok=True)
+        return bool(pids)
 
 
 def _alive(pid: int) -> bool:

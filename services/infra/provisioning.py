@@ -35,11 +35,11 @@ def topic_config(name: str, settings: Settings) -> dict[str, str]:
     days = settings.retention_days(topics.topic_class(name))
     return {"cleanup.policy": "compact" if days is None else "delete",
             "retention.ms": "-1" if days is None else str(int(days * DAY_MS)),
-            "min.insync.replicas": str(min(2, settings.replication_factor))}
+            "min.insync.replicas": str(min(2, settings.replication))}
 
 
 def hub_topics(settings: Settings, registry: Registry) -> list[TopicSpec]:
-    return [TopicSpec(name, settings.partitions, settings.replication_factor, topic_config(name, settings))
+    return [TopicSpec(name, settings.partitions, settings.replication, topic_config(name, settings))
             for name in dict.fromkeys(topics.all_topics(registry))]
 
 

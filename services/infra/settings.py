@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     kafka_host: str = Field(default="127.0.0.1", description="Address the embedded Kafka listens on.")
     kafka_port: int = Field(default=9092, description="Client port of the embedded Kafka.")
     kafka_controller_port: int = Field(default=9093, description="Controller port of the embedded Kafka.")
+    kafka_brokers: int = Field(default=1, ge=1, le=5, description="Nodes of the embedded Kafka (`kafka start "
+                               "--brokers 3`): node i listens on KAFKA_PORT + 2i and KAFKA_CONTROLLER_PORT + 2i.")
     data_dir: Path = Field(
         default=Path.home() / ".local" / "share" / "verwijshub",
         description="Embedded Kafka's data, pid file and logs (kept between runs of `up`).",
@@ -36,7 +38,8 @@ class Settings(BaseSettings):
         description="Maven repository holding the Kafka jars (outside the work tree).",
     )
     partitions: int = Field(default=6, ge=1, description="Partitions of each topic the hub creates.")
-    replication_factor: int = Field(default=1, ge=1, description="Replication of each topic the hub creates.")
+    replication_factor: int | None = Field(default=None, ge=1, description="Replication of each topic the hub "
+                                           "creates; unset: min(3, KAFKA_BROKERS) (3 in production).")
     kafka_security_protocol: Literal["SASL_SSL", "PLAINTEXT"] = Field(
         default=SASL_SSL, description="SASL_SSL (the default, also of the embedded Kafka); PLAINTEXT only for "
         "debugging: the embedded Kafka then runs without authentication or ACLs, and `up` warns.")
@@ -95,7 +98,12 @@ class Settings(BaseSettings):
     @property
     def bootstrap(self) -> str:
         """Where clients connect: the configured cluster, or the embedded broker."""
-        return self.kafka_bootstrap or f"{self.kafka_host}:{self.kafka_port}"
+        return self.kafka_bootstrap or ",".join(f"{self.kafka_host}:{self.kafka_port + 2 * i}"
+                                                for i in range(self.kafka_brokers))
+
+    @property
+    def replication(self) -> int:
+        return self.replication_factor or min(3, self.kafka_brokers)
 
     @property
     def secrets(self) -> Path:

@@ -16,7 +16,7 @@ from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.consuming import dead_letter, handling
-from services.infra.kafka import encode, group_id, make_broker, message_headers
+from services.infra.kafka import group_id, make_broker, outbound, publish
 from services.infra.settings import Settings
 from services.intake.adapters import PARSERS, read_referral
 from services.intake.ledger import AcceptedLedger
@@ -68,21 +68,18 @@ class Intake:
     async def accept(self, referral: Referral) -> None:
         status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
                                 ReferralStatus.RECEIVED, self.clock.now())
-        await self.broker.publish(
-            encode(status), topics.status(referral.channel), key=referral.referrer_referral_id.encode(),
-            headers=message_headers("verwijshub.StatusEvent/1", referral.referral_id, referral.channel))
-        await self.broker.publish(
-            encode(referral), topics.NORMALISED, key=referral.youth.pseudonym.encode(),
-            headers=message_headers("verwijshub.Referral/1", referral.referral_id, referral.channel))
+        await publish(self.broker, outbound(topics.status(referral.channel), status, referral.referrer_referral_id,
+                                            correlation_id=referral.referral_id, channel=referral.channel))
+        await publish(self.broker, outbound(topics.NORMALISED, referral, referral.youth.pseudonym,
+                                            correlation_id=referral.referral_id, channel=referral.channel))
 
     async def reject(self, channel: Channel, message: KafkaMessage, rejection: Rejection) -> None:
         await dead_letter(self.broker, message, rejection.errors, channel)
         if rejection.referrer_referral_id:
             status = StatusEvent.of(channel, rejection.referrer_referral_id, None, ReferralStatus.REJECTED,
                                     self.clock.now(), errors=rejection.errors)
-            await self.broker.publish(
-                encode(status), topics.status(channel), key=rejection.referrer_referral_id.encode(),
-                headers=message_headers("verwijshub.StatusEvent/1", "", channel))
+            await publish(self.broker, outbound(topics.status(channel), status, rejection.referrer_referral_id,
+                                                channel=channel))
 
 
 class IntakeBroker(KafkaBroker):

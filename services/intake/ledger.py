@@ -14,16 +14,16 @@ would close it). A duplicate that arrives later, or after a restart, is dropped.
 
 import asyncio
 import contextlib
-import json
 from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faststream.kafka import KafkaBroker
 
-from schemas.referral import Referral
+from schemas.referral import AcceptedReferral, Referral
 from services.infra import topics
 from services.infra.connection import KafkaConnection
+from services.infra.kafka import outbound, publish
 from services.infra.logging import get_logger
 
 
@@ -41,12 +41,10 @@ class AcceptedLedger:
 
     async def record(self, broker: KafkaBroker, referral: Referral, origin: str, at: datetime) -> None:
         self.accepted.add(referral.referral_id)
-        value = {"referral_id": referral.referral_id, "channel": referral.channel.value,
-                 "referrer_referral_id": referral.referrer_referral_id, "accepted_at": at.isoformat(),
-                 "origin": origin}
-        await broker.publish(json.dumps(value).encode(), topics.INTAKE_ACCEPTED, key=referral.referral_id.encode(),
-                             headers={"content-type": "application/json", "schema": "verwijshub.Accepted/1",
-                                      "correlation-id": referral.referral_id, "channel": referral.channel.value})
+        accepted = AcceptedReferral(referral_id=referral.referral_id, channel=referral.channel,
+                                    referrer_referral_id=referral.referrer_referral_id, accepted_at=at, origin=origin)
+        await publish(broker, outbound(topics.INTAKE_ACCEPTED, accepted, referral.referral_id,
+                                       correlation_id=referral.referral_id, channel=referral.channel))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow(), name="intake-ledger")

@@ -34,13 +34,7 @@ from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import RecordView, dead_letter, handling
-from services.infra.kafka import (
-    encode,
-    group_id,
-    make_broker,
-    message_headers,
-    read_records,
-)
+from services.infra.kafka import Outbound, encode, group_id, make_broker, outbound, publish, read_records
 from services.infra.logging import get_logger
 from services.infra.registry_topic import latest_registry
 from services.infra.settings import Settings
@@ -62,6 +56,7 @@ from services.notifier.handover import handover_bundle
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
+HANDOVER_SCHEMA = "verwijshub.Handover/1"
 REGISTRY_EVERY_S = 30.0
 """How often the notifier reads `registry.v1` for a newly published registry."""
 BATCH_MAX = 200
@@ -175,38 +170,37 @@ class Notifier:
     async def publish(self, effects: list[Effect], pseudonym: str, correlation_id: str) -> None:
         """Send the effects in order and wait for all of them together (one round trip, not one each);
         the producer is idempotent, so records of one partition land in the order sent."""
-        key, deliveries = pseudonym.encode(), []
-        for effect in effects:
-            match effect:
-                case StatusEvent():
-                    topic, value, key_of, headers = (
-                        topics.status(effect.channel), encode(effect), effect.referrer_referral_id.encode(),
-                        message_headers("verwijshub.StatusEvent/1", effect.referral_id or "", effect.channel))
-                case HandOver(decision=decision):
-                    metrics.HANDOVERS.labels(decision.recipient.kind.value).inc()
-                    topic, key_of = decision.recipient.topic, key
-                    value = handover_bundle(decision, self.clock.now()).model_dump_json(exclude_none=True).encode()
-                    headers = message_headers("verwijshub.Handover/1", decision.referral_id,
-                                              decision.referral.channel, FHIR_JSON)
-                case Notify(topic=topic, notice=notice):
-                    value, key_of = encode(notice), key
-                    headers = message_headers("verwijshub.Notice/1", notice.referral_id or correlation_id, "")
-                case Alert(alert=alert):
-                    if alert.kind == "sla-breached":
-                        metrics.SLA_BREACHES.inc()
-                    topic, value, key_of = topics.ALERTS, encode(alert), key
-                    headers = message_headers("verwijshub.Alert/1", alert.referral_id or "", "")
-            deliveries.append(await self.broker.publish(value, topic, key=key_of, headers=headers, no_confirm=True))
+        deliveries = [await publish(self.broker, self.record(effect, pseudonym, correlation_id), confirm=False)
+                      for effect in effects]
         await asyncio.gather(*deliveries)
+
+    def record(self, effect: Effect, pseudonym: str, correlation_id: str) -> Outbound:
+        """The Kafka record of one effect (statuses keyed by the referrer's id, the rest by youth pseudonym)."""
+        match effect:
+            case StatusEvent():
+                return outbound(topics.status(effect.channel), effect, effect.referrer_referral_id,
+                                correlation_id=effect.referral_id or "", channel=effect.channel)
+            case HandOver(decision=decision):
+                metrics.HANDOVERS.labels(decision.recipient.kind.value).inc()
+                bundle = handover_bundle(decision, self.clock.now()).model_dump_json(exclude_none=True).encode()
+                return outbound(decision.recipient.topic, bundle, pseudonym, schema=HANDOVER_SCHEMA,
+                                content_type=FHIR_JSON, correlation_id=decision.referral_id,
+                                channel=decision.referral.channel)
+            case Notify(topic=topic, notice=notice):
+                return outbound(topic, notice, pseudonym, correlation_id=notice.referral_id or correlation_id)
+            case Alert(alert=alert):
+                if alert.kind == "sla-breached":
+                    metrics.SLA_BREACHES.inc()
+                return outbound(topics.ALERTS, alert, pseudonym, correlation_id=alert.referral_id or "")
 
     async def save(self, partition: int, before: YouthFollowUp, after: YouthFollowUp) -> None:
         """Store the youth's follow-up; its delivery is confirmed with the others in `confirm_saved`."""
         value = b"" if is_empty(after) else encode(after)  # empty: nothing left to follow for this youth
         self.followups.put(partition, after, value)
         if after != before:
-            self.unsaved.append(await self.broker.publish(
-                value, topics.NOTIFIER_STATE, key=after.pseudonym.encode(), partition=partition, no_confirm=True,
-                headers=message_headers("verwijshub.YouthFollowUp/1", "", "")))
+            self.unsaved.append(await publish(self.broker, outbound(
+                topics.NOTIFIER_STATE, value, after.pseudonym, schema=YouthFollowUp.SCHEMA, partition=partition),
+                confirm=False))
 
     async def confirm_saved(self) -> None:
         """Wait for every follow-up written so far: before offsets are committed and before a partition is

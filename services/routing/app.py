@@ -30,13 +30,7 @@ from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import RecordView, dead_letter, handling
-from services.infra.kafka import (
-    encode,
-    group_id,
-    make_broker,
-    message_headers,
-    partitions_of,
-)
+from services.infra.kafka import group_id, make_broker, outbound, partitions_of, publish
 from services.infra.logging import get_logger
 from services.infra.registry_files import RegistryError
 from services.infra.registry_topic import decode_registry
@@ -103,17 +97,15 @@ class Routing:
         """Publish a decision; with `confirm=False` return the delivery future instead of waiting for it,
         so a batch is sent in order and confirmed together."""
         referral = decision.referral
-        delivery = await self.broker.publish(
-            encode(decision), topics.DECISIONS, key=referral.youth.pseudonym.encode(), no_confirm=not confirm,
-            headers=message_headers("verwijshub.RoutingDecision/1", referral.referral_id, referral.channel))
+        delivery = await publish(self.broker, outbound(topics.DECISIONS, decision, referral.youth.pseudonym,
+                                                       correlation_id=referral.referral_id, channel=referral.channel),
+                                 confirm)
         self.state.apply_decision(decision)
-        return None if confirm else delivery
+        return delivery
 
     async def publish_indications(self, pseudonym: str, indications: tuple[Indication, ...]) -> None:
         value = YouthIndications(pseudonym=pseudonym, indications=list(indications))
-        await self.broker.publish(encode(value), topics.INDICATIONS,  # an empty list, not a tombstone
-                                  key=pseudonym.encode(), headers=message_headers(
-                                      "verwijshub.YouthIndications/1", "", ""))
+        await publish(self.broker, outbound(topics.INDICATIONS, value, pseudonym))  # an empty list, not a tombstone
         self.state.apply_indications(pseudonym, value)
 
     # -- referrals and feedback --------------------------------------------------------------------
@@ -192,8 +184,8 @@ class Routing:
         alert = RoutingAlert(kind=PROVIDER_STOPPED, at=now, pseudonym=work.pseudonym,
                              referral_id=work.decision.referral_id if work.decision else None,
                              provider=work.provider.agb, team=team, message=message)
-        await self.broker.publish(encode(alert), topics.ALERTS, key=work.pseudonym.encode(),
-                                  headers=message_headers("verwijshub.RoutingAlert/1", alert.referral_id or "", ""))
+        await publish(self.broker, outbound(topics.ALERTS, alert, work.pseudonym,
+                                            correlation_id=alert.referral_id or ""))
         if decision is not None:
             await self.publish_decision(decision)
         if work.indications:

@@ -27,7 +27,7 @@ from services.access.commands import sync_access
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import read_to_end
+from services.infra.kafka import Outbound, outbound, read_to_end
 from services.infra.provisioning import provision_hub_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import (
@@ -136,14 +136,14 @@ def _admin(settings: Settings) -> KafkaConnection:
     return settings.connection(principals.ADMIN)
 
 
-async def _produce(kafka: KafkaConnection, records: list[tuple[str, bytes, bytes, str]]) -> None:
+async def _produce(kafka: KafkaConnection, records: list[Outbound]) -> None:
     producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True,
                                 max_request_size=8 * 1024 * 1024)
     await producer.start()
     try:
-        for topic, key, value, schema in records:
-            await producer.send(topic, value, key=key, headers=[("content-type", b"application/json"),
-                                                                ("schema", schema.encode())])
+        for record in records:
+            await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
+                                headers=[(name, value.encode()) for name, value in record.headers.items()])
         await producer.flush()
     finally:
         await producer.stop()
@@ -155,8 +155,7 @@ async def publish_registry(settings: Settings, directory: Path) -> Registry:
     provision_hub_topics(settings, registry)
     snapshot = RegistrySnapshot(version=registry.version, files=read_registry_dir(directory),
                                 published_at=SystemClock().now())
-    await _produce(_admin(settings), [(topics.REGISTRY, REGISTRY_KEY, snapshot.model_dump_json().encode(),
-                                         "verwijshub.RegistrySnapshot/1")])
+    await _produce(_admin(settings), [outbound(topics.REGISTRY, snapshot, REGISTRY_KEY)])
     return registry
 
 
@@ -176,9 +175,8 @@ async def import_indications(settings: Settings, indications: list[Indication]) 
             current[key.decode()] = tuple(YouthIndications.model_validate_json(value).indications) if value else ()
     changed = merge_into(current, indications)
     await _produce(_admin(settings), [
-        (topics.INDICATIONS, pseudonym.encode(),
-         YouthIndications(pseudonym=pseudonym, indications=list(items)).model_dump_json().encode(),
-         "verwijshub.YouthIndications/1") for pseudonym, items in changed.items()])
+        outbound(topics.INDICATIONS, YouthIndications(pseudonym=pseudonym, indications=list(items)), pseudonym)
+        for pseudonym, items in changed.items()])
     return len(changed)
 
 
