@@ -20,7 +20,7 @@ from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalenda
 from services.ops import recipients as recipients_view
 from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export, format_age
 from services.ops.page import dead_letters_since, last_hour_per_channel, latest_rejections, render
-from services.ops.recipients import RecipientView, RecipientWatch, format_working_days
+from services.ops.recipients import RecipientView, RecipientWatch, format_duration, format_working_days
 from services.ops.rules import PartitionStatus
 
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "ERR": "red", "STALL": "red", "STOP": "red", "REWIND": "red",
@@ -80,7 +80,7 @@ def recipients_table(views: list[RecipientView], every_recipient: bool = False) 
     for v in shown:
         view.add_row(v.principal, _styled(v.status.value),
                      ", ".join(v.groups) + (f" ({v.members} connected)" if v.groups else "") or "nobody",
-                     str(v.unread), format_age(v.oldest_unread_seconds),
+                     str(v.unread), format_duration(v.oldest_unread_seconds),
                      format_working_days(v.oldest_unread_working_days), str(v.clocks.open), str(v.clocks.at_risk),
                      str(v.clocks.breached))
     return view
@@ -142,8 +142,9 @@ def lag(
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between samples.")] = 1.0,
     serve_http: Annotated[bool, typer.Option("--serve", help="Run the lag exporter: Prometheus /metrics, the status "
                                              "page on /, /status.json and /healthz.")] = False,
-    every_recipient: Annotated[bool, typer.Option("--recipients", help="Every recipient in the table, not only "
-                                                  "those with something unread or a clock at risk or breached.")] = False,
+    every_recipient: Annotated[bool, typer.Option(
+        "--recipients", help="Every recipient in the table, not only those with something unread or a clock at "
+        "risk or breached.")] = False,
     host: Annotated[str, typer.Option(help="Address the exporter listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the exporter.")] = 9309,
 ) -> None:

@@ -15,7 +15,13 @@ from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import partitions_of, read_records
 from services.ops.lag import GroupLag, format_age
-from services.ops.recipients import LATE_AFTER_WORKING_DAYS, RecipientStatus, RecipientView, format_working_days
+from services.ops.recipients import (
+    LATE_AFTER_WORKING_DAYS,
+    RecipientStatus,
+    RecipientView,
+    format_duration,
+    format_working_days,
+)
 
 REFRESH_S = 5
 
@@ -81,7 +87,7 @@ def recipient_rows(recipients: list[RecipientView]) -> str:
         f'<tr class="recipient-{e(r.status)}" id="recipient-{e(r.principal)}"><td>{e(r.principal)}</td>'
         f"<td>{e(r.name)}</td><td>{e(r.status)}</td>"
         f"<td>{e(', '.join(r.groups)) or 'nobody'}{f' ({r.members} connected)' if r.groups else ''}</td>"
-        f"<td>{r.unread}</td><td>{format_age(r.oldest_unread_seconds)}</td>"
+        f"<td>{r.unread}</td><td>{format_duration(r.oldest_unread_seconds)}</td>"
         f"<td>{format_working_days(r.oldest_unread_working_days)}</td><td>{r.clocks.open}</td>"
         f"<td>{r.clocks.at_risk}</td><td>{r.clocks.breached}</td></tr>" for r in ordered)
 

@@ -155,6 +155,16 @@ def format_working_days(days: float | None) -> str:
     return "-" if days is None else f"{days:.2f} wd"
 
 
+def format_duration(seconds: float | None) -> str:
+    """An age as people read it: `42 s`, `12 min`, `5.5 h`, `7.0 d`, or `-` when none."""
+    if seconds is None:
+        return "-"
+    for unit, size, limit in (("s", 1, 120), ("min", 60, 7200), ("h", 3600, 172_800)):
+        if seconds < limit:
+            return f"{seconds / size:.0f} {unit}" if unit != "h" else f"{seconds / size:.1f} {unit}"
+    return f"{seconds / 86_400:.1f} d"
+
+
 class RecipientWatch:
     """The recipients' view for `lag` and its exporter: the registry in force (re-read every 30 s; the files
     when none is published), the notifier's clock counts (every 5 s) and, at every look, the offsets."""

@@ -107,7 +107,8 @@ def test_a_team_without_a_group_has_everything_unread_and_ages_over_the_weekend(
     monday_10am = datetime(2026, 11, 23, 10, tzinfo=AMSTERDAM)
     waiting = recipient_view(CENTRUM, [], 0, partitions, written_ms, ClockCounts(open=3), monday_10am, CALENDAR)
     assert waiting.unread == 3 and waiting.handovers == 3 and waiting.status is RecipientStatus.WAITING
-    assert waiting.oldest_unread_seconds == 66 * 3600 and waiting.oldest_unread_working_days == 0.75  # Friday 16-24h, Monday 0-10h
+    assert waiting.oldest_unread_seconds == 66 * 3600
+    assert waiting.oldest_unread_working_days == 0.75  # Friday 16-24 h and Monday 0-10 h
     late = recipient_view(CENTRUM, [], 0, partitions, written_ms, ClockCounts(open=3), monday_10am + timedelta(hours=7),
                           CALENDAR)
     assert late.status is RecipientStatus.LATE and late.oldest_unread_at == FRIDAY_4PM.astimezone(UTC)
@@ -155,3 +156,10 @@ def test_the_page_marks_a_late_recipient_first() -> None:
     assert 'id="recipient-wij-centrum"' in page and 'class="recipient-LATE"' in page
     assert page.index("recipient-wij-centrum") < page.index("recipient-wij-haren")
     assert "1 of 2 recipients LATE" in page
+
+
+def test_ages_read_as_people_read_them() -> None:
+    from services.ops.recipients import format_duration
+
+    assert [format_duration(s) for s in (None, 3.4, 119, 600, 5.5 * 3600, 604823.4)] == [
+        "-", "3 s", "119 s", "10 min", "5.5 h", "7.0 d"]
