@@ -281,14 +281,17 @@ class Notifier:
             owned = frozenset(self.followups.by_partition)
             if owned == self.clocks_published[0] and time.monotonic() - self.clocks_published[1] < every_s:
                 return
+            self.clocks_published = (owned, time.monotonic())  # a failure is tried again after every_s
             now, with_clocks = self.clock.now(), self.followups.clocks
             records = [partition_clocks(partition, [self.followups.get(partition, pseudonym) for pseudonym in youths
                                                     if pseudonym in with_clocks], now)
                        for partition, youths in self.followups.by_partition.items()]
-        await asyncio.gather(*[await self.broker.publish(
-            encode(value), topics.OPS_RECIPIENTS, key=key, no_confirm=True,
-            headers=message_headers("verwijshub.RecipientClocks/1", "", "")) for key, value in records])
-        self.clocks_published = (owned, time.monotonic())
+        try:
+            await asyncio.gather(*[await self.broker.publish(
+                encode(value), topics.OPS_RECIPIENTS, key=key, no_confirm=True,
+                headers=message_headers("verwijshub.RecipientClocks/1", "", "")) for key, value in records])
+        except Exception as exc:  # operations' view only: the follow-up itself goes on
+            self.log.warning("recipient clocks not published", error_type=type(exc).__name__)
 
     async def follow_registry(self) -> None:
         """The registry in force: the latest on `registry.v1` (teams for re-triage notices, the central entrance)."""

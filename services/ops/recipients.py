@@ -17,6 +17,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.notices import ClockCounts, RecipientClocks
@@ -176,12 +177,21 @@ class RecipientWatch:
         self.read_at = {"registry": float("-inf"), "clocks": float("-inf")}
 
     async def refresh(self, now_s: float) -> None:
+        """A broker whose ACLs predate these reads (`verwijshub access sync` grants them) refuses them: then the
+        registry files and no clock counts, rather than no view at all."""
         kafka = self.monitor.kafka
         if now_s - self.read_at["registry"] >= REGISTRY_EVERY_S or self.registry is None:
-            self.registry = await latest_registry(kafka) or self.registry or load_registry(self.registry_dir)
+            try:
+                published = await latest_registry(kafka)
+            except KafkaError:
+                published = None
+            self.registry = published or self.registry or load_registry(self.registry_dir)
             self.read_at["registry"] = now_s
         if now_s - self.read_at["clocks"] >= CLOCKS_EVERY_S:
-            self.clocks = merge_clocks(await read_to_end(kafka, topics.OPS_RECIPIENTS))
+            try:
+                self.clocks = merge_clocks(await read_to_end(kafka, topics.OPS_RECIPIENTS))
+            except KafkaError:
+                self.clocks = {}
             self.read_at["clocks"] = now_s
 
     async def look(self, now_s: float) -> list[RecipientView]:

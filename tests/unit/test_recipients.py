@@ -1,6 +1,7 @@
 """Recipients as operations sees them, without a broker: the notifier's clock counts per recipient and
 partition, their merge, who has read how far, the age in working days, LATE, and how `lag` and the page show it."""
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -11,8 +12,11 @@ from schemas.notices import ClockCounts, ContactClock, OpenHandover, RecipientCl
 from schemas.referral import Channel
 from schemas.routing import Recipient as Addressee
 from schemas.routing import RecipientKind
+from services.infra import topics
+from services.infra.clock import SystemClock
 from services.infra.registry_files import load_registry
-from services.infra.settings import REPO_ROOT
+from services.infra.settings import REPO_ROOT, Settings
+from services.notifier.app import Notifier
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
 from services.notifier.followup import partition_clocks, recipient_clocks
 from services.ops.commands import as_json, recipients_table
@@ -20,6 +24,7 @@ from services.ops.page import render
 from services.ops.recipients import (
     Recipient,
     RecipientStatus,
+    format_duration,
     groups_of,
     judge,
     merge_clocks,
@@ -159,7 +164,34 @@ def test_the_page_marks_a_late_recipient_first() -> None:
 
 
 def test_ages_read_as_people_read_them() -> None:
-    from services.ops.recipients import format_duration
-
     assert [format_duration(s) for s in (None, 3.4, 119, 600, 5.5 * 3600, 604823.4)] == [
         "-", "3 s", "119 s", "10 min", "5.5 h", "7.0 d"]
+
+
+class Published:
+    """A stand-in for the notifier's FastStream broker: keeps what is published."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, bytes]] = []
+
+    async def publish(self, value: bytes, topic: str, *, key: bytes, **_: object) -> asyncio.Future:
+        self.records.append((topic, key, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_the_notifier_publishes_each_owned_partitions_clocks_and_again_when_ownership_changes() -> None:
+    published = Published()
+    notifier = Notifier(published, Settings(_env_file=None), REGISTRY, SystemClock())
+    two = youth("p2", handover("R3", RecipientKind.WIJ_TEAM, "centrum", at_risk=True))
+    notifier.followups.load(0, [(b"p1", youth("p1", handover("R1", RecipientKind.WIJ_TEAM, "centrum"))
+                                 .model_dump_json().encode())])
+    notifier.followups.load(4, [(b"p2", two.model_dump_json().encode()), (b"p3", None)])
+    await notifier.publish_recipient_clocks()
+    await notifier.publish_recipient_clocks()  # within 15 s, same partitions: nothing new
+    assert [(t, k) for t, k, _ in published.records] == [(topics.OPS_RECIPIENTS, b"0"), (topics.OPS_RECIPIENTS, b"4")]
+    assert merge_clocks([(k, v) for _, k, v in published.records]) == {"wij-centrum": ClockCounts(open=2, at_risk=1)}
+    notifier.followups.drop([0])
+    await notifier.publish_recipient_clocks()
+    assert [k for _, k, _ in published.records] == [b"0", b"4", b"4"]
