@@ -20,7 +20,13 @@ from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalenda
 from services.ops import recipients as recipients_view
 from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export, format_age
 from services.ops.page import dead_letters_since, last_hour_per_channel, latest_rejections, render
-from services.ops.recipients import RecipientView, RecipientWatch, format_duration, format_working_days
+from services.ops.recipients import (
+    RecipientStatus,
+    RecipientView,
+    RecipientWatch,
+    format_duration,
+    format_working_days,
+)
 from services.ops.rules import PartitionStatus
 
 STATUS_STYLE = {"OK": "green", "WARN": "yellow", "ERR": "red", "STALL": "red", "STOP": "red", "REWIND": "red",
@@ -70,7 +76,7 @@ def table(groups: list[GroupLag], every_partition: bool = False) -> Table:
 def recipients_table(views: list[RecipientView], every_recipient: bool = False) -> Table:
     """The recipients that need attention (something unread, a clock at risk or breached), or all of them."""
     shown = [v for v in views if every_recipient or v.attention]
-    late = sum(v.status.value == "LATE" for v in views)
+    late = sum(v.status is RecipientStatus.LATE for v in views)
     title = (f"Recipients: {late} LATE, {len(shown)} of {len(views)} shown" if shown or every_recipient
              else f"Recipients: all {len(views)} OK")
     view = Table(title=title)
