@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from schemas.errors import ReferralError
 from schemas.feedback import Feedback
 from schemas.inbound import CourtReferral, GgdReferral, GiReferral
-from schemas.notices import RecipientNotice
+from schemas.notices import RecipientClocks, RecipientNotice
 from schemas.referral import Referral
 from schemas.routing import RoutingAlert
 from schemas.status import StatusEvent
@@ -33,6 +33,7 @@ JSON_SCHEMAS: dict[str, type[BaseModel]] = {
     "gi-referral": GiReferral, "ggd-referral": GgdReferral, "court-referral": CourtReferral,
     "referral": Referral, "status-event": StatusEvent, "referral-error": ReferralError,
     "feedback": Feedback, "recipient-notice": RecipientNotice, "alert": RoutingAlert,
+    "recipient-clocks": RecipientClocks,
 }
 PLACEHOLDER_BOOTSTRAP = "kafka:9092"
 """The server named in the AsyncAPI document: a placeholder, so the file does not depend on this machine."""

@@ -84,6 +84,35 @@ class IndicationWatch(BaseModel):
         return f"{self.provider_agb}:{self.product}:{self.end.isoformat()}"
 
 
+class ClockCounts(BaseModel):
+    """Contact clocks of one recipient: open (running, at risk included), at risk (its at-risk notice sent,
+    not breached), breached (the promise was not kept and the handover is still open)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    open: int = 0
+    at_risk: int = 0
+    breached: int = 0
+
+    def __add__(self, other: "ClockCounts") -> "ClockCounts":
+        return ClockCounts(open=self.open + other.open, at_risk=self.at_risk + other.at_risk,
+                           breached=self.breached + other.breached)
+
+
+class RecipientClocks(BaseModel):
+    """The value on the compacted `ops.recipients.v1`, key the notifier partition's number (text): the contact
+    clocks of that partition's open handovers per recipient principal (`wij-<team>`, `provider-<agb>`).
+    Counts only, never a pseudonym, referral id or name, so operations may read it."""
+
+    model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.RecipientClocks/1"
+    """The `schema` header of this message on Kafka."""
+
+    partition: int
+    at: datetime
+    recipients: dict[str, ClockCounts] = {}
+
+
 class YouthFollowUp(BaseModel):
     model_config = ConfigDict(frozen=True)
     SCHEMA: ClassVar[str] = "verwijshub.YouthFollowUp/1"

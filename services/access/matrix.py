@@ -113,7 +113,8 @@ def service_grants() -> list[Grant]:
         *_topics(notifier, Operation.READ, topics.DECISIONS, topics.INDICATIONS, topics.REGISTRY,
                  topics.NOTIFIER_STATE),
         *_topics(notifier, Operation.READ, "feedback.", pattern=prefix),
-        *_topics(notifier, Operation.WRITE, topics.NOTIFIER_STATE, topics.ALERTS, topics.DEAD_LETTERS),
+        *_topics(notifier, Operation.WRITE, topics.NOTIFIER_STATE, topics.ALERTS, topics.DEAD_LETTERS,
+                 topics.OPS_RECIPIENTS),
         *_topics(notifier, Operation.WRITE, "handovers.", "status.", pattern=prefix),
         _group(notifier, principals.service("notifier")),
     ]
@@ -121,12 +122,14 @@ def service_grants() -> list[Grant]:
 
 def operations_grants() -> list[Grant]:
     """Lag, the exporter and the status page: describe every topic and group (offsets and timestamps, never
-    records), and read the status topics, which carry no BSN, name, address or free text. No topic with
+    records), and read what carries no BSN, name, address or free text: the status topics, the registry (teams
+    and providers, to list the recipients) and the notifier's clock counts per recipient. No topic with
     personal data (inbound, normalised, decisions, handovers, feedback, dead letters, state) is readable."""
     ops = principals.OPERATIONS
     return [Grant(ops, Resource.TOPIC, Pattern.LITERAL, "*", Operation.DESCRIBE),
             Grant(ops, Resource.GROUP, Pattern.LITERAL, "*", Operation.DESCRIBE),
-            *_topics(ops, Operation.READ, "status.", pattern=Pattern.PREFIXED)]
+            *_topics(ops, Operation.READ, "status.", pattern=Pattern.PREFIXED),
+            *_topics(ops, Operation.READ, topics.REGISTRY, topics.OPS_RECIPIENTS)]
 
 
 def all_principals(registry: Registry) -> list[Principal]:

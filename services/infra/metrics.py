@@ -1,7 +1,8 @@
 """The hub's Prometheus metrics, one place for all services (prometheus-client's default registry).
 
-Labels carry channels, error codes, rules, recipient kinds, services, groups and topics: never a BSN,
-a pseudonym, a name or a postcode. `serve_metrics` exposes them with `/healthz` and `/readyz`.
+Labels carry channels, error codes, rules, recipient kinds, recipients (principal names of teams and
+providers), services, groups and topics: never a BSN, a pseudonym, a name or a postcode.
+`serve_metrics` exposes them with `/healthz` and `/readyz`.
 """
 
 from collections.abc import Callable
@@ -37,6 +38,17 @@ CONSUMER_LAG = Gauge("verwijshub_consumer_lag", "Records not yet consumed by a c
                      ["group", "topic", "partition"])
 CONSUMER_LAG_SECONDS = Gauge("verwijshub_consumer_lag_seconds", "Age of the oldest record a group has not consumed.",
                              ["group", "topic", "partition"])
+RECIPIENT_UNREAD = Gauge("verwijshub_recipient_unread", "Records on a recipient's handover topic that none of its "
+                         "consumer groups has committed past (with no group: all).", ["recipient"])
+RECIPIENT_READERS = Gauge("verwijshub_recipient_readers", "A recipient's consumer groups that have committed on its "
+                          "handover topic (0: nobody reads it).", ["recipient"])
+RECIPIENT_OLDEST_UNREAD_SECONDS = Gauge("verwijshub_recipient_oldest_unread_seconds",
+                                        "Age of a recipient's oldest unread handover (0: none).", ["recipient"])
+RECIPIENT_OLDEST_UNREAD_WORKING_DAYS = Gauge("verwijshub_recipient_oldest_unread_working_days",
+                                             "Age of a recipient's oldest unread handover in working days (0: none).",
+                                             ["recipient"])
+RECIPIENT_CONTACT_CLOCKS = Gauge("verwijshub_recipient_contact_clocks", "A recipient's contact clocks, as the "
+                                 "notifiers publish them: open, at_risk, breached.", ["recipient", "state"])
 GROUP_STATUS = Gauge("verwijshub_consumer_group_status", "Lag status of a group: 0 OK, 1 WARN, 2 ERR.", ["group"])
 
 

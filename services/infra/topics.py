@@ -18,7 +18,11 @@ NOTIFIER_STATE = "notifier.state.v1"
 """Internal, compacted: the notifier's follow-up of one youth (open handovers, contact clocks, reminders),
 keyed by youth pseudonym and in the same partition as the youth's decisions and feedback."""
 
-COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE})
+OPS_RECIPIENTS = "ops.recipients.v1"
+"""Compacted, no personal data: per notifier partition (key: its number), the contact clocks per recipient
+(open, at risk, breached), which the notifier publishes so operations can show them without reading its state."""
+
+COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE, OPS_RECIPIENTS})
 
 
 class TopicClass(StrEnum):
@@ -77,7 +81,8 @@ def provider_feedback(agb: str) -> str:
 
 def all_topics(registry: Registry) -> list[str]:
     """Every topic the hub uses, recipients' included, so each exists before its first message."""
-    names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED, NOTIFIER_STATE]
+    names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED, NOTIFIER_STATE,
+             OPS_RECIPIENTS]
     for channel in Channel:
         names += [referrals(channel), status(channel)]
     for team_id in registry.teams:

@@ -51,6 +51,7 @@ from services.notifier.followup import (
     due_effects,
     is_empty,
     next_due,
+    partition_clocks,
 )
 from services.notifier.handover import handover_bundle
 
@@ -264,6 +265,27 @@ class Notifier:
             self.log.info("due follow-ups published", youths=fired)
         return fired
 
+    clocks_published: tuple[frozenset[int], float] = (frozenset(), float("-inf"))
+    """The owned partitions and the monotonic time of the last `publish_recipient_clocks`."""
+
+    async def publish_recipient_clocks(self, every_s: float = 15.0) -> None:
+        """Every `every_s`, and at once when the owned partitions change: each owned partition's contact clocks
+        per recipient on `ops.recipients.v1` (counts only; operations may not read `notifier.state.v1`)."""
+        async with self.lock:
+            owned = frozenset(self.followups.by_partition)
+            if owned == self.clocks_published[0] and time.monotonic() - self.clocks_published[1] < every_s:
+                return
+            self.clocks_published = (owned, time.monotonic())  # a failure is tried again after every_s
+            now, with_clocks = self.clock.now(), self.followups.clocks
+            records = [partition_clocks(partition, [self.followups.get(partition, pseudonym) for pseudonym in youths
+                                                    if pseudonym in with_clocks], now)
+                       for partition, youths in self.followups.by_partition.items()]
+        try:
+            await asyncio.gather(*[await publish(self.broker, outbound(topics.OPS_RECIPIENTS, value, key), confirm=False)
+                                   for key, value in records])
+        except Exception as exc:  # operations' view only: the follow-up itself goes on
+            self.log.warning("recipient clocks not published", error_type=type(exc).__name__)
+
     async def follow_registry(self) -> None:
         """The registry in force: the latest on `registry.v1` (teams for re-triage notices, the central entrance)."""
         latest = await latest_registry(self.kafka)
@@ -279,6 +301,7 @@ class Notifier:
                     registry_read = time.monotonic()
                     await self.follow_registry()
                 await self.fire_due()
+                await self.publish_recipient_clocks()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failed publish is tried again at the next tick (state not yet saved)

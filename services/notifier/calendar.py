@@ -74,3 +74,16 @@ class WorkingCalendar:
                     return (cursor + remaining).replace(tzinfo=AMSTERDAM).astimezone(UTC)
                 remaining -= midnight - cursor
             cursor = midnight
+
+    def working_days_between(self, start: datetime, end: datetime) -> float:
+        """The working time from `start` to `end` (aware) in working days, counted as `add_working_days` counts
+        it (the hours of working days in Dutch local time); 0 when `end` is not after `start`."""
+        cursor = start.astimezone(AMSTERDAM).replace(tzinfo=None)
+        stop = end.astimezone(AMSTERDAM).replace(tzinfo=None)
+        worked = timedelta()
+        while cursor < stop:
+            midnight = datetime.combine(cursor.date() + timedelta(days=1), time())
+            if self.is_working_day(cursor.date()):
+                worked += min(midnight, stop) - cursor
+            cursor = midnight
+        return worked / timedelta(days=1)

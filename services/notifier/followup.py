@@ -5,6 +5,7 @@ the referrer, handovers, notices to recipients, alerts) in the order they are to
 service around it only decodes, calls these, publishes the effects and stores the state.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time
 
@@ -14,16 +15,18 @@ from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback, FeedbackKind
 from schemas.indications import Indication
 from schemas.notices import (
+    ClockCounts,
     ContactClock,
     IndicationWatch,
     NoticeKind,
     OpenHandover,
+    RecipientClocks,
     RecipientNotice,
     YouthFollowUp,
 )
 from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
-from services.infra import topics
+from services.infra import principals, topics
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
 
 CONTACT_WORKING_DAYS = 5
@@ -253,3 +256,29 @@ def due_effects(state: YouthFollowUp, now: datetime, fallback_team: str) -> tupl
 
 def is_empty(state: YouthFollowUp) -> bool:
     return not state.handovers and not state.watches
+
+
+# -- for operations ----------------------------------------------------------------------------------
+def recipient_principal(kind: RecipientKind, recipient_id: str) -> str:
+    return principals.wij_team(recipient_id) if kind is RecipientKind.WIJ_TEAM else principals.provider(recipient_id)
+
+
+def recipient_clocks(states: Iterable[YouthFollowUp]) -> dict[str, ClockCounts]:
+    """The contact clocks of the youths' open handovers per recipient principal: open (not breached, at risk
+    included), at risk (at-risk notice sent, not breached), breached. Recipients without a clock are absent."""
+    counts: dict[str, ClockCounts] = {}
+    for state in states:
+        for handover in state.handovers.values():
+            clock = handover.clock
+            if clock is None:
+                continue
+            who = recipient_principal(handover.recipient.kind, handover.recipient.id)
+            counts[who] = counts.get(who, ClockCounts()) + ClockCounts(
+                open=int(not clock.breached_sent), at_risk=int(clock.at_risk_sent and not clock.breached_sent),
+                breached=int(clock.breached_sent))
+    return dict(sorted(counts.items()))
+
+
+def partition_clocks(partition: int, states: Iterable[YouthFollowUp], now: datetime) -> tuple[bytes, RecipientClocks]:
+    """The `ops.recipients.v1` record (key, value) of one owned notifier partition."""
+    return str(partition).encode(), RecipientClocks(partition=partition, at=now, recipients=recipient_clocks(states))

@@ -1,5 +1,6 @@
-"""`verwijshub lag`: consumer lag per group, topic and partition with a status per group; `--serve` runs
-the lag exporter (Prometheus metrics, the status page, health)."""
+"""`verwijshub lag`: consumer lag per group, topic and partition with a status per group, and the recipients
+(who reads its handovers, the oldest unread, contact clocks); `--serve` runs the lag exporter (Prometheus
+metrics, the status page, health)."""
 
 import asyncio
 import json
@@ -12,13 +13,24 @@ from rich.live import Live
 from rich.table import Table
 
 from services.infra import metrics, principals
+from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.http import serve
 from services.infra.settings import get_settings
+from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalendar
+from services.ops import recipients as recipients_view
 from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export, format_age
 from services.ops.page import dead_letters_since, last_hour_per_channel, latest_rejections, render
+from services.ops.recipients import (
+    RecipientStatus,
+    RecipientView,
+    RecipientWatch,
+    format_duration,
+    format_working_days,
+)
 from services.ops.rules import PartitionStatus
 
-STATUS_STYLE = {"OK": "green", "WARN": "yellow", "ERR": "red", "STALL": "red", "STOP": "red", "REWIND": "red"}
+STATUS_STYLE = {"OK": "green", "WARN": "yellow", "ERR": "red", "STALL": "red", "STOP": "red", "REWIND": "red",
+                "WAITING": "yellow", "LATE": "red"}
 PAGE_EVERY_S = 10.0
 SEVERITY = [PartitionStatus.OK, PartitionStatus.WARN, PartitionStatus.STALL, PartitionStatus.STOP, PartitionStatus.REWIND]
 COLLAPSE_QUIET_TOPICS = 3
@@ -61,12 +73,32 @@ def table(groups: list[GroupLag], every_partition: bool = False) -> Table:
     return view
 
 
+def recipients_table(views: list[RecipientView], every_recipient: bool = False) -> Table:
+    """The recipients that need attention (something unread, a clock at risk or breached), or all of them."""
+    shown = [v for v in views if every_recipient or v.attention]
+    late = sum(v.status is RecipientStatus.LATE for v in views)
+    title = (f"Recipients: {late} LATE, {len(shown)} of {len(views)} shown" if shown or every_recipient
+             else f"Recipients: all {len(views)} OK")
+    view = Table(title=title)
+    for column in ("recipient", "status", "read by", "unread", "oldest unread", "in working days", "clocks open",
+                   "at risk", "breached"):
+        view.add_column(column, justify="left" if column in ("recipient", "status", "read by") else "right")
+    for v in shown:
+        view.add_row(v.principal, _styled(v.status.value),
+                     ", ".join(v.groups) + (f" ({v.members} connected)" if v.groups else "") or "nobody",
+                     str(v.unread), format_duration(v.oldest_unread_seconds),
+                     format_working_days(v.oldest_unread_working_days), str(v.clocks.open), str(v.clocks.at_risk),
+                     str(v.clocks.breached))
+    return view
+
+
 def _styled(status: str) -> str:
     return f"[{STATUS_STYLE[status]}]{status}[/]"
 
 
-def as_json(groups: list[GroupLag]) -> str:
-    return json.dumps({"at": datetime.now(UTC).isoformat(), "groups": [g.as_json() for g in groups]}, indent=2)
+def as_json(groups: list[GroupLag], recipients: list[RecipientView] | None = None) -> str:
+    return json.dumps({"at": datetime.now(UTC).isoformat(), "groups": [g.as_json() for g in groups],
+                       "recipients": [r.as_json() for r in recipients or []]}, indent=2)
 
 
 async def _sampled(monitor: LagMonitor, samples: int, interval: float) -> list[GroupLag]:
@@ -78,14 +110,15 @@ async def _sampled(monitor: LagMonitor, samples: int, interval: float) -> list[G
     return groups
 
 
-async def _serve(monitor: LagMonitor, host: str, port: int, interval: float) -> None:
+async def _serve(monitor: LagMonitor, watch: RecipientWatch, host: str, port: int, interval: float) -> None:
     latest: dict[str, object] = {"groups": [], "channels": {}, "rejections": [], "dead_letters": 0,
-                                 "at": datetime.now(UTC)}
+                                 "at": datetime.now(UTC), "recipients": []}
     page = lambda: (200, "text/html; charset=utf-8", render(
-        latest["groups"], latest["channels"], latest["rejections"], latest["dead_letters"], latest["at"]).encode())
+        latest["groups"], latest["channels"], latest["rejections"], latest["dead_letters"], latest["at"],
+        latest["recipients"]).encode())
     server = serve(host, port, {
         "/": page, "/status": page, "/metrics": metrics.metrics_response,
-        "/status.json": lambda: (200, "application/json", as_json(latest["groups"]).encode()),
+        "/status.json": lambda: (200, "application/json", as_json(latest["groups"], latest["recipients"]).encode()),
         "/healthz": lambda: (200, "text/plain", b"ok\n"),
     })
     Console(stderr=True).print(f"lag exporter on http://{host}:{server.server_port}/ (metrics: /metrics)")
@@ -94,6 +127,8 @@ async def _serve(monitor: LagMonitor, host: str, port: int, interval: float) -> 
     while True:
         latest["groups"] = groups = await monitor.sample()
         export(groups)
+        latest["recipients"] = recipients = await watch.look(loop.time())
+        recipients_view.export(recipients)
         if loop.time() - page_read > PAGE_EVERY_S:
             page_read = loop.time()
             latest["channels"] = await last_hour_per_channel(monitor.kafka)
@@ -113,31 +148,43 @@ def lag(
     interval: Annotated[float, typer.Option(min=0.05, help="Seconds between samples.")] = 1.0,
     serve_http: Annotated[bool, typer.Option("--serve", help="Run the lag exporter: Prometheus /metrics, the status "
                                              "page on /, /status.json and /healthz.")] = False,
+    every_recipient: Annotated[bool, typer.Option(
+        "--recipients", help="Every recipient in the table, not only those with something unread or a clock at "
+        "risk or breached.")] = False,
     host: Annotated[str, typer.Option(help="Address the exporter listens on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port of the exporter.")] = 9309,
 ) -> None:
     """Consumer lag per group, topic and partition (committed offset, log end, lag, lag in time) with a status
     per group judged over a sliding window of samples (OK, WARN, ERR; partitions OK, WARN, STALL, STOP,
-    REWIND: docs/lag-rules.md)."""
+    REWIND: docs/lag-rules.md); and per WIJ team and provider whether it reads its handovers, its oldest
+    unread one (LATE: older than a working day) and its contact clocks."""
     settings = get_settings()
+    clock: Clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
+    calendar = WorkingCalendar(LiberationDay(settings.liberation_day), GoodFriday(settings.good_friday))
 
     async def main() -> None:
         monitor = LagMonitor(settings.connection(principals.OPERATIONS), window=samples, all_groups=all_groups)
         await monitor.start()
+        recipients = RecipientWatch(monitor, settings.registry_dir, calendar, clock)
+        loop = asyncio.get_running_loop()
         try:
             if serve_http:
-                await _serve(monitor, host, port, interval)
+                await _serve(monitor, recipients, host, port, interval)
             elif watch:
                 with Live(Group(table([])), refresh_per_second=4) as live:
                     while True:
-                        live.update(table(await monitor.sample(), every_partition))
+                        groups, views = await monitor.sample(), await recipients.look(loop.time())
+                        live.update(Group(table(groups, every_partition), recipients_table(views, every_recipient)))
                         await asyncio.sleep(interval)
             else:
                 groups = await _sampled(monitor, samples, interval)
+                views = await recipients.look(loop.time())
                 if as_json_output:
-                    print(as_json(groups))
+                    print(as_json(groups, views))
                 else:
-                    Console().print(table(groups, every_partition))
+                    console = Console()
+                    console.print(table(groups, every_partition))
+                    console.print(recipients_table(views, every_recipient))
         finally:
             await monitor.stop()
 

@@ -1,5 +1,6 @@
-"""The status page for people without Grafana: groups and their lag, the last hour per channel, the
-latest rejections (error codes and time only, never content) and how many dead letters arrived. Read as the
+"""The status page for people without Grafana: groups and their lag, the recipients (who reads its handovers,
+the oldest unread, contact clocks; a recipient LATE is marked), the last hour per channel, the latest
+rejections (error codes and time only, never content) and how many dead letters arrived. Read as the
 operations principal, which may read no topic that carries personal data. Rendered by a pure function."""
 
 import html
@@ -14,6 +15,13 @@ from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import partitions_of, read_records
 from services.ops.lag import GroupLag, format_age
+from services.ops.recipients import (
+    LATE_AFTER_WORKING_DAYS,
+    RecipientStatus,
+    RecipientView,
+    format_duration,
+    format_working_days,
+)
 
 REFRESH_S = 5
 
@@ -67,9 +75,28 @@ async def latest_rejections(kafka: KafkaConnection, count: int = 10) -> list[dic
     return sorted(letters, key=lambda letter: letter["at"], reverse=True)[:count]
 
 
-def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], rejections: list[dict[str, str]],
-           dead_letters_last_hour: int, at: datetime) -> str:
+RECIPIENT_ORDER = [RecipientStatus.LATE, RecipientStatus.WAITING, RecipientStatus.OK]
+
+
+def recipient_rows(recipients: list[RecipientView]) -> str:
+    """LATE first, then WAITING, then those with a clock breached or at risk, then the rest; by principal."""
     e = html.escape
+    ordered = sorted(recipients, key=lambda r: (RECIPIENT_ORDER.index(r.status), -r.clocks.breached,
+                                                -r.clocks.at_risk, r.principal))
+    return "".join(
+        f'<tr class="recipient-{e(r.status)}" id="recipient-{e(r.principal)}"><td>{e(r.principal)}</td>'
+        f"<td>{e(r.name)}</td><td>{e(r.status)}</td>"
+        f"<td>{e(', '.join(r.groups)) or 'nobody'}{f' ({r.members} connected)' if r.groups else ''}</td>"
+        f"<td>{r.unread}</td><td>{format_duration(r.oldest_unread_seconds)}</td>"
+        f"<td>{format_working_days(r.oldest_unread_working_days)}</td><td>{r.clocks.open}</td>"
+        f"<td>{r.clocks.at_risk}</td><td>{r.clocks.breached}</td></tr>" for r in ordered)
+
+
+def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], rejections: list[dict[str, str]],
+           dead_letters_last_hour: int, at: datetime, recipients: list[RecipientView] | None = None) -> str:
+    e = html.escape
+    recipients = recipients or []
+    late = [r.principal for r in recipients if r.status is RecipientStatus.LATE]
     group_rows = "".join(
         f'<tr class="status-{e(g.status)}"><td>{e(g.group)}</td><td>{e(g.status)}</td><td>{e(g.state)}</td>'
         f"<td>{g.members}</td><td>{g.lag}</td><td>{format_age(g.lag_seconds)}</td>"
@@ -84,11 +111,20 @@ def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], rejectio
 <title>Verwijshub status</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:2em}}
 td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}.status-OK td:nth-child(2){{background:#cfc}}
-.status-WARN td:nth-child(2){{background:#ffc}}.status-ERR td:nth-child(2){{background:#fcc}}</style></head>
+.status-WARN td:nth-child(2){{background:#ffc}}.status-ERR td:nth-child(2){{background:#fcc}}
+.recipient-OK td:nth-child(3){{background:#cfc}}.recipient-WAITING td:nth-child(3){{background:#ffc}}
+.recipient-LATE td{{background:#fcc;font-weight:bold}}</style></head>
 <body><h1>Verwijshub status</h1><p>As of <time id="at">{e(at.isoformat(timespec="seconds"))}</time>;
 refreshes every {REFRESH_S} s. Statuses by the lag rules in docs/lag-rules.md.</p>
 <h2>Consumer groups</h2><table id="groups"><tr><th>group</th><th>status</th><th>state</th><th>members</th>
 <th>lag</th><th>lag in time</th><th>partitions not OK</th></tr>{group_rows}</table>
+<h2>Recipients</h2><p id="recipients-late">{len(late)} of {len(recipients)} recipients LATE (an unread handover
+older than {LATE_AFTER_WORKING_DAYS:g} working day){": " + e(", ".join(late)) if late else ""}.
+Read means a consumer group of the recipient (<code>&lt;principal&gt;.&lt;name&gt;</code>) committed past it;
+clocks as the notifiers last published them.</p>
+<table id="recipients"><tr><th>recipient</th><th>name</th><th>status</th><th>read by</th><th>unread</th>
+<th>oldest unread</th><th>in working days</th><th>clocks open</th><th>at risk</th><th>breached</th></tr>
+{recipient_rows(recipients)}</table>
 <h2>Last hour per channel</h2><table id="channels"><tr><th>channel</th><th>received</th><th>rejected (status)</th>
 </tr>
 {channel_rows}</table>

@@ -1,6 +1,7 @@
 """Operations on a real broker of its own: `verwijshub lag` counts what routing has not consumed, agrees
 with Kafka's own ConsumerGroupCommand, goes back to 0 and OK when routing returns, sees a stalled and a
-stopped consumer; the services' metrics endpoints count what happened; the status page shows it."""
+stopped consumer; the services' metrics endpoints count what happened; the status page shows it; a WIJ team
+that stops reading its handovers shows its oldest unread one ageing, LATE, and OK again when it reads."""
 
 import asyncio
 import json
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -21,7 +23,7 @@ from services.infra import principals, topics
 from services.infra.local_kafka import resolve_classpath
 from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
-from tests.kafka_client import produce, read_topic
+from tests.kafka_client import header, produce, read_topic
 from tests.referrals import gp_bytes, random_bsn
 from tests.system_tools import require
 
@@ -31,13 +33,18 @@ INVALID_BSN = "123456789"
 N = 7
 
 
-def lag_json(kafka: TestKafka, *args: str) -> dict[str, dict]:
-    """`verwijshub lag --json` as an operator runs it (as the operations principal); groups by name."""
+def lag_document(kafka: TestKafka, *args: str, env: dict[str, str] | None = None) -> dict:
+    """`verwijshub lag --json` as an operator runs it (as the operations principal)."""
     result = subprocess.run([sys.executable, "-m", "services.cli", "lag", "--json", "--samples", "3", "--interval",
-                             "0.3", *args], env={**os.environ, **kafka.env()},
+                             "0.3", *args], env={**os.environ, **kafka.env(), **(env or {})},
                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {group["group"]: group for group in json.loads(result.stdout)["groups"]}
+    return json.loads(result.stdout)
+
+
+def lag_json(kafka: TestKafka, *args: str) -> dict[str, dict]:
+    """`verwijshub lag --json`'s groups by name."""
+    return {group["group"]: group for group in lag_document(kafka, *args)["groups"]}
 
 
 def kafka_tool(kafka: TestKafka, group: str, config: Path) -> dict[tuple[str, int], tuple[int, int, int]]:
@@ -201,3 +208,105 @@ def test_the_status_page_in_a_browser_shows_groups_channels_and_dead_letters(ops
     finally:
         exporter.terminate()
         exporter.wait(timeout=30)
+
+
+async def read_as_team(kafka: TestKafka, principal: str, group: str, topic: str) -> None:
+    """A team's EPD: as the team's principal, its consumer group reads its handover topic to the end, commits, stops."""
+    consumer = AIOKafkaConsumer(topic, **kafka.connection(principal).client_options(), group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not consumer.assignment() and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=500)
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        while [tp for tp in ends if await consumer.position(tp) < ends[tp]] and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=500)
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+def test_a_team_that_stops_reading_ages_on_the_page_and_in_lag_and_recovers_when_it_reads(ops) -> None:
+    """WIJ Centrum's EPD reads its handovers and stops; a referral for its postcode is handed over and waits
+    unread: WAITING with an oldest unread handover that ages (`lag --json`, the page). A week later (the
+    exporter's and `lag`'s 'now' moved with VERWIJSHUB_CLOCK_FILE, as the notifier's tests move theirs; the
+    record's own time is real) it is LATE: marked on the page in headless Chromium, in `lag --json` and in the
+    metrics, with its open contact clocks from the notifier. When the EPD reads again it is OK."""
+    chromium = require("chromium")
+    kafka, directory = ops
+    team, who = "centrum", principals.wij_team("centrum")
+    topic, group = topics.wij_handovers(team), f"{who}.epd"
+    moved = directory / "ops-now.txt"
+    moved.write_text("")
+    clock_env = {"VERWIJSHUB_CLOCK_FILE": str(moved)}
+
+    def recipient(document: dict) -> dict:
+        return next(r for r in document["recipients"] if r["principal"] == who)
+
+    is_handover = lambda record: header(record, "schema") == "verwijshub.Handover/1"  # noqa: E731
+    hub = start_hub(kafka, directory / "recipients-hub.log", "intake", "routing", "notifier")
+    port = _free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "services.cli", "lag", "--serve", "--port", str(port),
+                                 "--interval", "0.5"], env={**os.environ, **kafka.env(), **clock_env},
+                                cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                                stderr=open(directory / "exporter-recipients.log", "w"))
+    url = f"http://127.0.0.1:{port}/"
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               "--window-size=1280,1800"]
+
+    def page_row(wanted: str) -> str:
+        """The team's row on the page once it shows `wanted` (polled over HTTP), then as Chromium renders it."""
+        deadline, row = time.monotonic() + 60, ""
+        while time.monotonic() < deadline:
+            try:
+                found = re.search(rf'<tr class="recipient-(\w+)" id="recipient-{who}">.*?</tr>', get(url)[1])
+            except OSError:
+                found = None
+            if found and found.group(1) == wanted:
+                break
+            time.sleep(0.5)
+        dom = subprocess.run([*browser, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        row = re.search(rf'<tr class="recipient-(\w+)" id="recipient-{who}">(.*?)</tr>', dom)
+        assert row and row.group(1) == wanted, dom[-3000:]
+        return row.group(2)
+
+    try:
+        handed_over = len(asyncio.run(read_topic(kafka.admin, topic, is_handover, 10**6, timeout_s=3)))
+        asyncio.run(read_as_team(kafka, who, group, topic))
+        read = recipient(lag_document(kafka, env=clock_env))
+        assert read["status"] == "OK" and read["unread"] == 0 and read["groups"] == [group] and read["read"]
+        assert page_row("OK")
+
+        asyncio.run(produce(kafka.connection(principals.referrer(Channel.GP)), topics.referrals(Channel.GP),
+                            gp_bytes(referral_id="OPS-TEAM", bsn=random_bsn())))  # postcode 9712: WIJ Centrum
+        asyncio.run(read_topic(kafka.admin, topic, is_handover, handed_over + 1))
+        first = recipient(lag_document(kafka, env=clock_env))
+        time.sleep(1)
+        later = recipient(lag_document(kafka, env=clock_env))
+        assert first["status"] == "WAITING" and first["unread"] >= 1 and first["members"] == 0
+        assert later["oldest_unread_seconds"] > first["oldest_unread_seconds"] > 0  # it ages
+        assert later["oldest_unread_working_days"] <= 1 and later["clocks"]["open"] >= 1
+        assert "WAITING" in page_row("WAITING")
+
+        moved.write_text((datetime.now(UTC) + timedelta(days=7)).isoformat())  # a week: at least 2 working days
+        late_row = page_row("LATE")
+        subprocess.run([*browser, f"--screenshot={ARTIFACTS / 'status-page-recipients.png'}", url],
+                       capture_output=True, timeout=120)
+        late = recipient(lag_document(kafka, env=clock_env))
+        assert late["status"] == "LATE" and late["oldest_unread_working_days"] > 1 and late["unread"] == first["unread"]
+        assert "nobody" not in late_row and group in late_row and " wd" in late_row
+        status, exported = get(f"http://127.0.0.1:{port}/metrics")
+        assert metric(exported, "verwijshub_recipient_oldest_unread_working_days", recipient=who) > 1
+        assert metric(exported, "verwijshub_recipient_unread", recipient=who) == late["unread"]
+        assert metric(exported, "verwijshub_recipient_contact_clocks", recipient=who, state="open") >= 1
+        assert (ARTIFACTS / "status-page-recipients.png").stat().st_size > 10_000
+
+        asyncio.run(read_as_team(kafka, who, group, topic))
+        assert page_row("OK")
+        again = recipient(lag_document(kafka, env=clock_env))
+        assert again["status"] == "OK" and again["unread"] == 0 and again["oldest_unread_seconds"] is None
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=30)
+        stop_hub(hub)

@@ -53,6 +53,16 @@ def test_operations_reads_no_topic_with_personal_data_but_describes_all() -> Non
     assert all(may(principals.OPERATIONS, t, Operation.DESCRIBE) for t in topics.all_topics(REGISTRY))
 
 
+def test_operations_reads_only_what_carries_no_personal_data() -> None:
+    """The status topics, the registry (teams and providers, for the recipients view) and the notifier's clock
+    counts per recipient; the notifier alone writes those counts."""
+    readable = {t for t in topics.all_topics(REGISTRY) if may(principals.OPERATIONS, t, Operation.READ)}
+    assert readable == {*(topics.status(c) for c in Channel), topics.REGISTRY, topics.OPS_RECIPIENTS}
+    assert not readable & set(PERSONAL_DATA)
+    assert who_may(topics.OPS_RECIPIENTS) == {"publish": ["verwijshub-notifier"], "subscribe": ["verwijshub-ops"]}
+    assert not may(principals.OPERATIONS, topics.REGISTRY, Operation.WRITE)
+
+
 def test_routing_never_reads_a_handover_and_intake_never_a_decision() -> None:
     handovers = [t for t in topics.all_topics(REGISTRY) if t.startswith("handovers.")]
     assert not any(may(principals.service("routing"), t, Operation.READ) for t in handovers)
