@@ -188,8 +188,7 @@ def main() -> None:
     configure_logging("bench", "WARNING")
     directory = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     with new_broker(directory / "kafka", brokers=args.brokers) as broker:
-        env = {"VERWIJSHUB_LOG_LEVEL": "WARNING"}
-        processes = {name: start_hub(broker, directory / f"{name}.log", name, env=env) for name in SERVICES}
+        processes = {name: start_hub(broker, directory / f"{name}.log", name) for name in SERVICES}
         try:
             run = uuid.uuid4().hex[:8]
             items = referrals(args.count, run)
