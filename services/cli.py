@@ -83,7 +83,7 @@ def up() -> None:
     log_file = settings.log_file or settings.data_dir / "hub.log"
     configure_logging("hub", settings.log_level, log_file)
     registry = _registry(settings)
-    if not settings.connection(principals.ADMIN).secured:
+    if not settings.secured:
         console.print("[bold red]WARNING: VERWIJSHUB_KAFKA_SECURITY_PROTOCOL=PLAINTEXT: no authentication, no "
                       "ACLs; any process that reaches the port reads every child's data. For debugging only."
                       "[/bold red]")
@@ -102,7 +102,7 @@ def up() -> None:
         raise typer.Exit(2) from exc
     created = provision_hub_topics(settings, registry).created
     asyncio.run(routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
-    if settings.connection(principals.ADMIN).secured:
+    if settings.secured:
         sync_access(settings, asyncio.run(registry_in_force(settings)))
 
     def ready() -> None:

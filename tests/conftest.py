@@ -127,7 +127,8 @@ def logs_hold_no_secret_and_no_bsn() -> Iterator[None]:
         key = directory / PSEUDONYM_KEY_FILE
         if key.is_file():
             secrets.add(key.read_text().strip())
-        logs += sorted(directory.parent.rglob("kafka.log"))  # the brokers' own logs, not their data segments
+        logs += sorted(log for log in directory.parent.rglob("*.log")  # not the brokers' data segments
+                       if "data" not in log.relative_to(directory.parent).parts[:-1])
     leaks = []
     for log in logs:
         text = log.read_text(errors="replace")

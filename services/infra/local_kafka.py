@@ -106,7 +106,7 @@ class LocalKafka:
     def from_settings(cls, settings: Settings) -> "LocalKafka":
         return cls(data_dir=settings.data_dir / "kafka", cache_dir=settings.cache_dir, host=settings.kafka_host,
                    port=settings.kafka_port, controller_port=settings.kafka_controller_port,
-                   secrets_dir=settings.secrets, secured=settings.kafka_security_protocol != PLAINTEXT,
+                   secrets_dir=settings.secrets, secured=settings.secured,
                    brokers=settings.kafka_brokers)
 
     @property

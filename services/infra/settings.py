@@ -102,6 +102,11 @@ class Settings(BaseSettings):
                                                 for i in range(self.kafka_brokers))
 
     @property
+    def secured(self) -> bool:
+        """SASL_SSL with ACLs (the default), not the PLAINTEXT debugging mode."""
+        return self.kafka_security_protocol != PLAINTEXT
+
+    @property
     def replication(self) -> int:
         return self.replication_factor or min(3, self.kafka_brokers)
 
@@ -111,7 +116,7 @@ class Settings(BaseSettings):
 
     def connection(self, principal: str) -> KafkaConnection:
         """How this process connects as `principal` (or as VERWIJSHUB_KAFKA_USERNAME when that is set)."""
-        if self.kafka_security_protocol == PLAINTEXT:
+        if not self.secured:
             return KafkaConnection(self.bootstrap, PLAINTEXT)
         username = self.kafka_username or principal
         password = (self.kafka_password.get_secret_value() if self.kafka_password and self.kafka_username

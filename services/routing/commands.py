@@ -207,7 +207,7 @@ def registry_publish(directory: Annotated[Path | None, typer.Argument(
     directory = directory or settings.registry_dir
     _load(directory)
     registry = asyncio.run(publish_registry(settings, directory))
-    if _admin(settings).secured:  # a new recipient gets its principal and ACLs, a stopped provider loses write
+    if settings.secured:  # a new recipient gets its principal and ACLs, a stopped provider loses write
         sync_access(settings, registry)
     console.print(f"registry {registry.version} published to {topics.REGISTRY}: {len(registry.teams)} teams, "
                   f"{len(registry.providers)} providers, {len(registry.products)} products")
