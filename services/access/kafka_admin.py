@@ -68,7 +68,7 @@ def _wait(futures: dict) -> None:
 
 class AccessAdmin:
     def __init__(self, kafka: KafkaConnection) -> None:
-        self.client = AdminClient({**kafka.librdkafka(), "client.id": "verwijshub-access"})
+        self.client = AdminClient({**kafka.librdkafka(), "client.id": "verwijshub-access", "log_level": 3})
 
     def scram_users(self) -> set[str]:
         try:

@@ -65,7 +65,7 @@ def _wait(futures: dict, what: str, tolerated: tuple[str, ...] = ()) -> None:
 def provision_topics(kafka: KafkaConnection, specs: list[TopicSpec]) -> Provisioned:
     """Create the missing topics with their configuration; set the configuration of the existing ones where it
     differs. Idempotent, and safe when another process creates the same topic at the same moment."""
-    admin = AdminClient({**kafka.librdkafka(), "client.id": "verwijshub-provisioning"})
+    admin = AdminClient({**kafka.librdkafka(), "client.id": "verwijshub-provisioning", "log_level": 3})
     existing = set(admin.list_topics(timeout=TIMEOUT_S).topics)
     missing = [spec for spec in specs if spec.name not in existing]
     if missing:
