@@ -100,10 +100,11 @@ def up() -> None:
     except SecretsError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    created = provision_hub_topics(settings, registry).created
+    if settings.secured:  # topics, principals and ACLs of the registry in force (a live one, else the files)
+        created = sync_access(settings, asyncio.run(registry_in_force(settings))).topics_created
+    else:
+        created = provision_hub_topics(settings, registry).created
     asyncio.run(routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
-    if settings.secured:
-        sync_access(settings, asyncio.run(registry_in_force(settings)))
 
     def ready() -> None:
         table = Table(title="Verwijshub is up", show_header=False)

@@ -39,6 +39,7 @@ MANAGED_PREFIXES = ("verwijshub-", "referrer-", "wij-", "provider-")
 
 @dataclass(frozen=True)
 class SyncResult:
+    topics_created: list[str]
     users_added: int
     users_removed: int
     grants_added: int
@@ -60,7 +61,7 @@ def sync_access(settings: Settings, registry: Registry) -> SyncResult:
     longer in the registry loses its user and grants; a stopped provider loses write at once and read after
     the grace period (VERWIJSHUB_ACCESS_READ_GRACE_DAYS)."""
     admin_connection = settings.connection(principals.ADMIN)
-    provision_hub_topics(settings, registry)
+    provisioned = provision_hub_topics(settings, registry)
     people = [p.name for p in all_principals(registry)]
     passwords = CredentialStore(settings.secrets).ensure(people)
     admin = AccessAdmin(admin_connection)
@@ -76,7 +77,8 @@ def sync_access(settings: Settings, registry: Registry) -> SyncResult:
     users = set(people) - {principals.ADMIN}
     admin.settle(lambda: users <= admin.scram_users() and not gone_users & admin.scram_users()
                  and {g for g in admin.grants() if _managed(g.principal)} == wanted)
-    return SyncResult(len(new_users), len(gone_users), len(wanted - present), len(present - wanted), len(wanted))
+    return SyncResult(provisioned.created, len(new_users), len(gone_users), len(wanted - present),
+                      len(present - wanted), len(wanted))
 
 
 def _settings_and_registry() -> tuple[Settings, Registry]:
