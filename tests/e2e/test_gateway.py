@@ -184,4 +184,6 @@ def test_schemathesis_finds_no_server_error_and_every_answer_conforms(gateway: G
                               "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                               "response_schema_conformance", "--no-color"],
                              capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+        (ARTIFACTS / "gateway" / f"schemathesis-{channel}.txt").write_text(run.stdout + run.stderr)
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+        assert "generated" in run.stdout and " 0 generated" not in run.stdout, run.stdout[-2000:]
