@@ -25,7 +25,7 @@ def _digest(token: str) -> str:
 class TokenStore:
     def __init__(self, directory: Path) -> None:
         self.path = directory / TOKENS_FILE
-        self._seen: tuple[float, dict[str, str]] | None = None
+        self._seen: tuple[tuple[int, int], dict[str, str]] | None = None
 
     def _principals(self) -> dict[str, str]:
         """principal -> SHA-256 of its token, as on disk."""
@@ -43,11 +43,13 @@ class TokenStore:
         return token
 
     def principal_of(self, token: str) -> str | None:
-        """Whose token this is, or None. The file is read again only when it changed."""
+        """Whose token this is, or None. The file is read again only when it changed (each issue replaces it:
+        a new inode)."""
         try:
-            mtime = self.path.stat().st_mtime
+            found = self.path.stat()
         except FileNotFoundError:
             return None
-        if self._seen is None or self._seen[0] != mtime:
-            self._seen = (mtime, {digest: who for who, digest in self._principals().items()})
+        version = (found.st_ino, found.st_mtime_ns)
+        if self._seen is None or self._seen[0] != version:
+            self._seen = (version, {digest: who for who, digest in self._principals().items()})
         return self._seen[1].get(_digest(token))
