@@ -162,6 +162,12 @@ FHIR_REFUSALS = {401: _fhir(OUTCOME, "No valid bearer token."),
                  413: _fhir(OUTCOME, "TOO_LARGE."),
                  429: _fhir(OUTCOME, "Rate limit; see Retry-After."),
                  503: _fhir(OUTCOME, "Kafka did not confirm the write: nothing was stored; see Retry-After.")}
+FHIR_ROUTES = [
+    ("/fhir/$process-message", 202, "process_message",
+     "FHIR messaging: a referral message Bundle (or document) on the gp channel"),
+    ("/fhir/Bundle", 201, "receive_document",
+     "ZorgDomein 'Receive documents': a FHIR document Bundle (or message) on the gp channel; 201 as a FHIR create"),
+]
 FHIR_BODY = {"requestBody": {"required": True, "content": {FHIR_JSON: {"schema": answers.FHIR_BUNDLE_SCHEMA}}}}
 JSON_REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"model": Rejected, "description": "Not readable as the channel's document (UNPARSEABLE, "
@@ -183,33 +189,13 @@ def create_api(gateway: GatewayApi) -> FastAPI:
                   "confirmed only once Kafka stored it (acks=all); a re-sent referral gets the same answer and has "
                   "one effect. Errors and codes: schemas/CHANNELS.md.")
 
-    async def fhir_submission(request: Request, credentials: HTTPAuthorizationCredentials | None,
-                              status: int) -> JSONResponse:
-        try:
-            referral = await gateway.submit(Channel.GP, request, credentials)
-        except Refusal as refusal:
-            return fhir_refusal(refusal)
-        return JSONResponse(answers.accepted_outcome(referral.referral_id, referral.referrer_referral_id), status,
-                            {"Location": answers.task_location(referral.referral_id)}, media_type=FHIR_JSON)
-
-    @app.post("/fhir/$process-message", status_code=202, response_class=Response, openapi_extra=FHIR_BODY,
-              responses={202: _fhir(OUTCOME, "Stored on Kafka; Location follows the referral as a FHIR Task."),
-                         400: _fhir(OUTCOME, "Not a readable FHIR message or document Bundle."),
-                         422: _fhir(OUTCOME, "Against the hub's rules; every error an issue."), **FHIR_REFUSALS},
-              summary="FHIR messaging: a referral message Bundle (or document) on the gp channel")
-    async def process_message(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-                              ) -> Response:
-        return await fhir_submission(request, credentials, 202)
-
-    @app.post("/fhir/Bundle", status_code=201, response_class=Response, openapi_extra=FHIR_BODY,
-              responses={201: _fhir(OUTCOME, "Stored on Kafka (ZorgDomein's delivery succeeded); Location follows "
-                                             "the referral as a FHIR Task."),
-                         400: _fhir(OUTCOME, "Not a readable FHIR document or message Bundle."),
-                         422: _fhir(OUTCOME, "Against the hub's rules; every error an issue."), **FHIR_REFUSALS},
-              summary="ZorgDomein 'Receive documents': a FHIR document Bundle on the gp channel")
-    async def receive_document(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
-                               ) -> Response:
-        return await fhir_submission(request, credentials, 201)
+    for path, status, name, summary in FHIR_ROUTES:
+        app.post(path, status_code=status, response_class=Response, openapi_extra=FHIR_BODY, name=name,
+                 summary=summary, responses={
+                     status: _fhir(OUTCOME, "Stored on Kafka; Location follows the referral as a FHIR Task."),
+                     400: _fhir(OUTCOME, "Not a readable FHIR message or document Bundle."),
+                     422: _fhir(OUTCOME, "Against the hub's rules; every error an issue."), **FHIR_REFUSALS},
+                 )(_fhir_route(gateway, status))
 
     for channel, model in JSON_CHANNELS.items():
         app.post(f"/referrals/{channel.value}", status_code=202, response_model=Submitted,
@@ -247,6 +233,19 @@ def create_api(gateway: GatewayApi) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _fhir_route(gateway: GatewayApi, status: int):
+    async def submit(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+                     ) -> Response:
+        try:
+            referral = await gateway.submit(Channel.GP, request, credentials)
+        except Refusal as refusal:
+            return fhir_refusal(refusal)
+        return JSONResponse(answers.accepted_outcome(referral.referral_id, referral.referrer_referral_id), status,
+                            {"Location": answers.task_location(referral.referral_id)}, media_type=FHIR_JSON)
+
+    return submit
 
 
 def _json_route(gateway: GatewayApi, channel: Channel):

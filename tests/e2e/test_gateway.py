@@ -187,3 +187,23 @@ def test_schemathesis_finds_no_server_error_and_every_answer_conforms(gateway: G
         (ARTIFACTS / "gateway" / f"schemathesis-{channel}.txt").write_text(run.stdout + run.stderr)
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
         assert "generated" in run.stdout and " 0 generated" not in run.stdout, run.stdout[-2000:]
+
+
+def test_mllp_frames_split_over_reads_and_bytes_between_frames_lose_no_good_message(gateway: Gateway) -> None:
+    """A raw socket, as a misbehaving engine would write: noise before a frame, a frame in two pieces, two frames
+    in one write."""
+    import socket
+    import time
+
+    message = (EXAMPLES / "specialist" / "valid-product.hl7").read_bytes()
+    frames = [b"\x0b" + message.replace(b"MSG-0001", f"MSG-{n}".encode()).replace(
+        b"UMCG-REF-2026-0042", f"UMCG-{uuid.uuid4().hex[:12]}".encode()) + b"\x1c\x0d" for n in range(3)]
+    with socket.create_connection(("127.0.0.1", gateway.mllp_port), timeout=30) as connection:
+        connection.sendall(b"\r\nnoise" + frames[0][:40])
+        time.sleep(0.3)
+        connection.sendall(frames[0][40:] + b"\n" + frames[1] + frames[2])
+        answers = b""
+        while answers.count(b"\x1c\x0d") < 3:
+            answers += connection.recv(65536)
+    msa = [line for line in answers.decode().replace("\x0b", "").split("\r") if line.startswith("MSA")]
+    assert msa == ["MSA|AA|MSG-0|", "MSA|AA|MSG-1|", "MSA|AA|MSG-2|"]
