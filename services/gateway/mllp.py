@@ -123,11 +123,12 @@ class MllpListener:
             note = f"HL7 version {version[:10] or '(none)'} is not supported; send v2.x."
         else:
             note = ""
+        outcome_name = {"AA": "submitted", "AE": "rejected", "AR": "refused"}[code]
         if code != "AR":
             unavailable = await self.submissions.write(Channel.SPECIALIST, frame, key)
             if unavailable:
-                code, errors, note = "AR", [], "The hub cannot store messages just now; send it again later."
-        outcome_name = {"AA": "submitted", "AE": "rejected", "AR": "refused"}[code]
+                code, errors, outcome_name = "AR", [], "unavailable"
+                note = "The hub cannot store messages just now; send it again later."
         SUBMISSIONS.labels("mllp", Channel.SPECIALIST.value, outcome_name).inc()
         get_logger().info("mllp message answered", ack=code, codes=[e.code.value for e in errors],
                           referrer_referral_id=outcome.referrer_referral_id)
