@@ -24,7 +24,8 @@ from services.intake.adapters import read_referral
 from services.intake.outcome import ParseOutcome
 
 SUBMISSIONS = Counter("verwijshub_gateway_submissions_total", "Referrals handed to the gateway, by interface "
-                      "(http, mllp), channel and outcome (submitted, rejected, unavailable).",
+                      "(http, mllp), channel and outcome (submitted; rejected: 4xx or AE; refused: AR for "
+                      "another message type or version; unavailable: Kafka did not confirm).",
                       ["interface", "channel", "outcome"])
 WRITE_SECONDS = Histogram("verwijshub_gateway_write_seconds", "Time until Kafka confirmed a gateway write "
                           "(acks=all).", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))

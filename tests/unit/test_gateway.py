@@ -148,3 +148,58 @@ def test_the_committed_openapi_document_is_the_one_the_gateway_serves() -> None:
     assert committed == json.loads(json.dumps(openapi_document()))
     assert set(committed["paths"]) == {"/fhir/$process-message", "/fhir/Bundle", "/fhir/Task/{referral_id}",
                                        "/referrals/gi", "/referrals/ggd", "/referrals/court"}
+
+
+class _Broker:
+    """Stands in for the gateway's Kafka producer: records what was written, or times out like a broker away."""
+
+    def __init__(self, away: bool = False) -> None:
+        self.away, self.written = away, []
+
+    async def publish(self, raw, topic, key=None, headers=None):
+        if self.away:
+            raise TimeoutError
+        self.written.append((topic, key))
+
+
+def _listener(tmp_path: Path, broker: _Broker):
+    from services.gateway.mllp import MllpListener
+    from services.gateway.submission import Submissions
+    from services.infra.clock import SystemClock
+    from services.infra.settings import Settings
+
+    settings = Settings(_env_file=None, secrets_dir=tmp_path, pseudonym_key="k", gateway_kafka_timeout_s=0.5)
+    registry = load_registry(REPO_ROOT / "deploy" / "registry")
+    return MllpListener(Submissions(broker, settings, registry, SystemClock()), SystemClock(), 5.0)
+
+
+async def test_mllp_over_tls_writes_before_aa_writes_a_rejected_message_before_ae_and_answers_ar_when_away(
+        tmp_path: Path) -> None:
+    import asyncio
+    import ssl
+
+    from services.infra.tls import LocalCa
+
+    pem = LocalCa(tmp_path).gateway_pem("127.0.0.1")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(pem, pem)
+    client_context = ssl.create_default_context(cafile=str(LocalCa(tmp_path).ca_cert))
+    broker = _Broker()
+    listener = _listener(tmp_path, broker)
+    port = await listener.start("127.0.0.1", 0, server_context)
+    invalid = (EXAMPLES / "specialist" / "invalid-bsn-and-agb.hl7").read_bytes()
+    adt = (EXAMPLES / "specialist" / "invalid-adt-message.hl7").read_bytes()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+        answers = []
+        for message in (MESSAGE.encode(), invalid, adt):
+            writer.write(b"\x0b" + message + b"\x1c\x0d")
+            answers.append(await reader.readuntil(b"\x1c\x0d"))
+        writer.close()
+    finally:
+        await listener.stop()
+    assert [a.split(b"MSA|")[1][:2] for a in answers] == [b"AA", b"AE", b"AR"]
+    assert broker.written == [("referrals.specialist.v1", b"UMCG-REF-2026-0042")] * 2  # the AE one for intake's DLQ
+
+    away = _listener(tmp_path, _Broker(away=True))
+    assert "MSA|AR|MSG-0001|" in await away.answer(MESSAGE.encode())
