@@ -67,7 +67,8 @@ class Refusal(Exception):
 
 
 def _problem(status: int, error: str, detail: str, retry_after_s: float | None = None) -> Refusal:
-    return Refusal(status, GatewayProblem(error=error, detail=detail), retry_after_s=retry_after_s)  # type: ignore[arg-type]
+    problem = GatewayProblem(error=error, detail=detail)  # type: ignore[arg-type]
+    return Refusal(status, problem, retry_after_s=retry_after_s)
 
 
 class GatewayApi:
@@ -262,7 +263,8 @@ def _json_route(gateway: GatewayApi, channel: Channel):
 
 
 def openapi_document(app: FastAPI | None = None) -> dict[str, Any]:
-    """The OpenAPI document (of a gateway whose handlers never run, when no `app` is given), with the JSON channels' request schemas from the same pydantic models as
+    """The OpenAPI document (of a gateway whose handlers never run, when no `app` is given), with the JSON
+    channels' request schemas from the same pydantic models as
     schemas/json/ (committed as schemas/openapi.json)."""
     from fastapi.openapi.utils import get_openapi
 

@@ -54,9 +54,9 @@ class Submissions:
         and the sender, told 503 or AR, sends it again, which intake drops."""
         started = self.clock.now()
         try:
-            await asyncio.wait_for(self.broker.publish(raw, topics.referrals(channel), key=key.encode() if key else None,
-                                                       headers={"channel": channel.value}),
-                                   self.settings.gateway_kafka_timeout_s)
+            written = self.broker.publish(raw, topics.referrals(channel), key=key.encode() if key else None,
+                                          headers={"channel": channel.value})
+            await asyncio.wait_for(written, self.settings.gateway_kafka_timeout_s)
         except (TimeoutError, KafkaError, OSError) as exc:
             return Unavailable(type(exc).__name__)
         WRITE_SECONDS.observe((self.clock.now() - started).total_seconds())

@@ -4,15 +4,18 @@ real processes (intake, routing, notifier and the gateway), so an accepted refer
 
 import asyncio
 import json
+import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
-from schemas.referral import Channel
+from schemas.referral import Channel, hub_referral_id
 from services.access.tokens import TokenStore
 from services.infra import principals, topics
 from services.infra.settings import REPO_ROOT
@@ -53,7 +56,7 @@ def gateway(kafka: TestKafka):
     directory.mkdir(parents=True, exist_ok=True)
     https_port, mllp_port = _free_port(), _free_port()
     token_cli = subprocess.run([sys.executable, "-m", "services.cli", "access", "token", "referrer-gp"],
-                               env={**__import__("os").environ, **kafka.env()}, capture_output=True, text=True,
+                               env={**os.environ, **kafka.env()}, capture_output=True, text=True,
                                cwd=REPO_ROOT, timeout=60)
     assert token_cli.returncode == 0, token_cli.stderr
     process = start_hub(kafka, directory / "gateway-hub.log", "intake", "routing", "notifier", "gateway",
@@ -119,7 +122,8 @@ def test_a_referrers_credentials_hold_only_for_its_own_channel_and_its_own_tasks
     assert curl(gateway.base + "/referrals/gi", gateway.ca, gateway.token(Channel.GP), gi_document,
                 "application/json").status == 403
     gp_message = (EXAMPLES / "gp" / "valid-basis-jeugdhulp.json").read_bytes()
-    assert curl(gateway.base + "/fhir/$process-message", gateway.ca, gateway.token(Channel.GI), gp_message).status == 403
+    fhir = gateway.base + "/fhir/$process-message"
+    assert curl(fhir, gateway.ca, gateway.token(Channel.GI), gp_message).status == 403
     assert curl(gateway.base + "/referrals/gi", gateway.ca, None, gi_document, "application/json").status == 401
     assert curl(gateway.base + "/referrals/gi", gateway.ca, "vwh_forged", gi_document, "application/json").status == 401
     sent = gateway.post("/fhir/Bundle", ZORGDOMEIN_DOCUMENT.read_bytes(), Channel.GP)
@@ -149,7 +153,6 @@ def test_mllp_send_gets_aa_ae_and_ar_and_the_accepted_referral_is_handed_over(ga
     assert ack.code == "AA" and ack.segment("MSA")[0][2] == "MSG-0001"
     msh = ack.segment("MSH")[0]
     assert (msh[2], msh[3], msh[4], msh[5]) == ("VERWIJSHUB", "GRONINGEN", "HIS", "UMCG^01234567^AGB")
-    from schemas.referral import hub_referral_id
     hub_id = hub_referral_id(Channel.SPECIALIST, "01098765", referral_id)
     assert gateway.statuses(Channel.SPECIALIST, hub_id, 3)[-1] == "handed-over"
 
@@ -192,9 +195,6 @@ def test_schemathesis_finds_no_server_error_and_every_answer_conforms(gateway: G
 def test_mllp_frames_split_over_reads_and_bytes_between_frames_lose_no_good_message(gateway: Gateway) -> None:
     """A raw socket, as a misbehaving engine would write: noise before a frame, a frame in two pieces, two frames
     in one write."""
-    import socket
-    import time
-
     message = (EXAMPLES / "specialist" / "valid-product.hl7").read_bytes()
     frames = [b"\x0b" + message.replace(b"MSG-0001", f"MSG-{n}".encode()).replace(
         b"UMCG-REF-2026-0042", f"UMCG-{uuid.uuid4().hex[:12]}".encode()) + b"\x1c\x0d" for n in range(3)]

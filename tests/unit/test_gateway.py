@@ -1,7 +1,9 @@
 """The gateway's pure parts without a broker: MLLP framing, the answers (HL7 ACK, OperationOutcome, status codes),
 the rate limit, the bearer tokens, and the GP adapter's document form beyond the shipped example."""
 
+import asyncio
 import json
+import ssl
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +22,12 @@ from services.gateway.answers import (
     operation_outcome,
 )
 from services.gateway.api import RateLimit, openapi_document
-from services.gateway.mllp import Deframer
+from services.gateway.mllp import Deframer, MllpListener
+from services.gateway.submission import Submissions
+from services.infra.clock import SystemClock
 from services.infra.registry_files import load_registry
-from services.infra.settings import REPO_ROOT
+from services.infra.settings import REPO_ROOT, Settings
+from services.infra.tls import LocalCa
 from services.intake.gp import parse_gp
 from services.intake.outcome import Rejection
 
@@ -162,12 +167,7 @@ class _Broker:
         self.written.append((topic, key))
 
 
-def _listener(tmp_path: Path, broker: _Broker):
-    from services.gateway.mllp import MllpListener
-    from services.gateway.submission import Submissions
-    from services.infra.clock import SystemClock
-    from services.infra.settings import Settings
-
+def _listener(tmp_path: Path, broker: _Broker) -> MllpListener:
     settings = Settings(_env_file=None, secrets_dir=tmp_path, pseudonym_key="k", gateway_kafka_timeout_s=0.5)
     registry = load_registry(REPO_ROOT / "deploy" / "registry")
     return MllpListener(Submissions(broker, settings, registry, SystemClock()), SystemClock(), 5.0)
@@ -175,11 +175,6 @@ def _listener(tmp_path: Path, broker: _Broker):
 
 async def test_mllp_over_tls_writes_before_aa_writes_a_rejected_message_before_ae_and_answers_ar_when_away(
         tmp_path: Path) -> None:
-    import asyncio
-    import ssl
-
-    from services.infra.tls import LocalCa
-
     pem = LocalCa(tmp_path).gateway_pem("127.0.0.1")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_context.load_cert_chain(pem, pem)
