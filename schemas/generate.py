@@ -4,6 +4,8 @@
   own messages, from the pydantic models;
 - `schemas/asyncapi.json`: the AsyncAPI 3.0 document of intake, routing and notifier, from their
   FastStream brokers, with who may publish and subscribe on each channel;
+- `schemas/openapi.json`: the OpenAPI document of the referrer gateway's HTTPS interface, from its FastAPI app
+  (the JSON channels' bodies from the same pydantic models);
 - the ACL matrix table in `docs/security.md`, from `services/access/matrix.py`.
 
 `python -m schemas.generate` (or `verwijshub schemas`) writes them; `--check` exits 1 if any committed
@@ -88,10 +90,17 @@ def access_of(address: str, known_topics: list[str]) -> dict[str, list[str]]:
     return {operation: sorted(names) for operation, names in found.items()}
 
 
+def openapi_document() -> dict[str, Any]:
+    from services.gateway.api import openapi_document as gateway_openapi
+
+    return gateway_openapi()
+
+
 def rendered() -> dict[Path, str]:
     files = {SCHEMAS_DIR / "json" / f"{name}.schema.json": _dump(json_schema(model, name))
              for name, model in JSON_SCHEMAS.items()}
     files[SCHEMAS_DIR / "asyncapi.json"] = _dump(asyncapi_document())
+    files[SCHEMAS_DIR / "openapi.json"] = _dump(openapi_document())
     files[SECURITY_DOC] = security_doc()
     return files
 

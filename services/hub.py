@@ -9,6 +9,7 @@ from http.server import ThreadingHTTPServer
 from faststream.kafka import KafkaBroker
 
 from schemas.registry import Registry
+from services.gateway.app import create_gateway
 from services.infra import principals
 from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.kafka import group_id
@@ -26,7 +27,9 @@ SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
     "intake": create_intake,
     "routing": create_routing,
     "notifier": create_notifier,
+    "gateway": create_gateway,
 }
+"""Each service's create function; the gateway's broker also runs its HTTPS and MLLP servers (services/gateway)."""
 
 
 async def run_services(names: list[str], settings: Settings, registry: Registry,

@@ -154,7 +154,8 @@ def start_hub(kafka: TestKafka, log_file: Path, *services: str,
     """`verwijshub up` (or `run SERVICE`) as a real process against `kafka`, with `env` as further
     settings; returns once it is ready."""
     env = {**os.environ, **kafka.env(), "VERWIJSHUB_LOG_FILE": str(log_file),
-           "VERWIJSHUB_DATA_DIR": str(log_file.parent), "VERWIJSHUB_METRICS_PORT": str(_free_port()), **(env or {})}
+           "VERWIJSHUB_DATA_DIR": str(log_file.parent), "VERWIJSHUB_METRICS_PORT": str(_free_port()),
+           "VERWIJSHUB_GATEWAY_PORT": str(_free_port()), "VERWIJSHUB_MLLP_PORT": str(_free_port()), **(env or {})}
     args = ["run", *services] if services else ["up"]
     already = log_file.read_text().count('"services ready"') if log_file.exists() else 0
     process = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=env, cwd=REPO_ROOT,

@@ -21,6 +21,7 @@ from schemas.registry import Registry
 from services.access.kafka_admin import AccessAdmin, AccessError
 from services.access.matrix import Principal, all_principals, grants
 from services.access.strimzi import manifests
+from services.access.tokens import TokenStore
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
@@ -177,6 +178,17 @@ def rotate(principal: Annotated[str, typer.Argument(help="The principal whose pa
     password = CredentialStore(settings.secrets).rotate(principal)
     admin.set_passwords({principal: password})
     console.print(f"new password for {principal} stored in {CredentialStore(settings.secrets).path}")
+
+
+@access_app.command("token")
+def token(principal: Annotated[str, typer.Argument(help="A referrer principal, e.g. referrer-gp.")]) -> None:
+    """Issue a bearer token for PRINCIPAL to submit referrals through the gateway (HTTPS). Replaces its previous
+    token, which stops working at once; only a hash is stored, so the token is printed this once."""
+    settings, registry = _settings_and_registry()
+    if _principal(registry, principal).kind != "referrer":
+        console.print(f"[red]{principal} is no referrer: only referrers submit through the gateway[/red]")
+        raise typer.Exit(2)
+    print(TokenStore(settings.secrets).issue(principal))
 
 
 class ExportFormat(StrEnum):

@@ -120,6 +120,15 @@ def service_grants() -> list[Grant]:
     ]
 
 
+def gateway_grants() -> list[Grant]:
+    """The referrer gateway writes each channel's inbound topic for the referrers it authenticated, and reads the
+    status topics (no group: it follows them from the start) to answer a referrer's Task. It writes no dead letter
+    and reads no personal data but the statuses, which carry none."""
+    gateway = principals.GATEWAY
+    return [*_topics(gateway, Operation.WRITE, *(f"referrals.{channel.value}.v1" for channel in Channel)),
+            *_topics(gateway, Operation.READ, "status.", pattern=Pattern.PREFIXED)]
+
+
 def operations_grants() -> list[Grant]:
     """Lag, the exporter and the status page: describe every topic and group (offsets and timestamps, never
     records), and read what carries no BSN, name, address or free text: the status topics, the registry (teams
@@ -135,7 +144,7 @@ def operations_grants() -> list[Grant]:
 def all_principals(registry: Registry) -> list[Principal]:
     return [Principal(principals.ADMIN, "admin"),
             *(Principal(principals.service(name), "service") for name in ("intake", "routing", "notifier")),
-            Principal(principals.OPERATIONS, "operations"),
+            Principal(principals.GATEWAY, "service"), Principal(principals.OPERATIONS, "operations"),
             *(Principal(principals.referrer(channel), "referrer") for channel in Channel),
             *(Principal(principals.wij_team(team), "recipient") for team in sorted(registry.teams)),
             *(Principal(principals.provider(agb), "recipient") for agb in sorted(registry.providers))]
@@ -143,7 +152,7 @@ def all_principals(registry: Registry) -> list[Principal]:
 
 def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
     """Every grant the registry implies on `today`; a provider that stopped keeps reading for `grace`."""
-    result = [*service_grants(), *operations_grants()]
+    result = [*service_grants(), *gateway_grants(), *operations_grants()]
     for channel in Channel:
         result += referrer_grants(channel.value)
     for team in sorted(registry.teams):
@@ -157,7 +166,7 @@ def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
 
 def generic_grants() -> list[Grant]:
     """The matrix with placeholders for referrers' channels and recipients' ids (for documents)."""
-    return [*service_grants(), *operations_grants(), *referrer_grants("<channel>"),
+    return [*service_grants(), *gateway_grants(), *operations_grants(), *referrer_grants("<channel>"),
             *recipient_grants("wij", "<id>"), *recipient_grants("provider", "<agb>")]
 
 

@@ -9,6 +9,8 @@ from schemas.referral import Channel
 
 ADMIN = "verwijshub-admin"
 OPERATIONS = "verwijshub-ops"
+GATEWAY = "verwijshub-gateway"
+"""The referrer gateway (HTTPS and MLLP): writes what referrers hand it over HTTP or MLLP, reads their statuses."""
 
 
 def service(name: str) -> str:

@@ -94,6 +94,23 @@ class Settings(BaseSettings):
                                          "contact clocks and reminders that came due.")
     clock_file: Path | None = Field(default=None, description="Tests and demos only: read 'now' from this file "
                                     "(an ISO 8601 time with offset), so time can be moved; unset: the system clock.")
+    gateway_host: str = Field(default="127.0.0.1", description="Address the referrer gateway (HTTPS and MLLP) "
+                              "listens on.")
+    gateway_port: int = Field(default=8443, ge=0, description="HTTPS port of the referrer gateway.")
+    gateway_tls: bool = Field(default=True, description="HTTPS (the default) or, for debugging behind a "
+                              "TLS-terminating proxy only, plain HTTP.")
+    gateway_cert_file: Path | None = Field(default=None, description="PEM with the gateway's private key and "
+                                           "certificate chain; unset: a certificate for VERWIJSHUB_GATEWAY_HOST "
+                                           "from the local CA.")
+    gateway_rate_per_minute: int = Field(default=600, ge=1, description="Requests a referrer may make per "
+                                         "minute (a burst of as many); more are answered 429 with Retry-After.")
+    gateway_kafka_timeout_s: float = Field(default=5.0, gt=0, description="How long the gateway waits for Kafka "
+                                           "to confirm a write (acks=all) before it answers 503 or AR.")
+    gateway_read_timeout_s: float = Field(default=10.0, gt=0, description="How long a referrer may take to send "
+                                          "its request body or MLLP frame.")
+    mllp_port: int = Field(default=2575, ge=0, description="Port of the gateway's MLLP listener (HL7 v2); 0: none.")
+    mllp_tls: bool = Field(default=False, description="MLLP over TLS with the gateway's certificate (most HL7 "
+                           "engines speak plain MLLP inside a VPN; off by default).")
 
     @property
     def bootstrap(self) -> str:

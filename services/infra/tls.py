@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from services.infra.secrets import write_private
+from services.infra.secrets import SecretsError, write_private
 
 VALID_DAYS = 825
 
@@ -45,6 +45,18 @@ class LocalCa:
             self._make_broker(host, pem)
         return pem
 
+    def gateway_pem(self, host: str) -> Path:
+        """Key and certificate chain of the referrer gateway on `host` (made once; the CA must be this one's)."""
+        pem = self.directory / f"gateway-{host}.pem"
+        if not pem.is_file():
+            if self.ca_cert.is_file() and not self.ca_key.is_file():  # another CA's certificate: never replace it
+                raise SecretsError(f"{self.ca_cert} is a CA without its key here; give the gateway a certificate "
+                                   "with VERWIJSHUB_GATEWAY_CERT_FILE")
+            if not self.ca_key.is_file():
+                self._make_ca()
+            self._make_broker(host, pem, "verwijshub-gateway")
+        return pem
+
     def _make_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Verwijshub local CA")])
@@ -62,7 +74,7 @@ class LocalCa:
         write_private(self.ca_key, _pkcs8(key))
         self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def _make_broker(self, host: str, pem: Path) -> None:
+    def _make_broker(self, host: str, pem: Path, role: str = "verwijshub-broker") -> None:
         ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
         ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
         key = ec.generate_private_key(ec.SECP256R1())
@@ -74,7 +86,7 @@ class LocalCa:
                 names.append(x509.DNSName(candidate))
         now = datetime.now(UTC)
         cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"verwijshub-broker {host}")]))
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{role} {host}")]))
                 .issuer_name(ca_cert.subject).public_key(key.public_key())
                 .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
                 .not_valid_after(now + timedelta(days=VALID_DAYS))

@@ -1,0 +1,63 @@
+"""One submission, whatever interface brought it: checked with the channel's adapter, then written unchanged to
+the channel's inbound topic, and only then confirmed.
+
+Why the raw message and not the canonical referral: intake stays the one place that normalises, deduplicates
+(by hub referral id, through its ledger) and tells the referrer's status topic, exactly as for a referrer that
+writes to Kafka itself. The gateway's check is the same adapter, so what it accepts intake accepts. A re-sent
+referral is written again and answered the same (its hub referral id is a function of channel, referrer and
+referral id); intake drops the second copy, so it has no second effect.
+"""
+
+import asyncio
+from dataclasses import dataclass
+
+from aiokafka.errors import KafkaError
+from faststream.kafka import KafkaBroker
+from prometheus_client import Counter, Histogram
+
+from schemas.referral import Channel
+from schemas.registry import Registry
+from services.infra import topics
+from services.infra.clock import Clock
+from services.infra.settings import Settings
+from services.intake.adapters import read_referral
+from services.intake.outcome import ParseOutcome
+
+SUBMISSIONS = Counter("verwijshub_gateway_submissions_total", "Referrals handed to the gateway, by interface "
+                      "(http, mllp), channel and outcome (submitted; rejected: 4xx or AE; refused: AR for "
+                      "another message type or version; unavailable: Kafka did not confirm).",
+                      ["interface", "channel", "outcome"])
+WRITE_SECONDS = Histogram("verwijshub_gateway_write_seconds", "Time until Kafka confirmed a gateway write "
+                          "(acks=all).", buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+
+
+@dataclass(frozen=True)
+class Unavailable:
+    """Kafka did not confirm the write in time: nothing may be confirmed to the sender."""
+
+    reason: str
+
+
+class Submissions:
+    def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
+        self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
+        self.pseudonym_key = settings.youth_pseudonym_key()
+
+    def check(self, channel: Channel, raw: bytes) -> ParseOutcome:
+        return read_referral(channel, raw, known_products=frozenset(self.registry.products),
+                             pseudonym_key=self.pseudonym_key, received_at=self.clock.now(),
+                             max_bytes=self.settings.max_message_bytes)
+
+    async def write(self, channel: Channel, raw: bytes, key: str | None) -> Unavailable | None:
+        """Write `raw` to the channel's topic, keyed as a referrer's own system keys it; None once Kafka confirmed
+        it on all in-sync replicas. A write that timed out may still land later: intake then handles it once,
+        and the sender, told 503 or AR, sends it again, which intake drops."""
+        started = self.clock.now()
+        try:
+            written = self.broker.publish(raw, topics.referrals(channel), key=key.encode() if key else None,
+                                          headers={"channel": channel.value})
+            await asyncio.wait_for(written, self.settings.gateway_kafka_timeout_s)
+        except (TimeoutError, KafkaError, OSError) as exc:
+            return Unavailable(type(exc).__name__)
+        WRITE_SECONDS.observe((self.clock.now() - started).total_seconds())
+        return None
