@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -27,7 +26,7 @@ from services.access.commands import sync_access
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import Outbound, outbound, read_to_end
+from services.infra.kafka import outbound, produce, read_to_end
 from services.infra.provisioning import provision_hub_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import (
@@ -136,26 +135,13 @@ def _admin(settings: Settings) -> KafkaConnection:
     return settings.connection(principals.ADMIN)
 
 
-async def _produce(kafka: KafkaConnection, records: list[Outbound]) -> None:
-    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True,
-                                max_request_size=8 * 1024 * 1024)
-    await producer.start()
-    try:
-        for record in records:
-            await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
-                                headers=[(name, value.encode()) for name, value in record.headers.items()])
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 async def publish_registry(settings: Settings, directory: Path) -> Registry:
     """Validate the files, create the topics of any new team or provider, then publish one snapshot."""
     registry = load_registry(directory)
     provision_hub_topics(settings, registry)
     snapshot = RegistrySnapshot(version=registry.version, files=read_registry_dir(directory),
                                 published_at=SystemClock().now())
-    await _produce(_admin(settings), [outbound(topics.REGISTRY, snapshot, REGISTRY_KEY)])
+    await produce(_admin(settings), [outbound(topics.REGISTRY, snapshot, REGISTRY_KEY)])
     return registry
 
 
@@ -174,7 +160,7 @@ async def import_indications(settings: Settings, indications: list[Indication]) 
         if key is not None:
             current[key.decode()] = tuple(YouthIndications.model_validate_json(value).indications) if value else ()
     changed = merge_into(current, indications)
-    await _produce(_admin(settings), [
+    await produce(_admin(settings), [
         outbound(topics.INDICATIONS, YouthIndications(pseudonym=pseudonym, indications=list(items)), pseudonym)
         for pseudonym, items in changed.items()])
     return len(changed)
