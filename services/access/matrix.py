@@ -102,7 +102,8 @@ def service_grants() -> list[Grant]:
     prefix = Pattern.PREFIXED
     channels = [channel.value for channel in Channel]
     return [
-        *_topics(intake, Operation.READ, *(f"referrals.{c}.v1" for c in channels), topics.INTAKE_ACCEPTED),
+        *_topics(intake, Operation.READ, *(f"referrals.{c}.v1" for c in channels), topics.INTAKE_ACCEPTED,
+                 topics.REGISTRY),
         *_topics(intake, Operation.WRITE, topics.NORMALISED, topics.DEAD_LETTERS, topics.INTAKE_ACCEPTED),
         *_topics(intake, Operation.WRITE, "status.", pattern=prefix),
         _group(intake, principals.service("intake")),
