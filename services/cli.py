@@ -19,6 +19,7 @@ from services.hub import SERVICES, run_services
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.local_kafka import LocalKafka, LocalKafkaError, resolve_classpath
+from services.dlq.commands import dlq_app
 from services.infra.logging import configure_logging
 from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import RegistryError, load_registry
@@ -39,6 +40,7 @@ app.add_typer(routing_commands.indications_app, name="indications")
 app.command("whatif")(routing_commands.whatif)
 app.command("lag")(ops_commands.lag)
 app.add_typer(access_app, name="access")
+app.add_typer(dlq_app, name="dlq")
 console = Console(stderr=True)
 
 Service = StrEnum("Service", {name: name for name in SERVICES})

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
         "Algemene termijnenwet counts deadlines, or a holiday where the team's collective agreement gives it off.")
     notifier_tick_seconds: float = Field(default=1.0, gt=0, description="How often the notifier looks for "
                                          "contact clocks and reminders that came due.")
+    dlq_auto_retries: int = Field(default=3, ge=0, description="How often a dead letter of a transient cause "
+                                  "(PRODUCT_UNKNOWN) is replayed by itself, after each `registry publish`; 0: never.")
     clock_file: Path | None = Field(default=None, description="Tests and demos only: read 'now' from this file "
                                     "(an ISO 8601 time with offset), so time can be moved; unset: the system clock.")
 

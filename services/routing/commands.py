@@ -23,6 +23,8 @@ from schemas.referral import Referral
 from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from schemas.routing import RoutingDecision
 from services.access.commands import sync_access
+from services.dlq.commands import auto_retry, print_replays
+from services.dlq.core import Outcome
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
@@ -197,6 +199,12 @@ def registry_publish(directory: Annotated[Path | None, typer.Argument(
         sync_access(settings, registry)
     console.print(f"registry {registry.version} published to {topics.REGISTRY}: {len(registry.teams)} teams, "
                   f"{len(registry.providers)} providers, {len(registry.products)} products")
+    if settings.dlq_auto_retries:  # a transient cause may have passed: a product the registry now knows
+        retried = asyncio.run(auto_retry(settings))
+        resubmitted = sum(r.marker.outcome is Outcome.RESUBMITTED for r in retried)
+        console.print(f"dead letters of a transient cause retried: {len(retried)}, re-submitted: {resubmitted}")
+        if retried:
+            print_replays(retried, dry_run=False)
 
 
 @indications_app.command("import")
