@@ -72,6 +72,7 @@ def dlq_list(channel: ChannelFilter = None, code: CodeFilter = None, since: Sinc
 
     async def gather():
         letters, known = await store.dead_letters(kafka), await store.markers(kafka)
+        await store.publish_summary(kafka, letters, known, now)  # operations' view of what is pending
         return letters, known, await store.registry_in_force(kafka, settings)
 
     letters, known, registry = asyncio.run(gather())
@@ -164,7 +165,10 @@ def dlq_replay(ids: Annotated[list[str] | None, typer.Argument(metavar="[ID]..."
         chosen = select(letters, known, ids=ids, state=State.ALL) if ids else \
             select(letters, known, channel=channel, code=code, since=_since(since, now), state=state)
         missing = sorted(set(ids or ()) - {d.id for d in chosen})
-        return missing, await store.replay(kafka, settings, chosen, known, at=now, dry_run=dry_run)
+        results = await store.replay(kafka, settings, chosen, known, at=now, dry_run=dry_run)
+        if not dry_run:
+            await store.publish_summary(kafka, letters, {**known, **{r.letter.id: r.marker for r in results}}, now)
+        return missing, results
 
     missing, results = asyncio.run(run())
     for dead_letter_id in missing:
@@ -197,5 +201,7 @@ async def auto_retry(settings: Settings, clock: Clock | None = None) -> list[sto
     kafka = settings.connection(principals.ADMIN)
     letters, known = await store.dead_letters(kafka), await store.markers(kafka)
     due = due_for_auto_retry(letters, known, settings.dlq_auto_retries)
-    return await store.replay(kafka, settings, due, known, at=(clock or _clock(settings)).now(), dry_run=False,
-                              automatic=True)
+    now = (clock or _clock(settings)).now()
+    results = await store.replay(kafka, settings, due, known, at=now, dry_run=False, automatic=True)
+    await store.publish_summary(kafka, letters, {**known, **{r.letter.id: r.marker for r in results}}, now)
+    return results

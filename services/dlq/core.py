@@ -20,6 +20,7 @@ from typing import ClassVar
 from aiokafka import ConsumerRecord
 from pydantic import BaseModel, ValidationError
 
+from schemas.deadletters import DeadLetterSummary, PendingCount
 from schemas.errors import ErrorCode
 from schemas.feedback import Feedback
 from schemas.referral import Channel, Referral
@@ -255,6 +256,20 @@ def next_marker(letter: DeadLetter, previous: ReplayMarker | None, result: Check
                         codes=[] if result.accepted else result.codes,
                         attempts=(previous.attempts if previous else 0) + 1, automatic=automatic,
                         resubmitted_to=letter.origin_topic if outcome is Outcome.RESUBMITTED else None)
+
+
+def summarise(letters: list[DeadLetter], markers: dict[str, ReplayMarker], at: datetime) -> DeadLetterSummary:
+    """The pending dead letters counted per channel and code, with the oldest's time: no id, no content."""
+    pending = select(letters, markers, state=State.PENDING)
+    counts: dict[tuple[str, str], PendingCount] = {}
+    for letter in pending:  # oldest first, so the first of each pair is its oldest
+        for code in sorted(set(letter.codes)) or [""]:
+            found = counts.setdefault((letter.channel, code), PendingCount(channel=letter.channel, code=code,
+                                                                           count=0, oldest_at=letter.at))
+            found.count += 1
+    return DeadLetterSummary(at=at, total=len(letters), pending=len(pending),
+                             oldest_pending_at=pending[0].at if pending else None,
+                             counts=[counts[k] for k in sorted(counts)])
 
 
 def due_for_auto_retry(letters: list[DeadLetter], markers: dict[str, ReplayMarker],

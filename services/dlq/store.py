@@ -9,6 +9,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from schemas.deadletters import SUMMARY_KEY
 from schemas.registry import Registry
 from services.dlq.core import (
     Check,
@@ -18,6 +19,7 @@ from services.dlq.core import (
     check,
     from_record,
     next_marker,
+    summarise,
 )
 from services.infra import topics
 from services.infra.connection import KafkaConnection
@@ -97,3 +99,9 @@ async def replay(kafka: KafkaConnection, settings: Settings, letters: list[DeadL
         await produce(kafka, [outbound(topics.DLQ_REPLAYS, r.marker, r.letter.id, channel=r.letter.channel)
                               for r in results])
     return results
+
+
+async def publish_summary(kafka: KafkaConnection, letters: list[DeadLetter], known: dict[str, ReplayMarker],
+                          at: datetime) -> None:
+    """The pending dead letters in numbers on `ops.deadletters.v1`, for operations (no personal data)."""
+    await produce(kafka, [outbound(topics.OPS_DEAD_LETTERS, summarise(letters, known, at), SUMMARY_KEY)])

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.status import StatusEvent
 from services.infra import principals
 from services.infra.settings import REPO_ROOT
+from services.ops.deadletters import latest_summary
 from tests.conftest import ARTIFACTS, TestKafka, start_hub, stop_hub
 from tests.kafka_client import partitions_of, produce, read_topic
 from tests.referrals import gp_bundle, random_bsn
@@ -127,6 +128,9 @@ def test_list_shows_the_dead_letter_pending_with_its_code_and_no_content(hub, st
         for secret in (bsn, FAMILY_NAME, FREE_TEXT, "2011-02-28"):
             assert secret not in output
     assert bsn not in LOG.read_text()
+    summary = asyncio.run(latest_summary(hub.connection(principals.OPERATIONS)))  # what operations sees
+    assert summary.pending == 1 and summary.oldest_pending_at is not None
+    assert [(c.channel, c.code, c.count) for c in summary.counts] == [("gp", "PRODUCT_UNKNOWN", 1)]
 
 
 def test_show_raw_is_refused_for_any_principal_but_the_admin_and_audited(hub, stuck):
@@ -169,6 +173,7 @@ def test_replay_after_a_registry_fix_routes_it_once(hub, stuck, tmp_path):
     row = listed(hub)[referral_id]
     assert row["state"] == "replayed" and row["outcome"].startswith("resubmitted")
     assert cli(hub, "dlq", "list").returncode == 0  # the table after the replay, in test-artifacts/dlq/commands.out
+    assert asyncio.run(latest_summary(hub.connection(principals.OPERATIONS))).pending == 0
 
     again = cli(hub, "dlq", "replay", dead_letter_id)
     assert again.returncode == 0 and "already accepted" in again.stdout
@@ -188,4 +193,5 @@ def test_registry_publish_retries_a_transient_dead_letter_by_itself(hub, tmp_pat
     assert asyncio.run(statuses(hub, referral_id, 4)) == ["rejected", "received", "routed", "handed-over"]
     row = listed(hub)[referral_id]
     assert row["state"] == "replayed" and "(auto)" in row["outcome"]
+    assert asyncio.run(latest_summary(hub.connection(principals.OPERATIONS))).pending == 0
     assert cli(hub, "dlq", "list").returncode == 0

@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRecord
+from prometheus_client import REGISTRY as REGISTRY_METRICS
 
 from services.dlq.core import (
     Outcome,
@@ -16,10 +17,13 @@ from services.dlq.core import (
     parse_since,
     row,
     select,
+    summarise,
 )
 from services.dlq.store import INBOUND_SCHEMA, resubmission
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
+from services.ops.deadletters import export
+from services.ops.page import render
 from tests.referrals import gp_bytes, random_bsn
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
@@ -113,3 +117,27 @@ def test_since_takes_durations_and_times() -> None:
     assert parse_since("2h", NOW) == NOW - timedelta(hours=2)
     assert parse_since("1d", NOW) == NOW - timedelta(days=1)
     assert parse_since("2026-03-01T00:00:00", NOW) == datetime(2026, 3, 1, tzinfo=UTC)
+
+
+def test_the_summary_counts_pending_per_channel_and_code_with_the_oldest_and_no_id() -> None:
+    old = from_record(record(b"a", "BSN_INVALID", "DATE_INVALID", offset=1, at=NOW - timedelta(days=2)))
+    new = from_record(record(b"b", "BSN_INVALID", offset=2, at=NOW - timedelta(hours=1)))
+    done = from_record(record(b"c", "PRODUCT_UNKNOWN", offset=3))
+    summary = summarise([new, old, done], {"0-3": marker("0-3", Outcome.RESUBMITTED)}, NOW)
+    assert (summary.total, summary.pending, summary.oldest_pending_at) == (3, 2, NOW - timedelta(days=2))
+    assert [(c.channel, c.code, c.count, c.oldest_at) for c in summary.counts] == [
+        ("gp", "BSN_INVALID", 2, NOW - timedelta(days=2)), ("gp", "DATE_INVALID", 1, NOW - timedelta(days=2))]
+    assert "0-1" not in summary.model_dump_json()
+
+
+def test_operations_metrics_and_page_show_the_pending_dead_letters_and_their_age() -> None:
+    old = from_record(record(b"a", "BSN_INVALID", offset=1, at=NOW - timedelta(days=2)))
+    summary = summarise([old], {}, NOW - timedelta(hours=1))
+    export(summary, NOW, 86400)
+    assert REGISTRY_METRICS.get_sample_value("verwijshub_dead_letters_pending",
+                                             {"channel": "gp", "code": "BSN_INVALID"}) == 1
+    assert REGISTRY_METRICS.get_sample_value("verwijshub_dead_letters_oldest_pending_seconds") == 2 * 86400
+    assert REGISTRY_METRICS.get_sample_value("verwijshub_dead_letters_summary_age_seconds") == 3600
+    page = render([], {}, [], 0, NOW, [], summary)
+    assert "<td>gp</td><td>BSN_INVALID</td><td>1</td><td>2.0 d</td>" in page
+    assert "no summary yet" in render([], {}, [], 0, NOW, [], None)
