@@ -15,6 +15,7 @@ from rich.table import Table
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
 from services.access.commands import access_app, registry_in_force, sync_access
+from services.dlq.commands import dlq_app
 from services.hub import SERVICES, run_services
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
@@ -39,6 +40,7 @@ app.add_typer(routing_commands.indications_app, name="indications")
 app.command("whatif")(routing_commands.whatif)
 app.command("lag")(ops_commands.lag)
 app.add_typer(access_app, name="access")
+app.add_typer(dlq_app, name="dlq")
 console = Console(stderr=True)
 
 Service = StrEnum("Service", {name: name for name in SERVICES})

@@ -102,7 +102,8 @@ def service_grants() -> list[Grant]:
     prefix = Pattern.PREFIXED
     channels = [channel.value for channel in Channel]
     return [
-        *_topics(intake, Operation.READ, *(f"referrals.{c}.v1" for c in channels), topics.INTAKE_ACCEPTED),
+        *_topics(intake, Operation.READ, *(f"referrals.{c}.v1" for c in channels), topics.INTAKE_ACCEPTED,
+                 topics.REGISTRY),
         *_topics(intake, Operation.WRITE, topics.NORMALISED, topics.DEAD_LETTERS, topics.INTAKE_ACCEPTED),
         *_topics(intake, Operation.WRITE, "status.", pattern=prefix),
         _group(intake, principals.service("intake")),
@@ -132,13 +133,14 @@ def gateway_grants() -> list[Grant]:
 def operations_grants() -> list[Grant]:
     """Lag, the exporter and the status page: describe every topic and group (offsets and timestamps, never
     records), and read what carries no BSN, name, address or free text: the status topics, the registry (teams
-    and providers, to list the recipients) and the notifier's clock counts per recipient. No topic with
+    and providers, to list the recipients), the notifier's clock counts per recipient and the pending dead letters'
+    counts per channel and code. No topic with
     personal data (inbound, normalised, decisions, handovers, feedback, dead letters, state) is readable."""
     ops = principals.OPERATIONS
     return [Grant(ops, Resource.TOPIC, Pattern.LITERAL, "*", Operation.DESCRIBE),
             Grant(ops, Resource.GROUP, Pattern.LITERAL, "*", Operation.DESCRIBE),
             *_topics(ops, Operation.READ, "status.", pattern=Pattern.PREFIXED),
-            *_topics(ops, Operation.READ, topics.REGISTRY, topics.OPS_RECIPIENTS)]
+            *_topics(ops, Operation.READ, topics.REGISTRY, topics.OPS_RECIPIENTS, topics.OPS_DEAD_LETTERS)]
 
 
 def all_principals(registry: Registry) -> list[Principal]:

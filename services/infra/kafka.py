@@ -5,7 +5,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
@@ -70,6 +70,20 @@ async def publish(broker: KafkaBroker, record: Outbound, confirm: bool = True) -
     delivery = await broker.publish(record.value, record.topic, key=record.key, partition=record.partition,
                                     headers=record.headers, no_confirm=not confirm)
     return None if confirm else delivery
+
+
+async def produce(kafka: KafkaConnection, records: list[Outbound]) -> None:
+    """Send outbound records with a producer of its own (the commands, which run no FastStream broker)."""
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True,
+                                max_request_size=8 * 1024 * 1024)
+    await producer.start()
+    try:
+        for record in records:
+            await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
+                                headers=[(name, value.encode()) for name, value in record.headers.items()])
+        await producer.flush()
+    finally:
+        await producer.stop()
 
 
 async def wait_until_ready(kafka: KafkaConnection, timeout_s: float = 60.0, brokers: int = 1) -> None:

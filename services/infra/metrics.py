@@ -49,6 +49,16 @@ RECIPIENT_OLDEST_UNREAD_WORKING_DAYS = Gauge("verwijshub_recipient_oldest_unread
                                              ["recipient"])
 RECIPIENT_CONTACT_CLOCKS = Gauge("verwijshub_recipient_contact_clocks", "A recipient's contact clocks, as the "
                                  "notifiers publish them: open, at_risk, breached.", ["recipient", "state"])
+DEAD_LETTERS_PENDING = Gauge("verwijshub_dead_letters_pending", "Dead letters not replayed, by channel and error "
+                             "code, as the admin's `dlq` commands last summarised them (ops.deadletters.v1).",
+                             ["channel", "code"])
+DEAD_LETTERS_OLDEST_PENDING_SECONDS = Gauge("verwijshub_dead_letters_oldest_pending_seconds",
+                                            "Age of the oldest pending dead letter (0: none).")
+DEAD_LETTERS_PENDING_LIMIT_SECONDS = Gauge("verwijshub_dead_letters_pending_limit_seconds",
+                                           "How long a dead letter may wait (VERWIJSHUB_DLQ_PENDING_ALERT_HOURS).")
+DEAD_LETTERS_SUMMARY_AGE_SECONDS = Gauge("verwijshub_dead_letters_summary_age_seconds",
+                                         "Age of that summary: it is refreshed only when an admin runs `dlq list`, "
+                                         "`dlq replay` or `registry publish`.")
 GROUP_STATUS = Gauge("verwijshub_consumer_group_status", "Lag status of a group: 0 OK, 1 WARN, 2 ERR.", ["group"])
 
 

@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         "Algemene termijnenwet counts deadlines, or a holiday where the team's collective agreement gives it off.")
     notifier_tick_seconds: float = Field(default=1.0, gt=0, description="How often the notifier looks for "
                                          "contact clocks and reminders that came due.")
+    dlq_auto_retries: int = Field(default=3, ge=0, description="How often a dead letter of a transient cause "
+                                  "(PRODUCT_UNKNOWN) is replayed by itself, after each `registry publish`; 0: never.")
+    dlq_pending_alert_hours: float = Field(default=24, gt=0, description="A dead letter pending longer than this "
+                                           "raises DeadLetterWaiting (24 h stands for one working day: the 5-day "
+                                           "contact promise starts only when a referral gets through).")
     clock_file: Path | None = Field(default=None, description="Tests and demos only: read 'now' from this file "
                                     "(an ISO 8601 time with offset), so time can be moved; unset: the system clock.")
     gateway_host: str = Field(default="127.0.0.1", description="Address the referrer gateway (HTTPS and MLLP) "

@@ -22,7 +22,17 @@ OPS_RECIPIENTS = "ops.recipients.v1"
 """Compacted, no personal data: per notifier partition (key: its number), the contact clocks per recipient
 (open, at risk, breached), which the notifier publishes so operations can show them without reading its state."""
 
-COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE, OPS_RECIPIENTS})
+DLQ_REPLAYS = "dlq.replays.v1"
+"""Internal, compacted, no personal data: one marker per dead letter that `verwijshub dlq replay` re-submitted
+or tried (key: the dead letter's id `<partition>-<offset>`; value: when, by whom, the outcome, the attempts)."""
+
+OPS_DEAD_LETTERS = "ops.deadletters.v1"
+"""Compacted, no personal data: the pending dead letters counted per channel and code, with the oldest one's time
+(one record, key `summary`), written by the admin's `dlq` commands so operations can show them without reading
+the dead letters."""
+
+COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE, OPS_RECIPIENTS, DLQ_REPLAYS,
+                       OPS_DEAD_LETTERS})
 
 
 class TopicClass(StrEnum):
@@ -82,7 +92,7 @@ def provider_feedback(agb: str) -> str:
 def all_topics(registry: Registry) -> list[str]:
     """Every topic the hub uses, recipients' included, so each exists before its first message."""
     names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED, NOTIFIER_STATE,
-             OPS_RECIPIENTS]
+             OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS]
     for channel in Channel:
         names += [referrals(channel), status(channel)]
     for team_id in registry.teams:

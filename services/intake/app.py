@@ -10,6 +10,7 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
 from faststream.kafka.message import KafkaMessage
 
+from schemas.errors import ErrorCode
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
 from schemas.status import ReferralStatus, StatusEvent
@@ -21,6 +22,7 @@ from services.infra.settings import Settings
 from services.intake.adapters import PARSERS, read_referral
 from services.intake.ledger import AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
+from services.intake.products import ProductTable
 
 SERVICE = "intake"
 
@@ -31,11 +33,12 @@ class Intake:
     def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
         self.ledger = AcceptedLedger(settings.connection(principals.service(SERVICE)))
+        self.products = ProductTable(settings.connection(principals.service(SERVICE)), registry)
         self.pseudonym_key = settings.youth_pseudonym_key()
 
     def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:
         return read_referral(
-            channel, raw, known_products=frozenset(self.registry.products), received_at=self.clock.now(),
+            channel, raw, known_products=self.products.products, received_at=self.clock.now(),
             pseudonym_key=self.pseudonym_key,
             max_bytes=self.settings.max_message_bytes,
         )
@@ -44,6 +47,9 @@ class Intake:
         await self.ledger.ready.wait()  # know every referral accepted before, by any instance
         with handling(SERVICE, message) as log:
             outcome = self.parse(channel, message.body)
+            if isinstance(outcome, Rejection) and any(e.code is ErrorCode.PRODUCT_UNKNOWN for e in outcome.errors) \
+                    and await self.products.refresh():  # a registry published since: the product may be known now
+                outcome = self.parse(channel, message.body)
             if isinstance(outcome, Rejection) and outcome.failure:  # an adapter bug: the record is parked
                 log.error("adapter failed", channel=channel.value, error_type=outcome.failure)
             if isinstance(outcome, Referral) and outcome.referral_id in self.ledger:
@@ -89,10 +95,12 @@ class IntakeBroker(KafkaBroker):
 
     async def start(self) -> None:
         self.intake.ledger.start()
+        await self.intake.products.refresh()
         await super().start()
 
     async def stop(self, *exc_info) -> None:
         await self.intake.ledger.stop()
+        await self.intake.products.stop()
         await super().stop(*exc_info)
 
 

@@ -17,7 +17,9 @@ from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.http import serve
 from services.infra.settings import get_settings
 from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalendar
+from services.ops import deadletters as dead_letters_view
 from services.ops import recipients as recipients_view
+from services.ops.deadletters import latest_summary as dead_letter_summary
 from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export, format_age
 from services.ops.page import dead_letters_since, last_hour_per_channel, latest_rejections, render
 from services.ops.recipients import (
@@ -110,12 +112,13 @@ async def _sampled(monitor: LagMonitor, samples: int, interval: float) -> list[G
     return groups
 
 
-async def _serve(monitor: LagMonitor, watch: RecipientWatch, host: str, port: int, interval: float) -> None:
+async def _serve(monitor: LagMonitor, watch: RecipientWatch, host: str, port: int, interval: float,
+                 pending_limit_s: float) -> None:
     latest: dict[str, object] = {"groups": [], "channels": {}, "rejections": [], "dead_letters": 0,
-                                 "at": datetime.now(UTC), "recipients": []}
+                                 "at": datetime.now(UTC), "recipients": [], "pending": None}
     page = lambda: (200, "text/html; charset=utf-8", render(
         latest["groups"], latest["channels"], latest["rejections"], latest["dead_letters"], latest["at"],
-        latest["recipients"]).encode())
+        latest["recipients"], latest["pending"]).encode())
     server = serve(host, port, {
         "/": page, "/status": page, "/metrics": metrics.metrics_response,
         "/status.json": lambda: (200, "application/json", as_json(latest["groups"], latest["recipients"]).encode()),
@@ -134,7 +137,9 @@ async def _serve(monitor: LagMonitor, watch: RecipientWatch, host: str, port: in
             latest["channels"] = await last_hour_per_channel(monitor.kafka)
             latest["rejections"] = await latest_rejections(monitor.kafka)
             latest["dead_letters"] = await dead_letters_since(monitor.kafka, 3600)
+            latest["pending"] = await dead_letter_summary(monitor.kafka)
         latest["at"] = datetime.now(UTC)
+        dead_letters_view.export(latest["pending"], latest["at"], pending_limit_s)
         await asyncio.sleep(interval)
 
 
@@ -169,7 +174,7 @@ def lag(
         loop = asyncio.get_running_loop()
         try:
             if serve_http:
-                await _serve(monitor, recipients, host, port, interval)
+                await _serve(monitor, recipients, host, port, interval, settings.dlq_pending_alert_hours * 3600)
             elif watch:
                 with Live(Group(table([])), refresh_per_second=4) as live:
                     while True:

@@ -10,10 +10,12 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer
 
+from schemas.deadletters import DeadLetterSummary
 from schemas.referral import Channel
 from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import partitions_of, read_records
+from services.ops.deadletters import oldest_pending_seconds
 from services.ops.lag import GroupLag, format_age
 from services.ops.recipients import (
     LATE_AFTER_WORKING_DAYS,
@@ -92,8 +94,18 @@ def recipient_rows(recipients: list[RecipientView]) -> str:
         f"<td>{r.clocks.at_risk}</td><td>{r.clocks.breached}</td></tr>" for r in ordered)
 
 
+def pending_rows(summary: DeadLetterSummary | None, at: datetime) -> str:
+    """Per channel and code: pending dead letters and the age of the oldest (never an id or content)."""
+    if summary is None:
+        return '<tr><td colspan="4">no summary yet: an admin runs <code>verwijshub dlq list</code></td></tr>'
+    return "".join(f"<tr><td>{html.escape(c.channel)}</td><td>{html.escape(c.code)}</td><td>{c.count}</td>"
+                   f"<td>{format_duration(max(0.0, (at - c.oldest_at).total_seconds()))}</td></tr>"
+                   for c in summary.counts) or '<tr><td colspan="4">none</td></tr>'
+
+
 def render(groups: list[GroupLag], channels: dict[str, dict[str, int]], rejections: list[dict[str, str]],
-           dead_letters_last_hour: int, at: datetime, recipients: list[RecipientView] | None = None) -> str:
+           dead_letters_last_hour: int, at: datetime, recipients: list[RecipientView] | None = None,
+           pending: DeadLetterSummary | None = None) -> str:
     e = html.escape
     recipients = recipients or []
     late = [r.principal for r in recipients if r.status is RecipientStatus.LATE]
@@ -130,6 +142,13 @@ clocks as the notifiers last published them.</p>
 {channel_rows}</table>
 <p>Dead letters in the last hour, all channels: <strong id="dead-letters">{dead_letters_last_hour}</strong>
 (counted from offsets; their content is not for operations).</p>
+<h2>Pending dead letters</h2><p id="dead-letters-pending"><strong>{pending.pending if pending else "?"}</strong>
+pending, the oldest waiting <strong>{format_duration(oldest_pending_seconds(pending, at)) if pending else "?"}</strong>;
+counted {e(pending.at.isoformat(timespec="seconds")) if pending else "never"} by an admin's
+<code>verwijshub dlq list</code>, <code>dlq replay</code> or <code>registry publish</code> (later arrivals are in the
+count above). Replay them with <code>verwijshub dlq replay</code>.</p>
+<table id="dead-letters-pending-table"><tr><th>channel</th><th>code</th><th>pending</th><th>oldest waiting</th></tr>
+{pending_rows(pending, at)}</table>
 <h2>Latest rejections</h2><table id="rejections"><tr><th>at</th><th>channel</th><th>error codes</th></tr>
 {rejection_rows}</table></body></html>
 """

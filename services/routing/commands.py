@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -24,10 +23,12 @@ from schemas.referral import Referral
 from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from schemas.routing import RoutingDecision
 from services.access.commands import sync_access
+from services.dlq.commands import auto_retry, print_replays
+from services.dlq.core import Outcome
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import Outbound, outbound, read_to_end
+from services.infra.kafka import outbound, produce, read_to_end
 from services.infra.provisioning import provision_hub_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import (
@@ -136,26 +137,13 @@ def _admin(settings: Settings) -> KafkaConnection:
     return settings.connection(principals.ADMIN)
 
 
-async def _produce(kafka: KafkaConnection, records: list[Outbound]) -> None:
-    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True,
-                                max_request_size=8 * 1024 * 1024)
-    await producer.start()
-    try:
-        for record in records:
-            await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
-                                headers=[(name, value.encode()) for name, value in record.headers.items()])
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
 async def publish_registry(settings: Settings, directory: Path) -> Registry:
     """Validate the files, create the topics of any new team or provider, then publish one snapshot."""
     registry = load_registry(directory)
     provision_hub_topics(settings, registry)
     snapshot = RegistrySnapshot(version=registry.version, files=read_registry_dir(directory),
                                 published_at=SystemClock().now())
-    await _produce(_admin(settings), [outbound(topics.REGISTRY, snapshot, REGISTRY_KEY)])
+    await produce(_admin(settings), [outbound(topics.REGISTRY, snapshot, REGISTRY_KEY)])
     return registry
 
 
@@ -174,7 +162,7 @@ async def import_indications(settings: Settings, indications: list[Indication]) 
         if key is not None:
             current[key.decode()] = tuple(YouthIndications.model_validate_json(value).indications) if value else ()
     changed = merge_into(current, indications)
-    await _produce(_admin(settings), [
+    await produce(_admin(settings), [
         outbound(topics.INDICATIONS, YouthIndications(pseudonym=pseudonym, indications=list(items)), pseudonym)
         for pseudonym, items in changed.items()])
     return len(changed)
@@ -211,6 +199,12 @@ def registry_publish(directory: Annotated[Path | None, typer.Argument(
         sync_access(settings, registry)
     console.print(f"registry {registry.version} published to {topics.REGISTRY}: {len(registry.teams)} teams, "
                   f"{len(registry.providers)} providers, {len(registry.products)} products")
+    if settings.dlq_auto_retries:  # a transient cause may have passed: a product the registry now knows
+        retried = asyncio.run(auto_retry(settings))
+        resubmitted = sum(r.marker.outcome is Outcome.RESUBMITTED for r in retried)
+        console.print(f"dead letters of a transient cause retried: {len(retried)}, re-submitted: {resubmitted}")
+        if retried:
+            print_replays(retried, dry_run=False)
 
 
 @indications_app.command("import")

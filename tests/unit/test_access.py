@@ -54,10 +54,13 @@ def test_operations_reads_no_topic_with_personal_data_but_describes_all() -> Non
 
 
 def test_operations_reads_only_what_carries_no_personal_data() -> None:
-    """The status topics, the registry (teams and providers, for the recipients view) and the notifier's clock
-    counts per recipient; the notifier alone writes those counts."""
+    """The status topics, the registry (teams and providers, for the recipients view), the notifier's clock
+    counts per recipient and the pending dead letters' counts; the notifier alone writes its clock counts, the
+    admin alone (a super user) the dead letters' counts."""
     readable = {t for t in topics.all_topics(REGISTRY) if may(principals.OPERATIONS, t, Operation.READ)}
-    assert readable == {*(topics.status(c) for c in Channel), topics.REGISTRY, topics.OPS_RECIPIENTS}
+    assert readable == {*(topics.status(c) for c in Channel), topics.REGISTRY, topics.OPS_RECIPIENTS,
+                        topics.OPS_DEAD_LETTERS}
+    assert who_may(topics.OPS_DEAD_LETTERS) == {"publish": [], "subscribe": ["verwijshub-ops"]}
     assert not readable & set(PERSONAL_DATA)
     assert who_may(topics.OPS_RECIPIENTS) == {"publish": ["verwijshub-notifier"], "subscribe": ["verwijshub-ops"]}
     assert not may(principals.OPERATIONS, topics.REGISTRY, Operation.WRITE)
