@@ -3,6 +3,7 @@
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -99,3 +100,6 @@ class Referral(BaseModel):
     preference_notes: str | None = None
     free_text: str | None = None
     received_at: datetime
+    measure: Literal["OTS", "voogdij", "none"] | None = Field(
+        default=None, description="gi only: the court measure the institution carries out (OTS, voogdij, or none: "
+        "werken zonder maatregel), so the GI stream can be monitored per measure; None on other channels.")

@@ -15,6 +15,7 @@ from services.infra.kafka import ensure_topics, group_id
 from services.infra.logging import get_logger
 from services.infra.metrics import serve_metrics
 from services.infra.settings import Settings
+from services.analytics.sink import create_analytics
 from services.intake.app import create_intake
 from services.notifier.app import create_notifier
 from services.ops.lag import LagMonitor, export
@@ -26,6 +27,7 @@ SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
     "intake": create_intake,
     "routing": create_routing,
     "notifier": create_notifier,
+    "analytics": create_analytics,
 }
 
 

@@ -9,6 +9,8 @@ from schemas.referral import Channel
 
 ADMIN = "verwijshub-admin"
 OPERATIONS = "verwijshub-ops"
+ANALYTICS = "verwijshub-analytics"
+"""The analytics sink: reads decisions, statuses, feedback and alerts; describes the dead-letter topic."""
 
 
 def service(name: str) -> str:

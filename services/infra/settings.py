@@ -77,6 +77,8 @@ class Settings(BaseSettings):
                                          "contact clocks and reminders that came due.")
     clock_file: Path | None = Field(default=None, description="Tests and demos only: read 'now' from this file "
                                     "(an ISO 8601 time with offset), so time can be moved; unset: the system clock.")
+    analytics_db: Path | None = Field(default=None, description="The analytics store (DuckDB file) the analytics "
+                                      "sink writes and `verwijshub report` reads; unset: `<data dir>/analytics.duckdb`.")
 
     @property
     def bootstrap(self) -> str:
