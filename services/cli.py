@@ -15,6 +15,8 @@ from rich.table import Table
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
 from services.access.commands import access_app, registry_in_force, sync_access
+from services.analytics import report as analytics_report
+from services.analytics import simulate as analytics_simulate
 from services.hub import SERVICES, create_topics, run_services
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
@@ -38,6 +40,8 @@ app.add_typer(routing_commands.indications_app, name="indications")
 app.command("whatif")(routing_commands.whatif)
 app.command("lag")(ops_commands.lag)
 app.add_typer(access_app, name="access")
+app.command("report")(analytics_report.report)
+app.command("simulate")(analytics_simulate.simulate)
 console = Console(stderr=True)
 
 Service = StrEnum("Service", {name: name for name in SERVICES})

@@ -9,6 +9,8 @@ offsets are committed, so a crash between the two only writes the same rows agai
 
 import asyncio
 import contextlib
+import logging
+import re
 from datetime import datetime
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from services.analytics import store
 from services.analytics.facts import INPUT_PATTERN, Fact, facts_of, utc
 from services.infra import principals, topics
 from services.infra.clock import Clock
-from services.infra.kafka import group_id, make_broker
+from services.infra.kafka import group_id
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
@@ -94,8 +96,26 @@ def _write(path: Path, facts: list[Fact], offsets: dict[tuple[str, int], int]) -
         store.write(db, facts, offsets)
 
 
+async def store_batch(path: Path, facts: list[Fact], offsets: dict[tuple[str, int], int]) -> None:
+    """Write until it is written: a batch is never skipped (its offsets would be committed after the handler);
+    a store that stays unwritable holds the sink, which its consumer lag shows. Only the error's type is logged:
+    a database message may quote a value."""
+    pause = 0.5
+    while True:
+        try:
+            await asyncio.to_thread(_write, path, facts, offsets)
+            return
+        except Exception as exc:
+            get_logger().error("facts not stored yet: retrying", service=SERVICE, error_type=type(exc).__name__)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 30.0)
+
+
 def create_analytics(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
-    broker = make_broker(settings, SERVICE, AnalyticsBroker)
+    connection = settings.connection(PRINCIPAL)
+    broker = AnalyticsBroker(  # publishes nothing: a producer without idempotence, which would need a Write right
+        connection.bootstrap, security=connection.faststream_security(), allow_auto_create_topics=False,
+        client_id=PRINCIPAL, enable_idempotence=False, logger=logging.getLogger(f"verwijshub.{SERVICE}"))
     broker.settings, broker.clock = settings, clock
     teams, path = team_map(registry), store_path(settings)
 
@@ -112,7 +132,37 @@ def create_analytics(settings: Settings, registry: Registry, clock: Clock) -> Ka
             facts += facts_of(record.topic, record.partition, record.offset, record.key, record.value, teams)
             offsets[(record.topic, record.partition)] = max(offsets.get((record.topic, record.partition), 0),
                                                             record.offset + 1)
-        await asyncio.to_thread(_write, path, facts, offsets)
+        await store_batch(path, facts, offsets)
         get_logger().info("facts stored", service=SERVICE, records=len(message.raw_message), facts=len(facts))
 
     return broker
+
+
+async def behind(settings: Settings) -> int:
+    """How many records of the sink's topics the store has not taken in yet (end offsets, as the sink)."""
+    consumer = AIOKafkaConsumer(**settings.connection(PRINCIPAL).client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        names = [t for t in await consumer.topics() if re.match(INPUT_PATTERN, t)]
+        partitions = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    path = store_path(settings)
+    read = await asyncio.to_thread(_offsets, path) if path.exists() else {}
+    return sum(max(end - read.get((tp.topic, tp.partition), 0), 0) for tp, end in ends.items())
+
+
+def _offsets(path: Path) -> dict[tuple[str, int], int]:
+    with store.opened(path, read_only=True) as db:
+        return store.offsets_read(db)
+
+
+async def wait_until_stored(settings: Settings, timeout_s: float = 60.0) -> int:
+    """Wait until the store has every record of the sink's topics (or the time is up); returns how many not."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        missing = await behind(settings)
+        if not missing or asyncio.get_running_loop().time() > deadline:
+            return missing
+        await asyncio.sleep(1.0)

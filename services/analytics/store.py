@@ -27,11 +27,11 @@ MIGRATIONS: list[str] = [
         decided_at TIMESTAMP, rule VARCHAR, recipient_kind VARCHAR, recipient_id VARCHAR, previous_kind VARCHAR,
         previous_id VARCHAR, flags VARCHAR, error_codes VARCHAR, PRIMARY KEY (topic, "partition", "offset"));
     CREATE TABLE statuses (topic VARCHAR, "partition" INTEGER, "offset" BIGINT, referral_id VARCHAR,
-        channel VARCHAR, status VARCHAR, at TIMESTAMP, error_codes VARCHAR, PRIMARY KEY (topic, "partition", "offset"));
+        channel VARCHAR, status VARCHAR, "at" TIMESTAMP, error_codes VARCHAR, PRIMARY KEY (topic, "partition", "offset"));
     CREATE TABLE feedback (topic VARCHAR, "partition" INTEGER, "offset" BIGINT, recipient_kind VARCHAR,
-        recipient_id VARCHAR, pseudonym VARCHAR, referral_id VARCHAR, kind VARCHAR, at TIMESTAMP,
+        recipient_id VARCHAR, pseudonym VARCHAR, referral_id VARCHAR, kind VARCHAR, "at" TIMESTAMP,
         contact_at TIMESTAMP, product VARCHAR, indication_end DATE, PRIMARY KEY (topic, "partition", "offset"));
-    CREATE TABLE alerts (topic VARCHAR, "partition" INTEGER, "offset" BIGINT, kind VARCHAR, at TIMESTAMP,
+    CREATE TABLE alerts (topic VARCHAR, "partition" INTEGER, "offset" BIGINT, kind VARCHAR, "at" TIMESTAMP,
         pseudonym VARCHAR, referral_id VARCHAR, provider VARCHAR, team VARCHAR,
         PRIMARY KEY (topic, "partition", "offset"));
     CREATE TABLE source_offsets (topic VARCHAR, "partition" INTEGER, next_offset BIGINT,
@@ -54,9 +54,13 @@ def migrate(db: duckdb.DuckDBPyConnection) -> int:
     current = db.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
     for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
         db.execute("BEGIN TRANSACTION")
-        db.execute(statements)
-        db.execute("INSERT INTO schema_version VALUES (?, current_timestamp)", [version])
-        db.execute("COMMIT")
+        try:
+            db.execute(statements)
+            db.execute("INSERT INTO schema_version VALUES (?, current_timestamp)", [version])
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
     return len(MIGRATIONS)
 
 
@@ -100,9 +104,10 @@ def write(db: duckdb.DuckDBPyConnection, facts: Iterable[Fact], offsets: dict[tu
                 f'"{c}" = excluded."{c}"' for c in columns if c not in ("topic", "partition", "offset"))
             db.executemany(f"INSERT INTO {table} ({quoted}) VALUES ({', '.join('?' * len(columns))}) "
                            f"ON CONFLICT {conflict}", [[row[c] for c in columns] for row in rows])
-        db.executemany('INSERT INTO source_offsets VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET '
-                       'next_offset = greatest(source_offsets.next_offset, excluded.next_offset)',
-                       [[topic, partition, offset] for (topic, partition), offset in offsets.items()])
+        if offsets:
+            db.executemany('INSERT INTO source_offsets VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET '
+                           'next_offset = greatest(source_offsets.next_offset, excluded.next_offset)',
+                           [[topic, partition, offset] for (topic, partition), offset in offsets.items()])
         db.execute("COMMIT")
     except Exception:
         db.execute("ROLLBACK")
@@ -110,6 +115,8 @@ def write(db: duckdb.DuckDBPyConnection, facts: Iterable[Fact], offsets: dict[tu
 
 
 def observe_dead_letters(db: duckdb.DuckDBPyConnection, ends: dict[int, tuple[int, int]], at: object) -> None:
+    if not ends:
+        return
     db.executemany('INSERT INTO dead_letters_observed VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET '
                    'log_start = excluded.log_start, log_end = excluded.log_end, observed_at = excluded.observed_at',
                    [[partition, start, end, at] for partition, (start, end) in ends.items()])
