@@ -86,7 +86,9 @@ def up() -> None:
     log_file = settings.log_file or settings.data_dir / "hub.log"
     configure_logging("hub", settings.log_level, log_file)
     registry = _registry(settings)
-    if not settings.connection(principals.ADMIN).secured:
+    # asked of the setting, not of the admin's connection: a fresh data directory has no admin password until
+    # the local Kafka below has started once
+    if settings.kafka_security_protocol == "PLAINTEXT":
         console.print("[bold red]WARNING: VERWIJSHUB_KAFKA_SECURITY_PROTOCOL=PLAINTEXT: no authentication, no "
                       "ACLs; any process that reaches the port reads every child's data. For debugging only."
                       "[/bold red]")

@@ -2,8 +2,9 @@
 
 Primary: every count from 1 to 4 is shown as "<5". Secondary: a line (a row with its total, a column with its
 total) that has exactly one hidden member would give that member away as the total minus the others, so the
-smallest positive visible member of that line (a cell or the total) is hidden too, shown as "x"; repeated until
-every line with a visible total has none or at least two hidden members. Zero is shown: it is no child.
+smallest positive visible member of that line (a cell or the total) is hidden too, shown as "x", preferring one
+whose crossing line has a lone hidden member as well (so hidden cells close into rectangles rather than spread);
+repeated until every line with a visible total has none or at least two hidden members. Zero is shown: it is no child.
 """
 
 from dataclasses import dataclass
@@ -45,15 +46,25 @@ def suppress(counts: list[list[int]], *, row_totals: bool = True, column_totals:
         lines += [[(i, j) for i in range(rows + 1)] for j in range(columns + (1 if row_totals else 0))]
     primary = {position for position, value in grid.items() if 0 < value < THRESHOLD}
     hidden = set(primary)
+    lines_of: dict[tuple[int, int], list[list[tuple[int, int]]]] = {}
+    for line in lines:
+        for position in line:
+            lines_of.setdefault(position, []).append(line)
+
+    def lonely(position: tuple[int, int], line: list[tuple[int, int]]) -> int:
+        """How many other lines through `position` also have just one hidden member: hiding it mends those too,
+        which closes rectangles instead of spreading chains of hidden cells."""
+        return sum(1 for other in lines_of[position] if other is not line and sum(p in hidden for p in other) == 1)
+
     changed = True
     while changed:
         changed = False
         for line in lines:
             if sum(position in hidden for position in line) != 1:
                 continue
-            candidates = sorted((grid[p], p) for p in line if p not in hidden and grid[p] > 0)
+            candidates = sorted((-lonely(p, line), grid[p], p) for p in line if p not in hidden and grid[p] > 0)
             if candidates:
-                hidden.add(candidates[0][1])
+                hidden.add(candidates[0][2])
                 changed = True
 
     def shown(position: tuple[int, int]) -> str:
