@@ -14,9 +14,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -37,6 +35,7 @@ from schemas.feedback import Feedback, FeedbackKind
 from schemas.registry import Registry
 from services.analytics import messages
 from services.analytics.sink import wait_until_stored
+from services.hub import start_process, stop_process
 from services.infra import principals, topics
 from services.infra.registry_files import load_registry
 from services.infra.settings import Settings, get_settings
@@ -404,27 +403,7 @@ def start_hub_process(settings: Settings, log_file: Path) -> subprocess.Popen:
     """`verwijshub up` on the simulation's clock, for the one-line demo; returns once it is ready."""
     env = {**os.environ, "VERWIJSHUB_CLOCK_FILE": str(settings.clock_file), "VERWIJSHUB_NOTIFIER_TICK_SECONDS": "0.1",
            "VERWIJSHUB_LOG_FILE": str(log_file)}
-    already = log_file.read_text().count('"services ready"') if log_file.exists() else 0
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", "up"], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if log_file.exists() and log_file.read_text().count('"services ready"') > already:
-            return process
-        if process.poll() is not None:
-            raise RuntimeError(f"the hub exited with {process.returncode}; see {log_file}")
-        time.sleep(0.3)
-    process.kill()
-    raise TimeoutError(f"the hub was not ready within 180 s; see {log_file}")
-
-
-def stop_hub_process(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return start_process(["up"], env, log_file, timeout_s=180)
 
 
 def simulate(start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],
@@ -444,16 +423,16 @@ def simulate(start: Annotated[str, typer.Option("--from", help="First day, YYYY-
         raise typer.Exit(2)
     first = date.fromisoformat(start)
     settings.clock_file.parent.mkdir(parents=True, exist_ok=True)
-    Simulation(settings, load_registry(settings.registry_dir), first, months, seed, per_year).set_clock(first, 8)
+    simulation = Simulation(settings, load_registry(settings.registry_dir), first, months, seed, per_year)
+    simulation.set_clock(first, 8)
     hub = start_hub_process(settings, settings.log_file or settings.data_dir / "hub.log") if start_hub else None
     try:
-        simulation = Simulation(settings, load_registry(settings.registry_dir), first, months, seed, per_year)
         totals = asyncio.run(simulation.run())
         if hub is not None:
             asyncio.run(wait_until_stored(settings))
     finally:
         if hub is not None:
-            stop_hub_process(hub)
+            stop_process(hub)
     Console(stderr=True).print(f"simulated {first} to {simulation.end}: {totals.referrals} referrals "
                                f"({totals.invalid} with an invalid BSN), {totals.feedback} feedback messages, "
                                f"{totals.stops} provider stop(s)")
