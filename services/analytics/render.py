@@ -24,7 +24,7 @@ from services.analytics.suppression import Suppressed, share, suppress  # noqa: 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222;max-width:60em}h1{color:#0b4f6c}
 h2{border-bottom:2px solid #0b4f6c;padding-top:.5em}table{border-collapse:collapse;margin:.5em 0 1.5em}
 th,td{border:1px solid #bbb;padding:.2em .6em;text-align:right}th{background:#e8f1f5}td.l,th.l{text-align:left}
-.note{color:#666;font-size:.9em}img{max-width:100%}@media print{h2{break-before:auto}table{break-inside:avoid}}"""
+.note{color:#666;font-size:.9em}img{max-width:100%}@media print{h2,h3{break-after:avoid}table{break-inside:avoid}}"""
 
 
 def suppressed(table: Table) -> Suppressed:

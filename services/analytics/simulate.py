@@ -102,6 +102,7 @@ class Simulation:
         self.planned: set[tuple[str, str, str]] = set()
         self.producers: dict[str, AIOKafkaProducer] = {}
         self.consumers: dict[str, asyncio.Task] = {}
+        self.positioned = 0
         self.stopped: set[str] = set()
         self.stop_day = self.working_day_on_or_after(start + (self.end - start) / 2)
         self.pc4s = [pc4 for pc4, team in registry.postcodes.items() if team]
@@ -146,6 +147,7 @@ class Simulation:
             await consumer.seek_to_end(*partitions)
             for tp in partitions:
                 await consumer.position(tp)
+            self.positioned += 1
             while True:
                 for records in (await consumer.getmany(timeout_ms=100)).values():
                     for record in records:
@@ -191,7 +193,8 @@ class Simulation:
         for agb in self.registry.providers:
             self.consumers[principals.provider(agb)] = asyncio.create_task(self.follow(
                 principals.provider(agb), topics.provider_handovers(agb), self.on_handover("provider", agb)))
-        await asyncio.sleep(3.0)  # every consumer positioned at its end before the first referral
+        if not await self.wait_for(lambda: self.positioned == len(self.consumers), 120):  # before the first referral
+            raise TimeoutError("the simulated referrers and recipients could not all connect")
 
     async def stop_users(self) -> None:
         for task in self.consumers.values():
@@ -359,9 +362,9 @@ class Simulation:
         self.stopped.add(STOPPING_PROVIDER)
         self.consumers[principals.provider(STOPPING_PROVIDER)].cancel()  # its read may be gone too (grace period)
         self.totals.stops += 1
-        before = len(self.world.handovers)
-        await asyncio.sleep(5)
-        await self.wait_for(lambda: len(self.world.handovers) > before, 10)
+        before = len(self.world.handovers)  # routing re-routes the provider's open referrals at the change
+        if await self.wait_for(lambda: len(self.world.handovers) > before, 10):
+            await asyncio.sleep(1.0)  # the rest of them
 
     # -- the run ---------------------------------------------------------------------------------
     async def run(self) -> Totals:
@@ -378,8 +381,7 @@ class Simulation:
                 task = progress.add_task("simulating", total=len(days))
                 for day in days:
                     progress.update(task, description=f"simulating {day}")
-                    self.set_clock(day, 8)
-                    await asyncio.sleep(0.3)
+                    self.set_clock(day, 8)  # the hub reads the file at each use: no need to wait
                     await self.send_feedback(day)
                     if day == self.stop_day:
                         await self.stop_provider(day)
