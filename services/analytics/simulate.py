@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -50,7 +50,8 @@ PRODUCTS = {"gp": [None] * 6 + ["45A51", "45A04", "51G01", "45A56"], "ggd": ["50
             "gi": ["45A56", "45A51", None], "court": ["50G41", "50G41", None], "specialist": ["45A53", "54B01"]}
 CONTACT_DAYS = [1] * 25 + [2] * 25 + [3] * 20 + [4] * 12 + [5] * 8 + [6] * 5 + [7] * 3 + [8] * 2
 """Working days from handover to first contact: mostly within 5, some breaches."""
-STOPPING_PROVIDER = "98000022"
+STOPPING_PROVIDER = "98000011"
+"""The provider that stops when no other has been handed a referral yet; else the one with the most."""
 WAIT_S = 30.0
 
 
@@ -236,6 +237,7 @@ class Simulation:
         rid = f"SIM{self.seed}-{day:%Y%m%d}-{self.counter:05d}"
         valid = self.rng.random() > 0.02
         bsn = youth.bsn if valid else youth.bsn[:8] + str((int(youth.bsn[8]) + 1) % 10)  # fails the elfproef
+        self.bsns.add(bsn)
         postcode = youth.postcode if self.rng.random() > 0.01 else "9999 ZZ"  # outside the municipality
         product = self.rng.choice(PRODUCTS[channel])
         person = {"bsn": bsn, "birth_date": youth.birth_date, "postcode": postcode,
@@ -344,23 +346,27 @@ class Simulation:
 
     # -- the registry ----------------------------------------------------------------------------
     async def stop_provider(self, day: date) -> None:
-        """Publish the registry with one provider stopped today, as its administrator would."""
+        """Publish the registry with one provider stopped today, as its administrator would: the one the hub
+        handed the most referrals so far, so its stop moves open referrals."""
         from services.routing.commands import publish_registry
+
+        handed = Counter(recipient for kind, recipient, *_ in self.world.handovers if kind == "provider")
+        stopping = handed.most_common(1)[0][0] if handed else STOPPING_PROVIDER
 
         with tempfile.TemporaryDirectory(prefix="verwijshub-registry-") as directory:
             shutil.copytree(self.settings.registry_dir, directory, dirs_exist_ok=True)
             path = Path(directory) / "providers.json"
             providers = json.loads(path.read_text())
             for provider in providers:
-                if provider["agb"] == STOPPING_PROVIDER:
+                if provider["agb"] == stopping:
                     provider["stopped_on"] = day.isoformat()
             path.write_text(json.dumps(providers, indent=1))
             registry = await publish_registry(self.settings, Path(directory))
         if self.settings.connection(principals.ADMIN).secured:  # the stopped provider loses write, as `publish` does
             from services.access.commands import sync_access
             await asyncio.to_thread(sync_access, self.settings, registry)
-        self.stopped.add(STOPPING_PROVIDER)
-        self.consumers[principals.provider(STOPPING_PROVIDER)].cancel()  # its read may be gone too (grace period)
+        self.stopped.add(stopping)
+        self.consumers[principals.provider(stopping)].cancel()  # its read may be gone too (grace period)
         self.totals.stops += 1
         before = len(self.world.handovers)  # routing re-routes the provider's open referrals at the change
         if await self.wait_for(lambda: len(self.world.handovers) > before, 10):

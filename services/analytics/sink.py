@@ -14,7 +14,7 @@ import re
 from datetime import datetime
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
@@ -24,7 +24,7 @@ from services.analytics import store
 from services.analytics.facts import INPUT_PATTERN, Fact, facts_of, utc
 from services.infra import principals, topics
 from services.infra.clock import Clock
-from services.infra.kafka import group_id
+from services.infra.kafka import group_id, partitions_of
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
@@ -63,11 +63,13 @@ class AnalyticsBroker(KafkaBroker):
 
 async def dead_letter_offsets(settings: Settings) -> dict[int, tuple[int, int]]:
     """(log start, log end) of each partition of the dead-letter topic: ListOffsets, which needs only Describe."""
-    consumer = AIOKafkaConsumer(**settings.connection(PRINCIPAL).client_options(), enable_auto_commit=False)
+    connection = settings.connection(PRINCIPAL)
+    partitions = await partitions_of(connection, [topics.DEAD_LETTERS])
+    if not partitions:
+        return {}
+    consumer = AIOKafkaConsumer(**connection.client_options(), enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topics.DEAD_LETTERS, p)
-                      for p in sorted(await consumer.partitions_for_topic(topics.DEAD_LETTERS) or ())]
         begins = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
         return {tp.partition: (begins[tp], ends[tp]) for tp in partitions}
@@ -111,6 +113,30 @@ async def store_batch(path: Path, facts: list[Fact], offsets: dict[tuple[str, in
             pause = min(pause * 2, 30.0)
 
 
+class ResumeFromStore(ConsumerRebalanceListener):
+    """The store, not the group's committed offset, says where to go on: each assigned partition resumes at the
+    offset the store recorded with its facts, or at its beginning when the store has none (a new or deleted
+    store is rebuilt from what the topics still hold)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.subscriber = path, None
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        consumer = getattr(self.subscriber, "consumer", None)
+        if consumer is None or not assigned:
+            return
+        read = await asyncio.to_thread(_offsets, self.path) if self.path.exists() else {}
+        fresh = [tp for tp in assigned if (tp.topic, tp.partition) not in read]
+        for tp in assigned:
+            if (tp.topic, tp.partition) in read:
+                consumer.seek(tp, read[(tp.topic, tp.partition)])
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+
+
 def create_analytics(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
     connection = settings.connection(PRINCIPAL)
     broker = AnalyticsBroker(  # publishes nothing: a producer without idempotence, which would need a Write right
@@ -118,12 +144,16 @@ def create_analytics(settings: Settings, registry: Registry, clock: Clock) -> Ka
         client_id=PRINCIPAL, enable_idempotence=False, logger=logging.getLogger(f"verwijshub.{SERVICE}"))
     broker.settings, broker.clock = settings, clock
     teams, path = team_map(registry), store_path(settings)
+    resume = ResumeFromStore(path)
+    subscriber = broker.subscriber(
+        pattern=INPUT_PATTERN, group_id=group_id(SERVICE), auto_offset_reset="earliest",
+        isolation_level="read_committed", ack_policy=AckPolicy.ACK, batch=True, max_records=BATCH_MAX,
+        listener=resume, title="analytics:facts",
+        description="Decisions, statuses, feedback and alerts, kept as pseudonymised facts in the analytics store "
+                    "(DuckDB) for the monthly report.")
+    resume.subscriber = subscriber
 
-    @broker.subscriber(pattern=INPUT_PATTERN, group_id=group_id(SERVICE), auto_offset_reset="earliest",
-                       isolation_level="read_committed", ack_policy=AckPolicy.ACK, batch=True,
-                       max_records=BATCH_MAX, title="analytics:facts",
-                       description="Decisions, statuses, feedback and alerts, kept as pseudonymised facts in the "
-                                   "analytics store (DuckDB) for the monthly report.")
+    @subscriber
     async def on_records(message: ConsumedRecord) -> None:
         """A batch: its facts and offsets in one transaction; the Kafka offsets are committed after it."""
         facts: list[Fact] = []

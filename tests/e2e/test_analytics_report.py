@@ -74,6 +74,18 @@ def test_the_store_is_idempotent_reading_the_topics_again_gives_identical_tables
     assert again["referrals"] and again["decisions"] and again["statuses"] and again["feedback"]
 
 
+def test_a_new_store_is_rebuilt_by_the_sink_from_the_topics_despite_its_groups_committed_offsets(simulated) -> None:
+    kafka, settings, *_ = simulated
+    rebuilt = OUT / "rebuilt.duckdb"
+    sink = start_hub(kafka, OUT / "sink-again.log", "analytics", env={"VERWIJSHUB_ANALYTICS_DB": str(rebuilt)})
+    try:
+        assert asyncio.run(wait_until_stored(settings.model_copy(update={"analytics_db": rebuilt}))) == 0
+    finally:
+        stop_hub(sink)
+    with store.opened(rebuilt, read_only=True) as again, store.opened(settings.analytics_db, read_only=True) as live:
+        assert store.dump(again) == store.dump(live)
+
+
 async def _records(kafka: TestKafka):
     from aiokafka.admin import AIOKafkaAdminClient
 
