@@ -17,7 +17,9 @@ CONTACT_DAYS = 5
 CHANNELS = ["gp", "gi", "ggd", "court", "specialist"]
 ROUTES = ["WIJ team", "provider", "rejected"]
 MEASURES = ["OTS", "voogdij", "none"]
-DAY_BINS = ["≤1", "1–2", "2–3", "3–4", "4–5", ">5", "no contact yet"]
+DAY_BINS = ["≤1", "1–2", "2–3", "3–4", "4–5"]
+"""Working days to first contact, of the contacts within the promise (the others are the breached and later ones
+of the team table: one relation, within = the sum of these, kept in one place)."""
 RE_REFERRAL_DAYS = 365
 
 
@@ -32,6 +34,9 @@ class Table:
     row_totals: bool = True
     column_totals: bool = True
     note: str = ""
+    links: dict[tuple[int, int], str] = field(default_factory=dict)
+    """Figures that appear in another table too, by name: (row, column) in the table with its totals (column
+    index len(columns) for a row's total, row index len(rows) for the totals row)."""
 
 
 @dataclass
@@ -96,10 +101,6 @@ def _matrix(rows: list[str], columns: list[str], counter: Counter) -> list[list[
     return [[counter[(row, column)] for column in columns] for row in rows]
 
 
-def _list_rows(counter: Counter, known: list[str]) -> list[str]:
-    return known + sorted(k for k in counter if k not in known)
-
-
 @dataclass(frozen=True)
 class ContactFact:
     referral_id: str
@@ -142,10 +143,10 @@ def contacts(data: Dataset) -> list[ContactFact]:
 
 
 def day_bin(fact: ContactFact, calendar: WorkingCalendar) -> str:
-    if fact.contact_at is None:
-        return DAY_BINS[-1]
+    """The bin of a contact within the promise."""
+    assert fact.contact_at is not None
     days = working_days_between(fact.handed_over_at, fact.contact_at, calendar)
-    return DAY_BINS[min(int(max(days - 1e-9, 0)), 5)]
+    return DAY_BINS[min(int(max(days - 1e-9, 0)), len(DAY_BINS) - 1)]
 
 
 def within_promise(fact: ContactFact, calendar: WorkingCalendar) -> bool:
@@ -169,17 +170,20 @@ def build(data: Dataset, month: date, calendar: WorkingCalendar, team_names: dic
                       for r in this_month)
     months = [month - relativedelta(months=back) for back in range(12, -1, -1)]
     per_month = Counter(r["referral_date"].replace(day=1) for r in data.referrals if r["referral_id"] in first)
+    product_rows = sorted({k for k, _ in by_product})
+    team_rows = sorted({k for k, _ in by_team})
     referrals_section = Section("Referrals", [
         Table("Per channel", ["referrals"], CHANNELS, _matrix(["referrals"], CHANNELS, by_channel),
-              column_totals=False),
-        Table("Per route, by the deciding rule", rules, ROUTES, _matrix(rules, ROUTES, by_route)),
-        Table("Per product", _list_rows(Counter(k for k, _ in by_product), []), ["referrals"],
-              _matrix(_list_rows(Counter(k for k, _ in by_product), []), ["referrals"], by_product),
-              row_totals=False),
-        Table("Per WIJ team of the youth's postcode", sorted({k for k, _ in by_team}), ["referrals"],
-              _matrix(sorted({k for k, _ in by_team}), ["referrals"], by_team), row_totals=False),
+              column_totals=False, links={(0, len(CHANNELS)): "referrals", (0, CHANNELS.index("gi")): "gi"}),
+        Table("Per route, by the deciding rule", rules, ROUTES, _matrix(rules, ROUTES, by_route),
+              links={(len(rules), len(ROUTES)): "referrals"}),
+        Table("Per product", product_rows, ["referrals"], _matrix(product_rows, ["referrals"], by_product),
+              row_totals=False, links={(len(product_rows), 0): "referrals"}),
+        Table("Per WIJ team of the youth's postcode", team_rows, ["referrals"],
+              _matrix(team_rows, ["referrals"], by_team), row_totals=False, links={(len(team_rows), 0): "referrals"}),
         Table("This month against the previous twelve", ["referrals"], [m.strftime("%Y-%m") for m in months],
               [[per_month[m] for m in months]], row_totals=False, column_totals=False,
+              links={(0, len(months) - 1): "referrals"},
               note="Each month on its own: no total, so no month can be derived from the others."),
     ], plot="timeline")
 
@@ -190,17 +194,20 @@ def build(data: Dataset, month: date, calendar: WorkingCalendar, team_names: dic
     bins = Counter()
     for fact in facts:
         team = names.get(fact.team, fact.team)
-        kind = "within 5 working days" if within_promise(fact, calendar) else (
-            "breached" if fact.breached else "later or still running")
+        within = within_promise(fact, calendar)
+        kind = "within 5 working days" if within else "breached" if fact.breached else "later or still running"
         outcome[(team, kind)] += 1
         risk[(team, "at risk (1 day left)")] += fact.at_risk
-        bins[("handovers", day_bin(fact, calendar))] += 1
+        if within:
+            bins[("contacts", day_bin(fact, calendar))] += 1
     kinds = ["within 5 working days", "breached", "later or still running"]
     teams = sorted({team for team, _ in outcome})
     contact_section = Section("The contact promise (5 working days from the handover to a WIJ team)", [
-        Table("Handovers per team and outcome", teams, kinds, _matrix(teams, kinds, outcome)),
-        Table("Working days from handover to first contact", ["handovers"], DAY_BINS,
-              _matrix(["handovers"], DAY_BINS, bins), column_totals=False),
+        Table("Handovers per team and outcome", teams, kinds, _matrix(teams, kinds, outcome),
+              links={(len(teams), 0): "within", (len(teams), len(kinds)): "handovers"}),
+        Table("Working days from handover to first contact, of the contacts within 5 working days", ["contacts"],
+              DAY_BINS, _matrix(["contacts"], DAY_BINS, bins), column_totals=False,
+              links={(0, len(DAY_BINS)): "within"}),
         Table("Clocks that came at risk, per team", teams, ["at risk (1 day left)"],
               _matrix(teams, ["at risk (1 day left)"], risk), row_totals=False),
     ], shares=[("Share within 5 working days", "Handovers per team and outcome", 0, -1)], plot="contact")
@@ -264,7 +271,8 @@ def build(data: Dataset, month: date, calendar: WorkingCalendar, team_names: dic
     gi = Counter((r["gi_measure"] or "none", _route(first[r["referral_id"]])) for r in this_month
                  if r["channel"] == "gi")
     gi_section = Section("The GI stream (certified institutions), per measure", [
-        Table("GI referrals per measure and route", MEASURES, ROUTES, _matrix(MEASURES, ROUTES, gi)),
+        Table("GI referrals per measure and route", MEASURES, ROUTES, _matrix(MEASURES, ROUTES, gi),
+              links={(len(MEASURES), len(ROUTES)): "gi"}),
     ])
     del referrals
     return [referrals_section, contact_section, movement_section, quality, indication_section, gi_section]

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend without a display)
 
 from services.analytics.figures import Section, Table  # noqa: E402
-from services.analytics.suppression import Suppressed, share, suppress  # noqa: E402
+from services.analytics.suppression import Suppressed, share, suppress_linked  # noqa: E402
 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222;max-width:60em}h1{color:#0b4f6c}
 h2{border-bottom:2px solid #0b4f6c;padding-top:.5em}table{border-collapse:collapse;margin:.5em 0 1.5em}
@@ -27,14 +27,19 @@ th,td{border:1px solid #bbb;padding:.2em .6em;text-align:right}th{background:#e8
 .note{color:#666;font-size:.9em}img{max-width:100%}@media print{h2,h3{break-after:avoid}table{break-inside:avoid}}"""
 
 
-def suppressed(table: Table) -> Suppressed:
-    return suppress(table.counts or [[]], row_totals=table.row_totals, column_totals=table.column_totals)
+Shown = dict[int, Suppressed]
+"""Each table of the report (by `id`) as suppressed, linked figures hidden together."""
 
 
-def table_html(table: Table) -> str:
+def suppressed_all(sections: list[Section]) -> Shown:
+    tables = [table for section in sections for table in section.tables]
+    results = suppress_linked([(t.counts, t.row_totals, t.column_totals, t.links) for t in tables])
+    return {id(table): result for table, result in zip(tables, results, strict=True)}
+
+
+def table_html(table: Table, shown: Suppressed) -> str:
     if not table.rows or not table.columns:
         return f"<h3>{html.escape(table.title)}</h3><p class=note>None in this month.</p>"
-    shown = suppressed(table)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + ("<th>total</th>" if table.row_totals else "")
     body = []
     for i, row in enumerate(table.rows):
@@ -56,9 +61,9 @@ def _png(figure: plt.Figure) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def bar_plot(table: Table, title: str) -> str:
+def bar_plot(table: Table, cells: Suppressed, title: str) -> str:
     """The table's first row as bars, as shown: a hidden count is an empty bar labelled with its sign."""
-    shown = suppressed(table).cells[0]
+    shown = cells.cells[0]
     figure, axes = plt.subplots(figsize=(8, 2.8))
     values = [int(v) if v.isdigit() else 0 for v in shown]
     bars = axes.bar(range(len(values)), values, color="#0b4f6c")
@@ -71,25 +76,28 @@ def bar_plot(table: Table, title: str) -> str:
     return _png(figure)
 
 
-def section_html(section: Section) -> str:
+def section_html(section: Section, shown: Shown) -> str:
     parts = [f"<h2>{html.escape(section.title)}</h2>"]
     tables = {table.title: table for table in section.tables}
     if section.plot == "timeline":
-        parts.append(bar_plot(section.tables[-1], "Referrals per month"))
-    if section.plot == "contact":
-        parts.append(bar_plot(section.tables[1], "Working days from handover to first contact"))
+        table = section.tables[-1]
+        parts.append(bar_plot(table, shown[id(table)], "Referrals per month"))
+    if section.plot == "contact" and section.tables[1].rows:
+        table = section.tables[1]
+        parts.append(bar_plot(table, shown[id(table)], "Working days from handover to first contact (within 5)"))
     for table in section.tables:
-        parts.append(table_html(table))
+        parts.append(table_html(table, shown[id(table)]))
     for label, title, numerator, _ in section.shares:
         table = tables[title]
         if table.rows:
-            shown = suppressed(table)
-            parts.append(f"<p><b>{html.escape(label)}:</b> {share(shown.column_totals[numerator], shown.total)}</p>")
+            cells = shown[id(table)]
+            parts.append(f"<p><b>{html.escape(label)}:</b> {share(cells.column_totals[numerator], cells.total)}</p>")
     return "\n".join(parts)
 
 
 def report_html(sections: list[Section], month: date, generated: str) -> str:
-    body = "\n".join(section_html(section) for section in sections)
+    shown = suppressed_all(sections)
+    body = "\n".join(section_html(section, shown) for section in sections)
     return (f"<!DOCTYPE html><html lang=en><head><meta charset=utf-8><title>Verwijshub monthly report "
             f"{month:%Y-%m}</title><style>{STYLE}</style></head><body><h1>Basis jeugdhulp: monthly report "
             f"{month:%Y-%m}</h1><p class=note>From the hub's analytics store ({html.escape(generated)}). Every count "

@@ -4,7 +4,11 @@ Primary: every count from 1 to 4 is shown as "<5". Secondary: a line (a row with
 total) that has exactly one hidden member would give that member away as the total minus the others, so the
 smallest positive visible member of that line (a cell or the total) is hidden too, shown as "x", preferring one
 whose crossing line has a lone hidden member as well (so hidden cells close into rectangles rather than spread);
-repeated until every line with a visible total has none or at least two hidden members. Zero is shown: it is no child.
+repeated until every line with a visible total has none or at least two hidden members.
+
+Linked figures: the same figure in two tables (the month's referrals as one table's total and another's; the GI
+referrals as a cell of one and the total of the other) is hidden in both when it is hidden in one, and the
+suppression of both runs again (`suppress_linked`), so no table gives away what another hides. Zero is shown: it is no child.
 """
 
 from dataclasses import dataclass
@@ -30,7 +34,9 @@ class Suppressed:
         return (i, j) in self.hidden
 
 
-def suppress(counts: list[list[int]], *, row_totals: bool = True, column_totals: bool = True) -> Suppressed:
+def suppress(counts: list[list[int]], *, row_totals: bool = True, column_totals: bool = True,
+             forced: frozenset[tuple[int, int]] = frozenset()) -> Suppressed:
+    """`forced`: positions to hide as well (as "x"), because the same figure is hidden in another table."""
     rows, columns = len(counts), len(counts[0]) if counts else 0
     grid = {(i, j): counts[i][j] for i in range(rows) for j in range(columns)}
     if row_totals:
@@ -45,7 +51,7 @@ def suppress(counts: list[list[int]], *, row_totals: bool = True, column_totals:
     if column_totals:
         lines += [[(i, j) for i in range(rows + 1)] for j in range(columns + (1 if row_totals else 0))]
     primary = {position for position, value in grid.items() if 0 < value < THRESHOLD}
-    hidden = set(primary)
+    hidden = set(primary) | {position for position in forced if position in grid}
     lines_of: dict[tuple[int, int], list[list[tuple[int, int]]]] = {}
     for line in lines:
         for position in line:
@@ -83,3 +89,20 @@ def share(numerator: str, denominator: str) -> str:
     if not numerator.isdigit() or not denominator.isdigit():
         return HIDDEN
     return f"{100 * int(numerator) / int(denominator):.0f}%" if int(denominator) else "-"
+
+
+def suppress_linked(tables: list[tuple[list[list[int]], bool, bool, dict[tuple[int, int], str]]]
+                    ) -> list[Suppressed]:
+    """Each table (counts, row totals, column totals, links: position -> name of the figure) suppressed, with
+    every linked figure hidden everywhere as soon as it is hidden anywhere; repeated until nothing changes."""
+    forced: list[frozenset[tuple[int, int]]] = [frozenset()] * len(tables)
+    while True:
+        results = [suppress(counts or [[]], row_totals=rows, column_totals=columns, forced=force)
+                   for (counts, rows, columns, _), force in zip(tables, forced, strict=True)]
+        hidden_names = {name for (_, _, _, links), result in zip(tables, results, strict=True)
+                        for position, name in links.items() if position in result.hidden}
+        wanted = [frozenset(position for position, name in links.items() if name in hidden_names) | force
+                  for (_, _, _, links), force in zip(tables, forced, strict=True)]
+        if wanted == forced:
+            return results
+        forced = wanted

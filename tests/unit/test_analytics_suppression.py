@@ -6,7 +6,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.analytics.suppression import HIDDEN, SMALL, share, suppress
+from services.analytics.suppression import HIDDEN, SMALL, share, suppress, suppress_linked
 
 counts = st.lists(st.lists(st.integers(0, 30), min_size=1, max_size=5), min_size=1, max_size=5).map(
     lambda rows: [row + [0] * (max(map(len, rows)) - len(row)) for row in rows])
@@ -73,3 +73,13 @@ def test_a_large_random_table_keeps_its_large_cells_mostly_visible() -> None:
     table[3][2] = 2
     shown = suppress(table)
     assert sum(cell in (SMALL, HIDDEN) for row in shown.cells for cell in row) == 4  # a rectangle of four
+
+
+def test_a_figure_hidden_in_one_table_is_hidden_in_every_table_that_shows_it() -> None:
+    """The GI referrals: a cell of the per-channel table, the total of the GI table. Hidden in the first (as the
+    partner of a small cell), it would otherwise be shown as the GI table's total and give the small cell away."""
+    per_channel = ([[40, 3, 9]], True, False, {(0, 2): "gi", (0, 3): "referrals"})
+    gi = ([[6], [3]], False, True, {(2, 0): "gi"})
+    channel, gi_shown = suppress_linked([per_channel, gi])
+    assert channel.cells == [["40", SMALL, HIDDEN]] and channel.row_totals == ["52"]
+    assert gi_shown.column_totals == [HIDDEN] and gi_shown.cells == [["6"], [SMALL]]
