@@ -37,18 +37,21 @@ def suppressed_all(sections: list[Section]) -> Shown:
     return {id(table): result for table, result in zip(tables, results, strict=True)}
 
 
+def td(value: str) -> str:
+    return f"<td>{html.escape(value)}</td>"
+
+
 def table_html(table: Table, shown: Suppressed) -> str:
     if not table.rows or not table.columns:
         return f"<h3>{html.escape(table.title)}</h3><p class=note>None in this month.</p>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns) + ("<th>total</th>" if table.row_totals else "")
     body = []
     for i, row in enumerate(table.rows):
-        total = f"<td>{shown.row_totals[i]}</td>" if shown.row_totals else ""
-        body.append(f"<tr><th class=l>{html.escape(row)}</th>" + "".join(f"<td>{c}</td>" for c in shown.cells[i])
-                    + total + "</tr>")
+        total = td(shown.row_totals[i]) if shown.row_totals else ""
+        body.append(f"<tr><th class=l>{html.escape(row)}</th>" + "".join(map(td, shown.cells[i])) + total + "</tr>")
     if shown.column_totals:
-        body.append("<tr><th class=l>total</th>" + "".join(f"<td>{c}</td>" for c in shown.column_totals)
-                    + (f"<td>{shown.total}</td>" if shown.total is not None else "") + "</tr>")
+        body.append("<tr><th class=l>total</th>" + "".join(map(td, shown.column_totals))
+                    + (td(shown.total) if shown.total is not None else "") + "</tr>")
     note = f"<p class=note>{html.escape(table.note)}</p>" if table.note else ""
     return (f"<h3>{html.escape(table.title)}</h3><table><tr><th class=l></th>{head}</tr>{''.join(body)}</table>"
             + note)
@@ -91,7 +94,8 @@ def section_html(section: Section, shown: Shown) -> str:
         table = tables[title]
         if table.rows:
             cells = shown[id(table)]
-            parts.append(f"<p><b>{html.escape(label)}:</b> {share(cells.column_totals[numerator], cells.total)}</p>")
+            parts.append(f"<p><b>{html.escape(label)}:</b> "
+                         f"{html.escape(share(cells.column_totals[numerator], cells.total))}</p>")
     return "\n".join(parts)
 
 
