@@ -5,7 +5,7 @@ import random
 from typing import Any
 
 from services.analytics import messages
-from services.analytics.messages import EXAMPLES, GP_EXAMPLE  # noqa: F401  (tests import the examples from here)
+from services.analytics.messages import GP_EXAMPLE  # noqa: F401  (tests import the example from here)
 
 
 BSNS_MADE: set[str] = set()
