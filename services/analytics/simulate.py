@@ -37,6 +37,7 @@ from services.analytics import messages
 from services.analytics.sink import wait_until_stored
 from services.hub import start_process, stop_process
 from services.infra import principals, topics
+from services.infra.kafka import partitions_of
 from services.infra.registry_files import load_registry
 from services.infra.settings import Settings, get_settings
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
@@ -140,10 +141,11 @@ class Simulation:
 
     async def follow(self, principal: str, topic: str, handle) -> None:
         """Read a topic as `principal` from its end now on, handing each record to `handle`."""
-        consumer = AIOKafkaConsumer(**self.settings.connection(principal).client_options(), enable_auto_commit=False)
+        connection = self.settings.connection(principal)
+        partitions = await partitions_of(connection, [topic])
+        consumer = AIOKafkaConsumer(**connection.client_options(), enable_auto_commit=False)
         await consumer.start()
         try:
-            partitions = [p for p in await self._partitions(consumer, topic)]
             consumer.assign(partitions)
             await consumer.seek_to_end(*partitions)
             for tp in partitions:
@@ -155,17 +157,6 @@ class Simulation:
                         handle(record)
         finally:
             await consumer.stop()
-
-    @staticmethod
-    async def _partitions(consumer: AIOKafkaConsumer, topic: str):
-        from aiokafka import TopicPartition
-        for _ in range(100):
-            found = consumer.partitions_for_topic(topic)
-            if found:
-                return [TopicPartition(topic, p) for p in sorted(found)]
-            await consumer._client.force_metadata_update()  # noqa: SLF001  (a topic just created)
-            await asyncio.sleep(0.1)
-        raise LookupError(topic)
 
     def on_status(self, record) -> None:
         event = json.loads(record.value)

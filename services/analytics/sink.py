@@ -3,8 +3,9 @@ the DuckDB store as pseudonymised facts.
 
 It connects as its own principal (`verwijshub-analytics`), which may read exactly those topics and only describe
 the dead-letter topic: dead letters hold raw referrals, so they are counted from offsets, never read. It reads
-`read_committed`, in batches; a batch's facts and offsets are written in one transaction before its Kafka
-offsets are committed, so a crash between the two only writes the same rows again.
+`read_committed`, in batches; a batch's facts and the offsets it read up to are written in one transaction, and
+each assigned partition resumes where the store says (`ResumeFromStore`), so the store is never ahead of or
+behind its own record of what it read. The group's committed offsets follow, for `verwijshub lag`.
 """
 
 import asyncio
