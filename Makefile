@@ -22,12 +22,14 @@ kafka-jars: $(INSTALLED)
 up: kafka-jars
 	$(BIN)/verwijshub up
 
-# Debian's prometheus (promtool checks the alert rules), chromium (the status page's browser test) and kcat
-# (a third-party Kafka client for the access tests; run through deploy/kcat).
+# Debian's prometheus (promtool checks the alert rules), chromium (the status page's browser test and the
+# report's PDF), kcat (a third-party Kafka client for the access tests; run through deploy/kcat) and
+# poppler-utils (pdftoppm: the report's PDF as a page image in its test).
 tools:
-	@command -v promtool >/dev/null && command -v chromium >/dev/null && command -v kcat >/dev/null || \
+	@command -v promtool >/dev/null && command -v chromium >/dev/null && command -v kcat >/dev/null && \
+	  command -v pdftoppm >/dev/null || \
 	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
-	    --no-install-recommends prometheus chromium kcat)
+	    --no-install-recommends prometheus chromium kcat poppler-utils)
 
 test: kafka-jars tools
 	$(BIN)/pytest

@@ -3,7 +3,7 @@
 import uuid
 from datetime import date, datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -102,6 +102,9 @@ class Referral(BaseModel):
     preference_notes: str | None = None
     free_text: str | None = None
     received_at: datetime
+    measure: Literal["OTS", "voogdij", "none"] | None = Field(
+        default=None, description="gi only: the court measure the institution carries out (OTS, voogdij, or none: "
+        "werken zonder maatregel), so the GI stream can be monitored per measure; None on other channels.")
 
 
 class AcceptedReferral(BaseModel):

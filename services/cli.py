@@ -15,6 +15,8 @@ from rich.table import Table
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
 from services.access.commands import access_app, registry_in_force, sync_access
+from services.analytics import report as analytics_report
+from services.analytics import simulate as analytics_simulate
 from services.dlq.commands import dlq_app
 from services.hub import SERVICES, run_services
 from services.infra import principals, topics
@@ -41,6 +43,8 @@ app.command("whatif")(routing_commands.whatif)
 app.command("lag")(ops_commands.lag)
 app.add_typer(access_app, name="access")
 app.add_typer(dlq_app, name="dlq")
+app.command("report")(analytics_report.report)
+app.command("simulate")(analytics_simulate.simulate)
 console = Console(stderr=True)
 
 Service = StrEnum("Service", {name: name for name in SERVICES})

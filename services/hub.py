@@ -3,19 +3,24 @@
 import asyncio
 import contextlib
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 from faststream.kafka import KafkaBroker
 
 from schemas.registry import Registry
+from services.analytics.sink import create_analytics
 from services.gateway.app import create_gateway
 from services.infra import principals
 from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.kafka import group_id
 from services.infra.logging import get_logger
 from services.infra.metrics import serve_metrics
-from services.infra.settings import Settings
+from services.infra.settings import REPO_ROOT, Settings
 from services.intake.app import create_intake
 from services.notifier.app import create_notifier
 from services.ops.lag import LagMonitor, export
@@ -28,6 +33,7 @@ SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
     "routing": create_routing,
     "notifier": create_notifier,
     "gateway": create_gateway,
+    "analytics": create_analytics,
 }
 """Each service's create function; the gateway's broker also runs its HTTPS and MLLP servers (services/gateway)."""
 
@@ -87,3 +93,31 @@ async def export_own_lag(settings: Settings, names: list[str]) -> None:
                 get_logger().warning("own consumer lag not read", error_type=type(exc).__name__)
             await asyncio.sleep(LAG_EVERY_S)
     await monitor.stop()
+
+
+def start_process(args: list[str], env: dict[str, str], log_file: Path, timeout_s: float = 90.0
+                  ) -> subprocess.Popen[bytes]:
+    """`verwijshub ARGS` (`up`, `run SERVICE...`) as a process with the environment `env`, logging to `log_file`;
+    returns once its log says the services are ready (tests, `simulate --start-hub`)."""
+    already = log_file.read_text().count('"services ready"') if log_file.exists() else 0
+    process = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=env, cwd=REPO_ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if log_file.exists() and log_file.read_text().count('"services ready"') > already:
+            return process
+        if process.poll() is not None:
+            raise RuntimeError(f"the hub exited with {process.returncode}; see {log_file}")
+        time.sleep(0.2)
+    process.kill()
+    raise TimeoutError(f"the hub was not ready within {timeout_s:.0f}s; see {log_file}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the services stop cleanly), then SIGKILL after 30 s."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

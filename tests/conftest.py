@@ -9,11 +9,8 @@ Tests look as the admin unless they play a referrer or recipient, then they conn
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from services.access.commands import sync_access
+from services.hub import start_process, stop_process
 from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.local_kafka import LocalKafka
@@ -156,28 +154,11 @@ def start_hub(kafka: TestKafka, log_file: Path, *services: str,
     env = {**os.environ, **kafka.env(), "VERWIJSHUB_LOG_FILE": str(log_file),
            "VERWIJSHUB_DATA_DIR": str(log_file.parent), "VERWIJSHUB_METRICS_PORT": str(_free_port()),
            "VERWIJSHUB_GATEWAY_PORT": str(_free_port()), "VERWIJSHUB_MLLP_PORT": str(_free_port()), **(env or {})}
-    args = ["run", *services] if services else ["up"]
-    already = log_file.read_text().count('"services ready"') if log_file.exists() else 0
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=env, cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if log_file.exists() and log_file.read_text().count('"services ready"') > already:
-            return process
-        if process.poll() is not None:
-            raise RuntimeError(f"the hub exited with {process.returncode}; see {log_file}")
-        time.sleep(0.2)
-    process.kill()
-    raise TimeoutError(f"the hub was not ready within 90s; see {log_file}")
+    return start_process(["run", *services] if services else ["up"], env, log_file)
 
 
 def stop_hub(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
 
 
 @pytest.fixture(scope="session")

@@ -143,10 +143,20 @@ def operations_grants() -> list[Grant]:
             *_topics(ops, Operation.READ, topics.REGISTRY, topics.OPS_RECIPIENTS, topics.OPS_DEAD_LETTERS)]
 
 
+def analytics_grants() -> list[Grant]:
+    """The analytics sink: read decisions, statuses, feedback and alerts (which it keeps as pseudonymised facts)
+    with its own group, and describe the dead-letter topic (counted from offsets: a dead letter holds a raw
+    referral). No handover, inbound, normalised or state topic."""
+    who = principals.ANALYTICS
+    return [*_topics(who, Operation.READ, topics.DECISIONS, topics.ALERTS),
+            *_topics(who, Operation.READ, "status.", "feedback.", pattern=Pattern.PREFIXED),
+            *_topics(who, Operation.DESCRIBE, topics.DEAD_LETTERS), _group(who, principals.ANALYTICS)]
+
+
 def all_principals(registry: Registry) -> list[Principal]:
     return [Principal(principals.ADMIN, "admin"),
             *(Principal(principals.service(name), "service") for name in ("intake", "routing", "notifier")),
-            Principal(principals.GATEWAY, "service"), Principal(principals.OPERATIONS, "operations"),
+            Principal(principals.GATEWAY, "service"), Principal(principals.OPERATIONS, "operations"), Principal(principals.ANALYTICS, "analytics"),
             *(Principal(principals.referrer(channel), "referrer") for channel in Channel),
             *(Principal(principals.wij_team(team), "recipient") for team in sorted(registry.teams)),
             *(Principal(principals.provider(agb), "recipient") for agb in sorted(registry.providers))]
@@ -154,7 +164,7 @@ def all_principals(registry: Registry) -> list[Principal]:
 
 def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
     """Every grant the registry implies on `today`; a provider that stopped keeps reading for `grace`."""
-    result = [*service_grants(), *gateway_grants(), *operations_grants()]
+    result = [*service_grants(), *gateway_grants(), *operations_grants(), *analytics_grants()]
     for channel in Channel:
         result += referrer_grants(channel.value)
     for team in sorted(registry.teams):
@@ -168,7 +178,7 @@ def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
 
 def generic_grants() -> list[Grant]:
     """The matrix with placeholders for referrers' channels and recipients' ids (for documents)."""
-    return [*service_grants(), *gateway_grants(), *operations_grants(), *referrer_grants("<channel>"),
+    return [*service_grants(), *gateway_grants(), *operations_grants(), *analytics_grants(), *referrer_grants("<channel>"),
             *recipient_grants("wij", "<id>"), *recipient_grants("provider", "<agb>")]
 
 

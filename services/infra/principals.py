@@ -11,6 +11,8 @@ ADMIN = "verwijshub-admin"
 OPERATIONS = "verwijshub-ops"
 GATEWAY = "verwijshub-gateway"
 """The referrer gateway (HTTPS and MLLP): writes what referrers hand it over HTTP or MLLP, reads their statuses."""
+ANALYTICS = "verwijshub-analytics"
+"""The analytics sink: reads decisions, statuses, feedback and alerts; describes the dead-letter topic."""
 
 
 def service(name: str) -> str:

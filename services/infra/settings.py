@@ -116,6 +116,8 @@ class Settings(BaseSettings):
     mllp_port: int = Field(default=2575, ge=0, description="Port of the gateway's MLLP listener (HL7 v2); 0: none.")
     mllp_tls: bool = Field(default=False, description="MLLP over TLS with the gateway's certificate (most HL7 "
                            "engines speak plain MLLP inside a VPN; off by default).")
+    analytics_db: Path | None = Field(default=None, description="The analytics store (DuckDB file) the analytics "
+                                      "sink writes and `verwijshub report` reads; unset: `<data dir>/analytics.duckdb`.")
 
     @property
     def bootstrap(self) -> str:

@@ -146,6 +146,7 @@ def _referral(channel: Channel, model: Any, values: dict[str, str | None], pseud
         preference_notes=model.preference_notes,
         free_text=model.free_text,
         received_at=received_at,
+        measure=model.measure if isinstance(model, GiReferral) else None,
     )
 
 

@@ -48,7 +48,8 @@ REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
 PROVIDER_A, PROVIDER_B = sorted(REGISTRY.providers)[:2]
 PROBED = [principals.referrer("gp"), principals.referrer("gi"), principals.wij_team("centrum"),
           principals.wij_team("selwerd"), principals.provider(PROVIDER_A), principals.provider(PROVIDER_B),
-          *(principals.service(name) for name in ("intake", "routing", "notifier")), principals.OPERATIONS]
+          *(principals.service(name) for name in ("intake", "routing", "notifier")), principals.OPERATIONS,
+          principals.ANALYTICS]
 TOPICS = [topics.referrals("gp"), topics.referrals("gi"), topics.status("gp"), topics.status("gi"),
           topics.NORMALISED, topics.DEAD_LETTERS, topics.DECISIONS, topics.REGISTRY, topics.INDICATIONS,
           topics.ALERTS, topics.INTAKE_ACCEPTED, topics.NOTIFIER_STATE,

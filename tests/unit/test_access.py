@@ -66,6 +66,17 @@ def test_operations_reads_only_what_carries_no_personal_data() -> None:
     assert not may(principals.OPERATIONS, topics.REGISTRY, Operation.WRITE)
 
 
+def test_analytics_reads_decisions_statuses_feedback_and_alerts_writes_nothing_and_only_describes_dead_letters() -> None:
+    me = principals.ANALYTICS
+    readable = {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.READ)}
+    assert readable == {topics.DECISIONS, topics.ALERTS, *(topics.status(c) for c in Channel),
+                        *(t for t in topics.all_topics(REGISTRY) if t.startswith("feedback."))}
+    assert not [t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.WRITE)]
+    assert may(me, topics.DEAD_LETTERS, Operation.DESCRIBE) and not may(me, topics.DEAD_LETTERS, Operation.READ)
+    assert allows(GRANTED, me, Resource.GROUP, principals.service("analytics"), Operation.READ)
+    assert principals.service("analytics") == me
+
+
 def test_routing_never_reads_a_handover_and_intake_never_a_decision() -> None:
     handovers = [t for t in topics.all_topics(REGISTRY) if t.startswith("handovers.")]
     assert not any(may(principals.service("routing"), t, Operation.READ) for t in handovers)
