@@ -83,8 +83,8 @@ def _print_rejection(errors: list[ReferralError], **extra: object) -> None:
 
 @app.command()
 def up() -> None:
-    """Run the whole hub: start the local Kafka unless VERWIJSHUB_KAFKA_BOOTSTRAP is set, create the
-    topics, and run intake, routing and notifier until Ctrl-C."""
+    """Run the whole hub: start the local Kafka unless VERWIJSHUB_KAFKA_BOOTSTRAP is set, create the topics,
+    principals and ACLs, and run intake, routing, notifier, the gateway and the analytics sink until Ctrl-C."""
     settings = get_settings()
     log_file = settings.log_file or settings.data_dir / "hub.log"
     configure_logging("hub", settings.log_level, log_file)
