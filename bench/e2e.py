@@ -30,12 +30,14 @@ from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
 from services.infra.logging import configure_logging
 from services.infra.provisioning import TopicSpec, provision_topics
+from services.infra.settings import REPO_ROOT
 from tests.conftest import TestKafka, new_broker, start_hub, stop_hub
 from tests.kafka_client import partitions_of
-from tests.referrals import EXAMPLES, gp_bytes, random_bsn
+from tests.referrals import gp_bytes, random_bsn
 
 SERVICES = ("intake", "routing", "notifier")
 HOPS = 3
+EXAMPLES = REPO_ROOT / "schemas" / "examples"
 EXAMPLE_BSN, SPECIALIST_ID = "999911120", "UMCG-REF-2026-0042"
 
 

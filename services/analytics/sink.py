@@ -141,7 +141,7 @@ class ResumeFromStore(ConsumerRebalanceListener):
 def create_analytics(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
     connection = settings.connection(PRINCIPAL)
     broker = AnalyticsBroker(  # publishes nothing: a producer without idempotence, which would need a Write right
-        connection.bootstrap, security=connection.faststream_security(), allow_auto_create_topics=False,
+        connection.servers, security=connection.faststream_security(), allow_auto_create_topics=False,
         client_id=PRINCIPAL, enable_idempotence=False, logger=logging.getLogger(f"verwijshub.{SERVICE}"))
     broker.settings, broker.clock = settings, clock
     teams, path = team_map(registry), store_path(settings)

@@ -28,6 +28,11 @@ class KafkaConnection:
     ca_file: Path | None = None
 
     @property
+    def servers(self) -> list[str]:
+        """The bootstrap servers one by one: FastStream takes a comma-separated string for a single host."""
+        return self.bootstrap.split(",")
+
+    @property
     def secured(self) -> bool:
         return self.protocol != PLAINTEXT
 

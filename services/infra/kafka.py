@@ -23,7 +23,7 @@ def make_broker(settings: Settings, service: str, broker_class: type[KafkaBroker
     (`broker_class`: a subclass that runs more at start and stop, as routing's state follower)."""
     connection = settings.connection(principals.service(service))
     return broker_class(
-        connection.bootstrap,
+        connection.servers,
         security=connection.faststream_security(),
         allow_auto_create_topics=False,  # topics are the admin's to create (`up`, `access sync`), never a service's
         client_id=f"verwijshub-{service}",
