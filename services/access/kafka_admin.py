@@ -24,6 +24,7 @@ from confluent_kafka.admin import (
 
 from services.access.matrix import Grant, Operation, Pattern, Resource
 from services.infra.connection import KafkaConnection
+from services.infra.provisioning import failures
 
 SCRAM_ITERATIONS = 8192
 RESOURCES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceType.GROUP}
@@ -56,14 +57,8 @@ def _grant(binding: AclBinding) -> Grant | None:
 
 
 def _wait(futures: dict) -> None:
-    failures = []
-    for what, future in futures.items():
-        try:
-            future.result(timeout=TIMEOUT_S)
-        except KafkaException as exc:
-            failures.append(f"{getattr(what, 'name', what)}: {exc.args[0].str() if exc.args else exc}")
-    if failures:
-        raise AccessError("; ".join(failures))
+    if failed := failures(futures):
+        raise AccessError("; ".join(failed))
 
 
 class AccessAdmin:

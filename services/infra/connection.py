@@ -6,7 +6,7 @@ from one `KafkaConnection`, so there is no code path that works only against the
 """
 
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,6 @@ class KafkaConnection:
     @property
     def secured(self) -> bool:
         return self.protocol != PLAINTEXT
-
-    def as_principal(self, username: str, password: str) -> "KafkaConnection":
-        return replace(self, username=username, password=password)
 
     @cached_property
     def ssl_context(self) -> ssl.SSLContext | None:

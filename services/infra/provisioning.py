@@ -49,17 +49,23 @@ class Provisioned:
     reconfigured: list[str]
 
 
-def _wait(futures: dict, what: str, tolerated: tuple[str, ...] = ()) -> None:
-    failures = []
+def failures(futures: dict, tolerated: tuple[str, ...] = ()) -> list[str]:
+    """Wait for every future of a confluent-kafka admin call; what failed (other than `tolerated` error names),
+    one line each, naming the topic, user or binding."""
+    failed = []
     for key, future in futures.items():
         try:
             future.result(timeout=TIMEOUT_S)
         except KafkaException as exc:
             error = exc.args[0]
             if error.name() not in tolerated:
-                failures.append(f"{getattr(key, 'name', key)}: {error.str()}")
-    if failures:
-        raise ProvisioningError(f"{what}: " + "; ".join(failures))
+                failed.append(f"{getattr(key, 'name', key)}: {error.str()}")
+    return failed
+
+
+def _wait(futures: dict, what: str, tolerated: tuple[str, ...] = ()) -> None:
+    if failed := failures(futures, tolerated):
+        raise ProvisioningError(f"{what}: " + "; ".join(failed))
 
 
 def provision_topics(kafka: KafkaConnection, specs: list[TopicSpec]) -> Provisioned:
