@@ -25,7 +25,7 @@ from services.analytics import store
 from services.analytics.facts import INPUT_PATTERN, Fact, facts_of, utc
 from services.infra import principals, topics
 from services.infra.clock import Clock
-from services.infra.kafka import group_id, partitions_of
+from services.infra.kafka import group_id, partition_spans
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
@@ -64,18 +64,8 @@ class AnalyticsBroker(KafkaBroker):
 
 async def dead_letter_offsets(settings: Settings) -> dict[int, tuple[int, int]]:
     """(log start, log end) of each partition of the dead-letter topic: ListOffsets, which needs only Describe."""
-    connection = settings.connection(PRINCIPAL)
-    partitions = await partitions_of(connection, [topics.DEAD_LETTERS])
-    if not partitions:
-        return {}
-    consumer = AIOKafkaConsumer(**connection.client_options(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        begins = await consumer.beginning_offsets(partitions)
-        ends = await consumer.end_offsets(partitions)
-        return {tp.partition: (begins[tp], ends[tp]) for tp in partitions}
-    finally:
-        await consumer.stop()
+    spans = await partition_spans(settings.connection(PRINCIPAL), [topics.DEAD_LETTERS])
+    return {tp.partition: (span.begin, span.end) for tp, span in spans.items()}
 
 
 async def observe_dead_letters(settings: Settings, clock: Clock) -> None:

@@ -128,6 +128,39 @@ async def partitions_of(kafka: KafkaConnection, names: list[str]) -> list[TopicP
             for p in sorted(d.get("partitions") or (), key=lambda p: p["partition"])]
 
 
+@dataclass(frozen=True)
+class Span:
+    """Where a partition's records begin and end, and the first offset at or after a time (when asked)."""
+
+    begin: int
+    end: int
+    since: int | None = None
+
+
+async def _spans(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
+                 since_ms: int | None = None) -> dict[TopicPartition, Span]:
+    begins = await consumer.beginning_offsets(partitions)
+    ends = await consumer.end_offsets(partitions)
+    found = await consumer.offsets_for_times({tp: since_ms for tp in partitions}) if since_ms is not None else {}
+    return {tp: Span(begins[tp], ends[tp], (found[tp].offset if found.get(tp) else ends[tp])
+                     if since_ms is not None else None) for tp in partitions}
+
+
+async def partition_spans(kafka: KafkaConnection, names: list[str],
+                          since_ms: int | None = None) -> dict[TopicPartition, Span]:
+    """Each partition's span from ListOffsets alone (Describe suffices; no record is read): how operations and
+    the analytics sink count dead letters, whose content they may not see."""
+    partitions = await partitions_of(kafka, names)
+    if not partitions:
+        return {}
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return await _spans(consumer, partitions, since_ms)
+    finally:
+        await consumer.stop()
+
+
 async def read_records(kafka: KafkaConnection, names: list[str], *, only: set[int] | None = None,
                        since_ms: int | None = None, last: int | None = None) -> list[ConsumerRecord]:
     """The records of topics (or of their partitions `only`) up to their current end: from the beginning, from
@@ -139,16 +172,15 @@ async def read_records(kafka: KafkaConnection, names: list[str], *, only: set[in
     await consumer.start()
     try:
         consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
-        begins = await consumer.beginning_offsets(partitions)
-        starts = dict(begins)
-        if since_ms is not None:
-            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
-            starts = {tp: found[tp].offset if found.get(tp) else ends[tp] for tp in partitions}
-        elif last is not None:
-            starts = {tp: max(ends[tp] - last, begins[tp]) for tp in partitions}
-        for tp in partitions:
-            consumer.seek(tp, starts[tp])
+        spans = await _spans(consumer, partitions, since_ms)
+        ends = {tp: span.end for tp, span in spans.items()}
+        for tp, span in spans.items():
+            if since_ms is not None:
+                consumer.seek(tp, span.since)
+            elif last is not None:
+                consumer.seek(tp, max(span.end - last, span.begin))
+            else:
+                consumer.seek(tp, span.begin)
         records: list[ConsumerRecord] = []
         while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
             batches = await consumer.getmany(timeout_ms=500)

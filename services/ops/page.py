@@ -8,13 +8,11 @@ import json
 import time
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer
-
 from schemas.deadletters import DeadLetterSummary
 from schemas.referral import Channel
 from services.infra import topics
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import partitions_of, read_records
+from services.infra.kafka import partition_spans, read_records
 from services.ops.deadletters import oldest_pending_seconds
 from services.ops.lag import GroupLag, format_age
 from services.ops.recipients import (
@@ -47,17 +45,8 @@ async def last_hour_per_channel(kafka: KafkaConnection) -> dict[str, dict[str, i
 async def dead_letters_since(kafka: KafkaConnection, seconds: float) -> int:
     """How many records reached the dead-letter topic in the last `seconds`, counted from offsets alone:
     dead letters carry the raw message, which operations may not read."""
-    partitions = await partitions_of(kafka, [topics.DEAD_LETTERS])
-    if not partitions:
-        return 0
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        ends = await consumer.end_offsets(partitions)
-        found = await consumer.offsets_for_times({tp: int((time.time() - seconds) * 1000) for tp in partitions})
-        return sum(ends[tp] - (found[tp].offset if found.get(tp) else ends[tp]) for tp in partitions)
-    finally:
-        await consumer.stop()
+    spans = await partition_spans(kafka, [topics.DEAD_LETTERS], since_ms=int((time.time() - seconds) * 1000))
+    return sum(span.end - span.since for span in spans.values())
 
 
 async def latest_rejections(kafka: KafkaConnection, count: int = 10) -> list[dict[str, str]]:
