@@ -12,6 +12,7 @@ while no notifier ran fires when the partition is next owned.
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -50,7 +51,7 @@ from services.notifier.followup import (
     next_due,
     partition_clocks,
 )
-from services.notifier.handover import handover_bundle
+from services.notifier.handover import handover_message
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
@@ -229,7 +230,7 @@ class Notifier(Processor):
                                 correlation_id=effect.referral_id or "", channel=effect.channel)
             case HandOver(decision=decision):
                 metrics.HANDOVERS.labels(decision.recipient.kind.value).inc()
-                bundle = handover_bundle(decision, self.clock.now()).model_dump_json(exclude_none=True).encode()
+                bundle = json.dumps(handover_message(decision, self.clock.now()), separators=(",", ":")).encode()
                 return outbound(decision.recipient.topic, bundle, pseudonym, schema=HANDOVER_SCHEMA,
                                 content_type=FHIR_JSON, correlation_id=decision.referral_id,
                                 channel=decision.referral.channel)
