@@ -29,7 +29,6 @@ from services.notifier.followup import apply_decision
 from services.routing.policy import decide
 from tests.conftest import TestKafka, new_broker, start_hub, stop_hub
 
-
 PARTITIONS = 6
 """The hub's partitions per topic (VERWIJSHUB_PARTITIONS' default): one instance owns them all."""
 
