@@ -30,7 +30,7 @@ SCRAM_ITERATIONS = 8192
 RESOURCES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceType.GROUP}
 PATTERNS = {Pattern.LITERAL: ResourcePatternType.LITERAL, Pattern.PREFIXED: ResourcePatternType.PREFIXED}
 OPERATIONS = {Operation.READ: AclOperation.READ, Operation.WRITE: AclOperation.WRITE,
-              Operation.DESCRIBE: AclOperation.DESCRIBE}
+              Operation.DESCRIBE: AclOperation.DESCRIBE, Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS}
 TIMEOUT_S = 30.0
 
 

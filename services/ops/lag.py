@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from services.infra import metrics
 from services.infra.connection import KafkaConnection
@@ -120,6 +122,25 @@ class LagMonitor:
                 else:
                     high[tp] = middle[tp]
         return {tp: low[tp] or None for tp in offsets}
+
+    async def retention(self, names: list[str]) -> dict[str, str]:
+        """Each topic's `retention.ms` as the broker has it (DescribeConfigs, one request for all); a topic the
+        broker does not describe to this principal (no DescribeConfigs right, no such topic) is left out, and so
+        is every topic when the request fails."""
+        if not names:
+            return {}
+        wanted = [ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": None}) for name in names]
+        try:
+            responses = await self.admin.describe_configs(wanted)
+        except KafkaError:
+            return {}
+        found = {}
+        for response in responses:
+            for error_code, _, _, name, entries, *_ in response.resources:
+                if error_code:
+                    continue
+                found.update({name: entry[1] for entry in entries if entry[0] == "retention.ms"})
+        return found
 
     async def sample(self) -> list[GroupLag]:
         """One look at every group; each partition's status judged on its window of samples."""
