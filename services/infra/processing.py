@@ -109,9 +109,11 @@ class Owned:
 class Runtime:
     """Runs one `Processor`: `start`, then `stop`; `healthy()` for `/readyz`."""
 
-    def __init__(self, processor: Processor, settings: Settings, batch_max: int = 500) -> None:
+    def __init__(self, processor: Processor, settings: Settings, batch_max: int = 500,
+                 kafka: KafkaConnection | None = None) -> None:
         self.processor, self.settings, self.batch_max = processor, settings, batch_max
-        self.kafka = settings.connection(principals.service(processor.service))
+        self.kafka = kafka or settings.connection(principals.service(processor.service))
+        """The service's own principal (another only in the runtime's own tests)."""
         self.group = group_id(processor.service)
         self.owned: dict[int, Owned] = {}
         self.retrying: set[int] = set()
