@@ -37,7 +37,7 @@ from schemas.errors import ErrorCode, ReferralError
 from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import RecordView, dead_letter_record, handling
-from services.infra.kafka import Outbound, group_id, make_broker
+from services.infra.kafka import Outbound, group_id, make_broker, read_records
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
@@ -428,20 +428,7 @@ async def send(producer: AIOKafkaProducer, records: Iterable[Outbound]) -> None:
 
 async def read_partition(kafka: KafkaConnection, topic: str, number: int) -> list[ConsumerRecord]:
     """Every committed record of one partition, from its beginning to its last stable offset."""
-    consumer = AIOKafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, number)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]  # read_committed: the last stable offset
-        records: list[ConsumerRecord] = []
-        while await consumer.position(tp) < end:
-            batches = await consumer.getmany(tp, timeout_ms=500)
-            records += batches.get(tp, [])
-        return records
-    finally:
-        await consumer.stop()
+    return await read_records(kafka, [topic], only={number})
 
 
 async def _close(producer: AIOKafkaProducer) -> None:
