@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -151,8 +152,8 @@ async def test_routing_reroutes_from_its_state_after_referrals_and_decisions_age
     ARTIFACTS.mkdir(exist_ok=True)
     log_file = ARTIFACTS / "routing-retention.log"
     log_file.unlink(missing_ok=True)
-    to_stop, to_close = referral(bsn, f"stop-{bsn}", MARTINI), referral(bsn, f"close-{bsn}", MARTINI)
-    to_decline = referral(other_bsn, f"decline-{other_bsn}", ACCARE)
+    to_stop, to_close, to_decline = (referral(b, str(uuid.uuid4()), agb) for b, agb in (
+        (bsn, MARTINI), (bsn, MARTINI), (other_bsn, ACCARE)))
 
     process = start_hub(kafka, log_file, "routing", env=env)
     try:  # once it reads its inputs: a referral waiting longer than its retention would be gone
@@ -186,4 +187,5 @@ async def test_routing_reroutes_from_its_state_after_referrals_and_decisions_age
         assert await decisions_of(kafka, to_close.referral_id, 0, settle_s=3.0) == [], "closed: never re-routed"
     finally:
         stop_hub(process)
-    assert bsn not in log_file.read_text()
+    log = log_file.read_text()
+    assert bsn not in log and other_bsn not in log
