@@ -16,7 +16,7 @@ from schemas.routing import RecipientKind, YouthRouting
 from services.routing.core import stop_due
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OpenEntry:
     """An open referral as the index knows it: with whom it is, and who declined it."""
 
@@ -25,7 +25,7 @@ class OpenEntry:
     declined: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class YouthEntry:
     offset: int | None
     """Of the youth's latest record on `routing.state.v1`; None while its newest record is not read back yet."""
