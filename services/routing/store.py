@@ -62,9 +62,7 @@ class StateStore:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await self._reader.stop()
+        await _close(self._reader)
 
     def loaded(self, partition: int, next_offset: int) -> None:
         self.pending.pop(partition, None)
@@ -117,37 +115,33 @@ class StateStore:
     async def follow(self) -> None:
         """Read back what was committed, to learn each written state's offset and forget the state itself."""
         consumer: AIOKafkaConsumer | None = None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            try:
-                if consumer is None:
-                    consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
-                                                isolation_level="read_committed",
-                                                client_id="verwijshub-routing-state-follow")
-                    await consumer.start()
-                while wanted := {n for n, written in self.unread.items() if written and n in self.position}:
-                    tps = {TopicPartition(topics.ROUTING_STATE, n) for n in wanted}
-                    if consumer.assignment() != tps:
-                        consumer.assign(list(tps))
-                    for tp in tps:
-                        consumer.seek(tp, self.position[tp.partition])
-                    batches = await consumer.getmany(*tps, timeout_ms=200)
-                    for tp, records in batches.items():
-                        self._read_back(tp.partition, records)
-            except asyncio.CancelledError:
-                if consumer is not None:
-                    with contextlib.suppress(Exception):
-                        await consumer.stop()
-                raise
-            except Exception as exc:  # keep following: until then the states stay in memory
-                self.log.error("routing state read-back failed, retrying", error_type=type(exc).__name__)
-                if consumer is not None:
-                    with contextlib.suppress(Exception):
-                        await consumer.stop()
-                consumer = None
-                await asyncio.sleep(1.0)
-                self._wake.set()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                try:
+                    if consumer is None:
+                        consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
+                                                    isolation_level="read_committed",
+                                                    client_id="verwijshub-routing-state-follow")
+                        await consumer.start()
+                    while wanted := {n for n, written in self.unread.items() if written and n in self.position}:
+                        tps = {TopicPartition(topics.ROUTING_STATE, n) for n in wanted}
+                        if consumer.assignment() != tps:
+                            consumer.assign(list(tps))
+                        for tp in tps:
+                            consumer.seek(tp, self.position[tp.partition])
+                        batches = await consumer.getmany(*tps, timeout_ms=200)
+                        for tp, records in batches.items():
+                            self._read_back(tp.partition, records)
+                except Exception as exc:  # keep following: until then the states stay in memory
+                    self.log.error("routing state read-back failed, retrying", error_type=type(exc).__name__)
+                    await _close(consumer)
+                    consumer = None
+                    await asyncio.sleep(1.0)
+                    self._wake.set()
+        finally:
+            await _close(consumer)
 
     def _read_back(self, partition: int, records: list) -> None:
         unread, start = self.unread.get(partition), self.position.get(partition)
@@ -165,3 +159,9 @@ class StateStore:
                 unread.pop(pseudonym, None)
                 if record.value:
                     self.located(partition, pseudonym, record.offset)
+
+
+async def _close(consumer: AIOKafkaConsumer | None) -> None:
+    if consumer is not None:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
