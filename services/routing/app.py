@@ -75,7 +75,6 @@ class Routing(Processor):
     # -- lifecycle -------------------------------------------------------------------------------------
     async def start(self, kafka: KafkaConnection) -> None:
         await self.sides.start()
-        await self.store.start()
 
     async def stop(self) -> None:
         await self.store.stop()
@@ -83,9 +82,8 @@ class Routing(Processor):
 
     async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
         """The partition's youths from their latest state records: summaries and offsets, never the referrals."""
-        index, next_offset = PartitionIndex(), 0
+        index = PartitionIndex()
         for record in state:
-            next_offset = record.offset + 1
             if record.key is None:
                 continue
             try:
@@ -95,7 +93,7 @@ class Routing(Processor):
                 continue
             index.put(record.key.decode(), YouthEntry.of(youth, record.offset) if youth else None)
         self.index[partition] = index
-        self.store.loaded(partition, next_offset)
+        self.store.unloaded(partition)
         self.log.info("routing state loaded", partition=partition, youths=len(index),
                       open_referrals=sum(len(e.referrals) for e in index.youths.values()))
 
@@ -104,8 +102,8 @@ class Routing(Processor):
             held.pop(partition, None)
         self.store.unloaded(partition)
 
-    def committed(self, partition: int) -> None:
-        self.store.committed(partition)
+    def committed(self, partition: int, produced: list[tuple[Outbound, int]]) -> None:
+        self.store.committed(partition, produced)
 
     def _located(self, partition: int, pseudonym: str, offset: int) -> None:
         if (index := self.index.get(partition)) is not None:

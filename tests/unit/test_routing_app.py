@@ -74,15 +74,14 @@ class Hub:
         return self.commit(await self.routing.tick(PARTITION))
 
     def commit(self, records: list) -> list:
-        """The transaction commits; the state records land at the next offsets and are read back."""
-        self.routing.committed(PARTITION)
-        landed = []
+        """The transaction commits; the state records land at the next offsets, which the runtime reports."""
+        produced = []
         for record in records:
             if record.topic == topics.ROUTING_STATE:
                 assert record.partition == PARTITION
-                landed.append(Record(record.topic, PARTITION, len(self.state_log), record.key, record.value))
-                self.state_log.append(landed[-1])
-        self.routing.store._read_back(PARTITION, landed)
+                self.state_log.append(Record(record.topic, PARTITION, len(self.state_log), record.key, record.value))
+                produced.append((record, self.state_log[-1].offset))
+        self.routing.committed(PARTITION, produced)
         self.out += records
         return records
 
@@ -117,7 +116,7 @@ async def test_a_decision_and_the_youths_state_go_out_together_and_memory_holds_
     (decision,) = hub.decisions(records)
     state = YouthRouting.model_validate_json(records[1].value)
     assert state.referrals["r-1"].decision == decision and records[1].key == ref.youth.pseudonym.encode()
-    assert hub.routing.store.held(PARTITION, ref.youth.pseudonym) is None, "read back: only its offset is kept"
+    assert hub.routing.store.held(PARTITION, ref.youth.pseudonym) is None, "committed: only its offset is kept"
     assert hub.routing.index[PARTITION].get(ref.youth.pseudonym).offset == 0
     assert hub.routing.open_load() == {decision.recipient.id: 1}
 
