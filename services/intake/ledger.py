@@ -20,12 +20,13 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 
 from schemas.referral import AcceptedReferral
 from services.infra import topics
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import Outbound, outbound, partitions_of
+from services.infra.following import follow
+from services.infra.kafka import Outbound, outbound
 from services.infra.logging import get_logger
 
 
@@ -61,6 +62,10 @@ class AcceptedLedger:
     def aborted(self, partition: int) -> None:
         self.pending.pop(partition, None)
 
+    def _apply(self, record: ConsumerRecord) -> None:
+        if record.key:
+            self._add({record.key.decode(errors="replace")})
+
     def _add(self, ids: set[str]) -> None:
         if ids:
             self._db.executemany("INSERT OR IGNORE INTO accepted VALUES (?)", [(i,) for i in ids])
@@ -71,8 +76,10 @@ class AcceptedLedger:
         self._db = sqlite3.connect(Path(self._directory.name) / "accepted.sqlite", isolation_level=None)
         self._db.execute("PRAGMA journal_mode=OFF")  # rebuilt from the topic at every start: no journal needed
         self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY) WITHOUT ROWID")
-        self._task = asyncio.create_task(self._follow(), name="intake-ledger")
+        self._task = asyncio.create_task(follow(self.kafka, [topics.INTAKE_ACCEPTED], self._apply, self.ready,
+                                                "verwijshub-intake-ledger"), name="intake-ledger")
         await self.ready.wait()
+        get_logger(service="intake").info("accepted-referral ledger loaded", accepted=len(self))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -82,36 +89,3 @@ class AcceptedLedger:
         if self._db is not None:
             self._db.close()
             self._directory.cleanup()
-
-    async def _follow(self) -> None:
-        """Read the ledger (committed records only) from the start, set `ready` at its end, then keep following."""
-        log = get_logger(service="intake")
-        while True:  # a broker hiccup restarts the follow; `ready` stays set once loaded
-            consumer = AIOKafkaConsumer(**self.kafka.consumer_options(), enable_auto_commit=False,
-                                        client_id="verwijshub-intake-ledger")
-            try:
-                await consumer.start()
-                partitions = await partitions_of(self.kafka, [topics.INTAKE_ACCEPTED])
-                if not partitions:
-                    raise RuntimeError(f"{topics.INTAKE_ACCEPTED} does not exist (yet)")
-                consumer.assign(partitions)
-                await consumer.seek_to_beginning(*partitions)
-                ends = await consumer.end_offsets(partitions)
-                behind = {tp for tp, end in ends.items() if end > 0}
-                while True:
-                    if not behind and not self.ready.is_set():
-                        self.ready.set()
-                        log.info("accepted-referral ledger loaded", accepted=len(self))
-                    batches = await consumer.getmany(timeout_ms=500)
-                    for tp, records in batches.items():
-                        self._add({r.key.decode(errors="replace") for r in records if r.key})
-                        if tp in behind and await consumer.position(tp) >= ends[tp]:
-                            behind.discard(tp)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # keep following; never take the service down
-                log.error("ledger follow failed, retrying", error_type=type(exc).__name__)
-                await asyncio.sleep(1)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()

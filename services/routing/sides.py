@@ -1,21 +1,21 @@
 """What routing reads beside its inputs: the registry in force (`registry.v1`) and the other partitions' open
-handovers per provider (`routing.load.v1`), both followed from their start, `read_committed`, without a group.
+handovers per provider (`routing.load.v1`), both followed as services/infra/following.py follows a topic.
 
 A published registry takes effect without a restart; a malformed one is refused and the last good one stays.
-The load of partitions owned by another instance is as fresh as that instance's last tick (about a second).
+The load of partitions owned by another instance is as fresh as its last publication (at most about 5 s old).
 """
 
 import asyncio
 import contextlib
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from schemas.registry import REGISTRY_KEY, Registry
 from schemas.routing import RoutingLoad
 from services.infra import topics
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import partitions_of
+from services.infra.following import follow
 from services.infra.logging import get_logger
 from services.infra.registry_files import RegistryError
 from services.infra.registry_topic import decode_registry
@@ -34,8 +34,11 @@ class SideInputs:
 
     async def start(self) -> None:
         """Follow both topics; returns once they are read to their end."""
-        self._task = asyncio.create_task(self.follow(), name="routing-side-inputs")
+        self._task = asyncio.create_task(follow(self.kafka, [topics.REGISTRY, topics.ROUTING_LOAD], self.apply,
+                                                self.ready, "verwijshub-routing-side"), name="routing-side-inputs")
         await self.ready.wait()
+        self.log.info("routing side inputs read", registry_version=self.registry.version,
+                      load_partitions=sorted(self.load))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -43,43 +46,9 @@ class SideInputs:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
-    async def follow(self) -> None:
-        while True:  # a broker hiccup restarts the follow (reading again from the start is idempotent)
-            consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
-                                        isolation_level="read_committed", client_id="verwijshub-routing-side")
-            try:
-                await consumer.start()
-                partitions = await partitions_of(self.kafka, [topics.REGISTRY, topics.ROUTING_LOAD])
-                if not partitions:  # no topics yet (`up` and `registry publish` create them): the files rule
-                    self.ready.set()
-                    await asyncio.sleep(5.0)
-                    continue
-                consumer.assign(partitions)
-                await consumer.seek_to_beginning(*partitions)
-                ends = await consumer.end_offsets(partitions)
-                behind = {tp for tp, end in ends.items() if end > 0}
-                while True:
-                    if not behind and not self.ready.is_set():
-                        self.ready.set()
-                        self.log.info("routing side inputs read", registry_version=self.registry.version,
-                                      load_partitions=sorted(self.load))
-                    batches = await consumer.getmany(timeout_ms=500)
-                    for tp, records in batches.items():
-                        for record in records:
-                            self.apply(record.topic, record.key, record.value)
-                        if tp in behind and await consumer.position(tp) >= ends[tp]:
-                            behind.discard(tp)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.error("routing side inputs failed: restarting", error_type=type(exc).__name__)
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await consumer.stop()
-
-    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> None:
+    def apply(self, record: ConsumerRecord) -> None:
         """One record; never raises."""
+        topic, key, value = record.topic, record.key, record.value
         if topic == topics.REGISTRY and key == REGISTRY_KEY and value:
             try:
                 registry = decode_registry(value)
