@@ -6,10 +6,9 @@ Uses VERWIJSHUB_KAFKA_BOOTSTRAP if set, else starts the local Apache Kafka on fr
 directory. For each channel it fills `referrals.<channel>.v1` with `count` distinct valid referrals, then:
 - baseline: a plain aiokafka consumer that, per record, produces two records (as intake does: status and
   referral) with acks=all and commits the offset, without parsing;
-- intake: the real intake service in this process (FastStream, the adapter, the ledger), done when the
+- intake: the real intake service in this process (the transactional runtime, the adapter, the ledger), done when the
   consumer group's committed offsets (polled) cover the topic.
-Both are timed from their start call, so consumer-group joins (several for intake: one consumer per
-channel subscriber) are included: a conservative number.
+Both are timed from their start call, so the consumer-group join is included: a conservative number.
 Logs at WARNING, so the numbers measure the work, not the log file.
 """
 

@@ -4,8 +4,8 @@
 
 Starts its own broker (as the tests do), loads N normalised referrals, then measures, each on its own
 copy of the input topic:
-- `routing service`: the FastStream routing service (state follower, policy; a batch of referrals
-  published in order, confirmed together, one offset commit per batch);
+- `routing service`: routing on the transactional runtime (policy, the youth's state on `routing.state.v1`,
+  decisions and input offsets in one transaction per partition's batch);
 - `raw aiokafka, awaited`: consume -> decide -> send_and_wait per record, commit per fetched batch;
 - `raw aiokafka, awaited+commit`: as awaited, and commit after each record (what per-message ack costs);
 - `raw aiokafka, batched`: consume -> decide -> send without waiting, flush per batch (the ceiling);
