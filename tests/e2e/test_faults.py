@@ -29,7 +29,7 @@ from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import wait_until_ready
 from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub
-from tests.kafka_client import header, partitions_of
+from tests.kafka_client import header, partitions_of, read_committed
 from tests.referrals import channel_bytes
 
 pytestmark = pytest.mark.e2e
@@ -182,26 +182,6 @@ async def faults(broker: TestKafka, hub: Hub, progress: Progress) -> None:
             progress.note(f"{target}-{instance} started again")
     progress.cap = COUNT
     progress.note("every fault done")
-
-
-async def read_committed(kafka: KafkaConnection, names: list[str], timeout_s: float = 120.0) -> list[ConsumerRecord]:
-    """Every record of the topics up to their end, as a read_committed consumer sees them (no aborted record)."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        partitions = [tp for name in names for tp in await partitions_of(kafka, name)]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets
-        records: list[ConsumerRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{names} not read to their end in {timeout_s:.0f}s")
-            records += [r for batch in (await consumer.getmany(timeout_ms=500)).values() for r in batch]
-        return records
-    finally:
-        await consumer.stop()
 
 
 async def handover_topics(kafka: KafkaConnection) -> list[str]:
