@@ -64,7 +64,10 @@ def asyncapi_document() -> dict[str, Any]:
     settings = Settings(kafka_bootstrap=PLACEHOLDER_BOOTSTRAP, kafka_username="<principal>",
                         kafka_password="<password>", pseudonym_key="<not used>", _env_file=None)
     registry = load_registry(REPO_ROOT / "deploy" / "registry")
-    brokers = [create(settings, registry, SystemClock()) for create in SERVICES.values()]
+    from services.infra.processing import Runtime
+
+    services = [create(settings, registry, SystemClock()) for create in SERVICES.values()]
+    brokers = [service.specification() if isinstance(service, Runtime) else service for service in services]
     specification = AsyncAPI(
         *brokers, title="Verwijshub", version="1.0.0", schema_version="3.0.0",
         description="The youth-care referral hub of Groningen: what intake, routing and notifier consume. "

@@ -20,6 +20,7 @@ from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.kafka import group_id
 from services.infra.logging import get_logger
 from services.infra.metrics import serve_metrics
+from services.infra.processing import Runtime
 from services.infra.settings import REPO_ROOT, Settings
 from services.intake.app import create_intake
 from services.notifier.app import create_notifier
@@ -28,14 +29,21 @@ from services.routing.app import FEEDBACK_GROUP as ROUTING_FEEDBACK_GROUP
 from services.routing.app import create_routing
 
 LAG_EVERY_S = 15.0
-SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker]] = {
+SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker | Runtime]] = {
     "intake": create_intake,
     "routing": create_routing,
     "notifier": create_notifier,
     "gateway": create_gateway,
     "analytics": create_analytics,
 }
-"""Each service's create function; the gateway's broker also runs its HTTPS and MLLP servers (services/gateway)."""
+"""Each service's create function: intake, routing and notifier run on the transactional runtime
+(services/infra/processing.py); the gateway's and the analytics sink's FastStream brokers also run the HTTPS and
+MLLP servers and the DuckDB store."""
+
+
+def healthy(service: KafkaBroker | Runtime) -> bool:
+    """A runtime is not ready while a partition waits to retry after a transient failure."""
+    return service.healthy() if isinstance(service, Runtime) else True
 
 
 async def run_services(names: list[str], settings: Settings, registry: Registry,
@@ -48,7 +56,7 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
     log = get_logger()
-    endpoint = start_metrics(settings, ready)
+    endpoint = start_metrics(settings, lambda: ready.is_set() and all(map(healthy, brokers)))
     lag = asyncio.create_task(export_own_lag(settings, names))
     try:
         for broker in brokers:
@@ -68,12 +76,12 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
             endpoint.shutdown()
 
 
-def start_metrics(settings: Settings, ready: asyncio.Event) -> ThreadingHTTPServer | None:
+def start_metrics(settings: Settings, ready: Callable[[], bool]) -> ThreadingHTTPServer | None:
     """The process's /metrics, /healthz and /readyz; a port in use is logged, not fatal (the services matter more)."""
     if not settings.metrics_port:
         return None
     try:
-        return serve_metrics(settings.metrics_host, settings.metrics_port, ready.is_set)
+        return serve_metrics(settings.metrics_host, settings.metrics_port, ready)
     except OSError as exc:
         get_logger().error("metrics endpoint not started", port=settings.metrics_port, error=str(exc))
         return None

@@ -27,7 +27,8 @@ from services.infra.connection import KafkaConnection
 from services.infra.provisioning import failures
 
 SCRAM_ITERATIONS = 8192
-RESOURCES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceType.GROUP}
+RESOURCES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceType.GROUP,
+             Resource.TRANSACTIONAL_ID: ResourceType.TRANSACTIONAL_ID}
 PATTERNS = {Pattern.LITERAL: ResourcePatternType.LITERAL, Pattern.PREFIXED: ResourcePatternType.PREFIXED}
 OPERATIONS = {Operation.READ: AclOperation.READ, Operation.WRITE: AclOperation.WRITE,
               Operation.DESCRIBE: AclOperation.DESCRIBE}

@@ -20,6 +20,8 @@ from services.infra import principals, topics
 class Resource(StrEnum):
     TOPIC = "topic"
     GROUP = "group"
+    TRANSACTIONAL_ID = "transactionalId"
+    """A producer's transactional id (the services' one per partition: services/infra/processing.py)."""
 
 
 class Pattern(StrEnum):
@@ -78,6 +80,11 @@ def _own_groups(principal: str) -> Grant:
     return _group(principal, f"{principal}.", Pattern.PREFIXED)
 
 
+def _transactions(principal: str) -> Grant:
+    """Transactional ids `<principal>-<partition>`: one per partition the service processes."""
+    return Grant(principal, Resource.TRANSACTIONAL_ID, Pattern.PREFIXED, f"{principal}-", Operation.WRITE)
+
+
 def referrer_grants(channel: str) -> list[Grant]:
     """Write its channel, read its channel's status with groups of its own prefix; nothing else."""
     who = principals.referrer(channel)
@@ -106,18 +113,19 @@ def service_grants() -> list[Grant]:
                  topics.REGISTRY),
         *_topics(intake, Operation.WRITE, topics.NORMALISED, topics.DEAD_LETTERS, topics.INTAKE_ACCEPTED),
         *_topics(intake, Operation.WRITE, "status.", pattern=prefix),
-        _group(intake, principals.service("intake")),
+        _group(intake, principals.service("intake")), _transactions(intake),
         *_topics(routing, Operation.READ, topics.NORMALISED, topics.REGISTRY, topics.INDICATIONS, topics.DECISIONS),
         *_topics(routing, Operation.READ, "feedback.", pattern=prefix),
         *_topics(routing, Operation.WRITE, topics.DECISIONS, topics.INDICATIONS, topics.ALERTS, topics.DEAD_LETTERS),
         _group(routing, principals.service("routing")), _group(routing, principals.service("routing-feedback")),
+        _transactions(routing),
         *_topics(notifier, Operation.READ, topics.DECISIONS, topics.INDICATIONS, topics.REGISTRY,
                  topics.NOTIFIER_STATE),
         *_topics(notifier, Operation.READ, "feedback.", pattern=prefix),
         *_topics(notifier, Operation.WRITE, topics.NOTIFIER_STATE, topics.ALERTS, topics.DEAD_LETTERS,
                  topics.OPS_RECIPIENTS),
         *_topics(notifier, Operation.WRITE, "handovers.", "status.", pattern=prefix),
-        _group(notifier, principals.service("notifier")),
+        _group(notifier, principals.service("notifier")), _transactions(notifier),
     ]
 
 

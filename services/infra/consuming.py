@@ -17,7 +17,7 @@ from faststream.kafka.message import KafkaMessage
 
 from schemas.errors import ReferralError
 from services.infra import metrics, topics
-from services.infra.kafka import outbound, publish
+from services.infra.kafka import Outbound, outbound, publish
 from services.infra.logging import get_logger
 
 DEAD_LETTER_SCHEMA = "verwijshub.DeadLetter/1"
@@ -45,17 +45,22 @@ def header(message: KafkaMessage, name: str) -> str | None:
     return value
 
 
-async def dead_letter(broker: KafkaBroker, message: KafkaMessage, errors: list[ReferralError],
-                      channel: str | None = None) -> None:
-    """Park a record on the dead-letter topic: its raw bytes, its key, why, and where it came from."""
+def dead_letter_record(message: KafkaMessage, errors: list[ReferralError], channel: str | None = None) -> Outbound:
+    """The dead letter of a record: its raw bytes, its key, why, and where it came from."""
     origin = {f"origin-{k}": str(v) for k, v in record_context(message).items()}
     metrics.DEAD_LETTERS.labels(origin["origin-topic"], errors[0].code.value if errors else "").inc()
     origin_headers = {f"origin-header-{k}": v.decode(errors="replace") if isinstance(v, bytes) else str(v)
                       for k, v in (message.headers or {}).items()}
-    await publish(broker, outbound(
+    return outbound(
         topics.DEAD_LETTERS, message.body, message.raw_message.key, schema=DEAD_LETTER_SCHEMA,
         content_type="application/octet-stream", channel=channel or "",
-        extra_headers={**origin_headers, **origin, "errors": json.dumps([e.model_dump(mode="json") for e in errors])}))
+        extra_headers={**origin_headers, **origin, "errors": json.dumps([e.model_dump(mode="json") for e in errors])})
+
+
+async def dead_letter(broker: KafkaBroker, message: KafkaMessage, errors: list[ReferralError],
+                      channel: str | None = None) -> None:
+    """Park a record on the dead-letter topic (a FastStream consumer's way; the runtime sends `dead_letter_record`)."""
+    await publish(broker, dead_letter_record(message, errors, channel))
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,26 @@
 """The intake service: consumes each channel's referrals, publishes canonical ones, rejects the rest.
 
-Order matters for the referrer: `received` is written before the normalised referral, so no later
-status can overtake it on the referrer's status topic. Then the accepted-referral ledger is written
-(`ledger.py`), so that the same referral sent again, also after a restart, has no second effect.
+Per inbound record, in one transaction with its offset (services/infra/processing.py): an accepted referral
+gives its `received` status, the canonical referral and its ledger record (`ledger.py`: the same referral sent
+again, also after a restart, has no second effect); a rejected one gives its dead letter and, when the referrer's
+id is known, the `rejected` status. `received` comes before the normalised referral, so no later status can
+overtake it on the referrer's status topic.
 """
 
-from faststream import AckPolicy
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
-from faststream.kafka.message import KafkaMessage
 
 from schemas.errors import ErrorCode
-from schemas.referral import Channel, Referral
+from schemas.referral import AcceptedReferral, Channel, Referral
 from schemas.registry import Registry
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
-from services.infra.consuming import dead_letter, handling
-from services.infra.kafka import group_id, make_broker, outbound, publish
+from services.infra.connection import KafkaConnection
+from services.infra.consuming import RecordView, dead_letter_record
+from services.infra.kafka import Outbound, outbound
+from services.infra.logging import get_logger
+from services.infra.processing import Processor, Runtime, document_input
 from services.infra.settings import Settings
 from services.intake.adapters import PARSERS, read_referral
 from services.intake.ledger import AcceptedLedger
@@ -25,113 +28,105 @@ from services.intake.outcome import ParseOutcome, Rejection
 from services.intake.products import ProductTable
 
 SERVICE = "intake"
+CHANNEL_OF_TOPIC = {topics.referrals(channel): channel for channel in PARSERS}
 
 
-class Intake:
-    """Reads one inbound record: adapter, then publish the referral or the rejection."""
+class Intake(Processor):
+    """Reads one inbound record: adapter, then the referral's records or the rejection's."""
 
-    def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
-        self.broker, self.settings, self.registry, self.clock = broker, settings, registry, clock
+    service = SERVICE
+    inputs = "|".join(name.replace(".", r"\.") for name in CHANNEL_OF_TOPIC)
+
+    def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
+        self.settings, self.clock = settings, clock
         self.ledger = AcceptedLedger(settings.connection(principals.service(SERVICE)))
         self.products = ProductTable(settings.connection(principals.service(SERVICE)), registry)
         self.pseudonym_key = settings.youth_pseudonym_key()
+        self.log = get_logger(service=SERVICE)
+
+    async def start(self, kafka: KafkaConnection) -> None:
+        try:
+            await self.products.refresh()
+        except Exception as exc:  # the registry files' table stands until registry.v1 can be read
+            self.log.error("registry read failed", error_type=type(exc).__name__)
+        await self.ledger.start()  # know every referral accepted before, by any instance
+
+    async def stop(self) -> None:
+        await self.ledger.stop()
+        await self.products.stop()
+
+    def unload(self, partition: int) -> None:
+        self.ledger.aborted(partition)
+
+    def committed(self, partition: int) -> None:
+        self.ledger.committed(partition)
 
     def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:
-        return read_referral(
-            channel, raw, known_products=self.products.products, received_at=self.clock.now(),
-            pseudonym_key=self.pseudonym_key,
-            max_bytes=self.settings.max_message_bytes,
-        )
+        return read_referral(channel, raw, known_products=self.products.products, received_at=self.clock.now(),
+                             pseudonym_key=self.pseudonym_key, max_bytes=self.settings.max_message_bytes)
 
-    async def handle(self, channel: Channel, message: KafkaMessage) -> None:
-        await self.ledger.ready.wait()  # know every referral accepted before, by any instance
-        with handling(SERVICE, message) as log:
-            outcome = self.parse(channel, message.body)
-            if isinstance(outcome, Rejection) and any(e.code is ErrorCode.PRODUCT_UNKNOWN for e in outcome.errors) \
-                    and await self.products.refresh():  # a registry published since: the product may be known now
-                outcome = self.parse(channel, message.body)
-            if isinstance(outcome, Rejection) and outcome.failure:  # an adapter bug: the record is parked
-                log.error("adapter failed", channel=channel.value, error_type=outcome.failure)
-            if isinstance(outcome, Referral) and outcome.referral_id in self.ledger:
-                log.info("duplicate referral ignored", channel=channel.value, correlation_id=outcome.referral_id,
-                         referrer_referral_id=outcome.referrer_referral_id)
-            elif isinstance(outcome, Referral):
-                await self.accept(outcome)
-                record = message.raw_message
-                await self.ledger.record(self.broker, outcome, f"{record.topic}/{record.partition}/{record.offset}",
-                                         self.clock.now())
-                metrics.REFERRALS_ACCEPTED.labels(channel.value).inc()
-                log.info("referral accepted", channel=channel.value, correlation_id=outcome.referral_id,
-                         referrer_referral_id=outcome.referrer_referral_id, pseudonym=outcome.youth.pseudonym)
-            else:
-                await self.reject(channel, message, outcome)
-                for code in {e.code.value for e in outcome.errors}:
-                    metrics.REFERRALS_REJECTED.labels(channel.value, code).inc()
-                log.warning("referral rejected", channel=channel.value,
-                            referrer_referral_id=outcome.referrer_referral_id,
-                            codes=[e.code.value for e in outcome.errors])
+    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+        channel, raw = CHANNEL_OF_TOPIC[record.topic], record.value or b""
+        outcome = self.parse(channel, raw)
+        if isinstance(outcome, Rejection) and any(e.code is ErrorCode.PRODUCT_UNKNOWN for e in outcome.errors) \
+                and await self.products.refresh():  # a registry published since: the product may be known now
+            outcome = self.parse(channel, raw)
+        if isinstance(outcome, Rejection) and outcome.failure:  # an adapter bug: the record is parked
+            self.log.error("adapter failed", channel=channel.value, error_type=outcome.failure)
+        if isinstance(outcome, Referral) and outcome.referral_id in self.ledger:
+            self.log.info("duplicate referral ignored", channel=channel.value, correlation_id=outcome.referral_id,
+                          referrer_referral_id=outcome.referrer_referral_id)
+            return []
+        if isinstance(outcome, Referral):
+            metrics.REFERRALS_ACCEPTED.labels(channel.value).inc()
+            self.log.info("referral accepted", channel=channel.value, correlation_id=outcome.referral_id,
+                          referrer_referral_id=outcome.referrer_referral_id, pseudonym=outcome.youth.pseudonym)
+            return self.accept(record, outcome)
+        for code in {e.code.value for e in outcome.errors}:
+            metrics.REFERRALS_REJECTED.labels(channel.value, code).inc()
+        self.log.warning("referral rejected", channel=channel.value, referrer_referral_id=outcome.referrer_referral_id,
+                         codes=[e.code.value for e in outcome.errors])
+        return self.reject(record, channel, outcome)
 
-    async def accept(self, referral: Referral) -> None:
+    def accept(self, record: ConsumerRecord, referral: Referral) -> list[Outbound]:
+        now = self.clock.now()
         status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
-                                ReferralStatus.RECEIVED, self.clock.now())
-        await publish(self.broker, outbound(topics.status(referral.channel), status, referral.referrer_referral_id,
-                                            correlation_id=referral.referral_id, channel=referral.channel))
-        await publish(self.broker, outbound(topics.NORMALISED, referral, referral.youth.pseudonym,
-                                            correlation_id=referral.referral_id, channel=referral.channel))
+                                ReferralStatus.RECEIVED, now)
+        accepted = AcceptedReferral(referral_id=referral.referral_id, channel=referral.channel,
+                                    referrer_referral_id=referral.referrer_referral_id, accepted_at=now,
+                                    origin=f"{record.topic}/{record.partition}/{record.offset}")
+        return [outbound(topics.status(referral.channel), status, referral.referrer_referral_id,
+                         correlation_id=referral.referral_id, channel=referral.channel),
+                outbound(topics.NORMALISED, referral, referral.youth.pseudonym, correlation_id=referral.referral_id,
+                         channel=referral.channel),
+                self.ledger.accept(record.partition, accepted)]
 
-    async def reject(self, channel: Channel, message: KafkaMessage, rejection: Rejection) -> None:
-        await dead_letter(self.broker, message, rejection.errors, channel)
+    def reject(self, record: ConsumerRecord, channel: Channel, rejection: Rejection) -> list[Outbound]:
+        records = [dead_letter_record(RecordView(record), rejection.errors, channel)]
         if rejection.referrer_referral_id:
             status = StatusEvent.of(channel, rejection.referrer_referral_id, None, ReferralStatus.REJECTED,
                                     self.clock.now(), errors=rejection.errors)
-            await publish(self.broker, outbound(topics.status(channel), status, rejection.referrer_referral_id,
-                                                channel=channel))
+            records.append(outbound(topics.status(channel), status, rejection.referrer_referral_id, channel=channel))
+        return records
+
+    @staticmethod
+    def document(broker: KafkaBroker) -> None:
+        """What intake reads and writes, for the AsyncAPI document."""
+        for channel in PARSERS:
+            document_input(broker, f"intake:{channel}", f"Referrals from the {channel} channel, in its native format.",
+                           topic=topics.referrals(channel))
+            broker.publisher(topics.status(channel), title=f"intake:status:{channel}", schema=StatusEvent,
+                             description=f"`received` or `rejected` (with its errors) to the {channel} referrers.")
+        broker.publisher(topics.NORMALISED, title="intake:normalised", schema=Referral,
+                         description="Canonical referrals, keyed by youth pseudonym.")
+        broker.publisher(topics.DEAD_LETTERS, title="intake:dead-letters", schema=bytes,
+                         description="Rejected records: raw bytes and key as received; headers `errors` (JSON list of "
+                                     "code, location, message), `channel`, `origin-topic|partition|offset`, "
+                                     "`origin-header-*`.")
+        broker.publisher(topics.INTAKE_ACCEPTED, title="intake:accepted-ledger", schema=AcceptedReferral,
+                         description="Internal, compacted: one record per accepted referral, keyed by hub referral "
+                                     "id; read back at start to drop re-sent referrals.")
 
 
-class IntakeBroker(KafkaBroker):
-    """The FastStream broker of intake, which also follows the accepted-referral ledger."""
-
-    intake: Intake
-
-    async def start(self) -> None:
-        self.intake.ledger.start()
-        await self.intake.products.refresh()
-        await super().start()
-
-    async def stop(self, *exc_info) -> None:
-        await self.intake.ledger.stop()
-        await self.intake.products.stop()
-        await super().stop(*exc_info)
-
-
-def create_intake(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
-    broker = make_broker(settings, SERVICE, IntakeBroker)
-    intake = Intake(broker, settings, registry, clock)
-    broker.intake = intake
-    for channel in PARSERS:
-        subscriber = broker.subscriber(
-            topics.referrals(channel), group_id=group_id(SERVICE), auto_offset_reset="earliest",
-            ack_policy=AckPolicy.ACK, max_partition_fetch_bytes=settings.max_message_bytes * 2,
-            title=f"intake:{channel}", description=f"Referrals from the {channel} channel, in its native format.")
-        subscriber(_channel_handler(intake, channel))
-        broker.publisher(topics.status(channel), title=f"intake:status:{channel}", schema=StatusEvent,
-                         description=f"`received` or `rejected` (with its errors) to the {channel} referrers.")
-    # What intake writes, declared for the AsyncAPI document (the handlers publish through the broker).
-    broker.publisher(topics.NORMALISED, title="intake:normalised", schema=Referral,
-                     description="Canonical referrals, keyed by youth pseudonym.")
-    broker.publisher(topics.DEAD_LETTERS, title="intake:dead-letters", schema=bytes,
-                     description="Rejected records: raw bytes and key as received; headers `errors` (JSON list of "
-                                 "code, location, message), `channel`, `origin-topic|partition|offset`, "
-                                 "`origin-header-*`.")
-    broker.publisher(topics.INTAKE_ACCEPTED, title="intake:accepted-ledger",
-                     description="Internal, compacted: one record per accepted referral, keyed by hub referral id; "
-                                 "read back at start to drop re-sent referrals.")
-    return broker
-
-
-def _channel_handler(intake: Intake, channel: Channel):
-    async def on_referral(message: ConsumedRecord) -> None:
-        await intake.handle(channel, message)
-
-    on_referral.__name__ = f"on_{channel.value}_referral"
-    return on_referral
+def create_intake(settings: Settings, registry: Registry, clock: Clock) -> Runtime:
+    return Runtime(Intake(settings, registry, clock), settings)

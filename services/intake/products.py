@@ -33,28 +33,24 @@ class ProductTable:
 
     async def refresh(self) -> bool:
         """Read the latest registry when `registry.v1` grew since the last look; True when it did. A broker
-        hiccup keeps the table as it is (logged)."""
+        hiccup raises: the referral that asked is retried, not rejected for a product the hub might know."""
         async with self._lock:
-            try:
-                if self._consumer is None:
-                    self._consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
-                                                      client_id="verwijshub-intake-registry")
-                    await self._consumer.start()
-                self._partitions = self._partitions or await partitions_of(self.kafka, [topics.REGISTRY])
-                ends = await self._consumer.end_offsets(self._partitions) if self._partitions else {}
-                if ends == self._ends:
-                    return False
-                latest = await latest_registry(self.kafka)
-                self._ends = ends
-                if latest is not None and latest.version != self.registry.version:
-                    self.registry = latest
-                    get_logger(service="intake").info("product table from registry.v1", registry=latest.version,
-                                                      products=len(latest.products))
-                    return True
+            if self._consumer is None:
+                self._consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
+                                                  client_id="verwijshub-intake-registry")
+                await self._consumer.start()
+            self._partitions = self._partitions or await partitions_of(self.kafka, [topics.REGISTRY])
+            ends = await self._consumer.end_offsets(self._partitions) if self._partitions else {}
+            if ends == self._ends:
                 return False
-            except Exception as exc:  # never take intake down over the registry; the files' table stays
-                get_logger(service="intake").error("registry read failed", error_type=type(exc).__name__)
-                return False
+            latest = await latest_registry(self.kafka)
+            self._ends = ends
+            if latest is not None and latest.version != self.registry.version:
+                self.registry = latest
+                get_logger(service="intake").info("product table from registry.v1", registry=latest.version,
+                                                  products=len(latest.products))
+                return True
+            return False
 
     async def stop(self) -> None:
         if self._consumer is not None:

@@ -1,0 +1,404 @@
+"""The one processing runtime of intake, routing and notifier: consume, call the core, publish, commit: at once.
+
+A service plugs in a `Processor` (its pure core behind `handle` and `tick`). The runtime reads its input topics
+in one consumer group and, for each batch of a partition, publishes the records the core returns and commits the
+input offsets in ONE Kafka transaction, so a record's effects and its consumption happen together or not at all
+(pyeventsourcing's process applications record outputs and position atomically in the same way).
+
+Fencing: aiokafka 0.14 sends TxnOffsetCommit v0, which carries no group generation (KIP-447), so the broker
+cannot tell a zombie that lost its partitions from their owner by the offset commit. Instead each partition
+number has its own transactional id (`verwijshub-<service>-<N>`, the pre-KIP-447 pattern of Kafka Streams):
+the instance that is assigned N starts that producer, whose InitProducerId bumps the epoch, aborts the zombie's
+open transaction and fences its later ones, and only then reads the partition's state. Every input topic of a
+service has the same number of partitions and the same key, and the range assignor gives one instance partition
+N of every input, so one id covers all of N.
+
+Failures: a transient one (broker away, timeout) aborts the transaction; the partition's state is reloaded, the
+consumer goes back to the committed offsets, and the batch is retried with backoff while `/readyz` says not
+ready. Nothing is committed that was not processed. Any other exception from the core is a poison record: the
+batch is aborted and retried with that record dead-lettered instead (its raw bytes, why, and whence).
+"""
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import KafkaError, ProducerFenced
+from faststream.kafka import KafkaBroker
+
+from schemas.errors import ErrorCode, ReferralError
+from services.infra import principals
+from services.infra.connection import KafkaConnection
+from services.infra.consuming import RecordView, dead_letter_record, handling
+from services.infra.kafka import Outbound, group_id, make_broker
+from services.infra.logging import get_logger
+from services.infra.settings import Settings
+
+TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError, ConnectionError)
+"""Failures that pass: the broker away, a leader moving, a timeout. Retried, never committed."""
+BACKOFF_S = (0.2, 10.0)
+"""The first and the longest wait before a failed batch is tried again (doubling, with jitter)."""
+TRANSACTION_TIMEOUT_S = 60.0
+"""How long one batch's transaction may take before it is given up as transient."""
+
+
+class Poison(Exception):
+    """A record that can never be processed; the runtime dead-letters it with `errors` and goes on."""
+
+    def __init__(self, errors: list[ReferralError], channel: str = "") -> None:
+        super().__init__(errors[0].message if errors else "poison")
+        self.errors, self.channel = errors, channel
+
+
+class Processor:
+    """A service's core as the runtime drives it. Rules for `handle`: change memory only once nothing can fail any
+    more (compute with pure functions, then assign), and hold nothing that `load` does not rebuild."""
+
+    service: ClassVar[str]
+    inputs: ClassVar[str]
+    """A regex of the input topics: same partition count, same key."""
+    state_topic: ClassVar[str | None] = None
+    """Compacted and co-partitioned with the inputs: state records go to the partition of their input."""
+
+    async def start(self, kafka: KafkaConnection) -> None:
+        """Follow side inputs (the registry); before the first partition is assigned."""
+
+    async def stop(self) -> None:
+        pass
+
+    async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
+        """Partition N is owned now: the records of partition N of `state_topic`, in order."""
+
+    def unload(self, partition: int) -> None:
+        """Partition N is no longer owned, or is about to be loaded again after an aborted transaction."""
+
+    def committed(self, partition: int) -> None:
+        """The transaction of partition N committed: what `handle` kept pending is now true."""
+
+    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+        """One input record: the records to publish, in order."""
+        raise NotImplementedError
+
+    async def tick(self, partition: int) -> list[Outbound]:
+        """What the passing of time makes due in partition N (timers, sweeps)."""
+        return []
+
+    @staticmethod
+    def document(broker: KafkaBroker) -> None:
+        """Declare what the service reads (`document_input`) and writes (`broker.publisher`), for AsyncAPI."""
+
+
+@dataclass
+class Owned:
+    """A partition number this instance owns: its producer, and a lock that serialises its batches and ticks."""
+
+    producer: AIOKafkaProducer
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    failures: int = 0
+    poison: set[tuple[str, int]] = field(default_factory=set)
+    """(topic, offset) of records whose handling raised a bug: dead-lettered on the retry."""
+
+
+class Runtime:
+    """Runs one `Processor`: `start`, then `stop`; `healthy()` for `/readyz`."""
+
+    def __init__(self, processor: Processor, settings: Settings, batch_max: int = 500) -> None:
+        self.processor, self.settings, self.batch_max = processor, settings, batch_max
+        self.kafka = settings.connection(principals.service(processor.service))
+        self.group = group_id(processor.service)
+        self.owned: dict[int, Owned] = {}
+        self.retrying: set[int] = set()
+        self.generation = 0
+        """Counts rebalances: a batch fetched before one is dropped (the inputs are sought to what is committed)."""
+        self.consumer: AIOKafkaConsumer | None = None
+        self.tasks: list[asyncio.Task] = []
+        self.log = get_logger(service=processor.service)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.processor.start(self.kafka)
+        self.consumer = AIOKafkaConsumer(
+            **self.kafka.client_options(), group_id=self.group, client_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            max_partition_fetch_bytes=max(self.settings.max_message_bytes * 2, 1024 * 1024),
+            metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
+        await self.consumer.start()
+        self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
+        self.tasks = [asyncio.create_task(self.consume(), name=f"{self.group}-consume"),
+                      asyncio.create_task(self.tick_periodically(), name=f"{self.group}-tick")]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.consumer.stop(), 10)
+        for number in list(self.owned):
+            await self.release(number)
+        await self.processor.stop()
+
+    def specification(self) -> KafkaBroker:
+        """A FastStream broker that only declares what the processor reads and writes: FastStream generates the
+        AsyncAPI document from it (schemas/generate.py); it never connects."""
+        broker = make_broker(self.settings, self.processor.service)
+        self.processor.document(broker)
+        return broker
+
+    def healthy(self) -> bool:
+        """Ready unless a partition waits to retry after a transient failure."""
+        return self.consumer is not None and not self.retrying
+
+    # -- ownership -----------------------------------------------------------------------------------------
+    async def acquire(self, number: int) -> None:
+        """Own partition number N: its producer first (fencing a zombie owner), then its state."""
+        producer = await self.fresh_producer(number)
+        try:
+            await self.load(number)
+        except BaseException:
+            await _close(producer)
+            raise
+        self.owned[number] = Owned(producer)
+
+    async def fresh_producer(self, number: int) -> AIOKafkaProducer:
+        """Partition N's transactional producer, started: its InitProducerId fences every earlier producer of N and
+        aborts what that one left open (the empty transaction waits for it)."""
+        producer = AIOKafkaProducer(
+            **self.kafka.client_options(), client_id=f"{self.group}-{number}", acks="all", enable_idempotence=True,
+            transactional_id=f"{self.group}-{number}", transaction_timeout_ms=int(TRANSACTION_TIMEOUT_S * 1000),
+            max_request_size=max(self.settings.max_message_bytes * 2, 1024 * 1024), linger_ms=2)
+        await producer.start()
+        try:
+            await asyncio.wait_for(producer.begin_transaction(), TRANSACTION_TIMEOUT_S)
+            await producer.abort_transaction()
+        except BaseException:
+            await _close(producer)
+            raise
+        return producer
+
+    async def load(self, number: int) -> None:
+        topic = self.processor.state_topic
+        state = await read_partition(self.kafka, topic, number) if topic else []
+        await self.processor.load(number, state)
+
+    async def release(self, number: int) -> None:
+        owned = self.owned.pop(number, None)
+        if owned is None:
+            return
+        async with owned.lock:  # after the batch in hand
+            self.processor.unload(number)
+            self.retrying.discard(number)
+            await _close(owned.producer)
+
+    async def revoked(self) -> None:
+        """A rebalance begins: no new batch starts, and the one in hand is committed (or aborted) before this
+        instance rejoins, so the partitions' next owners read every offset it committed."""
+        self.generation += 1
+        for owned in list(self.owned.values()):
+            async with owned.lock:
+                pass
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        """Own the assigned partition numbers (releasing the others), then start every input from its committed
+        offset, read only now that the fencing is done, whatever aiokafka kept from before."""
+        numbers = {tp.partition for tp in partitions}
+        for number in set(self.owned) - numbers:
+            await self.release(number)
+        for number in sorted(numbers - set(self.owned)):
+            while True:
+                try:
+                    await self.acquire(number)
+                    break
+                except TRANSIENT as exc:
+                    self.log.warning("partition not taken yet: retrying", partition=number,
+                                     error_type=type(exc).__name__)
+                    await asyncio.sleep(1.0)
+        assert self.consumer is not None
+        for tp in partitions:
+            committed = await self.consumer.committed(tp)
+            if committed is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, committed)
+        self.log.info("partitions owned", partitions=sorted(self.owned))
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    async def consume(self) -> None:
+        assert self.consumer is not None
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_max)
+            generation = self.generation
+            by_number: dict[int, list[ConsumerRecord]] = {}
+            for tp, records in batches.items():
+                by_number.setdefault(tp.partition, []).extend(records)
+            await asyncio.gather(*(self.process(number, records, generation)
+                                   for number, records in by_number.items()))
+
+    async def process(self, number: int, records: list[ConsumerRecord], generation: int) -> None:
+        """One partition's batch in one transaction; on failure back to its first offsets, retried later."""
+        owned = self.owned.get(number)
+        if owned is None:
+            return
+        async with owned.lock:
+            if self.owned.get(number) is not owned or generation != self.generation:  # fetched before a rebalance
+                return
+            offsets: dict[TopicPartition, int] = {}
+            for record in records:
+                offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+
+            async def body(producer: AIOKafkaProducer) -> None:
+                for record in records:
+                    await send(producer, await self.handle(owned, record))
+                await producer.send_offsets_to_transaction(offsets, self.group)
+
+            firsts: dict[TopicPartition, int] = {}
+            for record in records:
+                firsts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
+            await self.transaction(number, owned, body, rewind=firsts)
+
+    async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
+        view = RecordView(record)
+        with handling(self.processor.service, view) as log:
+            if (record.topic, record.offset) in owned.poison:
+                owned.poison.discard((record.topic, record.offset))
+                log.error("record failed the hub: dead-lettered")
+                return [dead_letter_record(view, [ReferralError(
+                    code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")])]
+            try:
+                return await self.processor.handle(record)
+            except Poison as poison:
+                log.warning("record refused: dead-lettered", codes=[e.code.value for e in poison.errors])
+                return [dead_letter_record(view, poison.errors, poison.channel)]
+            except TRANSIENT:
+                raise
+            except Exception as exc:
+                log.error("record failed the hub: retried without it", error_type=type(exc).__name__)
+                owned.poison.add((record.topic, record.offset))
+                raise
+
+    async def tick_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.notifier_tick_seconds)
+            for number, owned in list(self.owned.items()):
+                async with owned.lock:
+                    if self.owned.get(number) is owned and number not in self.retrying:
+                        async def body(producer: AIOKafkaProducer, number: int = number) -> None:
+                            await send(producer, await self.processor.tick(number))
+
+                        await self.transaction(number, owned, body)
+
+    async def transaction(self, number: int, owned: Owned, body, rewind: dict[TopicPartition, int] | None = None
+                          ) -> None:
+        """Run `body(producer)` in one transaction of partition N (its lock held). Committed: done. Failed: the
+        state reloaded, the inputs rewound, a retry after backoff (nothing of it is visible to read_committed)."""
+        producer = owned.producer
+        try:
+            await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
+        except ProducerFenced:
+            self.log.warning("partition taken by another instance", partition=number)
+            self.owned.pop(number, None)
+            self.processor.unload(number)
+            await _close(producer)
+            return
+        except Exception as exc:
+            owned.failures += 1
+            self.retrying.add(number)
+            wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
+            self.log.warning("transaction aborted: retried", partition=number, error_type=type(exc).__name__,
+                             attempt=owned.failures, retry_in_s=round(wait, 2))
+            await self.recover(number, owned, rewind or {})
+            await asyncio.sleep(wait)
+            return
+        owned.failures = 0
+        self.retrying.discard(number)
+        self.processor.committed(number)
+
+    async def _commit(self, producer: AIOKafkaProducer, body) -> None:
+        await producer.begin_transaction()
+        try:
+            await body(producer)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.abort_transaction(), 10)
+            raise
+        await producer.commit_transaction()
+
+    async def recover(self, number: int, owned: Owned, rewind: dict[TopicPartition, int]) -> None:
+        """After an aborted transaction: a fresh producer (its InitProducerId ends whatever the old one left
+        open), the state as committed, and the inputs from the first record not committed."""
+        self.processor.unload(number)
+        await _close(owned.producer)
+        assert self.consumer is not None
+        for tp, offset in rewind.items():
+            if tp in self.consumer.assignment():
+                self.consumer.seek(tp, offset)
+        started = time.monotonic()
+        while self.owned.get(number) is owned:
+            try:
+                replacement = await self.fresh_producer(number)
+                owned.producer = replacement
+                await self.load(number)
+                return
+            except TRANSIENT as exc:
+                self.log.warning("partition not recovered yet", partition=number, error_type=type(exc).__name__,
+                                 waited_s=round(time.monotonic() - started))
+                await asyncio.sleep(min(BACKOFF_S[1], 1.0 + time.monotonic() - started))
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.runtime.revoked()  # which numbers stay is known on assignment; the others are released there
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.runtime.assigned(assigned)
+
+
+async def send(producer: AIOKafkaProducer, records: Iterable[Outbound]) -> None:
+    """Send records in order inside the open transaction; `commit_transaction` waits for their delivery."""
+    for record in records:
+        await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
+                            headers=[(name, value.encode()) for name, value in record.headers.items()])
+
+
+async def read_partition(kafka: KafkaConnection, topic: str, number: int) -> list[ConsumerRecord]:
+    """Every committed record of one partition, from its beginning to its last stable offset."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, number)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]  # read_committed: the last stable offset
+        records: list[ConsumerRecord] = []
+        while await consumer.position(tp) < end:
+            batches = await consumer.getmany(tp, timeout_ms=500)
+            records += batches.get(tp, [])
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def _close(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.stop(), 10)
+
+
+def document_input(broker: KafkaBroker, title: str, description: str, *, topic: str | None = None,
+                   pattern: str | None = None, schema: type = bytes) -> None:
+    """Declare an input on a documentation-only broker (`Runtime.specification`)."""
+    async def handler(body) -> None:  # never called: the runtime consumes
+        pass
+
+    handler.__annotations__["body"] = schema
+    broker.subscriber(*([topic] if topic else []), pattern=pattern, title=title, description=description)(handler)
