@@ -41,11 +41,23 @@ def ready(port: int) -> bool | None:
         return None
 
 
-def write_grants(admin: AccessAdmin, principal: str, topic: str) -> set[Grant]:
-    """The grants that let `principal` write `topic`."""
-    return {g for g in admin.grants() if g.principal == principal and g.resource is Resource.TOPIC
-            and g.operation is Operation.WRITE
+def write_grants(kafka: TestKafka) -> set[Grant]:
+    """The grants that let intake write referrals.normalised.v1."""
+    principal, topic = principals.service("intake"), topics.NORMALISED
+    return {g for g in AccessAdmin(kafka.admin).grants() if g.principal == principal
+            and g.resource is Resource.TOPIC and g.operation is Operation.WRITE
             and (topic.startswith(g.name) if g.pattern is Pattern.PREFIXED else g.name in (topic, "*"))}
+
+
+def change_grants(kafka: TestKafka, grants: set[Grant], revoke: bool) -> None:
+    """Revoke (or restore) `grants`; returns once the broker enforces it. Each call has an admin client of its
+    own, gone at its end (librdkafka's would log the module's broker going away)."""
+    access = AccessAdmin(kafka.admin)
+    if revoke:
+        access.remove(grants)
+    else:
+        access.add(grants)
+    access.settle(lambda: not write_grants(kafka) if revoke else write_grants(kafka) == grants)
 
 
 async def until(check, what: str, timeout_s: float = WAIT_S):
@@ -100,14 +112,13 @@ def test_a_publish_that_fails_commits_nothing_and_the_referral_goes_through_once
     log_file = directory / "intake.log"
     log_file.unlink(missing_ok=True)
     port = _free_port()
-    access = AccessAdmin(private_kafka.admin)
-    intake_principal = principals.service("intake")
-    grants = write_grants(access, intake_principal, topics.NORMALISED)
+    grants = write_grants(private_kafka)
     assert grants, "intake may write referrals.normalised.v1"
     run = str(int(time.time()))
     warm = [f"TRANSIENT-{run}-warm-{i}" for i in range(WARM)]
     held = [f"TRANSIENT-{run}-held-{i}" for i in range(HELD)]
     seen_ready: list[bool | None] = []
+    watched_ready: list[bool | None] = []
     seen_committed: list[dict[int, int]] = []
     intake = start_hub(private_kafka, log_file, "intake", env={"VERWIJSHUB_METRICS_PORT": str(port)})
     revoked = False
@@ -119,9 +130,8 @@ def test_a_publish_that_fails_commits_nothing_and_the_referral_goes_through_once
         asyncio.run(until(warm_done, "the first referrals processed"))
         assert ready(port) is True
 
-        access.remove(grants)
         revoked = True
-        access.settle(lambda: not write_grants(access, intake_principal, topics.NORMALISED))
+        change_grants(private_kafka, grants, revoke=True)
         landed = asyncio.run(publish(private_kafka, held))
         first_held = {}
         for partition, offset in landed.values():
@@ -137,13 +147,12 @@ def test_a_publish_that_fails_commits_nothing_and_the_referral_goes_through_once
         deadline = time.monotonic() + WATCH_S
         while time.monotonic() < deadline:  # the cause lasts: watch the commits
             seen_committed.append(asyncio.run(committed(private_kafka)))
-            seen_ready.append(ready(port))
+            watched_ready.append(ready(port))
             time.sleep(0.5)
         during = asyncio.run(outcomes(private_kafka, held))
 
-        access.add(grants)
+        change_grants(private_kafka, grants, revoke=False)
         revoked = False
-        access.settle(lambda: write_grants(access, intake_principal, topics.NORMALISED) == grants)
 
         async def all_through():
             offsets = await committed(private_kafka)
@@ -161,15 +170,17 @@ def test_a_publish_that_fails_commits_nothing_and_the_referral_goes_through_once
         ready_after = ready(port)
     finally:
         if revoked:
-            access.add(grants)
+            change_grants(private_kafka, grants, revoke=False)
         stop_hub(intake)
 
     passed = sorted({(p, c[p], first_held[p]) for c in seen_committed for p in first_held if c.get(p, -1) > first_held[p]})
-    print(f"\nwhile intake could not publish: /readyz {sorted(set(map(str, seen_ready)))}, committed offsets "
+    print(f"\nwhile intake could not publish: /readyz {sorted(set(map(str, seen_ready)))} then "
+          f"{sorted(set(map(str, watched_ready)))}, committed offsets "
           f"{seen_committed[-1] if seen_committed else None} (first held record per partition: {first_held}), "
           f"read_committed (normalised, received) {sorted(set(during.values()))}; after: {sorted(set(after.values()))}")
     assert not passed, f"committed past an unprocessed record (partition, committed, first held offset): {passed}"
-    assert False in seen_ready, f"/readyz said {set(seen_ready)} while intake could not publish"
+    assert False in seen_ready and set(watched_ready) == {False}, \
+        f"/readyz said {set(seen_ready)}, then {set(watched_ready)} while intake could not publish"
     assert all(o == (0, 0) for o in during.values()), f"published while it could not: {during}"
     assert all(o == (1, 1) for o in after.values()), f"(normalised, received) per referral: {after}"
     assert ready_after is True
