@@ -27,9 +27,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from schemas.referral import Channel
 from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import wait_until_ready
+from services.infra.kafka import group_id, read_records, wait_until_ready
 from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub
-from tests.kafka_client import header, partitions_of, read_committed
+from tests.kafka_client import committed_offsets, header, partitions_of, read_committed
 from tests.referrals import channel_bytes
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +66,8 @@ class Progress:
     wanted: set[str]
     handed_over: set[str] = field(default_factory=set)
     published: int = 0
+    landed: dict[str, str] = field(default_factory=dict)
+    """Where each referral was published: topic[partition]@offset."""
     cap: int = 0
     """The publisher publishes no referral beyond this count."""
     started: float = field(default_factory=time.monotonic)
@@ -145,7 +147,8 @@ async def publish(broker: TestKafka, items: dict[str, Channel], progress: Progre
             del pending[:len(chunk)]
             deliveries = [await producers[channel].send(topics.referrals(channel), channel_bytes(channel, rid),
                                                         key=rid.encode()) for rid, channel in chunk]
-            await asyncio.gather(*deliveries)
+            for (rid, _), meta in zip(chunk, await asyncio.gather(*deliveries), strict=True):
+                progress.landed[rid] = f"{meta.topic}[{meta.partition}]@{meta.offset}"
             progress.published += len(chunk)
     finally:
         for producer in producers.values():
@@ -204,6 +207,7 @@ class Tally:
     statuses: dict[str, dict[str, list[str]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     handovers: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     unmatched_handovers: list[str] = field(default_factory=list)
+    diagnosis: list[str] = field(default_factory=list)
 
     def seen(self, kind: str, wanted: set[str]) -> dict[str, list[str]]:
         """Per referral, where its handover (`kind` "handover") or its status `kind` was read."""
@@ -239,6 +243,55 @@ async def tally(kafka: KafkaConnection, wanted: set[str]) -> Tally:
     return result
 
 
+async def diagnose(kafka: KafkaConnection, progress: Progress, suspects: list[str]) -> list[str]:
+    """For the lead when counts are off: partitions whose last stable offset lags their end (a transaction left
+    open), each hub group's uncommitted input, and for some lost or duplicated referrals where they landed and
+    what of them is on the topics when aborted records are read too (read_uncommitted)."""
+    lines = []
+    families = [topics.status(c) for c in Channel] + await handover_topics(kafka) + [
+        topics.NORMALISED, topics.DECISIONS, topics.INTAKE_ACCEPTED, topics.NOTIFIER_STATE]
+    partitions = [tp for name in families for tp in await partitions_of(kafka, name)]
+    committed_view = AIOKafkaConsumer(**kafka.client_options(), isolation_level="read_committed")
+    everything = AIOKafkaConsumer(**kafka.client_options())
+    await committed_view.start()
+    await everything.start()
+    try:
+        stable, ends = await committed_view.end_offsets(partitions), await everything.end_offsets(partitions)
+        inputs = [tp for c in Channel for tp in await partitions_of(kafka, topics.referrals(c))] + [
+            tp for tp in partitions if tp.topic in (topics.NORMALISED, topics.DECISIONS)]
+        input_ends = await everything.end_offsets(inputs)
+    finally:
+        await committed_view.stop()
+        await everything.stop()
+    lines += [f"open transaction: {tp.topic}[{tp.partition}] last stable offset {stable[tp]} < end {ends[tp]}"
+              for tp in partitions if stable[tp] < ends[tp]]
+    for service in SERVICES:
+        offsets = await committed_offsets(kafka, group_id(service))
+        lines += [f"{group_id(service)} committed {tp.topic}[{tp.partition}] at {offset} < end {input_ends[tp]}"
+                  for tp, offset in sorted(offsets.items()) if tp in input_ends and offset < input_ends[tp]]
+    records = await read_records(kafka, [topics.status(c) for c in Channel] + [topics.NORMALISED])
+    hub_ids, statuses, normalised = {}, defaultdict(list), defaultdict(list)
+    for record in records:
+        value = json.loads(record.value)
+        rid = value.get("referrer_referral_id")
+        if rid not in suspects:
+            continue
+        hub_ids[value.get("referral_id")] = rid
+        if record.topic == topics.NORMALISED:
+            normalised[rid].append(where(record))
+        else:
+            statuses[rid].append(f"{value['status']} {where(record)}")
+    handovers = defaultdict(list)
+    for record in await read_records(kafka, await handover_topics(kafka)):
+        rid = hub_ids.get(header(record, "correlation-id"))
+        if rid and header(record, "schema") == HANDOVER_SCHEMA:
+            handovers[rid].append(where(record))
+    for rid in suspects:
+        lines.append(f"{rid} ({progress.landed.get(rid)}), read_uncommitted: statuses {statuses[rid]}, "
+                     f"normalised {normalised[rid]}, handovers {handovers[rid]}")
+    return lines
+
+
 async def run(broker: TestKafka, hub: Hub, run_id: str) -> tuple[Progress, Tally]:
     items = referral_ids(run_id)
     progress = Progress(set(items))
@@ -256,7 +309,12 @@ async def run(broker: TestKafka, hub: Hub, run_id: str) -> tuple[Progress, Tally
         for task in (follower, publisher):
             task.cancel()
         await asyncio.gather(follower, publisher, return_exceptions=True)
-    return progress, await tally(broker.admin, progress.wanted)
+    found = await tally(broker.admin, progress.wanted)
+    suspects = sorted({rid for kind in (*EXPECTED, "handover") for rid, places in found.seen(kind, progress.wanted)
+                       .items() if len(places) != 1})
+    if suspects or found.unmatched_handovers:
+        found.diagnosis = await diagnose(broker.admin, progress, suspects[:5] + suspects[-5:])
+    return progress, found
 
 
 @pytest.fixture
@@ -306,5 +364,7 @@ def test_every_handover_and_status_exactly_once_under_broker_and_service_kills(t
     for status, ids in unexpected.items():
         print(f"  unexpected status {status}: {len(ids)} referrals, e.g. {ids[:10]}")
     print(f"  handovers of no referral of this run: {len(found.unmatched_handovers)} {found.unmatched_handovers[:10]}")
+    if found.diagnosis:
+        print("diagnosis:\n  " + "\n  ".join(found.diagnosis))
     assert not problems and not unexpected and not found.unmatched_handovers, \
         f"(lost, duplicated) per kind: {problems}; unexpected statuses: {list(unexpected)}"
