@@ -90,9 +90,10 @@ async def publish_all(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
 
 async def collect(kafka: KafkaConnection, names: list[str], done: Callable[[ConsumerRecord], str | None],
                   wanted: set[str], timeout_s: float) -> dict[str, int]:
-    """Read `names` from the start until every id in `wanted` is seen (`done` maps a record to an id or None);
-    returns id -> the record's broker timestamp (ms)."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+    """Read `names` from the start, as a referrer does (committed records only), until every id in `wanted` is seen
+    (`done` maps a record to an id or None); returns id -> when it became visible here (epoch ms). Not the record's
+    timestamp: a transaction's records carry the time they were sent, and are visible only once it commits."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     seen: dict[str, int] = {}
     try:
@@ -105,7 +106,7 @@ async def collect(kafka: KafkaConnection, names: list[str], done: Callable[[Cons
                 for record in records:
                     found = done(record)
                     if found in wanted:
-                        seen.setdefault(found, record.timestamp)
+                        seen.setdefault(found, int(time.time() * 1000))
     finally:
         await consumer.stop()
     return seen
@@ -117,9 +118,11 @@ def handed_over(record: ConsumerRecord) -> str | None:
 
 
 async def hub_throughput(broker: TestKafka, items: list[tuple[Channel, str, bytes]]) -> tuple[float, int]:
+    watching = asyncio.create_task(collect(broker.admin, [topics.status(c) for c in Channel], handed_over,
+                                           {referral_id for _, referral_id, _ in items}, 600))
     sent = await publish_all(broker, items)
     first_sent = min(sent.values())
-    seen = await collect(broker.admin, [topics.status(c) for c in Channel], handed_over, set(sent), 600)
+    seen = await watching
     return (max(seen.values()) / 1000 - first_sent) if seen else float("inf"), len(seen)
 
 
@@ -166,8 +169,10 @@ async def passthrough(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
 
 async def latency(broker: TestKafka, rate: float, seconds: float, run: str) -> list[float]:
     items = referrals(int(rate * seconds), run)
+    watching = asyncio.create_task(collect(broker.admin, [topics.status(c) for c in Channel], handed_over,
+                                           {referral_id for _, referral_id, _ in items}, 300))
     sent = await publish_all(broker, items, pace=1 / rate)
-    seen = await collect(broker.admin, [topics.status(c) for c in Channel], handed_over, set(sent), 300)
+    seen = await watching
     return sorted(seen[r] / 1000 - sent[r] for r in seen)
 
 

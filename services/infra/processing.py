@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError, ProducerFenced
 from faststream.kafka import KafkaBroker
@@ -116,6 +117,7 @@ class Runtime:
         self.retrying: set[int] = set()
         self.generation = 0
         """Counts rebalances: a batch fetched before one is dropped (the inputs are sought to what is committed)."""
+        self.unpositioned: set[TopicPartition] = set()
         self.consumer: AIOKafkaConsumer | None = None
         self.tasks: list[asyncio.Task] = []
         self.log = get_logger(service=processor.service)
@@ -208,35 +210,64 @@ class Runtime:
                 pass
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
-        """Own the assigned partition numbers (releasing the others), then start every input from its committed
-        offset, read only now that the fencing is done, whatever aiokafka kept from before."""
+        """Own the assigned partition numbers (releasing the others); the consume loop then starts every input
+        from its committed offset, read only now that the fencing is done, whatever aiokafka kept from before."""
         numbers = {tp.partition for tp in partitions}
         for number in set(self.owned) - numbers:
             await self.release(number)
-        for number in sorted(numbers - set(self.owned)):
-            while True:
-                try:
-                    await self.acquire(number)
-                    break
-                except TRANSIENT as exc:
-                    self.log.warning("partition not taken yet: retrying", partition=number,
-                                     error_type=type(exc).__name__)
-                    await asyncio.sleep(1.0)
-        assert self.consumer is not None
-        for tp in partitions:
-            committed = await self.consumer.committed(tp)
-            if committed is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, committed)
+        await asyncio.gather(*(self.acquire_until_done(number) for number in numbers - set(self.owned)))
+        self.unpositioned = set(partitions)
         self.log.info("partitions owned", partitions=sorted(self.owned))
+
+    async def acquire_until_done(self, number: int) -> None:
+        while True:
+            try:
+                return await self.acquire(number)
+            except TRANSIENT as exc:
+                self.log.warning("partition not taken yet: retrying", partition=number, error_type=type(exc).__name__)
+                await asyncio.sleep(1.0)
+
+    async def position(self) -> None:
+        """Seek the newly assigned inputs to their committed offsets (outside the rebalance callback, where
+        aiokafka cannot fetch them); a batch fetched before is dropped."""
+        assert self.consumer is not None
+        unpositioned = self.unpositioned & self.consumer.assignment()
+        committed = await self.committed_offsets()
+        fresh = [tp for tp in unpositioned if tp not in committed]  # never committed: from the beginning
+        beginnings = await self.consumer.beginning_offsets(fresh) if fresh else {}
+        for tp in unpositioned:
+            self.consumer.seek(tp, committed[tp] if tp in committed else beginnings[tp])
+        self.unpositioned = set()
+        self.generation += 1
+
+    async def committed_offsets(self) -> dict[TopicPartition, int]:
+        """The group's committed offsets, in one request (the consumer's `committed` asks one partition at a time)."""
+        admin = AIOKafkaAdminClient(**self.kafka.client_options(), client_id=self.group)
+        await admin.start()
+        try:
+            found = await admin.list_consumer_group_offsets(self.group)
+        finally:
+            await admin.close()
+        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
 
     # -- the loop --------------------------------------------------------------------------------------------
     async def consume(self) -> None:
+        while True:
+            try:
+                await self.consume_batches()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. a fetch failing while the broker is away: the positions stand
+                self.log.error("consuming failed: resumed", error_type=type(exc).__name__, error=str(exc)[:200])
+                await asyncio.sleep(1.0)
+
+    async def consume_batches(self) -> None:
         assert self.consumer is not None
         while True:
-            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_max)
+            if self.unpositioned:
+                await self.position()
             generation = self.generation
+            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_max)
             by_number: dict[int, list[ConsumerRecord]] = {}
             for tp, records in batches.items():
                 by_number.setdefault(tp.partition, []).extend(records)
@@ -286,6 +317,8 @@ class Runtime:
                 raise
 
     async def tick_periodically(self) -> None:
+        if type(self.processor).tick is Processor.tick:
+            return  # nothing is ever due
         while True:
             await asyncio.sleep(self.settings.notifier_tick_seconds)
             for number, owned in list(self.owned.items()):

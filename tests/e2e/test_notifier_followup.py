@@ -73,7 +73,7 @@ class Notifiers:
     def owned(self, name: str) -> set[int]:
         """The partitions the named instance last said it owns (its log's ownership lines)."""
         lines = [json.loads(line) for line in (self.directory / f"{name}.log").read_text().splitlines()
-                 if '"follow-up partitions owned"' in line]
+                 if '"partitions owned"' in line]
         return set(lines[-1]["partitions"]) if lines else set()
 
     def decision(self, postcode: str = "9712 AB") -> RoutingDecision:

@@ -1,7 +1,8 @@
+from aiokafka import ConsumerRecord
+
 """Recipients as operations sees them, without a broker: the notifier's clock counts per recipient and
 partition, their merge, who has read how far, the age in working days, LATE, and how `lag` and the page show it."""
 
-import asyncio
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -168,30 +169,20 @@ def test_ages_read_as_people_read_them() -> None:
         "-", "3 s", "119 s", "10 min", "5.5 h", "7.0 d"]
 
 
-class Published:
-    """A stand-in for the notifier's FastStream broker: keeps what is published."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes, bytes]] = []
-
-    async def publish(self, value: bytes, topic: str, *, key: bytes, **_: object) -> asyncio.Future:
-        self.records.append((topic, key, value))
-        done = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
-async def test_the_notifier_publishes_each_owned_partitions_clocks_and_again_when_ownership_changes() -> None:
-    published = Published()
-    notifier = Notifier(published, Settings(_env_file=None), REGISTRY, SystemClock())
+async def test_the_notifier_publishes_each_owned_partitions_clocks_when_loaded_and_then_every_interval() -> None:
+    notifier = Notifier(Settings(_env_file=None), REGISTRY, SystemClock())
     two = youth("p2", handover("R3", RecipientKind.WIJ_TEAM, "centrum", at_risk=True))
-    notifier.followups.load(0, [(b"p1", youth("p1", handover("R1", RecipientKind.WIJ_TEAM, "centrum"))
-                                 .model_dump_json().encode())])
-    notifier.followups.load(4, [(b"p2", two.model_dump_json().encode()), (b"p3", None)])
-    await notifier.publish_recipient_clocks()
-    await notifier.publish_recipient_clocks()  # within 15 s, same partitions: nothing new
-    assert [(t, k) for t, k, _ in published.records] == [(topics.OPS_RECIPIENTS, b"0"), (topics.OPS_RECIPIENTS, b"4")]
-    assert merge_clocks([(k, v) for _, k, v in published.records]) == {"wij-centrum": ClockCounts(open=2, at_risk=1)}
-    notifier.followups.drop([0])
-    await notifier.publish_recipient_clocks()
-    assert [k for _, k, _ in published.records] == [b"0", b"4", b"4"]
+    await notifier.load(0, [record(b"p1", youth("p1", handover("R1", RecipientKind.WIJ_TEAM, "centrum"))
+                                   .model_dump_json().encode())])
+    await notifier.load(4, [record(b"p2", two.model_dump_json().encode()), record(b"p3", None)])
+    published = notifier.recipient_clocks(0) + notifier.recipient_clocks(4)
+    assert notifier.recipient_clocks(0) + notifier.recipient_clocks(4) == []  # within the interval: nothing new
+    assert [(r.topic, r.key) for r in published] == [(topics.OPS_RECIPIENTS, b"0"), (topics.OPS_RECIPIENTS, b"4")]
+    assert merge_clocks([(r.key, r.value) for r in published]) == {"wij-centrum": ClockCounts(open=2, at_risk=1)}
+    notifier.unload(0)
+    await notifier.load(0, [])  # owned again (here: empty): its clocks are published again at once
+    assert [r.key for r in await notifier.tick(0)] == [b"0"]  # (nothing due in it)
+
+
+def record(key: bytes, value: bytes | None) -> ConsumerRecord:
+    return ConsumerRecord(topics.NOTIFIER_STATE, 0, 0, 0, 0, key, value, None, 0, 0, [])
