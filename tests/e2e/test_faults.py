@@ -269,16 +269,19 @@ async def diagnose(kafka: KafkaConnection, progress: Progress, suspects: list[st
         offsets = await committed_offsets(kafka, group_id(service))
         lines += [f"{group_id(service)} committed {tp.topic}[{tp.partition}] at {offset} < end {input_ends[tp]}"
                   for tp, offset in sorted(offsets.items()) if tp in input_ends and offset < input_ends[tp]]
-    records = await read_records(kafka, [topics.status(c) for c in Channel] + [topics.NORMALISED])
-    hub_ids, statuses, normalised = {}, defaultdict(list), defaultdict(list)
-    for record in records:
+    wanted = set(suspects)
+    hub_ids, statuses, normalised, decisions = {}, defaultdict(list), defaultdict(list), defaultdict(list)
+    for record in await read_records(kafka, [topics.status(c) for c in Channel] + [topics.NORMALISED,
+                                                                                    topics.DECISIONS]):
         value = json.loads(record.value)
-        rid = value.get("referrer_referral_id")
-        if rid not in suspects:
+        rid = value.get("referrer_referral_id") or (value.get("referral") or {}).get("referrer_referral_id")
+        if rid not in wanted:
             continue
-        hub_ids[value.get("referral_id")] = rid
         if record.topic == topics.NORMALISED:
+            hub_ids[value["referral_id"]] = rid
             normalised[rid].append(where(record))
+        elif record.topic == topics.DECISIONS:
+            decisions[rid].append(where(record))
         else:
             statuses[rid].append(f"{value['status']} {where(record)}")
     handovers = defaultdict(list)
@@ -286,9 +289,16 @@ async def diagnose(kafka: KafkaConnection, progress: Progress, suspects: list[st
         rid = hub_ids.get(header(record, "correlation-id"))
         if rid and header(record, "schema") == HANDOVER_SCHEMA:
             handovers[rid].append(where(record))
+    stages = defaultdict(list)
     for rid in suspects:
+        stage = ("never handled by intake" if not normalised[rid] and not statuses[rid] else
+                 "never decided by routing" if not decisions[rid] else
+                 "never handed over by the notifier" if not handovers[rid] else "more than once")
+        stages[stage].append(rid)
         lines.append(f"{rid} ({progress.landed.get(rid)}), read_uncommitted: statuses {statuses[rid]}, "
-                     f"normalised {normalised[rid]}, handovers {handovers[rid]}")
+                     f"normalised {normalised[rid]}, decisions {decisions[rid]}, handovers {handovers[rid]}")
+    lines[:0] = [f"{stage}: {len(ids)}, from {sorted(progress.landed.get(rid, '?') for rid in ids)[:20]}"
+                 for stage, ids in stages.items()]
     return lines
 
 
@@ -313,7 +323,7 @@ async def run(broker: TestKafka, hub: Hub, run_id: str) -> tuple[Progress, Tally
     suspects = sorted({rid for kind in (*EXPECTED, "handover") for rid, places in found.seen(kind, progress.wanted)
                        .items() if len(places) != 1})
     if suspects or found.unmatched_handovers:
-        found.diagnosis = await diagnose(broker.admin, progress, suspects[:5] + suspects[-5:])
+        found.diagnosis = await diagnose(broker.admin, progress, suspects)
     return progress, found
 
 
@@ -365,6 +375,6 @@ def test_every_handover_and_status_exactly_once_under_broker_and_service_kills(t
         print(f"  unexpected status {status}: {len(ids)} referrals, e.g. {ids[:10]}")
     print(f"  handovers of no referral of this run: {len(found.unmatched_handovers)} {found.unmatched_handovers[:10]}")
     if found.diagnosis:
-        print("diagnosis:\n  " + "\n  ".join(found.diagnosis))
+        print("diagnosis:\n  " + "\n  ".join(found.diagnosis[:60]))
     assert not problems and not unexpected and not found.unmatched_handovers, \
         f"(lost, duplicated) per kind: {problems}; unexpected statuses: {list(unexpected)}"
