@@ -155,12 +155,21 @@ async def publish(broker: TestKafka, items: dict[str, Channel], progress: Progre
             await producer.stop()
 
 
-async def faults(broker: TestKafka, hub: Hub, progress: Progress) -> None:
-    """The plan: fault k fires at its count of handovers (or GAP handovers after fault k-1 ended), with up to
-    WINDOW referrals published beyond that point; while it lasts (a process or a broker starting again) the
-    publisher goes on up to the next fault's point, so the other instance and the other brokers keep working."""
+async def faults(broker: TestKafka, hub: Hub, progress: Progress, restarts: list[asyncio.Task]) -> None:
+    """The plan: fault k fires at its count of handovers (or GAP handovers after fault k-1), with up to WINDOW
+    referrals published beyond that point. What was killed starts again meanwhile (`restarts`): a process takes
+    seconds to be ready and a broker to rejoin, while the others go on and the next fault may already come."""
     local = broker.local
     assert local is not None
+
+    async def restart(target: str, instance: int) -> None:
+        await asyncio.to_thread(hub.start, target, instance)
+        progress.note(f"{target}-{instance} ready again")
+
+    async def rejoin(node_id: int) -> None:
+        await wait_until_ready(broker.admin, timeout_s=120, brokers=broker.brokers)
+        progress.note(f"broker node {node_id} back in the cluster")
+
     points = [at for at, _, _ in PLAN[1:]] + [COUNT]
     for (at, target, instance), next_at in zip(PLAN, points, strict=True):
         fire = max(at, len(progress.handed_over) + GAP)
@@ -176,15 +185,14 @@ async def faults(broker: TestKafka, hub: Hub, progress: Progress) -> None:
                                  f"{BROKER_DOWN_PROGRESS} handovers with a broker down")
             local.start_node(node)
             progress.note(f"broker node {node.node_id} started again")
-            await wait_until_ready(broker.admin, timeout_s=120, brokers=broker.brokers)
-            progress.note("the cluster has all its brokers again")
+            restarts.append(asyncio.create_task(rejoin(node.node_id)))
         else:
             hub.kill(target, instance)
-            progress.note(f"{target}-{instance} killed -9")
-            await asyncio.to_thread(hub.start, target, instance)
-            progress.note(f"{target}-{instance} started again")
+            progress.note(f"{target}-{instance} killed -9, starting again")
+            restarts.append(asyncio.create_task(restart(target, instance)))
     progress.cap = COUNT
-    progress.note("every fault done")
+    await asyncio.gather(*restarts)
+    progress.note("every fault done, everything killed is back")
 
 
 async def handover_topics(kafka: KafkaConnection) -> list[str]:
@@ -308,8 +316,9 @@ async def run(broker: TestKafka, hub: Hub, run_id: str) -> tuple[Progress, Tally
     progress.note("hub started: two instances of each service")
     follower = asyncio.create_task(follow_statuses(broker.admin, progress))
     publisher = asyncio.create_task(publish(broker, items, progress))
+    restarts: list[asyncio.Task] = []
     try:
-        await faults(broker, hub, progress)
+        await faults(broker, hub, progress, restarts)
         await progress.until(lambda: publisher.done() and progress.wanted <= progress.handed_over,
                              f"all {COUNT} handed over")
         progress.note("the wait for the end states is over")
@@ -319,6 +328,7 @@ async def run(broker: TestKafka, hub: Hub, run_id: str) -> tuple[Progress, Tally
         for task in (follower, publisher):
             task.cancel()
         await asyncio.gather(follower, publisher, return_exceptions=True)
+        await asyncio.gather(*restarts, return_exceptions=True)  # each within start_process's bound: then killed
     found = await tally(broker.admin, progress.wanted)
     suspects = sorted({rid for kind in (*EXPECTED, "handover") for rid, places in found.seen(kind, progress.wanted)
                        .items() if len(places) != 1})
