@@ -93,7 +93,7 @@ async def collect(kafka: KafkaConnection, names: list[str], done: Callable[[Cons
     """Read `names` from the start, as a referrer does (committed records only), until every id in `wanted` is seen
     (`done` maps a record to an id or None); returns id -> when it became visible here (epoch ms). Not the record's
     timestamp: a transaction's records carry the time they were sent, and are visible only once it commits."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     seen: dict[str, int] = {}
     try:

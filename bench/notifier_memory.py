@@ -29,6 +29,9 @@ from services.notifier.followup import apply_decision
 from services.routing.policy import decide
 from tests.conftest import TestKafka, new_broker, start_hub, stop_hub
 
+PARTITIONS = 6
+"""The hub's partitions per topic (VERWIJSHUB_PARTITIONS' default): one instance owns them all."""
+
 
 def follow_ups(n: int) -> list[YouthFollowUp]:
     """N youths, each with one open handover to a WIJ team and its clock running (one template, new ids)."""
@@ -62,8 +65,9 @@ def rss_when_loaded(kafka: KafkaConnection, directory: Path, youths: int) -> int
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            owned = [json.loads(line) for line in log.read_text().splitlines() if "follow-up partitions owned" in line]
-            if owned and owned[-1]["youths"] >= youths and owned[-1]["partitions"]:
+            loaded = {line["partition"]: line["youths"] for line in map(json.loads, log.read_text().splitlines())
+                      if line.get("event") == "follow-up partition owned"}
+            if len(loaded) == PARTITIONS and sum(loaded.values()) >= youths:
                 break
             time.sleep(0.5)
         time.sleep(2)

@@ -25,7 +25,7 @@ async def read_topic(kafka: KafkaConnection, topic: str, wanted: Callable[[Consu
                      count: int, timeout_s: float = 60.0, settle_s: float = 0.0) -> list[ConsumerRecord]:
     """Records of `topic` (all partitions, from the start) that `wanted` accepts, in offset order per
     partition. Returns once `count` are found and `settle_s` more passed (to catch extras), or at timeout."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     found: list[ConsumerRecord] = []
     try:

@@ -142,7 +142,7 @@ class Simulation:
         """Read a topic as `principal` from its end now on, handing each record to `handle`."""
         connection = self.settings.connection(principal)
         partitions = await partitions_of(connection, [topic])
-        consumer = AIOKafkaConsumer(**connection.client_options(), enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**connection.consumer_options(), enable_auto_commit=False)
         await consumer.start()
         try:
             consumer.assign(partitions)

@@ -161,7 +161,7 @@ def create_analytics(settings: Settings, registry: Registry, clock: Clock) -> Ka
 
 async def behind(settings: Settings) -> int:
     """How many records of the sink's topics the store has not taken in yet (end offsets, as the sink)."""
-    consumer = AIOKafkaConsumer(**settings.connection(PRINCIPAL).client_options(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.connection(PRINCIPAL).consumer_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         names = [t for t in await consumer.topics() if re.match(INPUT_PATTERN, t)]

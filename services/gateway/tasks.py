@@ -85,7 +85,7 @@ class StatusBook:
     async def _follow(self) -> None:
         names = [topics.status(channel) for channel in Channel]
         while True:  # the broker may be away for a while: follow again from the start
-            consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False)
+            consumer = AIOKafkaConsumer(**self.kafka.consumer_options(), enable_auto_commit=False)
             try:
                 await consumer.start()
                 consumer.assign(await partitions_of(self.kafka, names))

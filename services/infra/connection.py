@@ -55,6 +55,11 @@ class KafkaConnection:
                 "sasl_mechanism": self.mechanism, "sasl_plain_username": self.username,
                 "sasl_plain_password": self.password, "ssl_context": self.ssl_context}
 
+    def consumer_options(self) -> dict[str, Any]:
+        """Keyword arguments for an aiokafka consumer: it sees committed records only, never those of a transaction
+        that is open or was aborted (services/infra/processing.py)."""
+        return {**self.client_options(), "isolation_level": "read_committed"}
+
     def faststream_security(self) -> BaseSecurity | None:
         if not self.secured:
             return None
@@ -74,7 +79,8 @@ class KafkaConnection:
 
     def java(self) -> dict[str, str]:
         """Properties for Java clients, e.g. Kafka's console tools (`--command-config`)."""
-        props = {"bootstrap.servers": self.bootstrap, "security.protocol": self.protocol}
+        props = {"bootstrap.servers": self.bootstrap, "security.protocol": self.protocol,
+                 "isolation.level": "read_committed"}  # the consumers' default reads aborted transactions too
         if self.secured:
             props |= {"sasl.mechanism": self.mechanism,
                       "sasl.jaas.config": "org.apache.kafka.common.security.scram.ScramLoginModule required "

@@ -153,7 +153,7 @@ async def partition_spans(kafka: KafkaConnection, names: list[str],
     partitions = await partitions_of(kafka, names)
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         return await _spans(consumer, partitions, since_ms)
@@ -168,7 +168,7 @@ async def read_records(kafka: KafkaConnection, names: list[str], *, only: set[in
     partitions = [tp for tp in await partitions_of(kafka, names) if only is None or tp.partition in only]
     if not partitions:
         return []
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(partitions)

@@ -126,8 +126,8 @@ class Runtime:
     async def start(self) -> None:
         await self.processor.start(self.kafka)
         self.consumer = AIOKafkaConsumer(
-            **self.kafka.client_options(), group_id=self.group, client_id=self.group, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
+            **self.kafka.consumer_options(), group_id=self.group, client_id=self.group, enable_auto_commit=False,
+            auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=max(self.settings.max_message_bytes * 2, 1024 * 1024),
             metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
@@ -406,7 +406,7 @@ async def send(producer: AIOKafkaProducer, records: Iterable[Outbound]) -> None:
 
 async def read_partition(kafka: KafkaConnection, topic: str, number: int) -> list[ConsumerRecord]:
     """Every committed record of one partition, from its beginning to its last stable offset."""
-    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
+    consumer = AIOKafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         tp = TopicPartition(topic, number)

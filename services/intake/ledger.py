@@ -87,8 +87,8 @@ class AcceptedLedger:
         """Read the ledger (committed records only) from the start, set `ready` at its end, then keep following."""
         log = get_logger(service="intake")
         while True:  # a broker hiccup restarts the follow; `ready` stays set once loaded
-            consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
-                                        isolation_level="read_committed", client_id="verwijshub-intake-ledger")
+            consumer = AIOKafkaConsumer(**self.kafka.consumer_options(), enable_auto_commit=False,
+                                        client_id="verwijshub-intake-ledger")
             try:
                 await consumer.start()
                 partitions = await partitions_of(self.kafka, [topics.INTAKE_ACCEPTED])

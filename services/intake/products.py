@@ -36,7 +36,7 @@ class ProductTable:
         hiccup raises: the referral that asked is retried, not rejected for a product the hub might know."""
         async with self._lock:
             if self._consumer is None:
-                self._consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
+                self._consumer = AIOKafkaConsumer(**self.kafka.consumer_options(), enable_auto_commit=False,
                                                   client_id="verwijshub-intake-registry")
                 await self._consumer.start()
             self._partitions = self._partitions or await partitions_of(self.kafka, [topics.REGISTRY])

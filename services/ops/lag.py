@@ -71,7 +71,7 @@ class LagMonitor:
         """Connect; both clients are set only once started, so a failed start can simply be tried again."""
         admin = AIOKafkaAdminClient(**self.kafka.client_options(), client_id="verwijshub-lag")
         await admin.start()
-        consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**self.kafka.consumer_options(), enable_auto_commit=False,
                                     client_id="verwijshub-lag")
         try:
             await consumer.start()

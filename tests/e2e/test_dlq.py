@@ -82,7 +82,7 @@ async def end_offsets(kafka: TestKafka) -> dict:
     finally:
         await admin.close()
     partitions = [tp for name in names if not name.startswith("__") and name != "ops.recipients.v1" for tp in await partitions_of(kafka.admin, name)]
-    consumer = AIOKafkaConsumer(**kafka.admin.client_options(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**kafka.admin.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         return await consumer.end_offsets(partitions)
