@@ -31,7 +31,7 @@ RESOURCES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceType.GR
              Resource.TRANSACTIONAL_ID: ResourceType.TRANSACTIONAL_ID}
 PATTERNS = {Pattern.LITERAL: ResourcePatternType.LITERAL, Pattern.PREFIXED: ResourcePatternType.PREFIXED}
 OPERATIONS = {Operation.READ: AclOperation.READ, Operation.WRITE: AclOperation.WRITE,
-              Operation.DESCRIBE: AclOperation.DESCRIBE}
+              Operation.DESCRIBE: AclOperation.DESCRIBE, Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS}
 TIMEOUT_S = 30.0
 
 

@@ -33,6 +33,9 @@ class Operation(StrEnum):
     READ = "Read"
     WRITE = "Write"
     DESCRIBE = "Describe"
+    DESCRIBE_CONFIGS = "DescribeConfigs"
+    """A topic's configuration (retention, cleanup policy): no records. Neither implies nor is implied by
+    Describe."""
 
 
 @dataclass(frozen=True, order=True)
@@ -143,10 +146,13 @@ def operations_grants() -> list[Grant]:
     records), and read what carries no BSN, name, address or free text: the status topics, the registry (teams
     and providers, to list the recipients), the notifier's clock counts per recipient and the pending dead letters'
     counts per channel and code. No topic with
-    personal data (inbound, normalised, decisions, handovers, feedback, dead letters, state) is readable."""
+    personal data (inbound, normalised, decisions, handovers, feedback, dead letters, state) is readable. The
+    handover topics' configuration (DescribeConfigs, prefix `handovers.` only) gives their retention as the broker
+    has it, for AT RISK OF LOSS (an unread handover older than half of it)."""
     ops = principals.OPERATIONS
     return [Grant(ops, Resource.TOPIC, Pattern.LITERAL, "*", Operation.DESCRIBE),
             Grant(ops, Resource.GROUP, Pattern.LITERAL, "*", Operation.DESCRIBE),
+            *_topics(ops, Operation.DESCRIBE_CONFIGS, "handovers.", pattern=Pattern.PREFIXED),
             *_topics(ops, Operation.READ, "status.", pattern=Pattern.PREFIXED),
             *_topics(ops, Operation.READ, topics.REGISTRY, topics.OPS_RECIPIENTS, topics.OPS_DEAD_LETTERS)]
 

@@ -47,6 +47,12 @@ RECIPIENT_OLDEST_UNREAD_SECONDS = Gauge("verwijshub_recipient_oldest_unread_seco
 RECIPIENT_OLDEST_UNREAD_WORKING_DAYS = Gauge("verwijshub_recipient_oldest_unread_working_days",
                                              "Age of a recipient's oldest unread handover in working days (0: none).",
                                              ["recipient"])
+RECIPIENT_RETENTION_SECONDS = Gauge("verwijshub_recipient_retention_seconds", "Retention of a recipient's handover "
+                                    "topic: the broker deletes a record this old, read or not (-1: kept forever).",
+                                    ["recipient"])
+RECIPIENT_AT_RISK_OF_LOSS = Gauge("verwijshub_recipient_at_risk_of_loss", "1 when a recipient's oldest unread "
+                                  "handover is older than half its topic's retention (AT RISK OF LOSS), else 0.",
+                                  ["recipient"])
 RECIPIENT_CONTACT_CLOCKS = Gauge("verwijshub_recipient_contact_clocks", "A recipient's contact clocks, as the "
                                  "notifiers publish them: open, at_risk, breached.", ["recipient", "state"])
 DEAD_LETTERS_PENDING = Gauge("verwijshub_dead_letters_pending", "Dead letters not replayed, by channel and error "

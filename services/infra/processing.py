@@ -109,15 +109,20 @@ class Owned:
 class Runtime:
     """Runs one `Processor`: `start`, then `stop`; `healthy()` for `/readyz`."""
 
-    def __init__(self, processor: Processor, settings: Settings, batch_max: int = 500) -> None:
+    def __init__(self, processor: Processor, settings: Settings, batch_max: int = 500,
+                 kafka: KafkaConnection | None = None) -> None:
         self.processor, self.settings, self.batch_max = processor, settings, batch_max
-        self.kafka = settings.connection(principals.service(processor.service))
+        self.kafka = kafka or settings.connection(principals.service(processor.service))
+        """The service's own principal (another only in the runtime's own tests)."""
         self.group = group_id(processor.service)
         self.owned: dict[int, Owned] = {}
         self.retrying: set[int] = set()
         self.generation = 0
         """Counts rebalances: a batch fetched before one is dropped (the inputs are sought to what is committed)."""
         self.unpositioned: set[TopicPartition] = set()
+        self.positions: dict[TopicPartition, int] = {}
+        """The offsets this instance committed for the partitions it still owns: the group's answer may lag
+        them for a moment (a committed transaction's offsets become visible with its markers)."""
         self.consumer: AIOKafkaConsumer | None = None
         self.tasks: list[asyncio.Task] = []
         self.log = get_logger(service=processor.service)
@@ -197,6 +202,7 @@ class Runtime:
         if owned is None:
             return
         async with owned.lock:  # after the batch in hand
+            self.forget_positions(number)
             self.processor.unload(number)
             self.retrying.discard(number)
             await _close(owned.producer)
@@ -231,14 +237,21 @@ class Runtime:
         """Seek the newly assigned inputs to their committed offsets (outside the rebalance callback, where
         aiokafka cannot fetch them); a batch fetched before is dropped."""
         assert self.consumer is not None
-        unpositioned = self.unpositioned & self.consumer.assignment()
-        committed = await self.committed_offsets()
-        fresh = [tp for tp in unpositioned if tp not in committed]  # never committed: from the beginning
-        beginnings = await self.consumer.beginning_offsets(fresh) if fresh else {}
-        for tp in unpositioned:
-            self.consumer.seek(tp, committed[tp] if tp in committed else beginnings[tp])
-        self.unpositioned = set()
+        unpositioned, self.unpositioned = self.unpositioned, set()
+        await self.seek_committed(unpositioned & self.consumer.assignment())
         self.generation += 1
+
+    async def seek_committed(self, partitions: set[TopicPartition]) -> None:
+        """Go back to the first record not committed: what the group says, or what this instance committed itself
+        when that is further (a partition it kept), or the beginning when nothing was ever committed."""
+        assert self.consumer is not None
+        committed = await self.committed_offsets()
+        for tp, offset in self.positions.items():
+            committed[tp] = max(committed.get(tp, 0), offset)
+        fresh = [tp for tp in partitions if tp not in committed]
+        beginnings = await self.consumer.beginning_offsets(fresh) if fresh else {}
+        for tp in partitions:
+            self.consumer.seek(tp, committed[tp] if tp in committed else beginnings[tp])
 
     async def committed_offsets(self) -> dict[TopicPartition, int]:
         """The group's committed offsets, in one request (the consumer's `committed` asks one partition at a time)."""
@@ -291,10 +304,8 @@ class Runtime:
                     await send(producer, await self.handle(owned, record))
                 await producer.send_offsets_to_transaction(offsets, self.group)
 
-            firsts: dict[TopicPartition, int] = {}
-            for record in records:
-                firsts.setdefault(TopicPartition(record.topic, record.partition), record.offset)
-            await self.transaction(number, owned, body, rewind=firsts)
+            if await self.transaction(number, owned, body):
+                self.positions.update(offsets)
 
     async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
         view = RecordView(record)
@@ -329,31 +340,33 @@ class Runtime:
 
                         await self.transaction(number, owned, body)
 
-    async def transaction(self, number: int, owned: Owned, body, rewind: dict[TopicPartition, int] | None = None
-                          ) -> None:
-        """Run `body(producer)` in one transaction of partition N (its lock held). Committed: done. Failed: the
-        state reloaded, the inputs rewound, a retry after backoff (nothing of it is visible to read_committed)."""
+    async def transaction(self, number: int, owned: Owned, body) -> bool:
+        """Run `body(producer)` in one transaction of partition N (its lock held); True when it committed. Failed:
+        the state reloaded, the inputs back at the committed offsets, a retry after backoff (nothing of it is
+        visible to read_committed)."""
         producer = owned.producer
         try:
             await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
         except ProducerFenced:
             self.log.warning("partition taken by another instance", partition=number)
             self.owned.pop(number, None)
+            self.forget_positions(number)
             self.processor.unload(number)
             await _close(producer)
-            return
+            return False
         except Exception as exc:
             owned.failures += 1
             self.retrying.add(number)
             wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
             self.log.warning("transaction aborted: retried", partition=number, error_type=type(exc).__name__,
                              attempt=owned.failures, retry_in_s=round(wait, 2))
-            await self.recover(number, owned, rewind or {})
+            await self.recover(number, owned)
             await asyncio.sleep(wait)
-            return
+            return False
         owned.failures = 0
         self.retrying.discard(number)
         self.processor.committed(number)
+        return True
 
     async def _commit(self, producer: AIOKafkaProducer, body) -> None:
         await producer.begin_transaction()
@@ -365,26 +378,35 @@ class Runtime:
             raise
         await producer.commit_transaction()
 
-    async def recover(self, number: int, owned: Owned, rewind: dict[TopicPartition, int]) -> None:
-        """After an aborted transaction: a fresh producer (its InitProducerId ends whatever the old one left
-        open), the state as committed, and the inputs from the first record not committed."""
+    async def recover(self, number: int, owned: Owned) -> None:
+        """After a failed transaction: a fresh producer (its InitProducerId completes or aborts whatever the old
+        one left, so the group's offsets are settled), the state as committed, and the inputs from the first
+        record not committed (a commit whose answer was lost counts as committed)."""
         self.processor.unload(number)
+        self.forget_positions(number)
         await _close(owned.producer)
-        assert self.consumer is not None
-        for tp, offset in rewind.items():
-            if tp in self.consumer.assignment():
-                self.consumer.seek(tp, offset)
         started = time.monotonic()
         while self.owned.get(number) is owned:
             try:
-                replacement = await self.fresh_producer(number)
-                owned.producer = replacement
-                await self.load(number)
+                producer = await self.fresh_producer(number)
+                try:
+                    await self.load(number)
+                    assert self.consumer is not None
+                    await self.seek_committed({tp for tp in self.consumer.assignment() if tp.partition == number})
+                except BaseException:
+                    await _close(producer)
+                    raise
+                owned.producer = producer
                 return
             except TRANSIENT as exc:
                 self.log.warning("partition not recovered yet", partition=number, error_type=type(exc).__name__,
                                  waited_s=round(time.monotonic() - started))
                 await asyncio.sleep(min(BACKOFF_S[1], 1.0 + time.monotonic() - started))
+
+    def forget_positions(self, number: int) -> None:
+        for tp in [tp for tp in self.positions if tp.partition == number]:
+            del self.positions[tp]
+
 
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, runtime: Runtime) -> None:

@@ -15,6 +15,7 @@ from rich.table import Table
 from services.infra import metrics, principals
 from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.http import serve
+from services.infra.provisioning import topic_config
 from services.infra.settings import get_settings
 from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalendar
 from services.ops import deadletters as dead_letters_view
@@ -23,10 +24,12 @@ from services.ops.deadletters import latest_summary as dead_letter_summary
 from services.ops.lag import GroupLag, LagMonitor, PartitionLag, export, format_age
 from services.ops.page import dead_letters_since, last_hour_per_channel, latest_rejections, render
 from services.ops.recipients import (
+    AT_RISK_OF_LOSS,
     RecipientStatus,
     RecipientView,
     RecipientWatch,
     format_duration,
+    format_retention,
     format_working_days,
 )
 from services.ops.rules import PartitionStatus
@@ -79,18 +82,20 @@ def recipients_table(views: list[RecipientView], every_recipient: bool = False) 
     """The recipients that need attention (something unread, a clock at risk or breached), or all of them."""
     shown = [v for v in views if every_recipient or v.attention]
     late = sum(v.status is RecipientStatus.LATE for v in views)
-    title = (f"Recipients: {late} LATE, {len(shown)} of {len(views)} shown" if shown or every_recipient
-             else f"Recipients: all {len(views)} OK")
+    losing = sum(v.at_risk_of_loss for v in views)
+    title = (f"Recipients: {late} LATE, {losing} {AT_RISK_OF_LOSS}, {len(shown)} of {len(views)} shown"
+             if shown or every_recipient else f"Recipients: all {len(views)} OK")
     view = Table(title=title)
-    for column in ("recipient", "status", "read by", "unread", "oldest unread", "in working days", "clocks open",
-                   "at risk", "breached"):
+    for column in ("recipient", "status", "read by", "unread", "oldest unread", "in working days", "retention",
+                   "clocks open", "at risk", "breached"):
         view.add_column(column, justify="left" if column in ("recipient", "status", "read by") else "right")
     for v in shown:
-        view.add_row(v.principal, _styled(v.status.value),
+        status = _styled(v.status.value) + (f", [red]{AT_RISK_OF_LOSS}[/]" if v.at_risk_of_loss else "")
+        view.add_row(v.principal, status,
                      ", ".join(v.groups) + (f" ({v.members} connected)" if v.groups else "") or "nobody",
                      str(v.unread), format_duration(v.oldest_unread_seconds),
-                     format_working_days(v.oldest_unread_working_days), str(v.clocks.open), str(v.clocks.at_risk),
-                     str(v.clocks.breached))
+                     format_working_days(v.oldest_unread_working_days), format_retention(v.retention_ms),
+                     str(v.clocks.open), str(v.clocks.at_risk), str(v.clocks.breached))
     return view
 
 
@@ -162,7 +167,8 @@ def lag(
     """Consumer lag per group, topic and partition (committed offset, log end, lag, lag in time) with a status
     per group judged over a sliding window of samples (OK, WARN, ERR; partitions OK, WARN, STALL, STOP,
     REWIND: docs/lag-rules.md); and per WIJ team and provider whether it reads its handovers, its oldest
-    unread one (LATE: older than a working day) and its contact clocks."""
+    unread one (LATE: older than a working day; AT RISK OF LOSS: older than half its topic's retention) and its
+    contact clocks."""
     settings = get_settings()
     clock: Clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
     calendar = WorkingCalendar(LiberationDay(settings.liberation_day), GoodFriday(settings.good_friday))
@@ -170,7 +176,8 @@ def lag(
     async def main() -> None:
         monitor = LagMonitor(settings.connection(principals.OPERATIONS), window=samples, all_groups=all_groups)
         await monitor.start()
-        recipients = RecipientWatch(monitor, settings.registry_dir, calendar, clock)
+        recipients = RecipientWatch(monitor, settings.registry_dir, calendar, clock,
+                                    lambda topic: topic_config(topic, settings)["retention.ms"])
         loop = asyncio.get_running_loop()
         try:
             if serve_http:

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from services.infra import metrics
 from services.infra.connection import KafkaConnection
@@ -25,6 +27,8 @@ from services.ops.rules import (
 )
 
 HUB_GROUP_PREFIX = "verwijshub-"
+TIMES_KEPT = 10_000
+"""Record timestamps a LagMonitor keeps before it forgets them all (a few per lagging partition are in use)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class LagMonitor:
                  groups: set[str] | None = None) -> None:
         self.kafka, self.window, self.all_groups, self.only = kafka, window, all_groups, groups
         self.samples: dict[tuple[str, str, int], deque[Sample]] = {}
+        self.times: dict[tuple[TopicPartition, int], int] = {}
+        """Timestamps found by `record_times`, by partition and offset: a record's timestamp never changes."""
         self.admin: AIOKafkaAdminClient | None = None
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -107,7 +113,11 @@ class LagMonitor:
         the first offset whose timestamp is at or after a time; a binary search over time, all partitions in
         each request, finds the largest time whose answer is still at or before the offset: the record's
         timestamp. Exact when timestamps grow with offsets (broker append order; producers' clocks nearly so).
-        None for an offset whose record retention has removed."""
+        None for an offset whose record retention has removed before it was first asked. A record's timestamp
+        never changes, so each partition and offset is searched once (the next samples of a group that has
+        not moved, and `lag`'s recipients, ask the broker nothing)."""
+        known = {tp: self.times[(tp, offset)] for tp, offset in offsets.items() if (tp, offset) in self.times}
+        offsets = {tp: offset for tp, offset in offsets.items() if tp not in known}
         low = dict.fromkeys(offsets, 0)
         high = dict.fromkeys(offsets, int(time.time() * 1000) + 86_400_000)
         while pending := [tp for tp in offsets if high[tp] - low[tp] > 1]:
@@ -119,7 +129,29 @@ class LagMonitor:
                     low[tp] = middle[tp]
                 else:
                     high[tp] = middle[tp]
-        return {tp: low[tp] or None for tp in offsets}
+        if len(self.times) > TIMES_KEPT:
+            self.times.clear()
+        self.times.update({(tp, offsets[tp]): low[tp] for tp in offsets if low[tp]})
+        return {**known, **{tp: low[tp] or None for tp in offsets}}
+
+    async def retention(self, names: list[str]) -> dict[str, str]:
+        """Each topic's `retention.ms` as the broker has it (DescribeConfigs, one request for all); a topic the
+        broker does not describe to this principal (no DescribeConfigs right, no such topic) is left out, and so
+        is every topic when the request fails."""
+        if not names:
+            return {}
+        wanted = [ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": None}) for name in names]
+        try:
+            responses = await self.admin.describe_configs(wanted)
+        except KafkaError:
+            return {}
+        found = {}
+        for response in responses:
+            for error_code, _, _, name, entries, *_ in response.resources:
+                if error_code:
+                    continue
+                found.update({name: entry[1] for entry in entries if entry[0] == "retention.ms"})
+        return found
 
     async def sample(self) -> list[GroupLag]:
         """One look at every group; each partition's status judged on its window of samples."""

@@ -6,11 +6,14 @@ from `registry.v1`, the clocks from the notifier's counts on `ops.recipients.v1`
 alone: a recipient's consumer groups are named `<principal>.<anything>` (`wij-centrum.epd`); a record on its
 handover topic counts as read when any of its groups committed past it, and with no group everything on the
 topic is unread. The oldest unread record's time is found with ListOffsets (`LagMonitor.record_times`).
+A recipient whose oldest unread record is older than half its topic's retention is AT RISK OF LOSS: the
+retention is the topic's `retention.ms` as the broker has it (DescribeConfigs, granted to operations on the
+handover topics only), or, where the broker does not say, what the settings give the handovers class.
 The handover topic also carries the notifier's notices to the recipient; offsets cannot tell them apart from
 handovers, so "handovers" here means every record on that topic. The judging and merging are pure functions.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,6 +36,10 @@ from services.ops.lag import LagMonitor
 LATE_AFTER_WORKING_DAYS = 1.0
 """An unread handover older than this (in working days) marks its recipient LATE: the promise of first
 contact is 5 working days, and a handover nobody reads is a child nobody contacts."""
+LOSS_RISK_SHARE = 0.5
+"""An unread record older than this share of its topic's retention marks its recipient AT RISK OF LOSS: the
+broker deletes a record once it is older than the retention, read or not, so half of it leaves time to act."""
+AT_RISK_OF_LOSS = "AT RISK OF LOSS"
 REGISTRY_EVERY_S = 30.0
 CLOCKS_EVERY_S = 5.0
 
@@ -84,6 +91,32 @@ def judge(unread: int, oldest_working_days: float | None,
     return RecipientStatus.WAITING
 
 
+def retention_ms(value: str | None) -> int | None:
+    """A topic's `retention.ms` as the broker or the settings give it: milliseconds, or None for kept forever
+    (-1) or unknown."""
+    try:
+        ms = int(value) if value is not None else -1
+    except ValueError:
+        return None
+    return ms if ms >= 0 else None
+
+
+def topic_retention(topic: str, described: dict[str, str], configured: str | None) -> tuple[int | None, str]:
+    """The retention that deletes a topic's records and where it came from: the broker's value when it described
+    the topic (`described`: topic -> `retention.ms`), else the settings' (`configured`)."""
+    if topic in described:
+        return retention_ms(described[topic]), "broker"
+    return retention_ms(configured), "settings"
+
+
+def at_risk_of_loss(oldest_unread_seconds: float | None, retention: int | None,
+                    share: float = LOSS_RISK_SHARE) -> bool:
+    """Whether the oldest unread record is older than `share` of the retention (ms; None: kept forever)."""
+    if oldest_unread_seconds is None or retention is None:
+        return False
+    return oldest_unread_seconds * 1000 > retention * share
+
+
 def merge_clocks(records: Iterable[tuple[bytes | None, bytes | None]]) -> dict[str, ClockCounts]:
     """The notifier's counts on `ops.recipients.v1`, in log order: the latest value per key (one key per notifier
     partition; an empty value removes it), summed per recipient. Unreadable values are skipped."""
@@ -124,11 +157,23 @@ class RecipientView:
     oldest_unread_working_days: float | None
     status: RecipientStatus
     clocks: ClockCounts = field(default_factory=ClockCounts)
+    retention_ms: int | None = None
+    """Its handover topic's retention (None: kept forever, or not known)."""
+    retention_from: str = "settings"
+    """Where the retention came from: `broker` (the topic's configuration) or `settings` (its class's setting)."""
+    at_risk_of_loss: bool = False
+    """Its oldest unread record is older than half the retention: the broker deletes it, read or not, at the
+    retention."""
 
     @property
     def attention(self) -> bool:
         """Shown in `lag`'s table without --recipients: something unread, or a clock at risk or breached."""
         return self.status is not RecipientStatus.OK or bool(self.clocks.at_risk or self.clocks.breached)
+
+    @property
+    def marks(self) -> str:
+        """Its status as shown: `LATE`, or `LATE, AT RISK OF LOSS`."""
+        return f"{self.status}, {AT_RISK_OF_LOSS}" if self.at_risk_of_loss else str(self.status)
 
     def as_json(self) -> dict:
         document = asdict(self)
@@ -140,20 +185,28 @@ class RecipientView:
 
 def recipient_view(recipient: Recipient, groups: list[str], members: int,
                    partitions: dict[int, tuple[int, int, int]], oldest_unread_ms: int | None,
-                   clocks: ClockCounts, now: datetime, calendar: WorkingCalendar) -> RecipientView:
+                   clocks: ClockCounts, now: datetime, calendar: WorkingCalendar,
+                   retention: tuple[int | None, str] = (None, "settings")) -> RecipientView:
     """One recipient judged: `partitions` maps each partition of its handover topic to (log start, log end, read
-    position); `oldest_unread_ms` is the time of the oldest record at a read position that is not the end."""
+    position); `oldest_unread_ms` is the time of the oldest record at a read position that is not the end;
+    `retention` its topic's retention in ms (None: kept forever) and where that came from (`topic_retention`)."""
     unread = sum(end - position for _, end, position in partitions.values())
     at = datetime.fromtimestamp(oldest_unread_ms / 1000, UTC) if unread and oldest_unread_ms else None
     seconds = round(max((now - at).total_seconds(), 0.0), 3) if at else None
     working_days = round(calendar.working_days_between(at, now), 4) if at else None
     return RecipientView(recipient.principal, recipient.kind, recipient.id, recipient.name, recipient.topic, groups,
                          members, sum(end - start for start, end, _ in partitions.values()), unread, at, seconds,
-                         working_days, judge(unread, working_days), clocks)
+                         working_days, judge(unread, working_days), clocks, retention[0], retention[1],
+                         at_risk_of_loss(seconds, retention[0]))
 
 
 def format_working_days(days: float | None) -> str:
     return "-" if days is None else f"{days:.2f} wd"
+
+
+def format_retention(ms: int | None) -> str:
+    """A topic's retention: `90.0 d`, or `kept` when records are kept forever."""
+    return "kept" if ms is None else format_duration(ms / 1000)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -168,10 +221,14 @@ def format_duration(seconds: float | None) -> str:
 
 class RecipientWatch:
     """The recipients' view for `lag` and its exporter: the registry in force (re-read every 30 s; the files
-    when none is published), the notifier's clock counts (every 5 s) and, at every look, the offsets."""
+    when none is published), the notifier's clock counts (every 5 s) and, at every look, the offsets and the
+    handover topics' retention (`configured`: a topic's `retention.ms` by the settings, where the broker does
+    not describe it)."""
 
-    def __init__(self, monitor: LagMonitor, registry_dir: Path, calendar: WorkingCalendar, clock: Clock) -> None:
+    def __init__(self, monitor: LagMonitor, registry_dir: Path, calendar: WorkingCalendar, clock: Clock,
+                 configured: Callable[[str], str | None] = lambda topic: None) -> None:
         self.monitor, self.registry_dir, self.calendar, self.clock = monitor, registry_dir, calendar, clock
+        self.configured = configured
         self.registry: Registry | None = None
         self.clocks: dict[str, ClockCounts] = {}
         self.read_at = {"registry": float("-inf"), "clocks": float("-inf")}
@@ -222,6 +279,7 @@ class RecipientWatch:
         unread = {tp: position for tp, position in positions.items() if position < ends[tp]}
         times = await monitor.record_times(unread) if unread else {}
         members = await monitor.describe(sorted({g for groups in reading.values() for g in groups}))
+        retained = await monitor.retention([r.topic for r in wanted])
         now, views = self.clock.now(), []
         for recipient in wanted:
             mine = {tp.partition: (starts[tp], ends[tp], positions[tp]) for tp in positions
@@ -230,7 +288,8 @@ class RecipientWatch:
             groups = reading.get(recipient.principal, [])
             views.append(recipient_view(recipient, groups, sum(members.get(g, ("", 0))[1] for g in groups), mine,
                                         oldest, self.clocks.get(recipient.principal, ClockCounts()), now,
-                                        self.calendar))
+                                        self.calendar, topic_retention(recipient.topic, retained,
+                                                                       self.configured(recipient.topic))))
         return views
 
 
@@ -241,5 +300,8 @@ def export(views: list[RecipientView]) -> None:
         metrics.RECIPIENT_READERS.labels(view.principal).set(len(view.groups))
         metrics.RECIPIENT_OLDEST_UNREAD_SECONDS.labels(view.principal).set(view.oldest_unread_seconds or 0.0)
         metrics.RECIPIENT_OLDEST_UNREAD_WORKING_DAYS.labels(view.principal).set(view.oldest_unread_working_days or 0.0)
+        metrics.RECIPIENT_RETENTION_SECONDS.labels(view.principal).set(
+            -1.0 if view.retention_ms is None else view.retention_ms / 1000)
+        metrics.RECIPIENT_AT_RISK_OF_LOSS.labels(view.principal).set(int(view.at_risk_of_loss))
         for state, count in view.clocks.model_dump().items():
             metrics.RECIPIENT_CONTACT_CLOCKS.labels(view.principal, state).set(count)

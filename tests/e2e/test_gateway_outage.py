@@ -37,13 +37,13 @@ def _hl7_file(tmp_path: Path, referral_id: str) -> Path:
 
 
 def _until(attempt, deadline_s: float = 90.0):
-    """`attempt()` again every second until it returns something true; that value."""
+    """`attempt()` again every quarter second until it returns something true; that value."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         result = attempt()
         if result:
             return result
-        time.sleep(1)
+        time.sleep(0.25)
     raise TimeoutError("no success in time")
 
 
@@ -57,7 +57,7 @@ def test_with_kafka_stopped_the_gateway_refuses_and_after_it_nothing_confirmed_i
     https_port, mllp_port = _free_port(), _free_port()
     process = start_hub(broker, directory / "gateway-outage.log", "intake", "gateway", env={
         "VERWIJSHUB_GATEWAY_PORT": str(https_port), "VERWIJSHUB_MLLP_PORT": str(mllp_port),
-        "VERWIJSHUB_GATEWAY_KAFKA_TIMEOUT_S": "3"})
+        "VERWIJSHUB_GATEWAY_KAFKA_TIMEOUT_S": "2"})
     url, ca = f"https://127.0.0.1:{https_port}/fhir/$process-message", broker.secrets / "ca.pem"
     token = TokenStore(broker.secrets).issue(principals.referrer(Channel.GP))
     confirmed_gp, confirmed_hl7 = [], []

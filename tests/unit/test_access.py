@@ -53,6 +53,14 @@ def test_operations_reads_no_topic_with_personal_data_but_describes_all() -> Non
     assert all(may(principals.OPERATIONS, t, Operation.DESCRIBE) for t in topics.all_topics(REGISTRY))
 
 
+def test_operations_describes_the_configuration_of_the_handover_topics_only() -> None:
+    """Their retention, for AT RISK OF LOSS; no other topic's configuration, and only operations gets it."""
+    every = topics.all_topics(REGISTRY)
+    described = {t for t in every if may(principals.OPERATIONS, t, Operation.DESCRIBE_CONFIGS)}
+    assert described == {t for t in every if t.startswith("handovers.")} and described
+    assert {g.principal for g in GRANTED if g.operation is Operation.DESCRIBE_CONFIGS} == {principals.OPERATIONS}
+
+
 def test_operations_reads_only_what_carries_no_personal_data() -> None:
     """The status topics, the registry (teams and providers, for the recipients view), the notifier's clock
     counts per recipient and the pending dead letters' counts; the notifier alone writes its clock counts, the

@@ -37,3 +37,34 @@ def test_partition_status(samples, members, expected) -> None:
 ])
 def test_group_status(statuses, expected) -> None:
     assert group_status(statuses) is expected
+
+
+class FakeLog:
+    """ListOffsets by time over a partition whose records have these timestamps (ms), offset by offset."""
+
+    def __init__(self, timestamps: list[int]) -> None:
+        self.timestamps, self.requests = timestamps, 0
+
+    async def offsets_for_times(self, wanted: dict) -> dict:
+        self.requests += 1
+        found = {}
+        for tp, at in wanted.items():
+            offset = next((o for o, t in enumerate(self.timestamps) if t >= at), None)
+            found[tp] = None if offset is None else type("Answer", (), {"offset": offset})()
+        return found
+
+
+async def test_record_times_finds_each_records_timestamp_and_asks_once_per_offset() -> None:
+    from aiokafka import TopicPartition
+
+    from services.ops.lag import LagMonitor
+
+    tp = TopicPartition("handovers.wij.centrum.v1", 0)
+    log = FakeLog([1_700_000_000_000, 1_700_000_000_000, 1_700_000_050_123, 1_700_000_999_999])
+    monitor = LagMonitor(kafka=None)
+    monitor.consumer = log
+    assert await monitor.record_times({tp: 2}) == {tp: 1_700_000_050_123}
+    searched = log.requests
+    assert searched > 20  # a binary search over time
+    assert await monitor.record_times({tp: 2}) == {tp: 1_700_000_050_123} and log.requests == searched
+    assert await monitor.record_times({tp: 0}) == {tp: 1_700_000_000_000} and log.requests > searched

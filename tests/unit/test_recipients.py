@@ -15,6 +15,7 @@ from schemas.routing import Recipient as Addressee
 from schemas.routing import RecipientKind
 from services.infra import topics
 from services.infra.clock import SystemClock
+from services.infra.provisioning import topic_config
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.notifier.app import Notifier
@@ -23,15 +24,20 @@ from services.notifier.followup import partition_clocks, recipient_clocks
 from services.ops.commands import as_json, recipients_table
 from services.ops.page import render
 from services.ops.recipients import (
+    AT_RISK_OF_LOSS,
     Recipient,
     RecipientStatus,
+    at_risk_of_loss,
     format_duration,
+    format_retention,
     groups_of,
     judge,
     merge_clocks,
     read_position,
     recipient_view,
     recipients_of,
+    retention_ms,
+    topic_retention,
 )
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
@@ -162,6 +168,72 @@ def test_the_page_marks_a_late_recipient_first() -> None:
     assert 'id="recipient-wij-centrum"' in page and 'class="recipient-LATE"' in page
     assert page.index("recipient-wij-centrum") < page.index("recipient-wij-haren")
     assert "1 of 2 recipients LATE" in page
+
+
+DAY_MS = 86_400_000
+
+
+def test_at_risk_of_loss_is_an_unread_record_older_than_half_the_retention() -> None:
+    assert not at_risk_of_loss(None, 10 * DAY_MS)  # nothing unread
+    assert not at_risk_of_loss(5 * 86_400, 10 * DAY_MS)  # exactly half: not yet
+    assert at_risk_of_loss(5 * 86_400 + 1, 10 * DAY_MS)
+    assert at_risk_of_loss(31, 60_000) and not at_risk_of_loss(29, 60_000)
+    assert not at_risk_of_loss(10**9, None)  # kept forever
+    assert at_risk_of_loss(1, 0)  # a retention of 0 deletes at once
+
+
+def test_the_retention_is_the_brokers_where_it_says_else_the_settings() -> None:
+    assert retention_ms("-1") is None and retention_ms(None) is None and retention_ms("junk") is None
+    assert retention_ms("604800000") == 7 * DAY_MS and retention_ms("0") == 0
+    topic = topics.wij_handovers("centrum")
+    configured = topic_config(topic, Settings(_env_file=None))["retention.ms"]
+    assert topic_retention(topic, {topic: "3600000"}, configured) == (3_600_000, "broker")
+    assert topic_retention(topic, {topic: "-1"}, configured) == (None, "broker")
+    assert topic_retention(topic, {"handovers.wij.haren.v1": "1"}, configured) == (90 * DAY_MS, "settings")
+    assert topic_retention(topic, {}, None) == (None, "settings")
+    assert format_retention(90 * DAY_MS) == "90.0 d" and format_retention(None) == "kept"
+
+
+def test_a_recipient_is_at_risk_of_loss_whatever_its_working_days_say() -> None:
+    """A week of unread handovers on a topic kept 10 days is at risk (and LATE); an hour on a topic kept an hour
+    and a half is at risk though not yet LATE; on a topic kept forever nothing is ever at risk."""
+    written_ms = int(FRIDAY_4PM.timestamp() * 1000)
+    a_week_later = FRIDAY_4PM + timedelta(days=7)
+    judged = lambda now, retention: recipient_view(  # noqa: E731
+        CENTRUM, [], 0, {0: (0, 2, 0)}, written_ms, ClockCounts(open=2), now, CALENDAR, retention)
+    losing = judged(a_week_later, (10 * DAY_MS, "broker"))
+    assert losing.at_risk_of_loss and losing.status is RecipientStatus.LATE and losing.attention
+    assert losing.marks == f"LATE, {AT_RISK_OF_LOSS}" and losing.retention_from == "broker"
+    assert not judged(a_week_later, (90 * DAY_MS, "settings")).at_risk_of_loss
+    assert not judged(a_week_later, (None, "broker")).at_risk_of_loss
+    early = judged(FRIDAY_4PM + timedelta(hours=1), (5_400_000, "broker"))
+    assert early.at_risk_of_loss and early.status is RecipientStatus.WAITING
+    read = recipient_view(CENTRUM, ["wij-centrum.epd"], 1, {0: (0, 2, 2)}, None, ClockCounts(), a_week_later,
+                          CALENDAR, (1, "broker"))
+    assert not read.at_risk_of_loss and read.marks == "OK"
+
+
+def test_lag_and_the_page_mark_a_recipient_at_risk_of_loss_first() -> None:
+    written_ms = int(FRIDAY_4PM.timestamp() * 1000)
+    now = FRIDAY_4PM + timedelta(days=7)
+    haren = Recipient("wij-haren", "wij-team", "haren", "WIJ Haren", "handovers.wij.haren.v1")
+    both = [recipient_view(CENTRUM, [], 0, {0: (0, 2, 0)}, written_ms, ClockCounts(), now, CALENDAR,
+                           (90 * DAY_MS, "broker")),
+            recipient_view(haren, [], 0, {0: (0, 1, 0)}, written_ms + 60_000, ClockCounts(), now, CALENDAR,
+                           (10 * DAY_MS, "broker"))]
+    page = render([], {}, [], 0, now, both)
+    assert page.index("recipient-wij-haren") < page.index("recipient-wij-centrum")  # both LATE; haren at risk
+    assert f"1 of 2 recipients {AT_RISK_OF_LOSS}" in page and f": wij-haren." in page
+    haren_row = re.search(r'<tr class="recipient-LATE" id="recipient-wij-haren">(.*?)</tr>', page).group(1)
+    centrum_row = re.search(r'<tr class="recipient-LATE" id="recipient-wij-centrum">(.*?)</tr>', page).group(1)
+    assert AT_RISK_OF_LOSS in haren_row and "10.0 d" in haren_row and AT_RISK_OF_LOSS not in centrum_row
+    console = Console(record=True, width=220)
+    console.print(recipients_table(both))
+    text = console.export_text()
+    assert f"2 LATE, 1 {AT_RISK_OF_LOSS}" in text and f"LATE, {AT_RISK_OF_LOSS}" in text
+    document = {r["principal"]: r for r in json.loads(as_json([], both))["recipients"]}
+    assert document["wij-haren"]["at_risk_of_loss"] is True and document["wij-haren"]["retention_ms"] == 10 * DAY_MS
+    assert document["wij-centrum"]["at_risk_of_loss"] is False and document["wij-centrum"]["retention_from"] == "broker"
 
 
 def test_ages_read_as_people_read_them() -> None:
