@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from schemas.referral import Channel
 from services.infra import principals, topics
@@ -124,7 +125,12 @@ async def follow_statuses(kafka: KafkaConnection, progress: Progress) -> None:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         while True:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
+            try:
+                batches = await consumer.getmany(timeout_ms=200)
+            except KafkaError:  # a broker away: the consumer reconnects
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
                 for record in records:
                     event = json.loads(record.value)
                     if event["status"] == "handed-over" and event["referrer_referral_id"] in progress.wanted:
