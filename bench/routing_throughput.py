@@ -130,7 +130,7 @@ async def main(n: int, broker: TestKafka) -> None:
             decide(r, REGISTRY, datetime.now(UTC))
         pure_s = time.perf_counter() - decide_start
     print(f"{n} referrals, one local Kafka 4.1.1 broker, 6 partitions, acks=all")
-    for name, seconds in (("routing service (FastStream)", service_s), ("raw aiokafka, awaited", awaited_s),
+    for name, seconds in (("routing service (runtime)", service_s), ("raw aiokafka, awaited", awaited_s),
                           ("raw aiokafka, awaited+commit", each_s),
                           ("raw aiokafka, batched", batched_s), ("policy alone (decide)", pure_s)):
         print(f"  {name:30s} {n / seconds:8.0f} decisions/s  ({seconds:.2f} s)")

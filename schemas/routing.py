@@ -7,6 +7,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from schemas.errors import ReferralError
+from schemas.indications import Indication
 from schemas.referral import Referral
 
 
@@ -73,3 +74,44 @@ class RoutingAlert(BaseModel):
     provider: str | None = None
     team: str | None = None
     message: str
+
+
+class OpenReferral(BaseModel):
+    """A referral routing still answers for: its latest decision (with the referral, which a re-decision needs)
+    and every recipient that declined it so far."""
+
+    model_config = ConfigDict(frozen=True)
+
+    decision: RoutingDecision
+    declined: list[str] = []
+    """Team ids and AGB codes, sorted: a re-decision excludes them all."""
+
+
+class YouthRouting(BaseModel):
+    """Routing's state of one youth on the compacted `routing.state.v1` (key: youth pseudonym, in the partition of
+    the youth's referrals). Only open work: a closed referral leaves it, and a youth with no open referral and no
+    running indication has no record (a tombstone)."""
+
+    model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.YouthRouting/1"
+    """The `schema` header of this message on Kafka."""
+
+    pseudonym: str
+    referrals: dict[str, OpenReferral] = {}
+    """Hub referral id -> the open referral."""
+    indications: list[Indication] = []
+    """The youth's indications as on `indications.v1` (rule 2, provider stops)."""
+
+
+class RoutingLoad(BaseModel):
+    """The value on the compacted `routing.load.v1`, key the routing partition's number (text): the open
+    handovers per provider AGB in that partition. Counts only, no personal data; routing sums every partition's
+    latest record to spread referrals over providers."""
+
+    model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.RoutingLoad/1"
+    """The `schema` header of this message on Kafka."""
+
+    partition: int
+    at: datetime
+    open: dict[str, int] = {}

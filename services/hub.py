@@ -25,7 +25,6 @@ from services.infra.settings import REPO_ROOT, Settings
 from services.intake.app import create_intake
 from services.notifier.app import create_notifier
 from services.ops.lag import LagMonitor, export
-from services.routing.app import FEEDBACK_GROUP as ROUTING_FEEDBACK_GROUP
 from services.routing.app import create_routing
 
 LAG_EVERY_S = 15.0
@@ -89,7 +88,7 @@ def start_metrics(settings: Settings, ready: Callable[[], bool]) -> ThreadingHTT
 
 async def export_own_lag(settings: Settings, names: list[str]) -> None:
     """The consumer lag of this process's groups into its metrics, every LAG_EVERY_S."""
-    groups = {group_id(name) for name in names} | ({ROUTING_FEEDBACK_GROUP} if "routing" in names else set())
+    groups = {group_id(name) for name in names}
     monitor = LagMonitor(settings.connection(principals.OPERATIONS), groups=groups)
     with contextlib.suppress(asyncio.CancelledError):
         while True:

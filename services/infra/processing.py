@@ -37,7 +37,7 @@ from schemas.errors import ErrorCode, ReferralError
 from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import RecordView, dead_letter_record, handling
-from services.infra.kafka import Outbound, group_id, make_broker
+from services.infra.kafka import Outbound, group_id, make_broker, read_records
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
@@ -47,6 +47,10 @@ BACKOFF_S = (0.2, 10.0)
 """The first and the longest wait before a failed batch is tried again (doubling, with jitter)."""
 TRANSACTION_TIMEOUT_S = 60.0
 """How long one batch's transaction may take before it is given up as transient."""
+
+
+Delivery = tuple[Outbound, asyncio.Future]
+"""A record sent in a transaction and its delivery (RecordMetadata, with the offset, once it is written)."""
 
 
 class Poison(Exception):
@@ -79,8 +83,9 @@ class Processor:
     def unload(self, partition: int) -> None:
         """Partition N is no longer owned, or is about to be loaded again after an aborted transaction."""
 
-    def committed(self, partition: int) -> None:
-        """The transaction of partition N committed: what `handle` kept pending is now true."""
+    def committed(self, partition: int, produced: list[tuple[Outbound, int]]) -> None:
+        """The transaction of partition N committed: what `handle` kept pending is now true; `produced` are the
+        records it published, each with its offset (a state record can be read back by it)."""
 
     async def handle(self, record: ConsumerRecord) -> list[Outbound]:
         """One input record: the records to publish, in order."""
@@ -299,10 +304,12 @@ class Runtime:
             for record in records:
                 offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
 
-            async def body(producer: AIOKafkaProducer) -> None:
+            async def body(producer: AIOKafkaProducer) -> list[Delivery]:
+                deliveries = []
                 for record in records:
-                    await send(producer, await self.handle(owned, record))
+                    deliveries += await send(producer, await self.handle(owned, record))
                 await producer.send_offsets_to_transaction(offsets, self.group)
+                return deliveries
 
             if await self.transaction(number, owned, body):
                 self.positions.update(offsets)
@@ -335,8 +342,8 @@ class Runtime:
             for number, owned in list(self.owned.items()):
                 async with owned.lock:
                     if self.owned.get(number) is owned and number not in self.retrying:
-                        async def body(producer: AIOKafkaProducer, number: int = number) -> None:
-                            await send(producer, await self.processor.tick(number))
+                        async def body(producer: AIOKafkaProducer, number: int = number) -> list[Delivery]:
+                            return await send(producer, await self.processor.tick(number))
 
                         await self.transaction(number, owned, body)
 
@@ -346,7 +353,7 @@ class Runtime:
         visible to read_committed)."""
         producer = owned.producer
         try:
-            await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
+            deliveries = await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
         except ProducerFenced:
             self.log.warning("partition taken by another instance", partition=number)
             self.owned.pop(number, None)
@@ -365,18 +372,19 @@ class Runtime:
             return False
         owned.failures = 0
         self.retrying.discard(number)
-        self.processor.committed(number)
+        self.processor.committed(number, [(record, delivery.result().offset) for record, delivery in deliveries])
         return True
 
-    async def _commit(self, producer: AIOKafkaProducer, body) -> None:
+    async def _commit(self, producer: AIOKafkaProducer, body) -> list[Delivery]:
         await producer.begin_transaction()
         try:
-            await body(producer)
+            deliveries = await body(producer)
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.abort_transaction(), 10)
             raise
-        await producer.commit_transaction()
+        await producer.commit_transaction()  # every delivery is done once it returns
+        return deliveries
 
     async def recover(self, number: int, owned: Owned) -> None:
         """After a failed transaction: a fresh producer (its InitProducerId completes or aborts whatever the old
@@ -419,29 +427,16 @@ class _Listener(ConsumerRebalanceListener):
         await self.runtime.assigned(assigned)
 
 
-async def send(producer: AIOKafkaProducer, records: Iterable[Outbound]) -> None:
+async def send(producer: AIOKafkaProducer, records: Iterable[Outbound]) -> list[Delivery]:
     """Send records in order inside the open transaction; `commit_transaction` waits for their delivery."""
-    for record in records:
-        await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
-                            headers=[(name, value.encode()) for name, value in record.headers.items()])
+    return [(record, await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
+                                         headers=[(name, value.encode()) for name, value in record.headers.items()]))
+            for record in records]
 
 
 async def read_partition(kafka: KafkaConnection, topic: str, number: int) -> list[ConsumerRecord]:
     """Every committed record of one partition, from its beginning to its last stable offset."""
-    consumer = AIOKafkaConsumer(**kafka.consumer_options(), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, number)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]  # read_committed: the last stable offset
-        records: list[ConsumerRecord] = []
-        while await consumer.position(tp) < end:
-            batches = await consumer.getmany(tp, timeout_ms=500)
-            records += batches.get(tp, [])
-        return records
-    finally:
-        await consumer.stop()
+    return await read_records(kafka, [topic], only={number})
 
 
 async def _close(producer: AIOKafkaProducer) -> None:

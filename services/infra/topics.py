@@ -18,6 +18,14 @@ NOTIFIER_STATE = "notifier.state.v1"
 """Internal, compacted: the notifier's follow-up of one youth (open handovers, contact clocks, reminders),
 keyed by youth pseudonym and in the same partition as the youth's decisions and feedback."""
 
+ROUTING_STATE = "routing.state.v1"
+"""Internal, compacted: routing's open work of one youth (open referrals with their latest decision, declines,
+indications), keyed by youth pseudonym and in the same partition as the youth's referrals and feedback."""
+
+ROUTING_LOAD = "routing.load.v1"
+"""Internal, compacted, no personal data: per routing partition (key: its number), the open handovers per provider,
+which each routing instance publishes so every instance spreads referrals by the load of all partitions."""
+
 OPS_RECIPIENTS = "ops.recipients.v1"
 """Compacted, no personal data: per notifier partition (key: its number), the contact clocks per recipient
 (open, at risk, breached), which the notifier publishes so operations can show them without reading its state."""
@@ -31,8 +39,8 @@ OPS_DEAD_LETTERS = "ops.deadletters.v1"
 (one record, key `summary`), written by the admin's `dlq` commands so operations can show them without reading
 the dead letters."""
 
-COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE, OPS_RECIPIENTS, DLQ_REPLAYS,
-                       OPS_DEAD_LETTERS})
+COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE, ROUTING_STATE, ROUTING_LOAD,
+                       OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS})
 
 
 class TopicClass(StrEnum):
@@ -92,7 +100,7 @@ def provider_feedback(agb: str) -> str:
 def all_topics(registry: Registry) -> list[str]:
     """Every topic the hub uses, recipients' included, so each exists before its first message."""
     names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED, NOTIFIER_STATE,
-             OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS]
+             ROUTING_STATE, ROUTING_LOAD, OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS]
     for channel in Channel:
         names += [referrals(channel), status(channel)]
     for team_id in registry.teams:

@@ -58,7 +58,7 @@ class Intake(Processor):
     def unload(self, partition: int) -> None:
         self.ledger.aborted(partition)
 
-    def committed(self, partition: int) -> None:
+    def committed(self, partition: int, produced: list[tuple[Outbound, int]]) -> None:
         self.ledger.committed(partition)
 
     def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:

@@ -1,383 +1,288 @@
-"""The routing service: decides each normalised referral and publishes the decision with its trace.
+"""The routing service on the processing runtime (services/infra/processing.py): wiring only.
 
-Around the pure policy it keeps a state rebuilt from Kafka (a follower without consumer group that
-reads `registry.v1`, `indications.v1` and `routing.decisions.v1` from the start and then live), so that
-a published registry takes effect without a restart, rule 2 sees the running indications, declines
-re-route without the recipient, and a provider's stop re-routes each of its youths once: a youth
-whose latest decision already names the WIJ team, or whose indication is marked, is not done again.
+Inputs, all keyed by youth pseudonym: normalised referrals, the recipients' feedback and `indications.v1`. Per
+record: decode, fetch the youth's state (index.py, store.py), call the pure core (core.py), and return the
+effects' records with the youth's new state on `routing.state.v1`, all in the transaction of the input's offset.
+Every tick: the provider-stop sweep of the partition and its open load on `routing.load.v1`.
 """
 
-import asyncio
-import contextlib
-from collections.abc import Callable
-from datetime import date
-from functools import cached_property
+import re
+from collections import Counter
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.partitioner import DefaultPartitioner
-from faststream import AckPolicy
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage as ConsumedRecord
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback, FeedbackKind
 from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
-from schemas.registry import REGISTRY_KEY, Registry
-from schemas.routing import RoutingAlert, RoutingDecision
+from schemas.registry import Registry
+from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision, RoutingLoad, YouthRouting
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
-from services.infra.consuming import RecordView, dead_letter, handling
-from services.infra.kafka import group_id, make_broker, outbound, partitions_of, publish
+from services.infra.kafka import Outbound, outbound
 from services.infra.logging import get_logger
-from services.infra.registry_files import RegistryError
-from services.infra.registry_topic import decode_registry
+from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.settings import Settings
-from services.routing.policy import (
-    PROVIDER_STOPPED,
-    decide,
-    redecide_after_decline,
-    reroute_after_stop,
+from services.routing.core import (
+    Alerted,
+    Decided,
+    Effect,
+    IndicationsChanged,
+    Step,
+    is_empty,
+    merge_indication,
+    on_feedback,
+    on_indications,
+    on_referral,
+    on_stop,
+    stopped_providers,
 )
-from services.routing.state import RoutingState, StopWork, merge_indication
+from services.routing.index import PartitionIndex, YouthEntry
+from services.routing.sides import SideInputs
+from services.routing.store import StateStore
 
 SERVICE = "routing"
-FEEDBACK_PATTERN = r"feedback\..*\.v1"
-FEEDBACK_GROUP = group_id(f"{SERVICE}-feedback")
-"""Routing reads feedback in a group of its own, so its referral consumer sees no rebalances from it."""
-_PARTITIONER = DefaultPartitioner()
-BATCH_MAX = 200
-"""Referrals decided per batch at most; their deliveries are confirmed, then committed, together."""
-SWEEP_EVERY_S = 30.0
-"""How often provider stops are looked for besides each registry change (a stop date may arrive)."""
+FEEDBACK_TOPIC = re.compile(r"feedback\.(wij|provider)\.([^.]+)\.v1")
+WRITTEN_BY = "written-by"
+"""Header on routing's own `indications.v1` records: applied when written, so skipped when they come back."""
+ROUTING_FEEDBACK = frozenset({FeedbackKind.DECLINED, FeedbackKind.CLOSED, FeedbackKind.INDICATION_STARTED})
+STOP_BATCH = 100
+"""Youths re-routed per partition per tick at most, so one transaction stays small; the next tick goes on."""
 
 
-class Routing:
-    def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
-        self.broker, self.settings, self.clock = broker, settings, clock
-        self.state = RoutingState(registry)
-        self.ready = asyncio.Event()
-        self.sweeping = asyncio.Lock()
-        self.tasks: list[asyncio.Task] = []
-        self.state_partitions: list = []
+class Routing(Processor):
+    service = SERVICE
+    inputs = "|".join([re.escape(topics.NORMALISED), FEEDBACK_TOPIC.pattern, re.escape(topics.INDICATIONS)])
+    state_topic = topics.ROUTING_STATE
+
+    def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
+        self.clock = clock
+        kafka = settings.connection(principals.service(SERVICE))
+        self.sides = SideInputs(kafka, registry)
+        self.store = StateStore(kafka, self._located)
+        self.index: dict[int, PartitionIndex] = {}
+        self.published: dict[int, dict[str, int]] = {}
+        self.swept: dict[int, str] = {}
         self.log = get_logger(service=SERVICE)
-        self.owned_partitions: Callable[[], set[int] | None] = lambda: None
-        """The `referrals.normalised.v1` partitions this instance consumes (None: unknown, own all)."""
 
-    def owns(self, pseudonym: str) -> bool:
-        """Whether this instance re-routes the youth after a stop: the one that consumes the youth's
-        partition, so that several routing instances do not each re-route the same youth."""
-        owned = self.owned_partitions()
-        if owned is None:
-            return True
-        count = len(self.state_partitions) or self.settings.partitions
-        return _PARTITIONER(pseudonym.encode(), list(range(count)), list(range(count))) in owned
+    @property
+    def registry(self) -> Registry:
+        return self.sides.registry
 
-    # -- lifecycle ---------------------------------------------------------------------------------
-    async def start(self) -> None:
-        self.tasks = [asyncio.create_task(self.follow(), name="routing-follow"),
-                      asyncio.create_task(self.sweep_periodically(), name="routing-sweep")]
+    # -- lifecycle -------------------------------------------------------------------------------------
+    async def start(self, kafka: KafkaConnection) -> None:
+        await self.sides.start()
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self.store.stop()
+        await self.sides.stop()
 
-    @cached_property
-    def kafka(self) -> KafkaConnection:
-        """Routing's own principal, for what it reads beside its FastStream subscribers (its state topics)."""
-        return self.settings.connection(principals.service(SERVICE))
-
-    # -- publishing --------------------------------------------------------------------------------
-    async def publish_decision(self, decision: RoutingDecision, confirm: bool = True) -> asyncio.Future | None:
-        """Publish a decision; with `confirm=False` return the delivery future instead of waiting for it,
-        so a batch is sent in order and confirmed together."""
-        referral = decision.referral
-        delivery = await publish(self.broker, outbound(topics.DECISIONS, decision, referral.youth.pseudonym,
-                                                       correlation_id=referral.referral_id, channel=referral.channel),
-                                 confirm)
-        self.state.apply_decision(decision)
-        return delivery
-
-    async def publish_indications(self, pseudonym: str, indications: tuple[Indication, ...]) -> None:
-        value = YouthIndications(pseudonym=pseudonym, indications=list(indications))
-        await publish(self.broker, outbound(topics.INDICATIONS, value, pseudonym))  # an empty list, not a tombstone
-        self.state.apply_indications(pseudonym, value)
-
-    # -- referrals and feedback --------------------------------------------------------------------
-    async def route(self, referral: Referral) -> tuple[RoutingDecision, asyncio.Future | None]:
-        """Decide and publish; returns the decision and its (unconfirmed) delivery."""
-        await self.ready.wait()
-        state = self.state
-        decision = decide(referral, state.registry, self.clock.now(),
-                          indications=state.indications_of(referral.youth.pseudonym), load=state.open_load())
-        return decision, await self.publish_decision(decision, confirm=False)
-
-    async def on_feedback(self, topic: str, key: bytes | None, feedback: Feedback) -> str:
-        """Acts on what routing cares about; returns what it did, for the log."""
-        await self.ready.wait()
-        _, kind, source, _ = topic.split(".", 3)
-        if feedback.kind is FeedbackKind.DECLINED:
-            return await self.reroute_declined(source, feedback)
-        if feedback.kind is FeedbackKind.CLOSED:
-            self.state.close(feedback.referral_id)
-            return "closed"
-        if feedback.kind is FeedbackKind.INDICATION_STARTED:
-            if kind != "provider" or key is None or not feedback.product or not feedback.indication_end:
-                return "indication-started without provider, youth, product or end date: ignored"
-            indication = Indication(pseudonym=key.decode(), product=feedback.product, provider_agb=source,
-                                    start=feedback.at.date(), end=feedback.indication_end,
-                                    referral_id=feedback.referral_id)
-            await self.publish_indications(indication.pseudonym,
-                                           merge_indication(self.state.indications_of(indication.pseudonym),
-                                                            indication))
-            return "indication recorded"
-        return "nothing for routing"
-
-    async def reroute_declined(self, source: str, feedback: Feedback) -> str:
-        previous = self.state.decisions.get(feedback.referral_id)
-        if previous is None or previous.recipient is None or previous.recipient.id != source:
-            return "decline of a referral that is not with this recipient: ignored"
-        excluded = self.state.declined.get(feedback.referral_id, frozenset()) | {source}
-        decision = redecide_after_decline(
-            previous, self.state.registry, self.clock.now(), feedback.reason, excluded,
-            self.state.indications_of(previous.referral.youth.pseudonym), self.state.open_load())
-        await self.publish_decision(decision)
-        return f"re-routed to {decision.recipient.id if decision.recipient else None}"
-
-    # -- provider stops ----------------------------------------------------------------------------
-    async def sweep(self) -> int:
-        """Re-route the youths of every stopped provider that were not re-routed yet; returns how many."""
-        async with self.sweeping:
-            done = 0
-            for work in self.state.stop_work(self.clock.now().date()):
-                if not self.owns(work.pseudonym):
-                    continue
-                try:
-                    await self.handle_stop(work)
-                    done += 1
-                except Exception as exc:  # one youth's failure must not keep the others waiting
-                    self.log.error("provider-stop re-route failed", provider=work.provider.agb,
-                                   pseudonym=work.pseudonym, error_type=type(exc).__name__)
-            self.log.info("provider stops swept", rerouted=done, registry_version=self.state.registry.version)
-            return done
-
-    async def handle_stop(self, work: StopWork) -> None:
-        """Alert first, then the decision, then the indication marks: a crash in between repeats at most
-        the alert; the decision, which ends the open handover, is written once."""
-        now, registry = self.clock.now(), self.state.registry
-        decision = team = None
-        if work.decision is not None:
-            products = sorted({i.product for i in work.indications})
-            what = ("the open handover" + (f" and the running indication(s) for {', '.join(products)}"
-                                           if products else ""))
-            decision = reroute_after_stop(work.decision.referral, work.provider, registry, now, what)
-            team = decision.recipient.id if decision.recipient else None
-            message = f"{work.provider.name} stopped: {what} re-routed to WIJ team {team} (warm handover)"
-        else:
-            message = (f"{work.provider.name} stopped: a youth with a running indication imported without "
-                       "referral; the provider asks the client to report at WIJ, which takes the youth on")
-        alert = RoutingAlert(kind=PROVIDER_STOPPED, at=now, pseudonym=work.pseudonym,
-                             referral_id=work.decision.referral_id if work.decision else None,
-                             provider=work.provider.agb, team=team, message=message)
-        await publish(self.broker, outbound(topics.ALERTS, alert, work.pseudonym,
-                                            correlation_id=alert.referral_id or ""))
-        if decision is not None:
-            await self.publish_decision(decision)
-        if work.indications:
-            today: date = now.date()
-            marked = tuple(i.model_copy(update={"rerouted_on": today}) if i in work.indications else i
-                           for i in self.state.indications_of(work.pseudonym))
-            await self.publish_indications(work.pseudonym, marked)
-        self.log.info("provider stop re-routed", provider=work.provider.agb, pseudonym=work.pseudonym,
-                      correlation_id=alert.referral_id, team=team)
-
-    async def sweep_periodically(self) -> None:
-        await self.ready.wait()
-        while True:
-            await self.sweep()
-            await asyncio.sleep(SWEEP_EVERY_S)
-
-    # -- the state follower ------------------------------------------------------------------------
-    async def follow(self) -> None:
-        """Follow the state topics; should the consumer fail, log it and start over (the state is idempotent)."""
-        while True:
+    async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
+        """The partition's youths from their latest state records: summaries and offsets, never the referrals."""
+        index = PartitionIndex()
+        for record in state:
+            if record.key is None:
+                continue
             try:
-                await self.follow_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.log.error("routing state follower failed: restarting", error_type=type(exc).__name__,
-                               error=str(exc)[:200])
-                await asyncio.sleep(1.0)
+                youth = YouthRouting.model_validate_json(record.value) if record.value else None
+            except ValidationError:
+                self.log.error("routing state record unreadable: skipped", partition=partition, offset=record.offset)
+                continue
+            index.put(record.key.decode(), YouthEntry.of(youth, record.offset) if youth else None)
+        self.index[partition] = index
+        self.store.unloaded(partition)
+        self.log.info("routing state loaded", partition=partition, youths=len(index),
+                      open_referrals=sum(len(e.referrals) for e in index.youths.values()))
 
-    async def follow_once(self) -> None:
-        """Read registry, indications and decisions from the start, set `ready` at their end, then follow."""
-        names = [topics.REGISTRY, topics.INDICATIONS, topics.DECISIONS]
-        consumer = AIOKafkaConsumer(**self.kafka.client_options(), enable_auto_commit=False,
-                                    client_id="verwijshub-routing-state")
-        await consumer.start()
+    def unload(self, partition: int) -> None:
+        for held in (self.index, self.published, self.swept):
+            held.pop(partition, None)
+        self.store.unloaded(partition)
+
+    def committed(self, partition: int, produced: list[tuple[Outbound, int]]) -> None:
+        self.store.committed(partition, produced)
+
+    def _located(self, partition: int, pseudonym: str, offset: int) -> None:
+        if (index := self.index.get(partition)) is not None:
+            index.located(pseudonym, offset)
+
+    # -- the youth's state -----------------------------------------------------------------------------
+    async def youth(self, partition: int, pseudonym: str) -> YouthRouting:
+        """The youth's full state: written just now, read back by its offset, or none yet."""
+        if (held := self.store.held(partition, pseudonym)) is not None:
+            return held.state or YouthRouting(pseudonym=pseudonym)
+        entry = self.index[partition].get(pseudonym)
+        if entry is None:
+            return YouthRouting(pseudonym=pseudonym)
+        assert entry.offset is not None, "a state without offset is held by the store"
+        return await self.store.read(partition, pseudonym, entry.offset)
+
+    def knows(self, partition: int, pseudonym: str, referral_id: str) -> bool:
+        """Whether the referral is open, without reading the youth's state."""
+        if (held := self.store.held(partition, pseudonym)) is not None:
+            return held.state is not None and referral_id in held.state.referrals
+        entry = self.index[partition].get(pseudonym)
+        return entry is not None and referral_id in entry.referrals
+
+    def open_load(self) -> dict[str, int]:
+        """Open handovers per provider: this instance's partitions live, the others' as last published."""
+        total: Counter[str] = Counter()
+        for partition, counts in self.sides.load.items():
+            if partition not in self.index:
+                total.update(counts)
+        for index in self.index.values():
+            total.update(index.load)
+        return dict(total)
+
+    def records(self, partition: int, before: YouthRouting, step: Step) -> list[Outbound]:
+        """The step's effects and the youth's new state (a tombstone once empty); memory follows the step.
+        Called last in `handle`/`tick` for a youth: nothing after it can fail for this youth."""
+        if step.state is before:
+            return [self.effect_record(e) for e in step.effects]
+        pseudonym, index = before.pseudonym, self.index[partition]
+        state = None if is_empty(step.state, self.clock.now().date()) else step.state
+        out = [self.effect_record(e) for e in step.effects]
+        if state is not None or index.get(pseudonym) is not None or self.store.held(partition, pseudonym):
+            out.append(self.store.write(partition, pseudonym, state))
+        index.put(pseudonym, YouthEntry.of(state, None) if state is not None else None)
+        return out
+
+    @staticmethod
+    def effect_record(effect: Effect) -> Outbound:
+        match effect:
+            case Decided(decision):
+                referral = decision.referral
+                metrics.DECISIONS.labels(decision.rule, decision.recipient.kind.value if decision.recipient
+                                         else "rejected").inc()
+                return outbound(topics.DECISIONS, decision, referral.youth.pseudonym,
+                                correlation_id=referral.referral_id, channel=referral.channel)
+            case Alerted(alert):
+                return outbound(topics.ALERTS, alert, alert.pseudonym, correlation_id=alert.referral_id or "")
+            case IndicationsChanged(value):  # an empty list rather than a tombstone
+                return outbound(topics.INDICATIONS, value, value.pseudonym, extra_headers={WRITTEN_BY: SERVICE})
+        raise AssertionError(effect)
+
+    # -- inputs ----------------------------------------------------------------------------------------
+    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+        if record.topic == topics.NORMALISED:
+            return await self.on_referral(record)
+        if record.topic == topics.INDICATIONS:
+            return await self.on_indications(record)
+        return await self.on_feedback(record)
+
+    async def on_referral(self, record: ConsumerRecord) -> list[Outbound]:
         try:
-            partitions = await partitions_of(self.kafka, names)
-            self.state_partitions = [tp for tp in partitions if tp.topic == topics.DECISIONS]
-            if not partitions:  # no topics yet (`up` and `registry publish` create them): the files rule
-                self.mark_ready_if(set())
-                await asyncio.sleep(5.0)
-                return
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            ends = await consumer.end_offsets(partitions)
-            behind = {tp for tp, end in ends.items() if end > 0}
-            self.mark_ready_if(behind)
-            while True:
-                batches = await consumer.getmany(timeout_ms=500)
-                registry_changed = False
-                for tp, records in batches.items():
-                    for record in records:
-                        registry_changed |= self.apply(record.topic, record.key, record.value)
-                    if tp in behind and await consumer.position(tp) >= ends[tp]:
-                        behind.discard(tp)
-                was_ready = self.ready.is_set()
-                self.mark_ready_if(behind)
-                if registry_changed and was_ready:
-                    await self.sweep()
-        finally:
-            await consumer.stop()
-
-    def mark_ready_if(self, behind: set) -> None:
-        if not behind and not self.ready.is_set():
-            self.ready.set()
-            self.log.info("routing state loaded", registry_version=self.state.registry.version,
-                          youths_with_indications=len(self.state.indications),
-                          decisions=len(self.state.decisions))
-
-    def apply_indication_record(self, pseudonym: str, value: bytes | None) -> None:
-        """A youth's list (what routing and the import write); a single `Indication`, should another
-        writer publish one, is merged into the list rather than dropped."""
-        if not value:
-            self.state.apply_indications(pseudonym, None)
-            return
-        try:
-            self.state.apply_indications(pseudonym, YouthIndications.model_validate_json(value))
+            referral = Referral.model_validate_json(record.value or b"")
         except ValidationError:
-            single = Indication.model_validate_json(value)
-            merged = merge_indication(self.state.indications_of(pseudonym), single)
-            self.state.apply_indications(pseudonym, YouthIndications(pseudonym=pseudonym, indications=list(merged)))
+            raise Poison([ReferralError(code=ErrorCode.SCHEMA_INVALID, location="",
+                                        message="Not a canonical Referral.")]) from None
+        before = await self.youth(record.partition, referral.youth.pseudonym)
+        step = on_referral(before, referral, self.registry, self.clock.now(), self.open_load())
+        (decided,) = step.effects
+        decision: RoutingDecision = decided.decision
+        for code in {e.code.value for e in decision.errors}:
+            metrics.REFERRALS_REJECTED.labels(referral.channel.value, code).inc()
+        self.log.info("referral decided", correlation_id=referral.referral_id, rule=decision.rule,
+                      recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags,
+                      registry_version=decision.registry_version)
+        return self.records(record.partition, before, step)
 
-    def apply(self, topic: str, key: bytes | None, value: bytes | None) -> bool:
-        """One record into the state; never raises. Returns whether the registry in force changed."""
+    async def on_feedback(self, record: ConsumerRecord) -> list[Outbound]:
+        """Declines re-route, closures end the referral, started indications are kept; the rest is the notifier's.
+        Unreadable feedback is the notifier's to dead-letter."""
+        kind, source = FEEDBACK_TOPIC.fullmatch(record.topic).groups()
         try:
-            if topic == topics.REGISTRY and key == REGISTRY_KEY and value is not None:
-                try:
-                    registry = decode_registry(value)
-                except RegistryError as exc:
-                    self.log.error("registry refused, the last good one stays in force", reason=str(exc),
-                                   registry_version=self.state.registry.version)
-                    return False
-                changed = registry.version != self.state.registry.version
-                self.state.registry = registry
-                if changed:
-                    self.log.info("registry in force", registry_version=registry.version)
-                return changed
-            if topic == topics.INDICATIONS and key is not None:
-                self.apply_indication_record(key.decode(), value)
-            elif topic == topics.DECISIONS and value is not None:
-                self.state.apply_decision(RoutingDecision.model_validate_json(value))
-        except (ValidationError, ValueError) as exc:
-            self.log.error("state record unreadable: skipped", topic=topic, error_type=type(exc).__name__)
-        return False
+            feedback = Feedback.model_validate_json(record.value or b"")
+        except ValidationError:
+            self.log.warning("not a feedback message: ignored by routing")
+            return []
+        pseudonym = record.key.decode(errors="replace") if record.key else None
+        outcome = None
+        if pseudonym is None or feedback.kind not in ROUTING_FEEDBACK:
+            outcome = "nothing for routing"
+        elif feedback.kind is not FeedbackKind.INDICATION_STARTED \
+                and not self.knows(record.partition, pseudonym, feedback.referral_id):
+            outcome = "not an open referral of this youth: ignored"
+        if outcome is not None:
+            self.log.info("feedback handled", correlation_id=feedback.referral_id, kind=feedback.kind.value,
+                          outcome=outcome)
+            return []
+        before = await self.youth(record.partition, pseudonym)
+        step = on_feedback(before, RecipientKind.WIJ_TEAM if kind == "wij" else RecipientKind.PROVIDER, source,
+                           feedback, self.registry, self.clock.now(), self.open_load())
+        self.log.info("feedback handled", correlation_id=feedback.referral_id, kind=feedback.kind.value,
+                      outcome=step.outcome)
+        return self.records(record.partition, before, step)
 
-
-class RoutingBroker(KafkaBroker):
-    """The FastStream broker of routing, which also runs the state follower and the stop sweep."""
-
-    routing: Routing
-
-    async def start(self) -> None:
-        await super().start()
-        await self.routing.start()
-
-    async def stop(self, *exc_info) -> None:
-        await self.routing.stop()
-        await super().stop(*exc_info)
-
-
-def create_routing(settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker:
-    broker = make_broker(settings, SERVICE, RoutingBroker)
-    routing = Routing(broker, settings, registry, clock)
-    broker.routing = routing
-
-    normalised = broker.subscriber(topics.NORMALISED, group_id=group_id(SERVICE), auto_offset_reset="earliest",
-                                   ack_policy=AckPolicy.ACK, batch=True, max_records=BATCH_MAX,
-                                   title="routing:normalised",
-                                   description="Canonical referrals from intake, to be decided.")
-
-    @normalised
-    async def on_normalised_referrals(message: ConsumedRecord) -> None:
-        """A batch: each record decided and published in order, then all deliveries confirmed before the
-        batch's offsets are committed (one commit per batch instead of one per referral)."""
-        deliveries = []
-        for record in message.raw_message:
-            delivery = await decide_record(RecordView(record))
-            if delivery is not None:
-                deliveries.append(delivery)
-        await asyncio.gather(*deliveries)
-
-    async def decide_record(view: RecordView) -> asyncio.Future | None:
-        with handling(SERVICE, view) as log:
+    async def on_indications(self, record: ConsumerRecord) -> list[Outbound]:
+        """A youth's list from another writer (the import); a single `Indication` is merged into the list."""
+        if dict(record.headers or ()).get(WRITTEN_BY) == SERVICE.encode() or record.key is None:
+            return []
+        pseudonym = record.key.decode(errors="replace")
+        before = await self.youth(record.partition, pseudonym)
+        try:
+            listed = YouthIndications.model_validate_json(record.value).indications if record.value else []
+        except ValidationError:
             try:
-                referral = Referral.model_validate_json(view.body)
+                listed = list(merge_indication(tuple(before.indications), Indication.model_validate_json(record.value)))
             except ValidationError:
-                log.error("not a canonical referral: dead-lettered")
-                await dead_letter(broker, view, [ReferralError(
-                    code=ErrorCode.SCHEMA_INVALID, location="", message="Not a canonical Referral.")])
-                return None
-            try:
-                decision, delivery = await routing.route(referral)
-            except Exception as exc:  # a policy bug must not block the partition: park the record
-                log.error("routing failed: dead-lettered", correlation_id=referral.referral_id,
-                          error_type=type(exc).__name__)
-                await dead_letter(broker, view, [ReferralError(
-                    code=ErrorCode.UNPARSEABLE, location="", message="The hub could not route this referral.")])
-                return None
-            metrics.DECISIONS.labels(decision.rule, decision.recipient.kind.value if decision.recipient else
-                                     "rejected").inc()
-            for code in {e.code.value for e in decision.errors}:
-                metrics.REFERRALS_REJECTED.labels(referral.channel.value, code).inc()
-            log.info("referral decided", correlation_id=referral.referral_id, rule=decision.rule,
-                     recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags,
-                     registry_version=decision.registry_version)
-            return delivery
+                self.log.error("indications record unreadable: skipped", pseudonym=pseudonym)
+                return []
+        return self.records(record.partition, before, Step(on_indications(before, listed), []))
 
-    def owned_partitions() -> set[int] | None:
-        consumer = getattr(normalised, "consumer", None)
-        if consumer is None:
-            return None
-        return {tp.partition for tp in consumer.assignment() if tp.topic == topics.NORMALISED}
+    # -- time --------------------------------------------------------------------------------------------
+    async def tick(self, partition: int) -> list[Outbound]:
+        """The provider-stop sweep of the partition, then its open load when it changed."""
+        index = self.index.get(partition)
+        if index is None:
+            return []
+        now, registry = self.clock.now(), self.registry
+        out: list[Outbound] = []
+        candidates = index.stop_candidates(stopped_providers(registry, now.date()), now.date())[:STOP_BATCH]
+        rerouted = 0
+        for pseudonym in candidates:
+            before = await self.youth(partition, pseudonym)
+            step = on_stop(before, registry, now.date(), now)
+            for effect in step.effects:
+                if isinstance(effect, Alerted):
+                    alert: RoutingAlert = effect.alert
+                    rerouted += 1
+                    self.log.info("provider stop re-routed", provider=alert.provider, pseudonym=pseudonym,
+                                  correlation_id=alert.referral_id, team=alert.team)
+            out += self.records(partition, before, step)
+        if candidates or self.swept.get(partition) != registry.version:
+            self.swept[partition] = registry.version
+            self.log.info("provider stops swept", partition=partition, rerouted=rerouted,
+                          registry_version=registry.version)
+        if self.published.get(partition) != (counts := index.open_load()):
+            self.published[partition] = counts
+            out.append(outbound(topics.ROUTING_LOAD, RoutingLoad(partition=partition, at=now, open=counts),
+                                str(partition)))
+        return out
 
-    routing.owned_partitions = owned_partitions
+    @staticmethod
+    def document(broker: KafkaBroker) -> None:
+        """What routing reads and writes, for the AsyncAPI document."""
+        document_input(broker, "routing:normalised", "Canonical referrals from intake, to be decided.",
+                       topic=topics.NORMALISED, schema=Referral)
+        document_input(broker, "routing:feedback", "Recipients' feedback: declines re-route, closures end the "
+                       "referral, started indications are kept.", pattern=FEEDBACK_TOPIC.pattern, schema=Feedback)
+        document_input(broker, "routing:indications", "Youths' indications written by others (the import).",
+                       topic=topics.INDICATIONS, schema=YouthIndications)
+        broker.publisher(topics.DECISIONS, title="routing:decisions", schema=RoutingDecision,
+                         description="Each decision with its trace, keyed by youth pseudonym (the audit trail).")
+        broker.publisher(topics.ALERTS, title="routing:alerts", schema=RoutingAlert,
+                         description="`provider-stopped` alerts, keyed by youth pseudonym.")
+        broker.publisher(topics.INDICATIONS, title="routing:indications-written", schema=YouthIndications,
+                         description="A youth's whole list, with header `written-by: routing`.")
+        broker.publisher(topics.ROUTING_STATE, title="routing:state", schema=YouthRouting,
+                         description="Internal, compacted: one youth's open work, in its referrals' partition.")
+        broker.publisher(topics.ROUTING_LOAD, title="routing:load", schema=RoutingLoad,
+                         description="Internal, compacted: open handovers per provider of one routing partition.")
 
-    @broker.subscriber(pattern=FEEDBACK_PATTERN, group_id=FEEDBACK_GROUP, auto_offset_reset="earliest",
-                       ack_policy=AckPolicy.ACK, title="routing:feedback",
-                       description="Recipients' feedback: declines re-route, started indications are kept.")
-    async def on_feedback(message: ConsumedRecord) -> None:
-        with handling(SERVICE, message) as log:
-            try:
-                feedback = Feedback.model_validate_json(message.body)
-            except ValidationError:
-                log.error("not a feedback message: ignored by routing")
-                return
-            try:
-                outcome = await routing.on_feedback(message.raw_message.topic, message.raw_message.key, feedback)
-            except Exception as exc:
-                log.error("feedback handling failed", correlation_id=feedback.referral_id,
-                          error_type=type(exc).__name__)
-                return
-            log.info("feedback handled", correlation_id=feedback.referral_id, kind=feedback.kind.value,
-                     outcome=outcome)
 
-    return broker
+def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Runtime:
+    return Runtime(Routing(settings, registry, clock), settings)

@@ -39,8 +39,8 @@ from services.infra.registry_files import (
 from services.infra.registry_topic import latest_registry
 from services.infra.settings import Settings, get_settings
 from services.intake.validation import bsn_passes_elfproef
+from services.routing.core import merge_indication
 from services.routing.policy import decide
-from services.routing.state import merge_indication
 
 console = Console(stderr=True)
 registry_app = typer.Typer(help="The registry routing decides by (teams, postcodes, providers, products, channels).",

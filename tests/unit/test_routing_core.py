@@ -1,0 +1,180 @@
+"""Routing's core per youth: declines, closures, indications and provider stops as state and effects."""
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+
+from schemas.feedback import Feedback, FeedbackKind
+from schemas.indications import Indication
+from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
+from schemas.registry import Registry
+from schemas.routing import RecipientKind, YouthRouting
+from services.infra.registry_files import load_registry
+from services.infra.settings import REPO_ROOT
+from services.routing.core import (
+    Alerted,
+    Decided,
+    IndicationsChanged,
+    is_empty,
+    on_feedback,
+    on_indications,
+    on_referral,
+    on_stop,
+    stop_due,
+    stopped_providers,
+)
+
+REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
+NOW = datetime(2026, 3, 12, tzinfo=UTC)
+TODAY = NOW.date()
+PSEUDONYM = "ab" * 32
+NOORDERLICHT = "98000011"
+PROVIDER, WIJ = RecipientKind.PROVIDER, RecipientKind.WIJ_TEAM
+
+
+def with_provider(agb: str, **changes) -> Registry:
+    providers = {**REGISTRY.providers, agb: REGISTRY.providers[agb].model_copy(update=changes)}
+    return REGISTRY.model_copy(update={"providers": providers})
+
+
+def referral(rid: str = "r-1", product: str | None = None, postcode: str = "9712 HB") -> Referral:
+    return Referral(
+        referral_id=rid, channel=Channel.GP,
+        referrer=Referrer(type=ReferrerType.HUISARTS, identifier_system="agb", identifier="01012345"),
+        referrer_referral_id=f"ext-{rid}", referral_date=TODAY,
+        youth=Youth(bsn="999911120", pseudonym=PSEUDONYM, birth_date=date(2012, 5, 17), postcode=postcode,
+                    given_name="Sanne", family_name="Jansen"),
+        product=product, received_at=NOW)
+
+
+def indication(agb: str = NOORDERLICHT, product: str = "45A51", end: str = "2026-12-31", **more) -> Indication:
+    return Indication(pseudonym=PSEUDONYM, product=product, provider_agb=agb, start=date(2025, 1, 1),
+                      end=date.fromisoformat(end), **more)
+
+
+def feedback(kind: FeedbackKind, rid: str = "r-1", **more) -> Feedback:
+    return Feedback(referral_id=rid, kind=kind, at=NOW + timedelta(hours=1), **more)
+
+
+def routed(product: str | None = "54B01", rid: str = "r-1", state: YouthRouting | None = None) -> YouthRouting:
+    return on_referral(state or YouthRouting(pseudonym=PSEUDONYM), referral(rid, product), REGISTRY, NOW, {}).state
+
+
+def test_a_referral_is_open_with_its_recipient_and_a_rejection_is_not_kept():
+    state, effects, _ = on_referral(YouthRouting(pseudonym=PSEUDONYM), referral(product="54B01"), REGISTRY, NOW, {})
+    (decided,) = effects
+    assert isinstance(decided, Decided) and decided.decision.recipient.kind is PROVIDER
+    assert state.referrals["r-1"].decision == decided.decision and state.referrals["r-1"].declined == []
+    rejected = on_referral(YouthRouting(pseudonym=PSEUDONYM), referral(postcode="1012 AB"), REGISTRY, NOW, {})
+    assert rejected.effects[0].decision.rejected and rejected.state.referrals == {}
+    assert is_empty(rejected.state, TODAY)
+
+
+def test_the_youths_indications_keep_the_referral_with_their_provider():
+    state = on_indications(YouthRouting(pseudonym=PSEUDONYM), [indication(), indication().model_copy(
+        update={"pseudonym": "cd" * 32})])
+    assert len(state.indications) == 1, "only the youth's own"
+    step = on_referral(state, referral(product="45A51"), REGISTRY, NOW, {})
+    assert (step.effects[0].decision.rule, step.effects[0].decision.recipient.id) == ("running-indication",
+                                                                                      NOORDERLICHT)
+
+
+def test_a_decline_redecides_without_every_recipient_that_declined():
+    state = routed()
+    first = state.referrals["r-1"].decision.recipient.id
+    state, effects, outcome = on_feedback(state, PROVIDER, first, feedback(FeedbackKind.DECLINED, reason="full"),
+                                          REGISTRY, NOW, {})
+    (again,) = [e.decision for e in effects]
+    assert again.recipient.id != first and again.previous_recipient.id == first and outcome.startswith("re-routed")
+    assert again.trace[0].rule == "declined" and "full" in again.trace[0].reason
+    assert state.referrals["r-1"].declined == [first]
+    second = again.recipient.id
+    state, effects, _ = on_feedback(state, PROVIDER, second, feedback(FeedbackKind.DECLINED), REGISTRY, NOW, {})
+    assert effects[0].decision.recipient.id not in {first, second}
+    assert state.referrals["r-1"].declined == sorted({first, second})
+
+
+def test_feedback_from_another_recipient_changes_nothing():
+    state = routed()
+    recipient = state.referrals["r-1"].decision.recipient.id
+    other = next(agb for agb in REGISTRY.providers if agb != recipient)
+    for kind in (FeedbackKind.DECLINED, FeedbackKind.CLOSED):
+        step = on_feedback(state, PROVIDER, other, feedback(kind), REGISTRY, NOW, {})
+        assert step.state is state and step.effects == [] and "ignored" in step.outcome
+    step = on_feedback(state, WIJ, recipient, feedback(FeedbackKind.DECLINED), REGISTRY, NOW, {})
+    assert step.state is state, "the kind counts too"
+    assert on_feedback(state, PROVIDER, recipient, feedback(FeedbackKind.ACCEPTED), REGISTRY, NOW, {}).state is state
+
+
+def test_a_closed_referral_leaves_the_state_and_is_never_rerouted():
+    state = routed(product="45A51", state=on_indications(YouthRouting(pseudonym=PSEUDONYM), [indication()]))
+    provider = state.referrals["r-1"].decision.recipient.id
+    assert provider == NOORDERLICHT
+    closed, effects, outcome = on_feedback(state, PROVIDER, provider, feedback(FeedbackKind.CLOSED), REGISTRY, NOW, {})
+    assert closed.referrals == {} and effects == [] and outcome == "closed"
+    assert not is_empty(closed, TODAY), "the running indication stays"
+    assert is_empty(on_indications(closed, []), TODAY), "then nothing: a tombstone"
+    assert on_feedback(closed, PROVIDER, provider, feedback(FeedbackKind.DECLINED), REGISTRY, NOW, {}).effects == []
+    stopped = with_provider(provider, stopped_on=TODAY)
+    assert not [e for e in on_stop(closed, stopped, TODAY, NOW).effects if isinstance(e, Decided)], \
+        "the indication gets its alert and mark, the closed referral no decision"
+
+
+def test_indication_started_is_recorded_and_kept_as_the_youths_list():
+    state = routed()
+    provider = state.referrals["r-1"].decision.recipient.id
+    started = feedback(FeedbackKind.INDICATION_STARTED, product="46A02", indication_end=date(2027, 1, 1))
+    state, effects, outcome = on_feedback(state, PROVIDER, provider, started, REGISTRY, NOW, {})
+    (changed,) = effects
+    assert isinstance(changed, IndicationsChanged) and outcome == "indication recorded"
+    assert [(i.product, i.provider_agb, i.referral_id) for i in changed.indications.indications] == [
+        ("46A02", provider, "r-1")]
+    assert state.indications == changed.indications.indications
+    again, effects, _ = on_feedback(state, PROVIDER, provider, started, REGISTRY, NOW, {})
+    assert len(again.indications) == 1, "the same indication replaces itself"
+    ignored = on_feedback(state, WIJ, "centrum", started, REGISTRY, NOW, {})
+    assert ignored.effects == [] and "ignored" in ignored.outcome
+
+
+def test_a_provider_stop_reroutes_the_open_referral_once_and_marks_its_indications():
+    state = on_indications(YouthRouting(pseudonym=PSEUDONYM), [indication()])
+    state = on_referral(state, referral(product="45A51"), REGISTRY, NOW, {}).state
+    assert state.referrals["r-1"].decision.recipient.id == NOORDERLICHT
+    registry = with_provider(NOORDERLICHT, stopped_on=date(2026, 4, 1))
+    assert on_stop(state, registry, date(2026, 3, 31), NOW).effects == [], "not before the stop date"
+
+    day = date(2026, 4, 1)
+    later = NOW + timedelta(days=20)
+    after, effects, outcome = on_stop(state, registry, day, later)
+    alert, decided, marks = effects
+    assert isinstance(alert, Alerted) and isinstance(decided, Decided) and isinstance(marks, IndicationsChanged)
+    decision = decided.decision
+    assert (decision.rule, decision.recipient.kind, decision.previous_recipient.id) == (
+        "provider-stopped", WIJ, NOORDERLICHT)
+    assert (alert.alert.referral_id, alert.alert.team, alert.alert.provider) == ("r-1", decision.recipient.id,
+                                                                                 NOORDERLICHT)
+    assert "45A51" in alert.alert.message and "999911120" not in alert.alert.model_dump_json()
+    assert [i.rerouted_on for i in marks.indications.indications] == [day]
+    assert after.referrals["r-1"].decision == decision and after.indications == marks.indications.indications
+    assert outcome == "1 re-routed"
+    assert on_stop(after, registry, day, later).effects == [], "once"
+    assert not stop_due([(WIJ, decision.recipient.id)], after.indications, stopped_providers(registry, day), day)
+
+
+def test_an_imported_indication_without_referral_gets_an_alert_and_its_mark():
+    state = on_indications(YouthRouting(pseudonym=PSEUDONYM), [indication(), indication(product="45A04")])
+    registry = with_provider(NOORDERLICHT, stopped_on=TODAY)
+    after, effects, _ = on_stop(state, registry, TODAY, NOW)
+    alert, marks = effects
+    assert alert.alert.referral_id is None and alert.alert.team is None and "without referral" in alert.alert.message
+    assert all(i.rerouted_on == TODAY for i in marks.indications.indications)
+    assert on_stop(after, registry, TODAY, NOW).effects == []
+
+
+@pytest.mark.parametrize(("end", "due"), [("2026-04-01", True), ("2026-03-31", False)])
+def test_an_ended_indication_needs_no_reroute(end, due):
+    registry, day = with_provider(NOORDERLICHT, stopped_on=date(2026, 4, 1)), date(2026, 4, 1)
+    state = on_indications(YouthRouting(pseudonym=PSEUDONYM), [indication(end=end)])
+    assert bool(on_stop(state, registry, day, NOW).effects) is due
+    assert stop_due([], state.indications, stopped_providers(registry, day), day) is due
+    assert is_empty(state, day) is not due
