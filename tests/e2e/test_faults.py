@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
@@ -257,6 +257,22 @@ async def tally(kafka: KafkaConnection, wanted: set[str]) -> Tally:
     return result
 
 
+async def records_after(kafka: KafkaConnection, tp: TopicPartition, offset: int) -> int:
+    """How many committed records partition `tp` holds from `offset` on."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        consumer.seek(tp, offset)
+        count = 0
+        while await consumer.position(tp) < end:
+            count += len((await consumer.getmany(tp, timeout_ms=500)).get(tp, []))
+        return count
+    finally:
+        await consumer.stop()
+
+
 async def diagnose(kafka: KafkaConnection, progress: Progress, suspects: list[str]) -> list[str]:
     """For the lead when counts are off: partitions whose last stable offset lags their end (a transaction left
     open), each hub group's uncommitted input, and for some lost or duplicated referrals where they landed and
@@ -281,8 +297,11 @@ async def diagnose(kafka: KafkaConnection, progress: Progress, suspects: list[st
               for tp in partitions if stable[tp] < ends[tp]]
     for service in SERVICES:
         offsets = await committed_offsets(kafka, group_id(service))
-        lines += [f"{group_id(service)} committed {tp.topic}[{tp.partition}] at {offset} < end {input_ends[tp]}"
-                  for tp, offset in sorted(offsets.items()) if tp in input_ends and offset < input_ends[tp]]
+        for tp, offset in sorted(offsets.items()):
+            if tp in input_ends and offset < input_ends[tp]:  # a transaction's marker takes an offset too
+                if waiting := await records_after(kafka, tp, offset):
+                    lines.append(f"{group_id(service)} committed {tp.topic}[{tp.partition}] at {offset}: "
+                                 f"{waiting} committed record(s) after it not consumed")
     wanted = set(suspects)
     hub_ids, statuses, normalised, decisions = {}, defaultdict(list), defaultdict(list), defaultdict(list)
     for record in await read_records(kafka, [topics.status(c) for c in Channel] + [topics.NORMALISED,
