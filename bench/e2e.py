@@ -41,6 +41,11 @@ EXAMPLES = REPO_ROOT / "schemas" / "examples"
 EXAMPLE_BSN, SPECIALIST_ID = "999911120", "UMCG-REF-2026-0042"
 
 
+SENDING = {"linger_ms": 5, "max_batch_size": 1024 * 1024}
+"""How the referrers' producers (and the passthrough's) batch: an idempotent aiokafka producer has one request in
+flight per broker, so with the default 16 KiB batches the publishing, not the hub, would set the pace."""
+
+
 def payload(channel: Channel, referral_id: str, bsn: str) -> bytes:
     """A valid referral of the channel's own format: its example with a new referral id and youth."""
     if channel is Channel.GP:
@@ -68,7 +73,7 @@ async def publish_all(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
                       pace: float | None = None) -> dict[str, float]:
     """Publish as each channel's referrer; returns referral id -> send time (s). `pace`: seconds between sends."""
     producers = {c: AIOKafkaProducer(**broker.connection(principals.referrer(c)).client_options(), acks="all",
-                                     enable_idempotence=True, linger_ms=5) for c in Channel}
+                                     enable_idempotence=True, **SENDING) for c in Channel}
     for producer in producers.values():
         await producer.start()
     sent: dict[str, float] = {}
@@ -136,7 +141,7 @@ async def passthrough(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
     async def hop(source: str, target: str) -> None:
         consumer = AIOKafkaConsumer(source, **kafka.client_options(), group_id=f"bench-{run}-{source}",
                                     enable_auto_commit=False, auto_offset_reset="earliest")
-        producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5)
+        producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, **SENDING)
         await consumer.start()
         await producer.start()
         try:
@@ -154,7 +159,7 @@ async def passthrough(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
 
     hops = [asyncio.create_task(hop(names[i], names[i + 1])) for i in range(HOPS)]
     await asyncio.sleep(3)  # the three groups joined
-    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, linger_ms=5)
+    producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, **SENDING)
     await producer.start()
     started = time.time()
     await asyncio.gather(*[await producer.send(names[0], value, key=referral_id.encode())

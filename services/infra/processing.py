@@ -43,9 +43,21 @@ from services.infra.settings import Settings
 
 TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError, ConnectionError)
 """Failures that pass: the broker away, a leader moving, a timeout. Retried, never committed."""
+FETCH_WAIT_MS = 50
+"""How long the broker may hold a fetch with nothing new (default 500 ms): bounds what a hop can add to a
+referral's way should a transaction's commit not end a waiting read_committed fetch; costs an empty fetch per
+50 ms when idle."""
 BACKOFF_S = (0.2, 10.0)
 """The first and the longest wait before a failed batch is tried again (doubling, with jitter)."""
 TRANSACTION_TIMEOUT_S = 60.0
+"""How long one batch's transaction may take before it is given up as transient."""
+
+
+def request_bytes(settings: Settings) -> int:
+    """A produce request's and a partition batch's size: a transaction's records for one partition travel in one
+    request (an idempotent aiokafka producer has one request in flight per broker; 16 KiB batches would cost a
+    round trip per few referrals)."""
+    return max(settings.max_message_bytes * 2, 1024 * 1024)
 """How long one batch's transaction may take before it is given up as transient."""
 
 
@@ -140,7 +152,7 @@ class Runtime:
             auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=max(self.settings.max_message_bytes * 2, 1024 * 1024),
-            metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
+            fetch_max_wait_ms=FETCH_WAIT_MS, metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
         await self.consumer.start()
         self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
         self.tasks = [asyncio.create_task(self.consume(), name=f"{self.group}-consume"),
@@ -187,7 +199,7 @@ class Runtime:
         producer = AIOKafkaProducer(
             **self.kafka.client_options(), client_id=f"{self.group}-{number}", acks="all", enable_idempotence=True,
             transactional_id=f"{self.group}-{number}", transaction_timeout_ms=int(TRANSACTION_TIMEOUT_S * 1000),
-            max_request_size=max(self.settings.max_message_bytes * 2, 1024 * 1024), linger_ms=2)
+            max_request_size=request_bytes(self.settings), max_batch_size=request_bytes(self.settings), linger_ms=2)
         await producer.start()
         try:
             await asyncio.wait_for(producer.begin_transaction(), TRANSACTION_TIMEOUT_S)
@@ -339,13 +351,28 @@ class Runtime:
             return  # nothing is ever due
         while True:
             await asyncio.sleep(self.settings.notifier_tick_seconds)
-            for number, owned in list(self.owned.items()):
-                async with owned.lock:
-                    if self.owned.get(number) is owned and number not in self.retrying:
-                        async def body(producer: AIOKafkaProducer, number: int = number) -> list[Delivery]:
-                            return await send(producer, await self.processor.tick(number))
+            await asyncio.gather(*(self.tick(number, owned) for number, owned in list(self.owned.items())))
 
-                        await self.transaction(number, owned, body)
+    async def tick(self, number: int, owned: Owned) -> None:
+        """What came due in partition N, in a transaction of its own when there is anything (most ticks have
+        nothing: no transaction then)."""
+        async with owned.lock:
+            if self.owned.get(number) is not owned or number in self.retrying:
+                return
+            try:
+                records = await self.processor.tick(number)
+            except Exception as exc:  # memory may be half changed: recovered as after a failed transaction
+                self.log.warning("tick failed", partition=number, error_type=type(exc).__name__)
+                records = None
+            if records == []:
+                return
+
+            async def body(producer: AIOKafkaProducer) -> list[Delivery]:
+                if records is None:
+                    raise KafkaError("the tick failed")  # to recover as any failed transaction does
+                return await send(producer, records)
+
+            await self.transaction(number, owned, body)
 
     async def transaction(self, number: int, owned: Owned, body) -> bool:
         """Run `body(producer)` in one transaction of partition N (its lock held); True when it committed. Failed:

@@ -77,7 +77,7 @@ class FollowUps:
     """The follow-up of every youth in the partitions this instance owns, and when each is next due.
 
     Kept as the JSON it is stored as on Kafka and parsed when the youth's turn comes: about a tenth of
-    the memory of the parsed models, which matters with 100,000 open clocks (bench/notifier_memory.py)."""
+    the memory of the parsed models, which matters with 100,000 open clocks (bench/memory.py)."""
 
     def __init__(self) -> None:
         self.clocks: dict[str, tuple[int, int, int]] = {}

@@ -7,6 +7,7 @@ Every tick: the provider-stop sweep of the partition and its open load on `routi
 """
 
 import re
+import time
 from collections import Counter
 
 from aiokafka import ConsumerRecord
@@ -49,6 +50,8 @@ FEEDBACK_TOPIC = re.compile(r"feedback\.(wij|provider)\.([^.]+)\.v1")
 WRITTEN_BY = "written-by"
 """Header on routing's own `indications.v1` records: applied when written, so skipped when they come back."""
 ROUTING_FEEDBACK = frozenset({FeedbackKind.DECLINED, FeedbackKind.CLOSED, FeedbackKind.INDICATION_STARTED})
+LOAD_EVERY_S = 5.0
+"""A partition's open load goes to `routing.load.v1` when it changed, at most this often (a transaction each)."""
 STOP_BATCH = 100
 """Youths re-routed per partition per tick at most, so one transaction stays small; the next tick goes on."""
 
@@ -64,7 +67,8 @@ class Routing(Processor):
         self.sides = SideInputs(kafka, registry)
         self.store = StateStore(kafka, self._located)
         self.index: dict[int, PartitionIndex] = {}
-        self.published: dict[int, dict[str, int]] = {}
+        self.published: dict[int, tuple[dict[str, int], float]] = {}
+        """partition -> the open load last published on `routing.load.v1`, and when (monotonic)."""
         self.swept: dict[int, str] = {}
         self.log = get_logger(service=SERVICE)
 
@@ -257,8 +261,9 @@ class Routing(Processor):
             self.swept[partition] = registry.version
             self.log.info("provider stops swept", partition=partition, rerouted=rerouted,
                           registry_version=registry.version)
-        if self.published.get(partition) != (counts := index.open_load()):
-            self.published[partition] = counts
+        counts, (published, when) = index.open_load(), self.published.get(partition, ({}, float("-inf")))
+        if counts != published and time.monotonic() - when >= LOAD_EVERY_S:
+            self.published[partition] = (counts, time.monotonic())
             out.append(outbound(topics.ROUTING_LOAD, RoutingLoad(partition=partition, at=now, open=counts),
                                 str(partition)))
         return out
