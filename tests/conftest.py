@@ -12,7 +12,7 @@ import re
 import socket
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,6 +45,8 @@ class TestKafka:
     bootstrap: str
     secrets: Path
     brokers: int = 1
+    local: LocalKafka | None = field(default=None, compare=False, repr=False)
+    """The local cluster behind it when a test made one (`new_broker`): the fault tests kill and start its nodes."""
 
     def settings(self, **overrides: object) -> Settings:
         return Settings(**{"kafka_bootstrap": self.bootstrap, "secrets_dir": self.secrets,
@@ -88,7 +90,7 @@ def new_broker(data_dir: Path, brokers: int = 1) -> Iterator[TestKafka]:
     SECRETS_SEEN.append(kafka.secrets)
     kafka.start()
     try:
-        yield provision(TestKafka(kafka.bootstrap, kafka.secrets, brokers))
+        yield provision(TestKafka(kafka.bootstrap, kafka.secrets, brokers, kafka))
     finally:
         kafka.stop()
 

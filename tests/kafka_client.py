@@ -71,3 +71,33 @@ async def records_on_topics(kafka: KafkaConnection, prefix: str) -> list[Consume
     finally:
         await admin.close()
     return await read_records(kafka, names)
+
+
+async def read_committed(kafka: KafkaConnection, names: list[str], timeout_s: float = 120.0) -> list[ConsumerRecord]:
+    """Every record of the topics up to their end, as a read_committed consumer sees them (no aborted record)."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        partitions = [tp for name in names for tp in await partitions_of(kafka, name)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{names} not read to their end in {timeout_s:.0f}s")
+            records += [r for batch in (await consumer.getmany(timeout_ms=500)).values() for r in batch]
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(kafka: KafkaConnection, group: str) -> dict[TopicPartition, int]:
+    """The offsets consumer group `group` has committed, per partition (as the admin reads them)."""
+    admin = AIOKafkaAdminClient(**kafka.client_options())
+    await admin.start()
+    try:
+        return {tp: meta.offset for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
+    finally:
+        await admin.close()

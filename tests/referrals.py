@@ -7,6 +7,9 @@ from typing import Any
 from services.analytics import messages
 from services.analytics.messages import GP_EXAMPLE  # noqa: F401  (tests import the example from here)
 
+EXAMPLE_BSN, SPECIALIST_EXAMPLE_ID = "999911120", "UMCG-REF-2026-0042"
+"""The youth and referral id of the examples, which `channel_bytes` replaces."""
+
 BSNS_MADE: set[str] = set()
 """Every BSN the tests made: the log scan at the end of the run looks for each of them."""
 
@@ -25,3 +28,17 @@ def gp_bundle(**changes: Any) -> dict[str, Any]:
 
 def gp_bytes(**changes: Any) -> bytes:
     return json.dumps(gp_bundle(**changes)).encode()
+
+
+def channel_bytes(channel: str, referral_id: str, bsn: str | None = None) -> bytes:
+    """A valid referral in the channel's own format (gp: a FHIR Bundle; specialist: HL7 v2; gi, ggd, court: their
+    JSON documents): the channel's example with a new referral id and a new youth (a BSN the log scan knows)."""
+    bsn = bsn or random_bsn()
+    if channel == "gp":
+        return gp_bytes(referral_id=referral_id, bsn=bsn)
+    if channel == "specialist":
+        text = messages.SPECIALIST_EXAMPLE.read_text()
+        return text.replace(SPECIALIST_EXAMPLE_ID, referral_id).replace(EXAMPLE_BSN, bsn).encode()
+    document = json.loads(messages.DOCUMENT_EXAMPLES[channel].read_text())
+    document["referral_id"], document["youth"]["bsn"] = referral_id, bsn
+    return json.dumps(document).encode()
