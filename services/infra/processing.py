@@ -30,7 +30,7 @@ from typing import ClassVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ReferralError
@@ -137,6 +137,10 @@ class Runtime:
         self.generation = 0
         """Counts rebalances: a batch fetched before one is dropped (the inputs are sought to what is committed)."""
         self.unpositioned: set[TopicPartition] = set()
+        """Inputs whose position is not known to be the first record not committed: sought there before any batch of
+        them is handled (after an assignment, and after a batch of them was dropped)."""
+        self.acquiring = False
+        """Partitions are being taken: their inputs are positioned once all of them are."""
         self.positions: dict[TopicPartition, int] = {}
         """The offsets this instance committed for the partitions it still owns: the group's answer may lag
         them for a moment (a committed transaction's offsets become visible with its markers)."""
@@ -236,10 +240,13 @@ class Runtime:
         """Own the assigned partition numbers (releasing the others); the consume loop then starts every input
         from its committed offset, read only now that the fencing is done, whatever aiokafka kept from before."""
         numbers = {tp.partition for tp in partitions}
-        for number in set(self.owned) - numbers:
-            await self.release(number)
-        await asyncio.gather(*(self.acquire_until_done(number) for number in numbers - set(self.owned)))
-        self.unpositioned = set(partitions)
+        self.unpositioned, self.acquiring = set(partitions), True  # no batch of them before they are positioned
+        try:
+            for number in set(self.owned) - numbers:
+                await self.release(number)
+            await asyncio.gather(*(self.acquire_until_done(number) for number in numbers - set(self.owned)))
+        finally:
+            self.acquiring = False
         self.log.info("partitions owned", partitions=sorted(self.owned))
 
     async def acquire_until_done(self, number: int) -> None:
@@ -294,7 +301,7 @@ class Runtime:
     async def consume_batches(self) -> None:
         assert self.consumer is not None
         while True:
-            if self.unpositioned:
+            if self.unpositioned and not self.acquiring:
                 await self.position()
             generation = self.generation
             batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_max)
@@ -305,12 +312,12 @@ class Runtime:
                                    for number, records in by_number.items()))
 
     async def process(self, number: int, records: list[ConsumerRecord], generation: int) -> None:
-        """One partition's batch in one transaction; on failure back to its first offsets, retried later."""
-        owned = self.owned.get(number)
-        if owned is None:
+        """One partition's batch in one transaction; on failure back to the committed offsets, retried later."""
+        if self.dropped(records, generation if number in self.owned else None):
             return
+        owned = self.owned[number]
         async with owned.lock:
-            if self.owned.get(number) is not owned or generation != self.generation:  # fetched before a rebalance
+            if self.dropped(records, generation if self.owned.get(number) is owned else None):
                 return
             offsets: dict[TopicPartition, int] = {}
             for record in records:
@@ -325,6 +332,17 @@ class Runtime:
 
             if await self.transaction(number, owned, body):
                 self.positions.update(offsets)
+
+    def dropped(self, records: list[ConsumerRecord], generation: int | None) -> bool:
+        """Whether a batch is to be dropped: of a partition not owned (None), fetched before a rebalance, or of
+        inputs not positioned yet. The consumer moved past it all the same, so its inputs (those still assigned)
+        are sought back to what is committed before the next batch."""
+        inputs = {TopicPartition(r.topic, r.partition) for r in records}
+        if generation == self.generation and not inputs & self.unpositioned:
+            return False
+        assert self.consumer is not None
+        self.unpositioned |= inputs & self.consumer.assignment()
+        return True
 
     async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
         view = RecordView(record)
@@ -381,17 +399,13 @@ class Runtime:
         producer = owned.producer
         try:
             deliveries = await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
-        except ProducerFenced:
-            self.log.warning("partition taken by another instance", partition=number)
-            self.owned.pop(number, None)
-            self.forget_positions(number)
-            self.processor.unload(number)
-            await _close(producer)
-            return False
         except Exception as exc:
             owned.failures += 1
             self.retrying.add(number)
             wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
+            # ProducerFenced too: another instance took the partition's id (one that lost the partition in a
+            # rebalance it has not noticed, or its new owner); taking it back is safe, as every taking waits for
+            # the other's transaction, reloads the state and resumes at the committed offsets.
             self.log.warning("transaction aborted: retried", partition=number, error_type=type(exc).__name__,
                              attempt=owned.failures, retry_in_s=round(wait, 2))
             await self.recover(number, owned)
@@ -431,6 +445,9 @@ class Runtime:
                 except BaseException:
                     await _close(producer)
                     raise
+                if self.owned.get(number) is not owned:  # released meanwhile
+                    await _close(producer)
+                    return
                 owned.producer = producer
                 return
             except TRANSIENT as exc:
