@@ -262,12 +262,13 @@ class Runtime:
         aiokafka cannot fetch them); a batch fetched before is dropped."""
         assert self.consumer is not None
         unpositioned, self.unpositioned = self.unpositioned, set()
-        await self.seek_committed(unpositioned & self.consumer.assignment())
+        beginnings = await self.seek_committed(unpositioned & self.consumer.assignment())
         self.generation += 1
+        await self.commit_beginnings(beginnings)
 
-    async def seek_committed(self, partitions: set[TopicPartition]) -> None:
+    async def seek_committed(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Go back to the first record not committed: what the group says, or what this instance committed itself
-        when that is further (a partition it kept), or the beginning when nothing was ever committed."""
+        when that is further (a partition it kept), or the beginning when nothing was ever committed (returned)."""
         assert self.consumer is not None
         committed = await self.committed_offsets()
         for tp, offset in self.positions.items():
@@ -276,6 +277,24 @@ class Runtime:
         beginnings = await self.consumer.beginning_offsets(fresh) if fresh else {}
         for tp in partitions:
             self.consumer.seek(tp, committed[tp] if tp in committed else beginnings[tp])
+        return beginnings
+
+    async def commit_beginnings(self, beginnings: dict[TopicPartition, int]) -> None:
+        """Commit where inputs never committed begin, so that their lag shows from the start (a group's lag is
+        counted over its committed offsets: a service stopped before its first record there would show none)."""
+        for number in {tp.partition for tp in beginnings}:
+            owned = self.owned.get(number)
+            if owned is None:
+                continue
+            offsets = {tp: offset for tp, offset in beginnings.items() if tp.partition == number}
+
+            async def body(producer: AIOKafkaProducer, offsets=offsets) -> list[Delivery]:
+                await producer.send_offsets_to_transaction(offsets, self.group)
+                return []
+
+            async with owned.lock:
+                if self.owned.get(number) is owned and await self.transaction(number, owned, body):
+                    self.positions.update(offsets)
 
     async def committed_offsets(self) -> dict[TopicPartition, int]:
         """The group's committed offsets, in one request (the consumer's `committed` asks one partition at a time)."""
@@ -327,11 +346,19 @@ class Runtime:
                 deliveries = []
                 for record in records:
                     deliveries += await send(producer, await self.handle(owned, record))
+                offsets.update(await self.past_markers(offsets))
                 await producer.send_offsets_to_transaction(offsets, self.group)
                 return deliveries
 
             if await self.transaction(number, owned, body):
                 self.positions.update(offsets)
+
+    async def past_markers(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The offsets to commit: past the transaction markers that follow the batch's last records, when the
+        consumer has read them (its position; nothing else moves it while a batch is handled). A marker takes an
+        offset of its own, so committing after the last record would leave a lag of one that never goes."""
+        assert self.consumer is not None
+        return {tp: max(offset, await self.consumer.position(tp)) for tp, offset in offsets.items()}
 
     def dropped(self, records: list[ConsumerRecord], generation: int | None) -> bool:
         """Whether a batch is to be dropped: of a partition not owned (None), fetched before a rebalance, or of

@@ -172,7 +172,9 @@ async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops,
     await read_topic(kafka.admin, topics.NORMALISED, lambda r: True, N + 1)
     groups = lag_json(kafka)
     routing_lag = groups[ROUTING_GROUP]
-    assert routing_lag["lag"] == N and routing_lag["members"] == 0
+    # Lag counts offsets: the N referrals and the marker of each of intake's transactions that wrote them (one
+    # per transaction; several referrals may share one), as Kafka's own tool counts them (compared below).
+    assert N < routing_lag["lag"] <= 2 * N and routing_lag["members"] == 0
     assert routing_lag["status"] == "ERR"
     assert {p["status"] for p in routing_lag["partitions"] if p["lag"]} == {"STOP"}
     assert all(p["lag_seconds"] is not None and p["lag_seconds"] >= 0 for p in routing_lag["partitions"] if p["lag"])
