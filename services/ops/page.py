@@ -47,8 +47,9 @@ async def last_hour_per_channel(kafka: KafkaConnection) -> dict[str, dict[str, i
 
 
 async def dead_letters_since(kafka: KafkaConnection, seconds: float) -> int:
-    """How many records reached the dead-letter topic in the last `seconds`, counted from offsets alone:
-    dead letters carry the raw message, which operations may not read."""
+    """How many offsets the dead-letter topic grew by in the last `seconds`: dead letters carry the raw message,
+    which operations may not read. The services write dead letters in transactions, and each transaction's commit
+    marker takes an offset too, so this counts between the dead letters and twice as many."""
     spans = await partition_spans(kafka, [topics.DEAD_LETTERS], since_ms=int((time.time() - seconds) * 1000))
     return sum(span.end - span.since for span in spans.values())
 
@@ -141,7 +142,7 @@ not){": " + e(", ".join(losing)) if losing else ""}.</p>
 <h2>Last hour per channel</h2><table id="channels"><tr><th>channel</th><th>received</th><th>rejected (status)</th>
 </tr>
 {channel_rows}</table>
-<p>Dead letters in the last hour, all channels: <strong id="dead-letters">{dead_letters_last_hour}</strong>
+<p>Dead-letter topic offsets in the last hour, all channels (dead letters and their transactions' commit markers: at most twice the dead letters): <strong id="dead-letters">{dead_letters_last_hour}</strong>
 (counted from offsets; their content is not for operations).</p>
 <h2>Pending dead letters</h2><p id="dead-letters-pending"><strong>{pending.pending if pending else "?"}</strong>
 pending, the oldest waiting <strong>{format_duration(oldest_pending_seconds(pending, at)) if pending else "?"}</strong>;
