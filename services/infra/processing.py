@@ -156,7 +156,8 @@ class Runtime:
             auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=max(self.settings.max_message_bytes * 2, 1024 * 1024),
-            fetch_max_wait_ms=FETCH_WAIT_MS, metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
+            fetch_max_wait_ms=FETCH_WAIT_MS,
+            metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
         await self.consumer.start()
         self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
         self.tasks = [asyncio.create_task(self.consume(), name=f"{self.group}-consume"),
