@@ -36,7 +36,7 @@ from faststream.kafka import KafkaBroker
 from schemas.errors import ErrorCode, ReferralError
 from services.infra import principals
 from services.infra.connection import KafkaConnection
-from services.infra.consuming import RecordView, dead_letter_record, handling
+from services.infra.consuming import dead_letter_record, handling
 from services.infra.kafka import Outbound, group_id, make_broker, read_records
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
@@ -373,18 +373,17 @@ class Runtime:
         return True
 
     async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
-        view = RecordView(record)
-        with handling(self.processor.service, view) as log:
+        with handling(self.processor.service, record) as log:
             if (record.topic, record.offset) in owned.poison:
                 owned.poison.discard((record.topic, record.offset))
                 log.error("record failed the hub: dead-lettered")
-                return [dead_letter_record(view, [ReferralError(
+                return [dead_letter_record(record, [ReferralError(
                     code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")])]
             try:
                 return await self.processor.handle(record)
             except Poison as poison:
                 log.warning("record refused: dead-lettered", codes=[e.code.value for e in poison.errors])
-                return [dead_letter_record(view, poison.errors, poison.channel)]
+                return [dead_letter_record(record, poison.errors, poison.channel)]
             except TRANSIENT:
                 raise
             except Exception as exc:

@@ -17,7 +17,7 @@ from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
-from services.infra.consuming import RecordView, dead_letter_record
+from services.infra.consuming import dead_letter_record
 from services.infra.kafka import Outbound, outbound
 from services.infra.logging import get_logger
 from services.infra.processing import Processor, Runtime, document_input
@@ -102,7 +102,7 @@ class Intake(Processor):
                 self.ledger.accept(record.partition, accepted)]
 
     def reject(self, record: ConsumerRecord, channel: Channel, rejection: Rejection) -> list[Outbound]:
-        records = [dead_letter_record(RecordView(record), rejection.errors, channel)]
+        records = [dead_letter_record(record, rejection.errors, channel)]
         if rejection.referrer_referral_id:
             status = StatusEvent.of(channel, rejection.referrer_referral_id, None, ReferralStatus.REJECTED,
                                     self.clock.now(), errors=rejection.errors)
