@@ -83,8 +83,9 @@ class FollowUps:
         self.clocks: dict[str, tuple[int, int, int]] = {}
         """pseudonym -> its clocks (open, at risk, breached), summed into the CONTACT_CLOCKS gauge."""
         self.by_partition: dict[int, dict[str, bytes]] = {}
-        self.due: dict[str, tuple[int, datetime]] = {}
-        """pseudonym -> (partition, next due moment), for the youths with something pending."""
+        self.due: dict[int, dict[str, datetime]] = {}
+        """partition -> pseudonym -> next due moment, for the youths with something pending (a partition's tick
+        looks at its own youths only)."""
 
     def owns(self, partition: int) -> bool:
         return partition in self.by_partition
@@ -99,11 +100,11 @@ class FollowUps:
             youths[state.pseudonym] = stored
         else:
             youths.pop(state.pseudonym, None)
-        moment = next_due(state)
+        moment, due = next_due(state), self.due.setdefault(partition, {})
         if moment is None:
-            self.due.pop(state.pseudonym, None)
+            due.pop(state.pseudonym, None)
         else:
-            self.due[state.pseudonym] = (partition, moment)
+            due[state.pseudonym] = moment
         self.count_clocks(state.pseudonym, clock_states(state))
 
     def count_clocks(self, pseudonym: str, counts: tuple[int, int, int]) -> None:
@@ -123,8 +124,8 @@ class FollowUps:
 
     def drop(self, partitions: Iterable[int]) -> None:
         for partition in partitions:
+            self.due.pop(partition, None)
             for pseudonym in self.by_partition.pop(partition, {}):
-                self.due.pop(pseudonym, None)
                 self.count_clocks(pseudonym, (0, 0, 0))
 
 
@@ -245,8 +246,7 @@ class Notifier(Processor):
     async def tick(self, partition: int) -> list[Outbound]:
         """What came due in the partition, and its contact clocks for operations every CLOCKS_EVERY_S."""
         now, records = self.clock.now(), []
-        due = [pseudonym for pseudonym, (owner, moment) in self.followups.due.items()
-               if owner == partition and moment <= now]
+        due = [pseudonym for pseudonym, moment in self.followups.due.get(partition, {}).items() if moment <= now]
         for pseudonym in due:
             before = self.followups.get(partition, pseudonym)
             after, effects = due_effects(before, now, self.registry.central_entrance().id)
