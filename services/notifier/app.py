@@ -31,10 +31,11 @@ from schemas.status import StatusEvent
 from services.infra import metrics, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
+from services.infra.following import follow
 from services.infra.kafka import Outbound, encode, outbound
 from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
-from services.infra.registry_topic import latest_registry
+from services.infra.registry_topic import RegistryInForce
 from services.infra.settings import Settings
 from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalendar
 from services.notifier.followup import (
@@ -56,8 +57,6 @@ from services.notifier.handover import handover_message
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
 HANDOVER_SCHEMA = "verwijshub.Handover/1"
-REGISTRY_EVERY_S = 30.0
-"""How often the notifier reads `registry.v1` for a newly published registry."""
 CLOCKS_EVERY_S = 15.0
 """How often each owned partition's contact clocks per recipient go to `ops.recipients.v1`."""
 INPUT_PATTERN = r"(routing\.decisions|indications|feedback\.(wij|provider)\.[^.]+)\.v1$"
@@ -138,7 +137,9 @@ class Notifier(Processor):
     state_topic = topics.NOTIFIER_STATE
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
-        self.settings, self.registry, self.clock = settings, registry, clock
+        self.settings, self.clock = settings, clock
+        self.in_force = RegistryInForce(registry, SERVICE)
+        """Teams for re-triage notices, the central entrance: `registry.v1` followed."""
         self.calendar = WorkingCalendar(LiberationDay(settings.liberation_day), GoodFriday(settings.good_friday))
         self.followups = FollowUps()
         self.clocks_published: dict[int, float] = {}
@@ -148,14 +149,20 @@ class Notifier(Processor):
 
     # -- ownership -----------------------------------------------------------------------------------
     async def start(self, kafka: KafkaConnection) -> None:
-        self.kafka = kafka
-        self.registry_task = asyncio.create_task(self.follow_registry(), name="notifier-registry")
+        registry_read = asyncio.Event()
+        self.registry_task = asyncio.create_task(follow(kafka, [topics.REGISTRY], self.in_force.apply, registry_read,
+                                                        "verwijshub-notifier-registry"), name="notifier-registry")
+        await registry_read.wait()
 
     async def stop(self) -> None:
         if self.registry_task is not None:
             self.registry_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.registry_task
+
+    @property
+    def registry(self) -> Registry:
+        return self.in_force.registry
 
     async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
         self.followups.load(partition, [(r.key, r.value) for r in state])
@@ -265,18 +272,6 @@ class Notifier(Processor):
         key, value = partition_clocks(partition, [self.followups.get(partition, pseudonym) for pseudonym in youths
                                                   if pseudonym in self.followups.clocks], self.clock.now())
         return [outbound(topics.OPS_RECIPIENTS, value, key)]
-
-    async def follow_registry(self) -> None:
-        """The registry in force: the latest on `registry.v1` (teams for re-triage notices, the central entrance)."""
-        while True:
-            try:
-                latest = await latest_registry(self.kafka)
-                if latest is not None and latest.version != self.registry.version:
-                    self.registry = latest
-                    self.log.info("registry in force", registry_version=latest.version)
-            except Exception as exc:  # the registry in force stays; read again later
-                self.log.warning("registry not read", error_type=type(exc).__name__)
-            await asyncio.sleep(REGISTRY_EVERY_S)
 
     @staticmethod
     def document(broker: KafkaBroker) -> None:

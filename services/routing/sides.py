@@ -11,21 +11,19 @@ import contextlib
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
-from schemas.registry import REGISTRY_KEY, Registry
+from schemas.registry import Registry
 from schemas.routing import RoutingLoad
 from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.following import follow
 from services.infra.logging import get_logger
-from services.infra.registry_files import RegistryError
-from services.infra.registry_topic import decode_registry
+from services.infra.registry_topic import RegistryInForce
 
 
 class SideInputs:
     def __init__(self, kafka: KafkaConnection, registry: Registry) -> None:
         self.kafka = kafka
-        self.registry = registry
-        """The registry files' until `registry.v1` says otherwise."""
+        self.in_force = RegistryInForce(registry, "routing")
         self.load: dict[int, dict[str, int]] = {}
         """Routing partition -> its open handovers per provider, as last published."""
         self.ready = asyncio.Event()
@@ -46,19 +44,15 @@ class SideInputs:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
+    @property
+    def registry(self) -> Registry:
+        return self.in_force.registry
+
     def apply(self, record: ConsumerRecord) -> None:
         """One record; never raises."""
         topic, key, value = record.topic, record.key, record.value
-        if topic == topics.REGISTRY and key == REGISTRY_KEY and value:
-            try:
-                registry = decode_registry(value)
-            except RegistryError as exc:
-                self.log.error("registry refused, the last good one stays in force", reason=str(exc),
-                               registry_version=self.registry.version)
-                return
-            if registry.version != self.registry.version:
-                self.log.info("registry in force", registry_version=registry.version)
-            self.registry = registry
+        if topic == topics.REGISTRY:
+            self.in_force.apply(record)
         elif topic == topics.ROUTING_LOAD and key is not None:
             try:
                 partition = int(key.decode())

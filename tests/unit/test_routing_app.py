@@ -155,7 +155,7 @@ async def test_after_a_restart_a_decline_reroutes_and_a_closed_referral_is_gone_
     hub.clock.at = datetime(2026, 4, 2, tzinfo=UTC)
     registry = REGISTRY.model_copy(update={"providers": {
         agb: p.model_copy(update={"stopped_on": date(2026, 4, 1)}) for agb, p in REGISTRY.providers.items()}})
-    hub.routing.sides.registry = registry
+    hub.routing.sides.in_force.registry = registry
     swept = hub.decisions(await hub.tick())
     assert [d.referral_id for d in swept if d.rule == "provider-stopped"] == (
         ["r-1"] if again.recipient.kind == "provider" else []), "only the open referral"
@@ -176,7 +176,7 @@ async def test_a_provider_stop_reroutes_from_the_state_topic_alone_and_once():
 
     await hub.restart()
     hub.clock.at = datetime(2026, 4, 2, tzinfo=UTC)
-    hub.routing.sides.registry = REGISTRY.model_copy(update={"providers": {
+    hub.routing.sides.in_force.registry = REGISTRY.model_copy(update={"providers": {
         **REGISTRY.providers, NOORDERLICHT: REGISTRY.providers[NOORDERLICHT].model_copy(
             update={"stopped_on": date(2026, 4, 1)})}})
     records = await hub.tick()
