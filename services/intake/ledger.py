@@ -74,7 +74,10 @@ class AcceptedLedger:
         """Follow the ledger; returns once it is read to its end."""
         self._directory = tempfile.TemporaryDirectory(prefix="verwijshub-intake-")
         self._db = sqlite3.connect(Path(self._directory.name) / "accepted.sqlite", isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=OFF")  # rebuilt from the topic at every start: no journal needed
+        # Rebuilt from the topic at every start: neither a journal nor a sync to disk per insert is needed (the
+        # sync cost a quarter of intake's time under load).
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._task = asyncio.create_task(follow(self.kafka, [topics.INTAKE_ACCEPTED], self._apply, self.ready,
                                                 "verwijshub-intake-ledger"), name="intake-ledger")
