@@ -13,6 +13,13 @@ open transaction and fences its later ones, and only then reads the partition's 
 service has the same number of partitions and the same key, and the range assignor gives one instance partition
 N of every input, so one id covers all of N.
 
+Pipelining: one loop fetches; each owned partition number has a worker that turns what was fetched for it into
+one transaction at a time (everything that queued up meanwhile, up to `batch_max` records), so a partition's
+transaction never waits for another's and a busy partition batches more. A partition's inputs pause while its
+queue is long. A batch fetched before its inputs were last sought (a recovery, a repositioning) is stale and
+dropped; one dropped for any other reason sends its inputs back to the committed offsets, so no record is
+committed after one that was skipped.
+
 Failures: a transient one (broker away, timeout) aborts the transaction; the partition's state is reloaded, the
 consumer goes back to the committed offsets, and the batch is retried with backoff while `/readyz` says not
 ready. Nothing is committed that was not processed. Any other exception from the core is a poison record: the
@@ -20,6 +27,7 @@ batch is aborted and retried with that record dead-lettered instead (its raw byt
 """
 
 import asyncio
+import collections
 import contextlib
 import random
 import time
@@ -31,6 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
+from aiokafka.producer import sender as aiokafka_sender
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ReferralError
@@ -47,10 +56,21 @@ FETCH_WAIT_MS = 50
 """How long the broker may hold a fetch with nothing new (default 500 ms): bounds what a hop can add to a
 referral's way should a transaction's commit not end a waiting read_committed fetch; costs an empty fetch per
 50 ms when idle."""
+QUEUE_MAX_FACTOR = 4
+"""A partition's inputs pause once this many batches' worth of records wait for its worker."""
 BACKOFF_S = (0.2, 10.0)
 """The first and the longest wait before a failed batch is tried again (doubling, with jitter)."""
+RETRY_BACKOFF_MS = 5
+"""A transactional producer's wait before it retries a request (aiokafka's default 100 ms). The common retry is a
+transaction's first AddPartitionsToTxn answered CONCURRENT_TRANSACTIONS while the broker still writes the
+previous transaction's markers (KAFKA-5477), which takes a few milliseconds here; aiokafka waits a fixed 20 ms
+for it (`BACKOFF_OVERRIDE`, set to this too below). Measured on this machine, back-to-back transactions of one
+record: 29 ms each at the defaults, 11 ms at 5 ms (brokers with KIP-890, and clients speaking it, avoid the
+retry altogether; aiokafka 0.14 does not)."""
 TRANSACTION_TIMEOUT_S = 60.0
 """How long one batch's transaction may take before it is given up as transient."""
+
+aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000  # a module constant: no setting for it
 
 
 def request_bytes(settings: Settings) -> int:
@@ -113,14 +133,35 @@ class Processor:
 
 
 @dataclass
+class Fetched:
+    """Records of one partition number as one `getmany` returned them, waiting for its worker."""
+
+    records: list[ConsumerRecord]
+    after: dict[TopicPartition, int]
+    """Each input's position after these records: past the transaction markers that follow them, when read."""
+    generation: int
+    seeks: dict[TopicPartition, int]
+    """How often each input had been sought when fetched: sought since, the records are stale (the consumer went
+    back and fetches them again)."""
+
+
+@dataclass
 class Owned:
-    """A partition number this instance owns: its producer, and a lock that serialises its batches and ticks."""
+    """A partition number this instance owns: its producer, its queue of fetched records and the worker that turns
+    them into transactions, and a lock that serialises its batches and ticks."""
 
     producer: AIOKafkaProducer
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    queue: list[Fetched] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    worker: asyncio.Task | None = None
     failures: int = 0
     poison: set[tuple[str, int]] = field(default_factory=set)
     """(topic, offset) of records whose handling raised a bug: dead-lettered on the retry."""
+
+    @property
+    def queued(self) -> int:
+        return sum(len(fetched.records) for fetched in self.queue)
 
 
 class Runtime:
@@ -136,6 +177,8 @@ class Runtime:
         self.retrying: set[int] = set()
         self.generation = 0
         """Counts rebalances: a batch fetched before one is dropped (the inputs are sought to what is committed)."""
+        self.seeks: collections.Counter[TopicPartition] = collections.Counter()
+        """How often the runtime sought each input (`Fetched.seeks`)."""
         self.unpositioned: set[TopicPartition] = set()
         """Inputs whose position is not known to be the first record not committed: sought there before any batch of
         them is handled (after an assignment, and after a batch of them was dropped)."""
@@ -196,7 +239,8 @@ class Runtime:
         except BaseException:
             await _close(producer)
             raise
-        self.owned[number] = Owned(producer)
+        owned = self.owned[number] = Owned(producer)
+        owned.worker = asyncio.create_task(self.work(number, owned), name=f"{self.group}-{number}")
 
     async def fresh_producer(self, number: int) -> AIOKafkaProducer:
         """Partition N's transactional producer, started: its InitProducerId fences every earlier producer of N and
@@ -204,7 +248,8 @@ class Runtime:
         producer = AIOKafkaProducer(
             **self.kafka.client_options(), client_id=f"{self.group}-{number}", acks="all", enable_idempotence=True,
             transactional_id=f"{self.group}-{number}", transaction_timeout_ms=int(TRANSACTION_TIMEOUT_S * 1000),
-            max_request_size=request_bytes(self.settings), max_batch_size=request_bytes(self.settings), linger_ms=2)
+            max_request_size=request_bytes(self.settings), max_batch_size=request_bytes(self.settings), linger_ms=2,
+            retry_backoff_ms=RETRY_BACKOFF_MS)
         await producer.start()
         try:
             await asyncio.wait_for(producer.begin_transaction(), TRANSACTION_TIMEOUT_S)
@@ -224,6 +269,8 @@ class Runtime:
         if owned is None:
             return
         async with owned.lock:  # after the batch in hand
+            if owned.worker is not None:
+                owned.worker.cancel()
             self.forget_positions(number)
             self.processor.unload(number)
             self.retrying.discard(number)
@@ -259,12 +306,13 @@ class Runtime:
                 await asyncio.sleep(1.0)
 
     async def position(self) -> None:
-        """Seek the newly assigned inputs to their committed offsets (outside the rebalance callback, where
-        aiokafka cannot fetch them); a batch fetched before is dropped."""
+        """Seek the inputs not positioned (newly assigned, or a batch of them dropped) to their committed offsets
+        (outside the rebalance callback, where aiokafka cannot fetch them). They count as unpositioned until the
+        seek is done, so no batch of them is handled meanwhile; what was fetched of them before is stale after."""
         assert self.consumer is not None
-        unpositioned, self.unpositioned = self.unpositioned, set()
-        beginnings = await self.seek_committed(unpositioned & self.consumer.assignment())
-        self.generation += 1
+        sought = set(self.unpositioned)
+        beginnings = await self.seek_committed(sought & self.consumer.assignment())
+        self.unpositioned -= sought
         await self.commit_beginnings(beginnings)
 
     async def seek_committed(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
@@ -278,6 +326,7 @@ class Runtime:
         beginnings = await self.consumer.beginning_offsets(fresh) if fresh else {}
         for tp in partitions:
             self.consumer.seek(tp, committed[tp] if tp in committed else beginnings[tp])
+            self.seeks[tp] += 1
         return beginnings
 
     async def commit_beginnings(self, beginnings: dict[TopicPartition, int]) -> None:
@@ -319,57 +368,100 @@ class Runtime:
                 await asyncio.sleep(1.0)
 
     async def consume_batches(self) -> None:
+        """Fetch, and queue what came for each partition number to its worker: a partition's transaction does not
+        wait for another's, and the next fetch does not wait for either."""
         assert self.consumer is not None
         while True:
             if self.unpositioned and not self.acquiring:
                 await self.position()
             generation = self.generation
             batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_max)
-            by_number: dict[int, list[ConsumerRecord]] = {}
             for tp, records in batches.items():
-                by_number.setdefault(tp.partition, []).extend(records)
-            await asyncio.gather(*(self.process(number, records, generation)
-                                   for number, records in by_number.items()))
+                # known after getmany, so this await does not suspend: no seek comes between
+                fetched = Fetched(records, {tp: await self.consumer.position(tp)}, generation, {tp: self.seeks[tp]})
+                owned = self.owned.get(tp.partition)
+                if self.dropped(fetched, owned=owned is not None):
+                    continue
+                assert owned is not None
+                owned.queue.append(fetched)
+                owned.arrived.set()
+                if owned.queued >= QUEUE_MAX_FACTOR * self.batch_max:
+                    self.consumer.pause(tp)  # resumed by the worker once its queue is taken
 
-    async def process(self, number: int, records: list[ConsumerRecord], generation: int) -> None:
+    async def work(self, number: int, owned: Owned) -> None:
+        """Partition N's worker: one transaction at a time, of everything queued meanwhile (up to `batch_max`)."""
+        while True:
+            await owned.arrived.wait()
+            owned.arrived.clear()
+            while owned.queue:
+                try:
+                    batch = self.take(number, owned)
+                    if batch is not None:
+                        await self.process(number, owned, batch)
+                except Exception as exc:  # a bug of the runtime: the partition must not stop, nor skip records
+                    self.log.error("partition worker failed: resumed from the committed offsets", partition=number,
+                                   error_type=type(exc).__name__, error=str(exc)[:200])
+                    assert self.consumer is not None
+                    self.unpositioned |= {tp for tp in self.consumer.assignment() if tp.partition == number}
+                    await asyncio.sleep(1.0)
+
+    def take(self, number: int, owned: Owned) -> Fetched | None:
+        """The records next in line, of one generation, up to `batch_max` as one batch; None when stale."""
+        batch = owned.queue.pop(0)
+        while self.stale(batch) and owned.queue:
+            batch = owned.queue.pop(0)
+        while owned.queue and len(batch.records) < self.batch_max and owned.queue[0].generation == batch.generation:
+            following = owned.queue.pop(0)
+            if self.stale(following):
+                continue
+            batch.records.extend(following.records)
+            batch.after.update(following.after)
+            batch.seeks.update(following.seeks)
+        self.resume(number, owned)
+        return None if self.stale(batch) else batch
+
+    def stale(self, fetched: Fetched) -> bool:
+        return any(self.seeks[tp] != seeks for tp, seeks in fetched.seeks.items())
+
+    def resume(self, number: int, owned: Owned) -> None:
+        """Fetch partition N's inputs again once its queue is short."""
+        assert self.consumer is not None
+        if owned.queued < QUEUE_MAX_FACTOR * self.batch_max:
+            paused = self.consumer.paused() & self.consumer.assignment()
+            self.consumer.resume(*(tp for tp in paused if tp.partition == number))
+
+    async def process(self, number: int, owned: Owned, batch: Fetched) -> None:
         """One partition's batch in one transaction; on failure back to the committed offsets, retried later."""
-        if self.dropped(records, generation if number in self.owned else None):
-            return
-        owned = self.owned[number]
         async with owned.lock:
-            if self.dropped(records, generation if self.owned.get(number) is owned else None):
+            if self.dropped(batch, owned=self.owned.get(number) is owned):
                 return
             offsets: dict[TopicPartition, int] = {}
-            for record in records:
+            for record in batch.records:
                 offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            for tp, after in batch.after.items():
+                offsets[tp] = max(offsets.get(tp, 0), after)
 
             async def body(producer: AIOKafkaProducer) -> list[Delivery]:
                 deliveries = []
-                for record in records:
+                for record in batch.records:
                     deliveries += await send(producer, await self.handle(owned, record))
-                offsets.update(await self.past_markers(offsets))
                 await producer.send_offsets_to_transaction(offsets, self.group)
                 return deliveries
 
             if await self.transaction(number, owned, body):
                 self.positions.update(offsets)
 
-    async def past_markers(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """The offsets to commit: past the transaction markers that follow the batch's last records, when the
-        consumer has read them (its position; nothing else moves it while a batch is handled). A marker takes an
-        offset of its own, so committing after the last record would leave a lag of one that never goes."""
+    def dropped(self, batch: Fetched, owned: bool) -> bool:
+        """Whether a batch is to be dropped: of a partition not owned, fetched before a rebalance or before one of
+        its inputs was sought, or of inputs not positioned yet. The consumer moved past it all the same, so its
+        inputs not sought since (those still assigned) are sought back to what is committed before their next
+        batch is handled: no record after a dropped one is committed before it."""
         assert self.consumer is not None
-        return {tp: max(offset, await self.consumer.position(tp)) for tp, offset in offsets.items()}
-
-    def dropped(self, records: list[ConsumerRecord], generation: int | None) -> bool:
-        """Whether a batch is to be dropped: of a partition not owned (None), fetched before a rebalance, or of
-        inputs not positioned yet. The consumer moved past it all the same, so its inputs (those still assigned)
-        are sought back to what is committed before the next batch."""
-        inputs = {TopicPartition(r.topic, r.partition) for r in records}
-        if generation == self.generation and not inputs & self.unpositioned:
+        unsought = {tp for tp, seeks in batch.seeks.items() if self.seeks[tp] == seeks}
+        if owned and batch.generation == self.generation and unsought == batch.seeks.keys() \
+                and not unsought & self.unpositioned:
             return False
-        assert self.consumer is not None
-        self.unpositioned |= inputs & self.consumer.assignment()
+        self.unpositioned |= unsought & self.consumer.assignment()
         return True
 
     async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
