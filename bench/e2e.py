@@ -4,18 +4,22 @@
 
 On one (or a 3-node) secured local Kafka it starts intake, routing and notifier as three processes (so the
 machine's cores are used), then
+0. warms up: the same rounds as 1 and 2 below, untimed (a fresh broker's JVM compiles its code for the first
+   thousands of transactions, using a core of this 2-core machine: what is measured first would pay for it);
 1. throughput: publishes `count` valid referrals at once, spread over the channels as their referrers, and
    times the first inbound record to the last `handed-over` status (broker timestamps);
 2. the same payloads through a raw batched aiokafka passthrough of three hops (consume a batch, produce it,
    commit; like intake -> routing -> notifier, without the work) on the same broker, same run: the ratio;
 3. latency: publishes at a fixed `rate` for `seconds` and reports p50/p99 from publish to `handed-over`;
-4. the resident memory of each service process.
+4. the resident memory of each service process;
+and, for 1 and 2, the CPU time per referral (per message) of the hub's processes and of the broker(s).
 Nothing here is asserted: it prints figures.
 """
 
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -181,6 +185,26 @@ async def latency(broker: TestKafka, rate: float, seconds: float, run: str) -> l
     return sorted(seen[r] / 1000 - sent[r] for r in seen)
 
 
+def cpu_s(pid: int) -> float:
+    """The CPU time a process has used so far (user and system)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds of named processes over a stretch of the run."""
+
+    def __init__(self, pids: dict[str, list[int]]) -> None:
+        self.pids = pids
+        self.start = self.now()
+
+    def now(self) -> dict[str, float]:
+        return {name: sum(cpu_s(pid) for pid in pids) for name, pids in self.pids.items()}
+
+    def used(self) -> dict[str, float]:
+        return {name: seconds - self.start[name] for name, seconds in self.now().items()}
+
+
 def rss_mib(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
@@ -203,22 +227,38 @@ def main() -> None:
         processes = {name: start_hub(broker, directory / f"{name}.log", name) for name in SERVICES}
         try:
             run = uuid.uuid4().hex[:8]
+            warm = referrals(args.count, run + "-warm")
+            asyncio.run(hub_throughput(broker, warm))
+            asyncio.run(passthrough(broker, warm))
             items = referrals(args.count, run)
+            brokers = [node.pid() for node in broker.local.nodes]
+            pids = {"hub": [process.pid for process in processes.values()], "broker": brokers}
+            meter = CpuMeter(pids)
             hub_s, done = asyncio.run(hub_throughput(broker, items))
+            hub_cpu = meter.used()
+            meter = CpuMeter(pids)
             raw_s = asyncio.run(passthrough(broker, items))
+            raw_cpu = meter.used()
+            meter = CpuMeter(pids)
             delays = asyncio.run(latency(broker, args.rate, args.seconds, run + "-lat"))
+            latency_cpu = meter.used()
             memory = {name: rss_mib(process.pid) for name, process in processes.items()}
         finally:
             for process in processes.values():
                 stop_hub(process)
     print(f"{args.count} referrals over {len(Channel)} channels, {args.brokers} secured local Kafka 4.1.1 "
-          f"broker(s), 6 partitions, acks=all; intake, routing, notifier as three processes")
+          f"broker(s), {broker.settings().partitions} partitions, acks=all; intake, routing, notifier as three processes")
     print(f"  hub, publish -> handed-over        {done / hub_s:8.1f} referrals/s  ({done} in {hub_s:.2f} s)")
     print(f"  raw aiokafka, {HOPS} batched hops      {args.count / raw_s:8.1f} messages/s  ({raw_s:.2f} s)")
     print(f"  ratio hub / passthrough           {(done / hub_s) / (args.count / raw_s):8.3f}")
+    print(f"  CPU per referral: hub's processes {hub_cpu['hub'] / done * 1000:.2f} ms, broker "
+          f"{hub_cpu['broker'] / done * 1000:.2f} ms; per passthrough message: broker "
+          f"{raw_cpu['broker'] / args.count * 1000:.2f} ms (the passthrough's own process not counted)")
     if delays:
         print(f"  at {args.rate:g}/s for {args.seconds:g} s: p50 {percentile(delays, 50) * 1000:.0f} ms, "
-              f"p99 {percentile(delays, 99) * 1000:.0f} ms ({len(delays)} handed over)")
+              f"p99 {percentile(delays, 99) * 1000:.0f} ms ({len(delays)} handed over); CPU per referral: hub's "
+              f"processes {latency_cpu['hub'] / len(delays) * 1000:.2f} ms, broker "
+              f"{latency_cpu['broker'] / len(delays) * 1000:.2f} ms")
     print("  resident memory: " + ", ".join(f"{name} {mib:.1f} MiB" for name, mib in memory.items()))
     print(f"  logs: {directory}")
 
