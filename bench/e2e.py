@@ -7,12 +7,15 @@ machine's cores are used), then
 0. warms up: the same rounds as 1 and 2 below, untimed (a fresh broker's JVM compiles its code for the first
    thousands of transactions, using a core of this 2-core machine: what is measured first would pay for it);
 1. throughput: publishes `count` valid referrals at once, spread over the channels as their referrers, and
-   times the first inbound record to the last `handed-over` status (broker timestamps);
+   times the first send to the last `handed-over` status a referrer sees (read_committed);
 2. the same payloads through a raw batched aiokafka passthrough of three hops (consume a batch, produce it,
    commit; like intake -> routing -> notifier, without the work) on the same broker, same run: the ratio;
-3. latency: publishes at a fixed `rate` for `seconds` and reports p50/p99 from publish to `handed-over`;
+3. latency: publishes at a fixed `rate` for `seconds` and reports p50/p99 from publish to `handed-over`; and
+   the same paced payloads through the raw passthrough, and through a transactional one (each hop's batch and
+   offsets in one transaction, read `read_committed`, as the hub commits, but one producer per hop, no state and
+   no work): what Kafka transactions alone cost on this broker;
 4. the resident memory of each service process;
-and, for 1 and 2, the CPU time per referral (per message) of the hub's processes and of the broker(s).
+and the CPU time per referral (per message) of the hub's processes and of the broker(s) in each round.
 Nothing here is asserted: it prints figures.
 """
 
@@ -33,6 +36,7 @@ from schemas.referral import Channel
 from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
 from services.infra.logging import configure_logging
+from services.infra.processing import FETCH_WAIT_MS
 from services.infra.provisioning import TopicSpec, provision_topics
 from services.infra.settings import REPO_ROOT
 from tests.conftest import TestKafka, new_broker, start_hub, stop_hub
@@ -78,6 +82,13 @@ async def publish_all(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
     """Publish as each channel's referrer; returns referral id -> send time (s). `pace`: seconds between sends."""
     producers = {c: AIOKafkaProducer(**broker.connection(principals.referrer(c)).client_options(), acks="all",
                                      enable_idempotence=True, **SENDING) for c in Channel}
+    return await publish(producers, lambda channel: (producers[channel], topics.referrals(channel)), items, pace)
+
+
+async def publish(producers: dict, route: Callable[[Channel], tuple[AIOKafkaProducer, str]],
+                  items: list[tuple[Channel, str, bytes]], pace: float | None) -> dict[str, float]:
+    """Send each item with the producer and to the topic `route` gives its channel, keyed by its id, at once or
+    `pace` seconds apart; returns id -> send time (s). Starts and stops `producers`."""
     for producer in producers.values():
         await producer.start()
     sent: dict[str, float] = {}
@@ -87,9 +98,9 @@ async def publish_all(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
         for i, (channel, referral_id, value) in enumerate(items):
             if pace:
                 await asyncio.sleep(max(0.0, started + i * pace - time.monotonic()))
+            producer, topic = route(channel)
             sent[referral_id] = time.time()
-            deliveries.append(await producers[channel].send(topics.referrals(channel), value,
-                                                            key=referral_id.encode()))
+            deliveries.append(await producer.send(topic, value, key=referral_id.encode()))
         await asyncio.gather(*deliveries)
     finally:
         for producer in producers.values():
@@ -126,62 +137,73 @@ def handed_over(record: ConsumerRecord) -> str | None:
     return event["referrer_referral_id"] if event.get("status") == "handed-over" else None
 
 
-async def hub_throughput(broker: TestKafka, items: list[tuple[Channel, str, bytes]]) -> tuple[float, int]:
+async def hub_round(broker: TestKafka, items: list[tuple[Channel, str, bytes]],
+                    pace: float | None = None) -> tuple[dict[str, float], dict[str, int]]:
+    """Referrals through the hub, published at once or `pace` seconds apart; id -> sent (s), id -> handed over
+    (ms)."""
     watching = asyncio.create_task(collect(broker.admin, [topics.status(c) for c in Channel], handed_over,
                                            {referral_id for _, referral_id, _ in items}, 600))
-    sent = await publish_all(broker, items)
-    first_sent = min(sent.values())
-    seen = await watching
-    return (max(seen.values()) / 1000 - first_sent) if seen else float("inf"), len(seen)
+    sent = await publish_all(broker, items, pace)
+    return sent, await watching
 
 
-async def passthrough(broker: TestKafka, items: list[tuple[Channel, str, bytes]]) -> float:
-    """The same payloads over three raw hops, each: getmany, send the batch, flush, commit."""
+async def passthrough(broker: TestKafka, items: list[tuple[Channel, str, bytes]], *, transactional: bool = False,
+                      pace: float | None = None) -> tuple[dict[str, float], dict[str, int]]:
+    """The same payloads over three raw hops, each: getmany, send the batch, commit its offsets. Plainly (flush,
+    then commit), or, `transactional`, as the hub commits: the batch's records and offsets in one transaction,
+    read `read_committed` (but one producer per hop, no state, no work). Returns id -> sent (s), id -> seen at
+    the end (ms)."""
     kafka = broker.admin
     run = uuid.uuid4().hex[:8]
     names = [f"bench.{run}.hop{i}" for i in range(HOPS + 1)]
-    provision_topics(kafka, [TopicSpec(name, 6, broker.settings().replication, {}) for name in names])
+    provision_topics(kafka, [TopicSpec(name, broker.settings().partitions, broker.settings().replication, {})
+                             for name in names])
 
     async def hop(source: str, target: str) -> None:
-        consumer = AIOKafkaConsumer(source, **kafka.client_options(), group_id=f"bench-{run}-{source}",
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
-        producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, **SENDING)
+        group = f"bench-{run}-{source}"
+        reading = kafka.consumer_options() if transactional else kafka.client_options()
+        consumer = AIOKafkaConsumer(source, **reading, group_id=group, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=FETCH_WAIT_MS)
+        producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, **SENDING,
+                                    **({"transactional_id": group} if transactional else {}))
         await consumer.start()
         await producer.start()
         try:
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                if not batches:
+                    continue
+                offsets = {tp: records[-1].offset + 1 for tp, records in batches.items()}
+                if transactional:
+                    await producer.begin_transaction()
                 for records in batches.values():
                     for record in records:
                         await producer.send(target, record.value, key=record.key)
-                await producer.flush()
-                if batches:
-                    await consumer.commit()
+                if transactional:
+                    await producer.send_offsets_to_transaction(offsets, group)
+                    await producer.commit_transaction()
+                else:
+                    await producer.flush()
+                    await consumer.commit(offsets)
         finally:
             await producer.stop()
             await consumer.stop()
 
     hops = [asyncio.create_task(hop(names[i], names[i + 1])) for i in range(HOPS)]
     await asyncio.sleep(3)  # the three groups joined
+    watching = asyncio.create_task(collect(kafka, [names[-1]], lambda r: r.key.decode(), {r for _, r, _ in items},
+                                           600))
     producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, **SENDING)
-    await producer.start()
-    started = time.time()
-    await asyncio.gather(*[await producer.send(names[0], value, key=referral_id.encode())
-                           for _, referral_id, value in items])
-    await producer.stop()
-    seen = await collect(kafka, [names[-1]], lambda r: r.key.decode(), {r for _, r, _ in items}, 600)
+    sent = await publish({"": producer}, lambda channel: (producer, names[0]), items, pace)
+    seen = await watching
     for task in hops:
         task.cancel()
     await asyncio.gather(*hops, return_exceptions=True)
-    return max(seen.values()) / 1000 - started
+    return sent, seen
 
 
-async def latency(broker: TestKafka, rate: float, seconds: float, run: str) -> list[float]:
-    items = referrals(int(rate * seconds), run)
-    watching = asyncio.create_task(collect(broker.admin, [topics.status(c) for c in Channel], handed_over,
-                                           {referral_id for _, referral_id, _ in items}, 300))
-    sent = await publish_all(broker, items, pace=1 / rate)
-    seen = await watching
+def delays(sent: dict[str, float], seen: dict[str, int]) -> list[float]:
+    """Seconds from each id's send to its sight at the end, sorted."""
     return sorted(seen[r] / 1000 - sent[r] for r in seen)
 
 
@@ -214,6 +236,11 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
+def per_second(sent: dict[str, float], seen: dict[str, int]) -> float:
+    """Ids seen per second, from the first send to the last sight."""
+    return len(seen) / (max(seen.values()) / 1000 - min(sent.values())) if seen else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000)
@@ -223,42 +250,49 @@ def main() -> None:
     args = parser.parse_args()
     configure_logging("bench", "WARNING")
     directory = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
+    run = uuid.uuid4().hex[:8]
+    items, paced = referrals(args.count, run), referrals(int(args.rate * args.seconds), run + "-paced")
+    rounds = {  # name -> a round over the broker, in this order
+        "hub": lambda broker: hub_round(broker, items),
+        "raw": lambda broker: passthrough(broker, items),
+        "hub paced": lambda broker: hub_round(broker, paced, 1 / args.rate),
+        "raw paced": lambda broker: passthrough(broker, paced, pace=1 / args.rate),
+        "txn paced": lambda broker: passthrough(broker, paced, transactional=True, pace=1 / args.rate),
+    }
+    results, cpu = {}, {}
     with new_broker(directory / "kafka", brokers=args.brokers) as broker:
         processes = {name: start_hub(broker, directory / f"{name}.log", name) for name in SERVICES}
         try:
-            run = uuid.uuid4().hex[:8]
             warm = referrals(args.count, run + "-warm")
-            asyncio.run(hub_throughput(broker, warm))
+            asyncio.run(hub_round(broker, warm))
             asyncio.run(passthrough(broker, warm))
-            items = referrals(args.count, run)
-            brokers = [node.pid() for node in broker.local.nodes]
-            pids = {"hub": [process.pid for process in processes.values()], "broker": brokers}
-            meter = CpuMeter(pids)
-            hub_s, done = asyncio.run(hub_throughput(broker, items))
-            hub_cpu = meter.used()
-            meter = CpuMeter(pids)
-            raw_s = asyncio.run(passthrough(broker, items))
-            raw_cpu = meter.used()
-            meter = CpuMeter(pids)
-            delays = asyncio.run(latency(broker, args.rate, args.seconds, run + "-lat"))
-            latency_cpu = meter.used()
+            pids = {"hub": [process.pid for process in processes.values()],
+                    "broker": [node.pid() for node in broker.local.nodes]}
+            for name, round_ in rounds.items():
+                meter = CpuMeter(pids)
+                results[name] = asyncio.run(round_(broker))
+                cpu[name] = {who: seconds / max(1, len(results[name][1])) * 1000
+                             for who, seconds in meter.used().items()}
             memory = {name: rss_mib(process.pid) for name, process in processes.items()}
         finally:
             for process in processes.values():
                 stop_hub(process)
+    hub, raw = per_second(*results["hub"]), per_second(*results["raw"])
     print(f"{args.count} referrals over {len(Channel)} channels, {args.brokers} secured local Kafka 4.1.1 "
-          f"broker(s), {broker.settings().partitions} partitions, acks=all; intake, routing, notifier as three processes")
-    print(f"  hub, publish -> handed-over        {done / hub_s:8.1f} referrals/s  ({done} in {hub_s:.2f} s)")
-    print(f"  raw aiokafka, {HOPS} batched hops      {args.count / raw_s:8.1f} messages/s  ({raw_s:.2f} s)")
-    print(f"  ratio hub / passthrough           {(done / hub_s) / (args.count / raw_s):8.3f}")
-    print(f"  CPU per referral: hub's processes {hub_cpu['hub'] / done * 1000:.2f} ms, broker "
-          f"{hub_cpu['broker'] / done * 1000:.2f} ms; per passthrough message: broker "
-          f"{raw_cpu['broker'] / args.count * 1000:.2f} ms (the passthrough's own process not counted)")
-    if delays:
-        print(f"  at {args.rate:g}/s for {args.seconds:g} s: p50 {percentile(delays, 50) * 1000:.0f} ms, "
-              f"p99 {percentile(delays, 99) * 1000:.0f} ms ({len(delays)} handed over); CPU per referral: hub's "
-              f"processes {latency_cpu['hub'] / len(delays) * 1000:.2f} ms, broker "
-              f"{latency_cpu['broker'] / len(delays) * 1000:.2f} ms")
+          f"broker(s), {broker.settings().partitions} partitions, acks=all; intake, routing, notifier as three "
+          f"processes")
+    print(f"  hub, publish -> handed-over        {hub:8.1f} referrals/s;  CPU per referral: hub's processes "
+          f"{cpu['hub']['hub']:.2f} ms, broker {cpu['hub']['broker']:.2f} ms")
+    print(f"  raw aiokafka, {HOPS} batched hops      {raw:8.1f} messages/s;   CPU per message: broker "
+          f"{cpu['raw']['broker']:.2f} ms (the passthrough's own process not counted)")
+    print(f"  ratio hub / passthrough           {hub / raw:8.3f}")
+    print(f"  at {args.rate:g}/s for {args.seconds:g} s, publish -> last hop:")
+    for name, label in (("hub paced", "hub (handed-over)"), ("raw paced", "raw passthrough"),
+                        ("txn paced", "transactional passthrough")):
+        taken = delays(*results[name])
+        print(f"    {label:27s} p50 {percentile(taken, 50) * 1000:5.0f} ms, p99 {percentile(taken, 99) * 1000:5.0f} "
+              f"ms ({len(taken)} of {len(paced)}); CPU per referral: broker {cpu[name]['broker']:.2f} ms"
+              + (f", hub's processes {cpu[name]['hub']:.2f} ms" if name == "hub paced" else ""))
     print("  resident memory: " + ", ".join(f"{name} {mib:.1f} MiB" for name, mib in memory.items()))
     print(f"  logs: {directory}")
 
