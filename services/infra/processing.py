@@ -207,9 +207,12 @@ class Runtime:
                       asyncio.create_task(self.tick_periodically(), name=f"{self.group}-tick")]
 
     async def stop(self) -> None:
-        for task in self.tasks:
+        """Stop fetching and working at once: a transaction in hand is aborted (its records are processed again
+        by the partition's next owner)."""
+        workers = [owned.worker for owned in self.owned.values() if owned.worker is not None]
+        for task in [*self.tasks, *workers]:
             task.cancel()
-        for task in self.tasks:
+        for task in [*self.tasks, *workers]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self.consumer is not None:
