@@ -18,7 +18,7 @@ from services.access.commands import access_app, registry_in_force, sync_access
 from services.analytics import report as analytics_report
 from services.analytics import simulate as analytics_simulate
 from services.dlq.commands import dlq_app
-from services.hub import SERVICES, run_services
+from services.hub import SERVICES, dump_stacks_on_sigusr1, run_services
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.local_kafka import LocalKafka, LocalKafkaError, resolve_classpath
@@ -88,6 +88,7 @@ def up() -> None:
     settings = get_settings()
     log_file = settings.log_file or settings.data_dir / "hub.log"
     configure_logging("hub", settings.log_level, log_file)
+    dump_stacks_on_sigusr1()
     registry = _registry(settings)
     if not settings.secured:
         console.print("[bold red]WARNING: VERWIJSHUB_KAFKA_SECURITY_PROTOCOL=PLAINTEXT: no authentication, no "
@@ -132,6 +133,7 @@ def run(services: Annotated[list[Service], typer.Argument(help="The service(s) t
     settings = get_settings()
     names = [service.value for service in services]
     configure_logging("+".join(names), settings.log_level, settings.log_file)
+    dump_stacks_on_sigusr1()
     asyncio.run(run_services(names, settings, _registry(settings)))
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import faulthandler
 import signal
 import subprocess
 import sys
@@ -102,22 +103,35 @@ async def export_own_lag(settings: Settings, names: list[str]) -> None:
     await monitor.stop()
 
 
+def dump_stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>` writes the stack of every thread of a hub process to its stderr: where it hangs."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
 def start_process(args: list[str], env: dict[str, str], log_file: Path, timeout_s: float = 90.0
                   ) -> subprocess.Popen[bytes]:
-    """`verwijshub ARGS` (`up`, `run SERVICE...`) as a process with the environment `env`, logging to `log_file`;
-    returns once its log says the services are ready (tests, `simulate --start-hub`)."""
+    """`verwijshub ARGS` (`up`, `run SERVICE...`) as a process with the environment `env`, logging to `log_file`
+    (its stderr, e.g. a crash's traceback, beside it in `<log>.stderr.log`); returns once its log says the
+    services are ready (tests, `simulate --start-hub`). Not ready in time: its threads' stacks go to that stderr
+    file before it is killed."""
     already = log_file.read_text().count('"services ready"') if log_file.exists() else 0
-    process = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=env, cwd=REPO_ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stderr_file = log_file.with_suffix(".stderr.log")  # scanned with the logs by the tests
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with stderr_file.open("ab") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "services.cli", *args], env=env, cwd=REPO_ROOT,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if log_file.exists() and log_file.read_text().count('"services ready"') > already:
             return process
         if process.poll() is not None:
-            raise RuntimeError(f"the hub exited with {process.returncode}; see {log_file}")
+            raise RuntimeError(f"the hub exited with {process.returncode}; see {log_file} and {stderr_file}")
         time.sleep(0.2)
+    process.send_signal(signal.SIGUSR1)  # the stacks of where it hangs (dump_stacks_on_sigusr1)
+    time.sleep(1.0)
     process.kill()
-    raise TimeoutError(f"the hub was not ready within {timeout_s:.0f}s; see {log_file}")
+    raise TimeoutError(f"the hub was not ready within {timeout_s:.0f}s; see {log_file} and the stacks in "
+                       f"{stderr_file}")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
