@@ -1,6 +1,7 @@
 """End to end: referrals/s from publish to `handed-over` over all five channels, against a raw aiokafka baseline.
 
     PYTHONPATH=. .venv/bin/python -m bench.e2e [--count 2000] [--rate 100] [--seconds 20] [--brokers 1|3]
+                                               [--baselines-only]
 
 On one (or a 3-node) secured local Kafka it starts intake, routing and notifier as three processes (so the
 machine's cores are used), then
@@ -16,6 +17,7 @@ machine's cores are used), then
    no work): what Kafka transactions alone cost on this broker;
 4. the resident memory of each service process;
 and the CPU time per referral (per message) of the hub's processes and of the broker(s) in each round.
+`--baselines-only` runs the passthroughs without starting the hub: the machine and broker with nothing beside.
 Nothing here is asserted: it prints figures.
 """
 
@@ -248,6 +250,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--brokers", type=int, default=1, choices=(1, 3))
+    parser.add_argument("--baselines-only", action="store_true",
+                        help="only the passthroughs, no hub started: the machine and broker without the hub beside")
     args = parser.parse_args()
     configure_logging("bench", "WARNING")
     directory = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
@@ -260,12 +264,16 @@ def main() -> None:
         "raw paced": lambda broker: passthrough(broker, paced, pace=1 / args.rate),
         "txn paced": lambda broker: passthrough(broker, paced, transactional=True, pace=1 / args.rate),
     }
+    if args.baselines_only:
+        rounds = {name: round_ for name, round_ in rounds.items() if not name.startswith("hub")}
     results, cpu = {}, {}
     with new_broker(directory / "kafka", brokers=args.brokers) as broker:
-        processes = {name: start_hub(broker, directory / f"{name}.log", name) for name in SERVICES}
+        processes = {} if args.baselines_only else {
+            name: start_hub(broker, directory / f"{name}.log", name) for name in SERVICES}
         try:
             warm = referrals(args.count, run + "-warm")
-            asyncio.run(hub_round(broker, warm))
+            if processes:
+                asyncio.run(hub_round(broker, warm))
             asyncio.run(passthrough(broker, warm))
             pids = {"hub": [process.pid for process in processes.values()],
                     "broker": [node.pid() for node in broker.local.nodes]}
@@ -278,23 +286,29 @@ def main() -> None:
         finally:
             for process in processes.values():
                 stop_hub(process)
-    hub, raw = per_second(*results["hub"]), per_second(*results["raw"])
+    raw = per_second(*results["raw"])
     print(f"{args.count} referrals over {len(Channel)} channels, {args.brokers} secured local Kafka 4.1.1 "
-          f"broker(s), {broker.settings().partitions} partitions, acks=all; intake, routing, notifier as three "
-          f"processes")
-    print(f"  hub, publish -> handed-over        {hub:8.1f} referrals/s;  CPU per referral: hub's processes "
-          f"{cpu['hub']['hub']:.2f} ms, broker {cpu['hub']['broker']:.2f} ms")
+          f"broker(s), {broker.settings().partitions} partitions, acks=all; " + (
+              "no hub started" if args.baselines_only else "intake, routing, notifier as three processes"))
+    if "hub" in results:
+        hub = per_second(*results["hub"])
+        print(f"  hub, publish -> handed-over        {hub:8.1f} referrals/s;  CPU per referral: hub's processes "
+              f"{cpu['hub']['hub']:.2f} ms, broker {cpu['hub']['broker']:.2f} ms")
     print(f"  raw aiokafka, {HOPS} batched hops      {raw:8.1f} messages/s;   CPU per message: broker "
           f"{cpu['raw']['broker']:.2f} ms (the passthrough's own process not counted)")
-    print(f"  ratio hub / passthrough           {hub / raw:8.3f}")
+    if "hub" in results:
+        print(f"  ratio hub / passthrough           {hub / raw:8.3f}")
     print(f"  at {args.rate:g}/s for {args.seconds:g} s, publish -> last hop:")
     for name, label in (("hub paced", "hub (handed-over)"), ("raw paced", "raw passthrough"),
                         ("txn paced", "transactional passthrough")):
+        if name not in results:
+            continue
         taken = delays(*results[name])
         print(f"    {label:27s} p50 {percentile(taken, 50) * 1000:5.0f} ms, p99 {percentile(taken, 99) * 1000:5.0f} "
               f"ms ({len(taken)} of {len(paced)}); CPU per referral: broker {cpu[name]['broker']:.2f} ms"
               + (f", hub's processes {cpu[name]['hub']:.2f} ms" if name == "hub paced" else ""))
-    print("  resident memory: " + ", ".join(f"{name} {mib:.1f} MiB" for name, mib in memory.items()))
+    if memory:
+        print("  resident memory: " + ", ".join(f"{name} {mib:.1f} MiB" for name, mib in memory.items()))
     print(f"  logs: {directory}")
 
 
