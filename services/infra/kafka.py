@@ -18,6 +18,13 @@ from services.infra.settings import Settings
 JSON = "application/json"
 
 
+def request_bytes(settings: Settings) -> int:
+    """A produce request's, a partition batch's and a partition fetch's size (twice the largest message): a
+    transaction's records for one partition travel in one request (an idempotent aiokafka producer has one
+    request in flight per broker; 16 KiB batches would cost a round trip per few referrals)."""
+    return max(settings.max_message_bytes * 2, 1024 * 1024)
+
+
 def make_broker(settings: Settings, service: str, broker_class: type[KafkaBroker] = KafkaBroker) -> KafkaBroker:
     """A FastStream broker whose producer waits for all in-sync replicas and never writes twice
     (`broker_class`: a subclass that runs more at start and stop, as routing's state follower)."""
@@ -29,7 +36,7 @@ def make_broker(settings: Settings, service: str, broker_class: type[KafkaBroker
         client_id=f"verwijshub-{service}",
         acks="all",
         enable_idempotence=True,
-        max_request_size=max(settings.max_message_bytes * 2, 1024 * 1024),
+        max_request_size=request_bytes(settings),
         logger=logging.getLogger(f"verwijshub.{service}"),  # FastStream's lines as JSON, like ours
     )
 

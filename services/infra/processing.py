@@ -46,7 +46,7 @@ from schemas.errors import ErrorCode, ReferralError
 from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import dead_letter_record, handling
-from services.infra.kafka import Outbound, group_id, make_broker, read_records
+from services.infra.kafka import Outbound, group_id, make_broker, read_records, request_bytes
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
@@ -72,14 +72,6 @@ TRANSACTION_TIMEOUT_S = 60.0
 """How long one batch's transaction may take before it is given up as transient."""
 
 aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000  # a module constant: no setting for it
-
-
-def request_bytes(settings: Settings) -> int:
-    """A produce request's and a partition batch's size: a transaction's records for one partition travel in one
-    request (an idempotent aiokafka producer has one request in flight per broker; 16 KiB batches would cost a
-    round trip per few referrals)."""
-    return max(settings.max_message_bytes * 2, 1024 * 1024)
-"""How long one batch's transaction may take before it is given up as transient."""
 
 
 Delivery = tuple[Outbound, asyncio.Future]
@@ -199,7 +191,7 @@ class Runtime:
             **self.kafka.consumer_options(), group_id=self.group, client_id=self.group, enable_auto_commit=False,
             auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=max(self.settings.max_message_bytes * 2, 1024 * 1024),
+            max_partition_fetch_bytes=request_bytes(self.settings),
             fetch_max_wait_ms=FETCH_WAIT_MS,
             metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
         await self.consumer.start()
@@ -410,19 +402,22 @@ class Runtime:
                     await asyncio.sleep(1.0)
 
     def take(self, number: int, owned: Owned) -> Fetched | None:
-        """The records next in line, of one generation, up to `batch_max` as one batch; None when stale."""
-        batch = owned.queue.pop(0)
-        while self.stale(batch) and owned.queue:
-            batch = owned.queue.pop(0)
-        while owned.queue and len(batch.records) < self.batch_max and owned.queue[0].generation == batch.generation:
-            following = owned.queue.pop(0)
-            if self.stale(following):
+        """The records next in line, of one generation, up to `batch_max` as one batch (stale ones left out); None
+        when all were stale."""
+        batch: Fetched | None = None
+        while owned.queue and (batch is None or (
+                len(batch.records) < self.batch_max and owned.queue[0].generation == batch.generation)):
+            fetched = owned.queue.pop(0)
+            if self.stale(fetched):
                 continue
-            batch.records.extend(following.records)
-            batch.after.update(following.after)
-            batch.seeks.update(following.seeks)
+            if batch is None:
+                batch = fetched
+            else:
+                batch.records.extend(fetched.records)
+                batch.after.update(fetched.after)
+                batch.seeks.update(fetched.seeks)
         self.resume(number, owned)
-        return None if self.stale(batch) else batch
+        return batch
 
     def stale(self, fetched: Fetched) -> bool:
         return any(self.seeks[tp] != seeks for tp, seeks in fetched.seeks.items())
