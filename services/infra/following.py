@@ -39,11 +39,12 @@ async def follow(kafka: KafkaConnection, names: list[str], apply: Callable[[Cons
             while True:
                 if not behind:
                     ready.set()
-                for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                for records in (await consumer.getmany(timeout_ms=500)).values():
                     for record in records:
                         apply(record)
-                    if tp in behind and await consumer.position(tp) >= ends[tp]:
-                        behind.discard(tp)
+                # every partition, not only those that gave records: a read_committed position passes the
+                # transaction markers at a topic's end in a fetch that returns no record at all
+                behind = {tp for tp in behind if await consumer.position(tp) < ends[tp]}
         except asyncio.CancelledError:
             raise
         except Exception as exc:
