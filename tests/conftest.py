@@ -9,6 +9,7 @@ Tests look as the admin unless they play a referrer or recipient, then they conn
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -80,19 +81,56 @@ SECRETS_SEEN: list[Path] = []
 """Every secrets directory of the run: the log scan at the end looks for their passwords and keys."""
 
 
-@contextlib.contextmanager
-def new_broker(data_dir: Path, brokers: int = 1) -> Iterator[TestKafka]:
-    """A secured local Apache Kafka of its own (SASL_SSL, SCRAM, ACLs) of one node, or three (replication 3,
-    `min.insync.replicas` 2), on free ports, every principal provisioned."""
+def _local(data_dir: Path, brokers: int = 1, kind: type[LocalKafka] = LocalKafka) -> LocalKafka:
     ports = tuple(_free_port() for _ in range(2 * brokers))
-    kafka = LocalKafka(data_dir=data_dir, cache_dir=cache_dir(), brokers=brokers, ports=ports[:brokers],
-                       controller_ports=ports[brokers:])
+    return kind(data_dir=data_dir, cache_dir=cache_dir(), brokers=brokers, ports=ports[:brokers],
+                controller_ports=ports[brokers:])
+
+
+_TEMPLATE: list[Path] = []
+"""Where the run's template lives (under pytest's base temporary directory), then whether it was made."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _template_place(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _TEMPLATE[:] = [tmp_path_factory.mktemp("kafka-template")]
+
+
+def _provisioned_template() -> Path:
+    """A single-node broker's directory (storage formatted, every principal, grant and topic provisioned, CA and
+    passwords), made once per run and stopped cleanly: each new broker starts from a copy of it, so it pays only
+    for its JVM's start, not for formatting (another JVM) and provisioning (about as long again)."""
+    directory = _TEMPLATE[0]
+    if len(_TEMPLATE) == 1:
+        template = _local(directory)
+        SECRETS_SEEN.append(template.secrets)
+        template.start()
+        try:
+            provision(TestKafka(template.bootstrap, template.secrets, 1, template))
+        finally:
+            template.stop()
+        _TEMPLATE.append(directory)
+    return directory
+
+
+@contextlib.contextmanager
+def new_broker(data_dir: Path, brokers: int = 1, kind: type[LocalKafka] = LocalKafka) -> Iterator[TestKafka]:
+    """A secured local Apache Kafka of its own (SASL_SSL, SCRAM, ACLs) of one node, or three (replication 3,
+    `min.insync.replicas` 2), on free ports, every principal provisioned. A single node starts from a copy of the
+    run's provisioned template (same CA and passwords, its own ports, data and logs); `kind` may change its
+    configuration (e.g. a shorter retention)."""
+    if brokers == 1:
+        shutil.copytree(_provisioned_template(), data_dir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("kafka.log", "kafka.pid", "server.properties"))
+    kafka = _local(data_dir, brokers, kind)
     SECRETS_SEEN.append(kafka.secrets)
     kafka.start()
     try:
-        yield provision(TestKafka(kafka.bootstrap, kafka.secrets, brokers, kafka))
+        broker = TestKafka(kafka.bootstrap, kafka.secrets, brokers, kafka)
+        yield broker if brokers == 1 else provision(broker)
     finally:
-        kafka.stop()
+        for node in kafka.nodes:  # thrown away: a clean shutdown would only cost seconds
+            kafka.kill_node(node)
 
 
 @pytest.fixture(scope="session")

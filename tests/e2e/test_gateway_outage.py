@@ -14,9 +14,8 @@ from schemas.referral import Channel
 from services.access.tokens import TokenStore
 from services.infra import principals, topics
 from services.infra.kafka import read_to_end
-from services.infra.local_kafka import LocalKafka
 from services.infra.settings import REPO_ROOT
-from tests.conftest import ARTIFACTS, TestKafka, _free_port, cache_dir, provision, start_hub, stop_hub
+from tests.conftest import ARTIFACTS, TestKafka, _free_port, new_broker, start_hub, stop_hub
 from tests.gateway_clients import curl, mllp_send
 from tests.kafka_client import read_topic
 
@@ -48,10 +47,12 @@ def _until(attempt, deadline_s: float = 90.0):
 
 
 def test_with_kafka_stopped_the_gateway_refuses_and_after_it_nothing_confirmed_is_missing(tmp_path: Path) -> None:
-    kafka = LocalKafka(data_dir=tmp_path / "kafka", cache_dir=cache_dir(), port=_free_port(),
-                       controller_port=_free_port())
-    kafka.start()
-    broker = provision(TestKafka(kafka.bootstrap, kafka.secrets))
+    with new_broker(tmp_path / "kafka") as broker:
+        refused_while_stopped_and_nothing_confirmed_missing(broker, tmp_path)
+
+
+def refused_while_stopped_and_nothing_confirmed_missing(broker: TestKafka, tmp_path: Path) -> None:
+    kafka = broker.local
     directory = ARTIFACTS / "gateway-outage"
     directory.mkdir(parents=True, exist_ok=True)
     https_port, mllp_port = _free_port(), _free_port()
@@ -91,4 +92,3 @@ def test_with_kafka_stopped_the_gateway_refuses_and_after_it_nothing_confirmed_i
         assert [json.loads(r.value)["status"] for r in received] == ["received"]  # taken once
     finally:
         stop_hub(process)
-        kafka.stop()

@@ -6,7 +6,6 @@ Decisions and indications are published as routing would, so the notifier is tes
 
 import asyncio
 import json
-import os
 import signal
 import uuid
 from datetime import date, datetime, timedelta
@@ -27,7 +26,7 @@ from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
 from services.routing.policy import decide
-from tests.conftest import ARTIFACTS, TestKafka, _free_port, provision, start_hub, stop_hub
+from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub, stop_hub
 from tests.kafka_client import header, produce, read_topic, records_on_topics
 from tests.referrals import random_bsn
 
@@ -244,13 +243,13 @@ def test_the_notifier_logs_hold_no_bsn_postcode_or_birth_date(notifiers: Notifie
 
 def test_a_clock_survives_a_restart_of_the_broker_and_then_of_the_notifier(tmp_path: Path) -> None:
     """The local Apache Kafka stopped and started on the same data: the clock's state is on Kafka."""
-    kafka = LocalKafka(data_dir=tmp_path / "kafka", cache_dir=Path(os.environ.get(
-        "VERWIJSHUB_CACHE_DIR", Path.home() / ".cache" / "verwijshub")), port=_free_port(),
-        controller_port=_free_port())
-    kafka.start()
-    directory = ARTIFACTS / "notifier-broker-restart"
-    directory.mkdir(parents=True, exist_ok=True)
-    hub = Notifiers(provision(TestKafka(kafka.bootstrap, kafka.secrets)), directory)
+    with new_broker(tmp_path / "kafka") as broker:
+        directory = ARTIFACTS / "notifier-broker-restart"
+        directory.mkdir(parents=True, exist_ok=True)
+        restart_the_broker_then_the_notifier(broker.local, Notifiers(broker, directory))
+
+
+def restart_the_broker_then_the_notifier(kafka: LocalKafka, hub: "Notifiers") -> None:
     try:
         provision_hub_topics(hub.settings, hub.registry)
         process = hub.start("notifier-broker-restart")
@@ -270,4 +269,3 @@ def test_a_clock_survives_a_restart_of_the_broker_and_then_of_the_notifier(tmp_p
     finally:
         for process in list(hub.processes):
             hub.stop(process)
-        kafka.stop()

@@ -25,8 +25,7 @@ from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from services.routing.commands import publish_registry
-from tests.conftest import ARTIFACTS, SECRETS_SEEN, TestKafka, cache_dir, provision, start_hub, stop_hub
-from tests.conftest import _free_port as free_port
+from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub, stop_hub
 from tests.kafka_client import produce, read_topic
 from tests.referrals import random_bsn
 
@@ -81,18 +80,10 @@ class ShortRetentionKafka(LocalKafka):
 
 @pytest.fixture(scope="module")
 def short_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKafka]:
-    port, controller = free_port(), free_port()
-    local = ShortRetentionKafka(data_dir=tmp_path_factory.mktemp("short-retention-kafka"), cache_dir=cache_dir(),
-                                ports=(port,), controller_ports=(controller,))
-    SECRETS_SEEN.append(local.secrets)
-    local.start()
-    try:
-        broker = provision(TestKafka(local.bootstrap, local.secrets))
+    with new_broker(tmp_path_factory.mktemp("short-retention-kafka"), kind=ShortRetentionKafka) as broker:
         short = AGE_S / 86_400
         provision_hub_topics(broker.settings(retention_inbound_days=short, retention_decisions_days=short), REGISTRY)
         yield broker
-    finally:
-        local.stop()
 
 
 def referral(bsn: str, rid: str, preferred: str) -> Referral:
