@@ -46,7 +46,16 @@ from schemas.errors import ErrorCode, ReferralError
 from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import dead_letter_record, handling
-from services.infra.kafka import Outbound, group_id, make_broker, read_records, request_bytes
+from services.infra.kafka import (
+    OUTBOUND_RECORD_BYTES,
+    Outbound,
+    group_id,
+    make_broker,
+    max_message_bytes,
+    read_records,
+    record_bytes,
+    request_bytes,
+)
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
@@ -244,7 +253,7 @@ class Runtime:
         producer = AIOKafkaProducer(
             **self.kafka.client_options(), client_id=f"{self.group}-{number}", acks="all", enable_idempotence=True,
             transactional_id=f"{self.group}-{number}", transaction_timeout_ms=int(TRANSACTION_TIMEOUT_S * 1000),
-            max_request_size=request_bytes(self.settings), max_batch_size=request_bytes(self.settings), linger_ms=2,
+            max_request_size=request_bytes(self.settings), max_batch_size=OUTBOUND_RECORD_BYTES, linger_ms=2,
             retry_backoff_ms=RETRY_BACKOFF_MS)
         await producer.start()
         try:

@@ -12,7 +12,6 @@ while no notifier ran fires when the partition is next owned.
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -52,7 +51,7 @@ from services.notifier.followup import (
     next_due,
     partition_clocks,
 )
-from services.notifier.handover import handover_message
+from services.notifier.handover import handover_bytes
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
@@ -238,9 +237,8 @@ class Notifier(Processor):
                                 correlation_id=effect.referral_id or "", channel=effect.channel)
             case HandOver(decision=decision):
                 metrics.HANDOVERS.labels(decision.recipient.kind.value).inc()
-                bundle = json.dumps(handover_message(decision, self.clock.now()), separators=(",", ":")).encode()
-                return outbound(decision.recipient.topic, bundle, pseudonym, schema=HANDOVER_SCHEMA,
-                                content_type=FHIR_JSON, correlation_id=decision.referral_id,
+                return outbound(decision.recipient.topic, handover_bytes(decision, self.clock.now()), pseudonym,
+                                schema=HANDOVER_SCHEMA, content_type=FHIR_JSON, correlation_id=decision.referral_id,
                                 channel=decision.referral.channel)
             case Notify(topic=topic, notice=notice):
                 return outbound(topic, notice, pseudonym, correlation_id=notice.referral_id or correlation_id)
