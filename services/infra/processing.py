@@ -23,7 +23,10 @@ committed after one that was skipped.
 Failures: a transient one (broker away, timeout) aborts the transaction; the partition's state is reloaded, the
 consumer goes back to the committed offsets, and the batch is retried with backoff while `/readyz` says not
 ready. Nothing is committed that was not processed. Any other exception from the core is a poison record: the
-batch is aborted and retried with that record dead-lettered instead (its raw bytes, why, and whence).
+batch is aborted and retried at once with that record dead-lettered instead (its raw bytes, why, and whence). So is
+a record whose output is larger than its topic takes (`OUTPUT_TOO_LARGE`): found before it is sent, or named by the
+broker's refusal; a refusal is a property of the record, not a passing failure, and retried it would stop its
+partition for ever.
 """
 
 import asyncio
@@ -38,7 +41,7 @@ from typing import ClassVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.producer import sender as aiokafka_sender
 from faststream.kafka import KafkaBroker
 
@@ -61,6 +64,12 @@ from services.infra.settings import Settings
 
 TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError, ConnectionError)
 """Failures that pass: the broker away, a leader moving, a timeout. Retried, never committed."""
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+"""A broker's (or aiokafka's own) refusal of a record or batch larger than the topic or request takes: KafkaErrors,
+but they never pass (error codes 10 MESSAGE_TOO_LARGE and 18 RECORD_LIST_TOO_LARGE)."""
+OUTPUT_TOO_LARGE = [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message=(
+    "What the hub would write for this record is larger than its topic takes."))]
+HUB_FAILED = [ReferralError(code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")]
 FETCH_WAIT_MS = 50
 """How long the broker may hold a fetch with nothing new (default 500 ms). aiokafka keeps one fetch in flight per
 broker, and a partition whose records were just handed out joins only the next one: this bounds that wait, at
@@ -93,6 +102,10 @@ class Poison(Exception):
     def __init__(self, errors: list[ReferralError], channel: str = "") -> None:
         super().__init__(errors[0].message if errors else "poison")
         self.errors, self.channel = errors, channel
+
+
+class Refused(Exception):
+    """The batch is to be retried at once without a record the runtime marked (`Owned.poison`): not transient."""
 
 
 class Processor:
@@ -129,6 +142,12 @@ class Processor:
         """What the passing of time makes due in partition N (timers, sweeps)."""
         return []
 
+    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+        """The records that tell a record's sender it is refused (its `rejected` status), beside the dead letter the
+        runtime writes for a record that failed the hub or gave output too large for its topic. Pure: decode and
+        answer, change nothing."""
+        return []
+
     @staticmethod
     def document(broker: KafkaBroker) -> None:
         """Declare what the service reads (`document_input`) and writes (`broker.publisher`), for AsyncAPI."""
@@ -158,8 +177,9 @@ class Owned:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task | None = None
     failures: int = 0
-    poison: set[tuple[str, int]] = field(default_factory=set)
-    """(topic, offset) of records whose handling raised a bug: dead-lettered on the retry."""
+    poison: dict[tuple[str, int], list[ReferralError]] = field(default_factory=dict)
+    """(topic, offset) of records whose handling raised a bug or whose output was too large: dead-lettered on the
+    retry, with why."""
 
     @property
     def queued(self) -> int:
@@ -449,14 +469,23 @@ class Runtime:
             for tp, after in batch.after.items():
                 offsets[tp] = max(offsets.get(tp, 0), after)
 
+            given: list[tuple[ConsumerRecord, Outbound, asyncio.Future | None]] = []
+
             async def body(producer: AIOKafkaProducer) -> list[Delivery]:
                 deliveries = []
                 for record in batch.records:
-                    deliveries += await send(producer, await self.handle(owned, record))
+                    outputs = await self.handle(owned, record)
+                    given.extend((record, output, None) for output in outputs)
+                    sent = await send(producer, outputs)
+                    given[len(given) - len(sent):] = [(record, output, delivery) for output, delivery in sent]
+                    deliveries += sent
                 await producer.send_offsets_to_transaction(offsets, self.group)
                 return deliveries
 
-            if await self.transaction(number, owned, body):
+            def refused(exc: Exception) -> bool:
+                return isinstance(exc, TOO_LARGE) and self.too_large(owned, given)
+
+            if await self.transaction(number, owned, body, refused):
                 self.positions.update(offsets)
 
     def dropped(self, batch: Fetched, owned: bool) -> bool:
@@ -474,13 +503,11 @@ class Runtime:
 
     async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
         with handling(self.processor.service, record) as log:
-            if (record.topic, record.offset) in owned.poison:
-                owned.poison.discard((record.topic, record.offset))
-                log.error("record failed the hub: dead-lettered")
-                return [dead_letter_record(record, [ReferralError(
-                    code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")])]
+            if (errors := owned.poison.pop((record.topic, record.offset), None)) is not None:
+                log.error("record failed the hub: dead-lettered", codes=[e.code.value for e in errors])
+                return [dead_letter_record(record, errors), *self.tell_refused(record, errors)]
             try:
-                return await self.processor.handle(record)
+                outputs = await self.processor.handle(record)
             except Poison as poison:
                 log.warning("record refused: dead-lettered", codes=[e.code.value for e in poison.errors])
                 return [dead_letter_record(record, poison.errors, poison.channel)]
@@ -488,8 +515,39 @@ class Runtime:
                 raise
             except Exception as exc:
                 log.error("record failed the hub: retried without it", error_type=type(exc).__name__)
-                owned.poison.add((record.topic, record.offset))
-                raise
+                owned.poison[(record.topic, record.offset)] = HUB_FAILED
+                raise Refused from exc
+            for output in outputs:
+                size, limit = record_bytes(output.key, output.value, output.headers), \
+                    max_message_bytes(output.topic, self.settings)
+                if size > limit:  # the broker would refuse it: the record is poison, and its state may be half kept
+                    log.error("record's output too large for its topic: retried without it", output_topic=output.topic,
+                              size=size, limit=limit)
+                    owned.poison[(record.topic, record.offset)] = OUTPUT_TOO_LARGE
+                    raise Refused
+            return outputs
+
+    def too_large(self, owned: Owned, given: list[tuple[ConsumerRecord, Outbound, asyncio.Future | None]]) -> bool:
+        """The broker refused a batch as too large (its topic set lower than the hub thinks, by hand): the input
+        whose output it was (of those refused, the largest) is dead-lettered on the retry; True when one is."""
+        refused = [(record, output) for record, output, delivery in given if delivery is not None
+                   and delivery.done() and not delivery.cancelled() and isinstance(delivery.exception(), TOO_LARGE)]
+        if not (refused := refused or [(record, output) for record, output, _ in given]):
+            return False
+        record, output = max(refused, key=lambda pair: record_bytes(pair[1].key, pair[1].value, pair[1].headers))
+        self.log.error("record's output refused as too large: retried without it", topic=record.topic,
+                       partition=record.partition, offset=record.offset, output_topic=output.topic)
+        owned.poison[(record.topic, record.offset)] = OUTPUT_TOO_LARGE
+        return True
+
+    def tell_refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+        """The processor's answer to the sender of a record the runtime refused; none if even that fails."""
+        try:
+            return self.processor.refused(record, errors)
+        except Exception as exc:
+            self.log.warning("refusal not told", topic=record.topic, offset=record.offset,
+                             error_type=type(exc).__name__)
+            return []
 
     async def tick_periodically(self) -> None:
         if type(self.processor).tick is Processor.tick:
@@ -519,14 +577,20 @@ class Runtime:
 
             await self.transaction(number, owned, body)
 
-    async def transaction(self, number: int, owned: Owned, body) -> bool:
+    async def transaction(self, number: int, owned: Owned, body, refused=None) -> bool:
         """Run `body(producer)` in one transaction of partition N (its lock held); True when it committed. Failed:
         the state reloaded, the inputs back at the committed offsets, a retry after backoff (nothing of it is
-        visible to read_committed)."""
+        visible to read_committed); at once when a record is to be left out (`Refused`, or `refused(exc)` says
+        it marked one)."""
         producer = owned.producer
         try:
             deliveries = await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
         except Exception as exc:
+            if isinstance(exc, Refused) or (refused is not None and refused(exc)):
+                self.log.warning("transaction aborted: retried without a record", partition=number,
+                                 error_type=type(exc.__cause__ or exc).__name__)
+                await self.recover(number, owned)
+                return False
             owned.failures += 1
             self.retrying.add(number)
             wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
@@ -547,6 +611,10 @@ class Runtime:
         await producer.begin_transaction()
         try:
             deliveries = await body(producer)
+            await producer.flush()  # aiokafka commits a transaction whose record the broker refused: not this one
+            if failed := next((d.exception() for _, d in deliveries if d.done() and not d.cancelled()
+                               and d.exception()), None):
+                raise failed
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.abort_transaction(), 10)

@@ -26,7 +26,7 @@ from schemas.indications import Indication, YouthIndications
 from schemas.notices import YouthFollowUp
 from schemas.registry import Registry
 from schemas.routing import RecipientKind, RoutingDecision
-from schemas.status import StatusEvent
+from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
@@ -216,6 +216,16 @@ class Notifier(Processor):
                                effects, pseudonym, correlation_id)
         self.log.info("record followed up", outcome=outcome, correlation_id=correlation_id or None)
         return records
+
+    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+        """A decision the runtime dead-lettered (its handover too large, or the hub failed on it): the referrer is
+        told `rejected`, as for routing's rejections; feedback and indications have no referrer to tell."""
+        if record.topic != topics.DECISIONS:
+            return []
+        referral = RoutingDecision.model_validate_json(record.value or b"").referral
+        status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
+                                ReferralStatus.REJECTED, self.clock.now(), errors=errors)
+        return [self.record(status, referral.youth.pseudonym, referral.referral_id)]
 
     def outputs(self, partition: int, before: YouthFollowUp, after: YouthFollowUp, effects: list[Effect],
                 pseudonym: str, correlation_id: str) -> list[Outbound]:
