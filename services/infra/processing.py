@@ -178,8 +178,8 @@ class Owned:
     worker: asyncio.Task | None = None
     failures: int = 0
     poison: dict[tuple[str, int], list[ReferralError]] = field(default_factory=dict)
-    """(topic, offset) of records whose handling raised a bug or whose output was too large: dead-lettered on the
-    retry, with why."""
+    """(topic, offset) of records whose handling raised a bug or whose output was too large: dead-lettered on every
+    retry, with why, until their batch commits."""
 
     @property
     def queued(self) -> int:
@@ -487,6 +487,8 @@ class Runtime:
 
             if await self.transaction(number, owned, body, refused):
                 self.positions.update(offsets)
+                for record in batch.records:  # kept through aborts: each retry leaves all of them out
+                    owned.poison.pop((record.topic, record.offset), None)
 
     def dropped(self, batch: Fetched, owned: bool) -> bool:
         """Whether a batch is to be dropped: of a partition not owned, fetched before a rebalance or before one of
@@ -503,8 +505,8 @@ class Runtime:
 
     async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
         with handling(self.processor.service, record) as log:
-            if (errors := owned.poison.pop((record.topic, record.offset), None)) is not None:
-                log.error("record failed the hub: dead-lettered", codes=[e.code.value for e in errors])
+            if (errors := owned.poison.get((record.topic, record.offset))) is not None:
+                log.error("record put aside: dead-lettered", codes=[e.code.value for e in errors])
                 return [dead_letter_record(record, errors), *self.tell_refused(record, errors)]
             try:
                 outputs = await self.processor.handle(record)
