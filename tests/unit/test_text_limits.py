@@ -8,6 +8,7 @@ import pytest
 
 from schemas.errors import ErrorCode
 from schemas.referral import MAX_FREE_TEXT_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, TEXT_LIMITS, Channel, Referral
+from services.gateway.answers import http_status, operation_outcome
 from services.infra.kafka import OUTBOUND_RECORD_BYTES
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
@@ -118,3 +119,10 @@ def test_the_model_holds_the_limits_too() -> None:
     with pytest.raises(ValueError):
         Referral.model_validate({**referral.model_dump(), "youth": {**referral.youth.model_dump(),
                                                                     "family_name": "x" * (MAX_NAME_CHARS + 1)}})
+
+
+def test_the_gateway_answers_a_too_long_field_422_with_a_too_long_issue_at_it() -> None:
+    refused = read(Channel.GI, with_free_text(Channel.GI, "x" * (MAX_FREE_TEXT_CHARS + 1)))
+    assert isinstance(refused, Rejection)
+    (issue,) = operation_outcome(refused.errors)["issue"]
+    assert (http_status(refused.errors), issue["code"], issue["expression"]) == (422, "too-long", ["/free_text"])
