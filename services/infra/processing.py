@@ -469,21 +469,19 @@ class Runtime:
             for tp, after in batch.after.items():
                 offsets[tp] = max(offsets.get(tp, 0), after)
 
-            given: list[tuple[ConsumerRecord, Outbound, asyncio.Future | None]] = []
+            given: list[tuple[ConsumerRecord, Outbound]] = []  # each output with its input, in the order sent
+            sent: list[Delivery] = []
 
             async def body(producer: AIOKafkaProducer) -> list[Delivery]:
-                deliveries = []
                 for record in batch.records:
                     outputs = await self.handle(owned, record)
-                    given.extend((record, output, None) for output in outputs)
-                    sent = await send(producer, outputs)
-                    given[len(given) - len(sent):] = [(record, output, delivery) for output, delivery in sent]
-                    deliveries += sent
+                    given.extend((record, output) for output in outputs)
+                    sent.extend(await send(producer, outputs))
                 await producer.send_offsets_to_transaction(offsets, self.group)
-                return deliveries
+                return sent
 
             def refused(exc: Exception) -> bool:
-                return isinstance(exc, TOO_LARGE) and self.too_large(owned, given)
+                return isinstance(exc, TOO_LARGE) and self.too_large(owned, given, sent)
 
             if await self.transaction(number, owned, body, refused):
                 self.positions.update(offsets)
@@ -529,12 +527,13 @@ class Runtime:
                     raise Refused
             return outputs
 
-    def too_large(self, owned: Owned, given: list[tuple[ConsumerRecord, Outbound, asyncio.Future | None]]) -> bool:
-        """The broker refused a batch as too large (its topic set lower than the hub thinks, by hand): the input
-        whose output it was (of those refused, the largest) is dead-lettered on the retry; True when one is."""
-        refused = [(record, output) for record, output, delivery in given if delivery is not None
-                   and delivery.done() and not delivery.cancelled() and isinstance(delivery.exception(), TOO_LARGE)]
-        if not (refused := refused or [(record, output) for record, output, _ in given]):
+    def too_large(self, owned: Owned, given: list[tuple[ConsumerRecord, Outbound]], sent: list[Delivery]) -> bool:
+        """The broker (or aiokafka) refused a record or batch as too large (a topic set lower than the hub thinks,
+        by hand): the input whose output it was (of those refused, the largest; of all, when none says) is
+        dead-lettered on the retry; True when one is. `sent` are the deliveries of `given`, in order, maybe fewer."""
+        refused = [pair for pair, (_, delivery) in zip(given, sent, strict=False)
+                   if delivery.done() and not delivery.cancelled() and isinstance(delivery.exception(), TOO_LARGE)]
+        if not (refused := refused or given):
             return False
         record, output = max(refused, key=lambda pair: record_bytes(pair[1].key, pair[1].value, pair[1].headers))
         self.log.error("record's output refused as too large: retried without it", topic=record.topic,

@@ -64,12 +64,23 @@ def test_a_broker_refusal_names_the_input_whose_output_it_refused() -> None:
     small, refused = loop.create_future(), loop.create_future()
     small.set_result(None)
     refused.set_exception(MessageSizeTooLargeError())
-    given = [(record(b"a", 1, offset=1), outbound("echo.out", b"a", b"1", schema="t"), small),
-             (record(b"b", 1, offset=2), outbound("echo.out", b"b", b"1", schema="t"), refused)]
-    assert run.too_large(owned, given)
+    given = [(record(b"a", 1, offset=1), outbound("echo.out", b"a", b"1", schema="t")),
+             (record(b"b", 1, offset=2), outbound("echo.out", b"b", b"1", schema="t"))]
+    sent = [(output, delivery) for (_, output), delivery in zip(given, (small, refused), strict=True)]
+    assert run.too_large(owned, given, sent)
     assert list(owned.poison) == [("echo", 2)]
     assert owned.poison[("echo", 2)][0].code is ErrorCode.OUTPUT_TOO_LARGE
     loop.close()
+
+
+def test_a_refusal_no_delivery_names_puts_aside_the_input_of_the_largest_output() -> None:
+    """aiokafka refuses a record over `max_request_size` in `send` itself: no delivery for it."""
+    run, owned = runtime(), Owned(producer=None)  # type: ignore[arg-type]
+    given = [(record(b"a", 1, offset=1), outbound("echo.out", b"a" * 10, b"1", schema="t")),
+             (record(b"b", 1, offset=2), outbound("echo.out", b"b" * 1000, b"1", schema="t")),
+             (record(b"c", 1, offset=3), outbound("echo.out", b"c" * 100, b"1", schema="t"))]
+    assert run.too_large(owned, given, [])
+    assert list(owned.poison) == [("echo", 2)]
 
 
 class _Producer:
