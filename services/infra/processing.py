@@ -32,6 +32,7 @@ partition for ever.
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Iterable
@@ -505,7 +506,7 @@ class Runtime:
         with handling(self.processor.service, record) as log:
             if (errors := owned.poison.get((record.topic, record.offset))) is not None:
                 log.error("record put aside: dead-lettered", codes=[e.code.value for e in errors])
-                return [dead_letter_record(record, errors), *self.tell_refused(record, errors)]
+                return [self.fitting(dead_letter_record(record, errors)), *self.tell_refused(record, errors)]
             try:
                 outputs = await self.processor.handle(record)
             except Poison as poison:
@@ -536,10 +537,20 @@ class Runtime:
         if not (refused := refused or given):
             return False
         record, output = max(refused, key=lambda pair: record_bytes(pair[1].key, pair[1].value, pair[1].headers))
+        if (record.topic, record.offset) in owned.poison:
+            return False  # even its dead letter was refused: retried with backoff, not in a loop without one
         self.log.error("record's output refused as too large: retried without it", topic=record.topic,
                        partition=record.partition, offset=record.offset, output_topic=output.topic)
         owned.poison[(record.topic, record.offset)] = OUTPUT_TOO_LARGE
         return True
+
+    def fitting(self, letter: Outbound) -> Outbound:
+        """A dead letter as it fits its topic: without the raw value when even that is too large (an input topic
+        set larger by hand than the dead letters take), so that the partition still moves on."""
+        if record_bytes(letter.key, letter.value, letter.headers) <= max_message_bytes(letter.topic, self.settings):
+            return letter
+        self.log.error("dead letter too large: written without its value", size=len(letter.value))
+        return dataclasses.replace(letter, value=b"", headers={**letter.headers, "value-dropped": "too large"})
 
     def tell_refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
         """The processor's answer to the sender of a record the runtime refused; none if even that fails."""

@@ -115,3 +115,12 @@ def test_a_transaction_with_a_refused_record_is_aborted_not_committed(error: Exc
     with pytest.raises(type(error)):
         asyncio.run(runtime()._commit(producer, body))  # type: ignore[arg-type]
     assert producer.aborted and not producer.committed
+
+
+def test_a_dead_letter_too_large_for_its_topic_is_written_without_its_value() -> None:
+    run, owned = runtime(), Owned(producer=None)  # type: ignore[arg-type]
+    huge = record(b"x" * (run.settings.max_message_bytes + 200 * 1024), 1)
+    owned.poison[("echo", 7)] = [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message="m")]
+    letter, _told = asyncio.run(run.handle(owned, huge))
+    assert (letter.topic, letter.value, letter.headers["value-dropped"]) == (topics.DEAD_LETTERS, b"", "too large")
+    assert not run.too_large(owned, [(huge, letter)], [])  # refused again all the same: backoff, no hot loop
