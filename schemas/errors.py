@@ -17,6 +17,10 @@ class ErrorCode(StrEnum):
     OUTSIDE_MUNICIPALITY = "OUTSIDE_MUNICIPALITY"
     CHANNEL_MISMATCH = "CHANNEL_MISMATCH"
     TOO_LARGE = "TOO_LARGE"
+    TOO_LONG = "TOO_LONG"
+    """A text field longer than the canonical model allows (`schemas/referral.py`, `TEXT_LIMITS`)."""
+    OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
+    """What the hub would write for this record is larger than its topic takes (`max.message.bytes`)."""
     NOT_RECIPIENT = "NOT_RECIPIENT"
     """Feedback about a referral that is not open with the recipient that sent it."""
 

@@ -10,6 +10,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.referral import MAX_FREE_TEXT_CHARS, MAX_ID_CHARS, MAX_NAME_CHARS, MAX_NOTES_CHARS
+
+
+def _at_most(chars: int) -> dict[str, int]:
+    """A text's limit in the published schema; intake checks it (TOO_LONG at the field, not SCHEMA_INVALID)."""
+    return {"maxLength": chars}
+
 
 class _Document(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -22,22 +29,24 @@ class InboundYouth(_Document):
                      examples=["999911120"])
     birth_date: date
     postcode: str = Field(description="Dutch postcode, `1234 AB` (`1234ab` is accepted).", examples=["9712 HB"])
-    given_name: str | None = None
-    family_name: str | None = None
+    given_name: str | None = Field(default=None, json_schema_extra=_at_most(MAX_NAME_CHARS))
+    family_name: str | None = Field(default=None, json_schema_extra=_at_most(MAX_NAME_CHARS))
 
 
 class _Referral(_Document):
     """What every JSON channel carries besides what its kind of referrer knows."""
 
-    referral_id: str = Field(min_length=1, description="The referrer's own id of this referral (the Kafka key).")
+    referral_id: str = Field(min_length=1, description="The referrer's own id of this referral (the Kafka key).",
+                             json_schema_extra=_at_most(MAX_ID_CHARS))
     referral_date: date
     youth: InboundYouth
     product: str | None = Field(default=None, description="iJw product code, e.g. `50G41`; none: basis jeugdhulp.")
     specialist_care_asked: bool = False
     continuation: bool = Field(default=False, description="Continues youth care that started before 18 (up to 23).")
     preferred_provider_agb: str | None = Field(default=None, description="AGB of the provider the client prefers.")
-    preference_notes: str | None = Field(default=None, description="E.g. a wish for a professional who fits.")
-    free_text: str | None = None
+    preference_notes: str | None = Field(default=None, description="E.g. a wish for a professional who fits.",
+                                         json_schema_extra=_at_most(MAX_NOTES_CHARS))
+    free_text: str | None = Field(default=None, json_schema_extra=_at_most(MAX_FREE_TEXT_CHARS))
 
 
 class Contact(_Document):
@@ -48,7 +57,7 @@ class Contact(_Document):
 
 class GiInstitution(_Document):
     agb: str = Field(description="The institution's AGB code, 8 digits.", examples=["98000101"])
-    name: str
+    name: str = Field(json_schema_extra=_at_most(MAX_NAME_CHARS))
 
 
 class GiReferral(_Referral):
@@ -65,7 +74,7 @@ class GiReferral(_Referral):
 class GgdDoctor(_Document):
     agb: str | None = Field(default=None, description="The youth doctor's AGB code, 8 digits.")
     big: str | None = Field(default=None, description="The youth doctor's BIG number, 11 digits (if no AGB).")
-    name: str
+    name: str = Field(json_schema_extra=_at_most(MAX_NAME_CHARS))
 
 
 class School(_Document):
@@ -84,8 +93,9 @@ class GgdReferral(_Referral):
 
 class CourtIssuer(_Document):
     kind: Literal["rechtbank", "raad-voor-de-kinderbescherming", "officier-van-justitie"]
-    id: str = Field(min_length=1, description="The organisation's identifier (e.g. its OIN).")
-    name: str
+    id: str = Field(min_length=1, description="The organisation's identifier (e.g. its OIN).",
+                    json_schema_extra=_at_most(MAX_ID_CHARS))
+    name: str = Field(json_schema_extra=_at_most(MAX_NAME_CHARS))
 
 
 class CourtOrder(_Document):

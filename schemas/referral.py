@@ -46,6 +46,25 @@ CATEGORY_SYSTEM = "urn:verwijshub:referral-category"
 """The iJw product code and the hub's referral categories (`specialist`, `continuation`) in FHIR codings, as
 the GP channel reads them and the handover writes them."""
 
+MAX_ID_CHARS = 100
+MAX_SYSTEM_CHARS = 200
+MAX_NAME_CHARS = 200
+MAX_NOTES_CHARS = 2_000
+MAX_FREE_TEXT_CHARS = 20_000
+TEXT_LIMITS: dict[str, int] = {
+    "referrer.identifier_system": MAX_SYSTEM_CHARS, "referrer.identifier": MAX_ID_CHARS,
+    "referrer.display": MAX_NAME_CHARS, "referrer_referral_id": MAX_ID_CHARS,
+    "youth.given_name": MAX_NAME_CHARS, "youth.family_name": MAX_NAME_CHARS,
+    "preference_notes": MAX_NOTES_CHARS, "free_text": MAX_FREE_TEXT_CHARS,
+}
+"""The longest text (in characters) of each field a referrer fills, so that every record the hub writes about a
+referral fits its topic (docs/design.md, "Record sizes"): what the hub writes can be larger than what came in
+(JSON escapes a `"` as two bytes, a control character as six; a non-ASCII letter is up to four bytes of UTF-8).
+All together 22,800 characters, at most 6 bytes each: 136,800 bytes. The canonical referral holds each once, the
+routing decision embeds the referral once, the FHIR handover Bundle holds each once and the referrer's three
+(500 characters) twice (Task and ServiceRequest requester): each record under 150 KB beside the 1 MiB its topic
+takes. Longer than its limit, a field is refused (`TOO_LONG`), never cut."""
+
 _HUB_ID_NAMESPACE = uuid.UUID("7a1d2c57-1b8e-4f2e-9f3a-6c0de5a0b1e1")
 
 
@@ -60,9 +79,9 @@ class Referrer(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     type: ReferrerType
-    identifier_system: str
-    identifier: str
-    display: str | None = None
+    identifier_system: str = Field(max_length=MAX_SYSTEM_CHARS)
+    identifier: str = Field(max_length=MAX_ID_CHARS)
+    display: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
 
 
 class Youth(BaseModel):
@@ -74,8 +93,8 @@ class Youth(BaseModel):
     pseudonym: str = Field(description="HMAC-SHA256 of the BSN under the hub's key, hex.")
     birth_date: date
     postcode: str = Field(pattern=r"^\d{4} [A-Z]{2}$", description="Normalised as `1234 AB`.")
-    given_name: str | None = None
-    family_name: str | None = None
+    given_name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    family_name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
 
     @property
     def pc4(self) -> str:
@@ -92,15 +111,15 @@ class Referral(BaseModel):
     referral_id: str = Field(description="The hub's id; see `hub_referral_id`.")
     channel: Channel
     referrer: Referrer
-    referrer_referral_id: str
+    referrer_referral_id: str = Field(max_length=MAX_ID_CHARS)
     referral_date: date
     youth: Youth
     product: str | None = Field(default=None, description="iJw product code; none for plain 'basis jeugdhulp'.")
     specialist_asked: bool = False
     continuation: bool = Field(default=False, description="Continues care that started before 18.")
     preferred_provider: str | None = Field(default=None, description="AGB of the provider the client prefers.")
-    preference_notes: str | None = None
-    free_text: str | None = None
+    preference_notes: str | None = Field(default=None, max_length=MAX_NOTES_CHARS)
+    free_text: str | None = Field(default=None, max_length=MAX_FREE_TEXT_CHARS)
     received_at: datetime
     measure: Literal["OTS", "voogdij", "none"] | None = Field(
         default=None, description="gi only: the court measure the institution carries out (OTS, voogdij, or none: "

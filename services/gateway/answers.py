@@ -76,7 +76,7 @@ def operation_outcome(errors: list[ReferralError]) -> dict[str, Any]:
     `diagnostics`, its location as a FHIRPath `expression` (none when the error is about the whole message)."""
     issues = []
     for error in errors:
-        kind = (IssueType.TOO_LONG if error.code is ErrorCode.TOO_LARGE else
+        kind = (IssueType.TOO_LONG if error.code in (ErrorCode.TOO_LARGE, ErrorCode.TOO_LONG) else
                 IssueType.STRUCTURE if error.code in STRUCTURE else IssueType.BUSINESS_RULE)
         issue: dict[str, Any] = {"severity": "error", "code": kind.value, "diagnostics": error.message,
                                  "details": {"coding": [{"system": ERROR_CODE_SYSTEM, "code": error.code.value}],

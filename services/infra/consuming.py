@@ -43,4 +43,5 @@ def dead_letter_record(record: ConsumerRecord, errors: list[ReferralError], chan
     return outbound(
         topics.DEAD_LETTERS, record.value or b"", record.key, schema=DEAD_LETTER_SCHEMA,
         content_type="application/octet-stream", channel=channel or "",
-        extra_headers={**origin_headers, **origin, "errors": json.dumps([e.model_dump(mode="json") for e in errors])})
+        extra_headers={**origin_headers, **origin, "errors": json.dumps(
+            [e.model_dump(mode="json") for e in errors], ensure_ascii=False)})

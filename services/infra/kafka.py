@@ -8,21 +8,57 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
-from services.infra import principals
+from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
 from services.infra.settings import Settings
 
 JSON = "application/json"
 
 
+HEADROOM_BYTES = 64 * 1024
+"""Room in a record beside its value: key, headers (a dead letter's copy the input's), the batch's overhead."""
+OUTBOUND_RECORD_BYTES = 1024 * 1024
+"""`max.message.bytes` of every topic the hub writes but the dead letters, as Kafka's default: the text limits of
+`schemas/referral.py` keep each record about one referral (referral, decision, handover) under 150 KB, worst case
+(docs/design.md, "Record sizes"). Also the producers' batch size, so that a batch of many records fits too."""
+
+
+def inbound_record_bytes(settings: Settings) -> int:
+    """`max.message.bytes` of a channel's inbound topic: the largest referral accepted, with its key and headers."""
+    return settings.max_message_bytes + HEADROOM_BYTES
+
+
+def dead_letter_bytes(settings: Settings) -> int:
+    """`max.message.bytes` of the dead-letter topic: the largest record of any input, raw, and the headers saying
+    why and whence."""
+    return max(inbound_record_bytes(settings), OUTBOUND_RECORD_BYTES) + HEADROOM_BYTES
+
+
+def max_message_bytes(topic: str, settings: Settings) -> int:
+    """The largest record (its batch, as the broker counts) a topic takes: set on it (provisioning) and checked by
+    the runtime before it sends."""
+    if topic == topics.DEAD_LETTERS:
+        return dead_letter_bytes(settings)
+    return inbound_record_bytes(settings) if topics.submitted(topic) else OUTBOUND_RECORD_BYTES
+
+
 def request_bytes(settings: Settings) -> int:
-    """A produce request's, a partition batch's and a partition fetch's size (twice the largest message): a
-    transaction's records for one partition travel in one request (an idempotent aiokafka producer has one
-    request in flight per broker; 16 KiB batches would cost a round trip per few referrals)."""
-    return max(settings.max_message_bytes * 2, 1024 * 1024)
+    """A producer's `max_request_size` (aiokafka refuses a larger record before it is sent) and a partition fetch's
+    size: the largest record of any topic. A transaction's records for one partition travel in few requests (an
+    idempotent aiokafka producer has one request in flight per broker; 16 KiB batches would cost a round trip per
+    few referrals); a batch is at most `OUTBOUND_RECORD_BYTES`, so that it fits any topic, a single record larger
+    than that travels in a batch of its own."""
+    return dead_letter_bytes(settings)
+
+
+def record_bytes(key: bytes | None, value: bytes | None, headers: dict[str, str]) -> int:
+    """What a record's batch of its own weighs, as aiokafka and the broker count it."""
+    return DefaultRecordBatchBuilder.estimate_size_in_bytes(
+        key, value, [(name, header.encode()) for name, header in headers.items()])
 
 
 def make_broker(settings: Settings, service: str, broker_class: type[KafkaBroker] = KafkaBroker) -> KafkaBroker:

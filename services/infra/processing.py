@@ -23,12 +23,16 @@ committed after one that was skipped.
 Failures: a transient one (broker away, timeout) aborts the transaction; the partition's state is reloaded, the
 consumer goes back to the committed offsets, and the batch is retried with backoff while `/readyz` says not
 ready. Nothing is committed that was not processed. Any other exception from the core is a poison record: the
-batch is aborted and retried with that record dead-lettered instead (its raw bytes, why, and whence).
+batch is aborted and retried at once with that record dead-lettered instead (its raw bytes, why, and whence). So is
+a record whose output is larger than its topic takes (`OUTPUT_TOO_LARGE`): found before it is sent, or named by the
+broker's refusal; a refusal is a property of the record, not a passing failure, and retried it would stop its
+partition for ever.
 """
 
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Iterable
@@ -38,7 +42,7 @@ from typing import ClassVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 from aiokafka.producer import sender as aiokafka_sender
 from faststream.kafka import KafkaBroker
 
@@ -46,12 +50,27 @@ from schemas.errors import ErrorCode, ReferralError
 from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import dead_letter_record, handling
-from services.infra.kafka import Outbound, group_id, make_broker, read_records, request_bytes
+from services.infra.kafka import (
+    OUTBOUND_RECORD_BYTES,
+    Outbound,
+    group_id,
+    make_broker,
+    max_message_bytes,
+    read_records,
+    record_bytes,
+    request_bytes,
+)
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 
 TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError, ConnectionError)
 """Failures that pass: the broker away, a leader moving, a timeout. Retried, never committed."""
+TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+"""A broker's (or aiokafka's own) refusal of a record or batch larger than the topic or request takes: KafkaErrors,
+but they never pass (error codes 10 MESSAGE_TOO_LARGE and 18 RECORD_LIST_TOO_LARGE)."""
+OUTPUT_TOO_LARGE = [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message=(
+    "What the hub would write for this record is larger than its topic takes."))]
+HUB_FAILED = [ReferralError(code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")]
 FETCH_WAIT_MS = 50
 """How long the broker may hold a fetch with nothing new (default 500 ms). aiokafka keeps one fetch in flight per
 broker, and a partition whose records were just handed out joins only the next one: this bounds that wait, at
@@ -84,6 +103,10 @@ class Poison(Exception):
     def __init__(self, errors: list[ReferralError], channel: str = "") -> None:
         super().__init__(errors[0].message if errors else "poison")
         self.errors, self.channel = errors, channel
+
+
+class Refused(Exception):
+    """The batch is to be retried at once without a record the runtime marked (`Owned.poison`): not transient."""
 
 
 class Processor:
@@ -120,6 +143,12 @@ class Processor:
         """What the passing of time makes due in partition N (timers, sweeps)."""
         return []
 
+    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+        """The records that tell a record's sender it is refused (its `rejected` status), beside the dead letter the
+        runtime writes for a record that failed the hub or gave output too large for its topic. Pure: decode and
+        answer, change nothing."""
+        return []
+
     @staticmethod
     def document(broker: KafkaBroker) -> None:
         """Declare what the service reads (`document_input`) and writes (`broker.publisher`), for AsyncAPI."""
@@ -149,8 +178,9 @@ class Owned:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task | None = None
     failures: int = 0
-    poison: set[tuple[str, int]] = field(default_factory=set)
-    """(topic, offset) of records whose handling raised a bug: dead-lettered on the retry."""
+    poison: dict[tuple[str, int], list[ReferralError]] = field(default_factory=dict)
+    """(topic, offset) of records whose handling raised a bug or whose output was too large: dead-lettered on every
+    retry, with why, until their batch commits."""
 
     @property
     def queued(self) -> int:
@@ -244,7 +274,7 @@ class Runtime:
         producer = AIOKafkaProducer(
             **self.kafka.client_options(), client_id=f"{self.group}-{number}", acks="all", enable_idempotence=True,
             transactional_id=f"{self.group}-{number}", transaction_timeout_ms=int(TRANSACTION_TIMEOUT_S * 1000),
-            max_request_size=request_bytes(self.settings), max_batch_size=request_bytes(self.settings), linger_ms=2,
+            max_request_size=request_bytes(self.settings), max_batch_size=OUTBOUND_RECORD_BYTES, linger_ms=2,
             retry_backoff_ms=RETRY_BACKOFF_MS)
         await producer.start()
         try:
@@ -440,15 +470,24 @@ class Runtime:
             for tp, after in batch.after.items():
                 offsets[tp] = max(offsets.get(tp, 0), after)
 
-            async def body(producer: AIOKafkaProducer) -> list[Delivery]:
-                deliveries = []
-                for record in batch.records:
-                    deliveries += await send(producer, await self.handle(owned, record))
-                await producer.send_offsets_to_transaction(offsets, self.group)
-                return deliveries
+            given: list[tuple[ConsumerRecord, Outbound]] = []  # each output with its input, in the order sent
+            sent: list[Delivery] = []
 
-            if await self.transaction(number, owned, body):
+            async def body(producer: AIOKafkaProducer) -> list[Delivery]:
+                for record in batch.records:
+                    outputs = await self.handle(owned, record)
+                    given.extend((record, output) for output in outputs)
+                    sent.extend(await send(producer, outputs))
+                await producer.send_offsets_to_transaction(offsets, self.group)
+                return sent
+
+            def refused(exc: Exception) -> bool:
+                return isinstance(exc, TOO_LARGE) and self.too_large(owned, given, sent)
+
+            if await self.transaction(number, owned, body, refused):
                 self.positions.update(offsets)
+                for record in batch.records:  # kept through aborts: each retry leaves all of them out
+                    owned.poison.pop((record.topic, record.offset), None)
 
     def dropped(self, batch: Fetched, owned: bool) -> bool:
         """Whether a batch is to be dropped: of a partition not owned, fetched before a rebalance or before one of
@@ -465,13 +504,11 @@ class Runtime:
 
     async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
         with handling(self.processor.service, record) as log:
-            if (record.topic, record.offset) in owned.poison:
-                owned.poison.discard((record.topic, record.offset))
-                log.error("record failed the hub: dead-lettered")
-                return [dead_letter_record(record, [ReferralError(
-                    code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")])]
+            if (errors := owned.poison.get((record.topic, record.offset))) is not None:
+                log.error("record put aside: dead-lettered", codes=[e.code.value for e in errors])
+                return [self.fitting(dead_letter_record(record, errors)), *self.tell_refused(record, errors)]
             try:
-                return await self.processor.handle(record)
+                outputs = await self.processor.handle(record)
             except Poison as poison:
                 log.warning("record refused: dead-lettered", codes=[e.code.value for e in poison.errors])
                 return [dead_letter_record(record, poison.errors, poison.channel)]
@@ -479,8 +516,50 @@ class Runtime:
                 raise
             except Exception as exc:
                 log.error("record failed the hub: retried without it", error_type=type(exc).__name__)
-                owned.poison.add((record.topic, record.offset))
-                raise
+                owned.poison[(record.topic, record.offset)] = HUB_FAILED
+                raise Refused from exc
+            for output in outputs:
+                size, limit = record_bytes(output.key, output.value, output.headers), \
+                    max_message_bytes(output.topic, self.settings)
+                if size > limit:  # the broker would refuse it: the record is poison, and its state may be half kept
+                    log.error("record's output too large for its topic: retried without it", output_topic=output.topic,
+                              size=size, limit=limit)
+                    owned.poison[(record.topic, record.offset)] = OUTPUT_TOO_LARGE
+                    raise Refused
+            return outputs
+
+    def too_large(self, owned: Owned, given: list[tuple[ConsumerRecord, Outbound]], sent: list[Delivery]) -> bool:
+        """The broker (or aiokafka) refused a record or batch as too large (a topic set lower than the hub thinks,
+        by hand): the input whose output it was (of those refused, the largest; of all, when none says) is
+        dead-lettered on the retry; True when one is. `sent` are the deliveries of `given`, in order, maybe fewer."""
+        refused = [pair for pair, (_, delivery) in zip(given, sent, strict=False)
+                   if delivery.done() and not delivery.cancelled() and isinstance(delivery.exception(), TOO_LARGE)]
+        if not (refused := refused or given):
+            return False
+        record, output = max(refused, key=lambda pair: record_bytes(pair[1].key, pair[1].value, pair[1].headers))
+        if (record.topic, record.offset) in owned.poison:
+            return False  # even its dead letter was refused: retried with backoff, not in a loop without one
+        self.log.error("record's output refused as too large: retried without it", topic=record.topic,
+                       partition=record.partition, offset=record.offset, output_topic=output.topic)
+        owned.poison[(record.topic, record.offset)] = OUTPUT_TOO_LARGE
+        return True
+
+    def fitting(self, letter: Outbound) -> Outbound:
+        """A dead letter as it fits its topic: without the raw value when even that is too large (an input topic
+        set larger by hand than the dead letters take), so that the partition still moves on."""
+        if record_bytes(letter.key, letter.value, letter.headers) <= max_message_bytes(letter.topic, self.settings):
+            return letter
+        self.log.error("dead letter too large: written without its value", size=len(letter.value))
+        return dataclasses.replace(letter, value=b"", headers={**letter.headers, "value-dropped": "too large"})
+
+    def tell_refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+        """The processor's answer to the sender of a record the runtime refused; none if even that fails."""
+        try:
+            return self.processor.refused(record, errors)
+        except Exception as exc:
+            self.log.warning("refusal not told", topic=record.topic, offset=record.offset,
+                             error_type=type(exc).__name__)
+            return []
 
     async def tick_periodically(self) -> None:
         if type(self.processor).tick is Processor.tick:
@@ -510,14 +589,20 @@ class Runtime:
 
             await self.transaction(number, owned, body)
 
-    async def transaction(self, number: int, owned: Owned, body) -> bool:
+    async def transaction(self, number: int, owned: Owned, body, refused=None) -> bool:
         """Run `body(producer)` in one transaction of partition N (its lock held); True when it committed. Failed:
         the state reloaded, the inputs back at the committed offsets, a retry after backoff (nothing of it is
-        visible to read_committed)."""
+        visible to read_committed); at once when a record is to be left out (`Refused`, or `refused(exc)` says
+        it marked one)."""
         producer = owned.producer
         try:
             deliveries = await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
         except Exception as exc:
+            if isinstance(exc, Refused) or (refused is not None and refused(exc)):
+                self.log.warning("transaction aborted: retried without a record", partition=number,
+                                 error_type=type(exc.__cause__ or exc).__name__)
+                await self.recover(number, owned)
+                return False
             owned.failures += 1
             self.retrying.add(number)
             wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
@@ -538,6 +623,10 @@ class Runtime:
         await producer.begin_transaction()
         try:
             deliveries = await body(producer)
+            await producer.flush()  # aiokafka commits a transaction whose record the broker refused: not this one
+            if failed := next((d.exception() for _, d in deliveries if d.done() and not d.cancelled()
+                               and d.exception()), None):
+                raise failed
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.abort_transaction(), 10)

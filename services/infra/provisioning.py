@@ -1,5 +1,5 @@
 """Topics as the hub wants them: created when missing, and their configuration (cleanup policy, retention,
-`min.insync.replicas`) set again on every `up` and `access sync`, so a changed setting reaches the topics
+`min.insync.replicas`, `max.message.bytes`) set again on every `up` and `access sync`, so a changed setting reaches the topics
 that already exist. Through confluent-kafka's AdminClient: aiokafka's AlterConfigs replaces a topic's whole
 configuration and its CreateTopics reports refusals without raising.
 """
@@ -12,6 +12,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from schemas.registry import Registry
 from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
+from services.infra.kafka import max_message_bytes
 from services.infra.settings import Settings
 
 TIMEOUT_S = 30.0
@@ -31,11 +32,13 @@ class TopicSpec:
 
 
 def topic_config(name: str, settings: Settings) -> dict[str, str]:
-    """The configuration the hub sets on a topic of its contract (retention by topic class)."""
+    """The configuration the hub sets on a topic of its contract (retention by topic class, the largest record by
+    who writes it: `services/infra/kafka.py`, `max_message_bytes`)."""
     days = settings.retention_days(topics.topic_class(name))
     return {"cleanup.policy": "compact" if days is None else "delete",
             "retention.ms": "-1" if days is None else str(int(days * DAY_MS)),
-            "min.insync.replicas": str(min(2, settings.replication))}
+            "min.insync.replicas": str(min(2, settings.replication)),
+            "max.message.bytes": str(max_message_bytes(name, settings))}
 
 
 def hub_topics(settings: Settings, registry: Registry) -> list[TopicSpec]:

@@ -77,6 +77,11 @@ def referrals(channel: Channel) -> str:
     return f"referrals.{channel}.v1"
 
 
+def submitted(name: str) -> bool:
+    """Whether a topic is a channel's inbound topic, written by referrers (and the gateway) rather than the hub."""
+    return name in {referrals(channel) for channel in Channel}
+
+
 def status(channel: Channel) -> str:
     return f"status.{channel}.v1"
 

@@ -10,7 +10,7 @@ overtake it on the referrer's status topic.
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import AcceptedReferral, Channel, Referral
 from schemas.registry import Registry
 from schemas.status import ReferralStatus, StatusEvent
@@ -102,12 +102,26 @@ class Intake(Processor):
                 self.ledger.accept(record.partition, accepted)]
 
     def reject(self, record: ConsumerRecord, channel: Channel, rejection: Rejection) -> list[Outbound]:
-        records = [dead_letter_record(record, rejection.errors, channel)]
-        if rejection.referrer_referral_id:
-            status = StatusEvent.of(channel, rejection.referrer_referral_id, None, ReferralStatus.REJECTED,
-                                    self.clock.now(), errors=rejection.errors)
-            records.append(outbound(topics.status(channel), status, rejection.referrer_referral_id, channel=channel))
-        return records
+        return [dead_letter_record(record, rejection.errors, channel),
+                *self.rejected(channel, rejection.referrer_referral_id, None, rejection.errors)]
+
+    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+        """A referral the runtime dead-lettered (what intake would write too large, or the hub failed on it): the
+        referrer is told `rejected`, as for a rejection."""
+        channel = CHANNEL_OF_TOPIC[record.topic]
+        outcome = self.parse(channel, record.value or b"")
+        referral_id = outcome.referral_id if isinstance(outcome, Referral) else None
+        return self.rejected(channel, outcome.referrer_referral_id, referral_id, errors)
+
+    def rejected(self, channel: Channel, referrer_referral_id: str | None, referral_id: str | None,
+                 errors: list[ReferralError]) -> list[Outbound]:
+        """The `rejected` status, when the referrer's id is known."""
+        if not referrer_referral_id:
+            return []
+        status = StatusEvent.of(channel, referrer_referral_id, referral_id, ReferralStatus.REJECTED,
+                                self.clock.now(), errors=errors)
+        return [outbound(topics.status(channel), status, referrer_referral_id, correlation_id=referral_id or "",
+                         channel=channel)]
 
     @staticmethod
     def document(broker: KafkaBroker) -> None:

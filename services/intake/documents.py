@@ -31,6 +31,10 @@ from services.intake.reading import clean_text, cleaned_document, read_json, rej
 _DATE_FIELDS = {"referral_date", "birth_date", "date"}
 
 
+_REFERRER_OF = {Channel.GI: "institution", Channel.GGD: "doctor", Channel.COURT: "issuer"}
+"""The object of each document that names the referrer."""
+
+
 def parse_gi(raw: bytes, **options: Any) -> ParseOutcome:
     return parse_document(Channel.GI, raw, **options)
 
@@ -96,6 +100,16 @@ def _field_checks(channel: Channel, doc: dict[str, Any], known_products: frozens
     if clean_text(doc.get("preferred_provider_agb")):
         values["preferred"] = v.check_agb(clean_text(doc.get("preferred_provider_agb")), "/preferred_provider_agb",
                                           errors, "preferred provider's AGB code")
+    texts = {"referrer_referral_id": (doc.get("referral_id"), "/referral_id"),
+             "youth.given_name": (youth.get("given_name"), "/youth/given_name"),
+             "youth.family_name": (youth.get("family_name"), "/youth/family_name"),
+             "preference_notes": (doc.get("preference_notes"), "/preference_notes"),
+             "free_text": (doc.get("free_text"), "/free_text")}
+    referrer = doc.get(_REFERRER_OF[channel]) if isinstance(doc.get(_REFERRER_OF[channel]), dict) else {}
+    texts["referrer.display"] = (referrer.get("name"), f"/{_REFERRER_OF[channel]}/name")
+    if channel is Channel.COURT:  # the others' identifiers are AGB or BIG numbers, their system the issuer's kind
+        texts["referrer.identifier"] = (referrer.get("id"), "/issuer/id")
+    v.check_lengths(texts, errors)
     if channel is Channel.GI:
         institution = doc.get("institution") if isinstance(doc.get("institution"), dict) else {}
         if "agb" in institution:

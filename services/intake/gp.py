@@ -106,20 +106,29 @@ def _map_bundle(bundle: Bundle, known_products: frozenset[str], pseudonym_key: s
     continuation = "continuation" in categories
     if birth_date and referral_date:
         v.check_age(birth_date, referral_date, continuation, "Patient.birthDate", errors)
+    name = (patient.name or [None])[0]
+    given = " ".join(g for g in name.given if g) or None if name and name.given else None
+    display = _practitioner_name(practitioner)
+    document = bundle.type == "document"
+    v.check_lengths({
+        "referrer_referral_id": (referrer_referral_id, "Composition.identifier" if document
+                                 else "ServiceRequest.identifier"),
+        "referrer.display": (display, "Practitioner.name"), "youth.given_name": (given, "Patient.name.given"),
+        "youth.family_name": (name.family if name else None, "Patient.name.family"),
+        "free_text": (parts.free_text, "Composition.section" if document else "ServiceRequest.note")}, errors)
     if errors or None in (referrer_referral_id, referral_date, bsn, birth_date, postcode, agb):
         return Rejection(errors.errors, referrer_referral_id)
 
-    name = (patient.name or [None])[0]
     return Referral(
         referral_id=hub_referral_id(Channel.GP, agb, referrer_referral_id),
         channel=Channel.GP,
         referrer=Referrer(type=REFERRER_TYPE_OF_CHANNEL[Channel.GP], identifier_system=AGB_SYSTEM,
-                          identifier=agb, display=_practitioner_name(practitioner)),
+                          identifier=agb, display=display),
         referrer_referral_id=referrer_referral_id,
         referral_date=referral_date,
         youth=Youth(
             bsn=bsn, pseudonym=youth_pseudonym(bsn, pseudonym_key), birth_date=birth_date, postcode=postcode,
-            given_name=" ".join(g for g in name.given if g) or None if name and name.given else None,
+            given_name=given,
             family_name=name.family if name else None,
         ),
         product=product,

@@ -116,28 +116,32 @@ def _map_message(message: Any, known_products: frozenset[str], pseudonym_key: st
         postcode = v.check_postcode(_get(message, "PID.F11.R1.C5"), "PID-11", errors)
     if birth_date and referral_date:
         v.check_age(birth_date, referral_date, continuation, "PID-7", errors)
+    notes = [_field(segment, 3, 1, 1) for segment in message if _segment_name(segment) == "NTE"]
+    free_text = "\n".join(note for note in notes if note) or None
+    display, given, family = _person(referring, 2), _get(message, "PID.F5.R1.C2"), _get(message, "PID.F5.R1.C1")
+    v.check_lengths({"referrer_referral_id": (referrer_referral_id, "RF1-6"), "referrer.display": (display, "PRD-2"),
+                     "youth.given_name": (given, "PID-5"), "youth.family_name": (family, "PID-5"),
+                     "free_text": (free_text, "NTE-3")}, errors)
     if errors or None in (referrer_referral_id, referral_date, bsn, birth_date, postcode, agb):
         if not errors:  # every missing piece above adds its own error; this guards the invariant
             errors.add(ErrorCode.SCHEMA_INVALID, "", "The message lacks a required field.")
         return Rejection(errors.errors, referrer_referral_id)
 
     assert referral_date and bsn and birth_date and postcode and agb and referrer_referral_id
-    notes = [_field(segment, 3, 1, 1) for segment in message if _segment_name(segment) == "NTE"]
     return Referral(
         referral_id=hub_referral_id(Channel.SPECIALIST, agb, referrer_referral_id),
         channel=Channel.SPECIALIST,
         referrer=Referrer(type=REFERRER_TYPE_OF_CHANNEL[Channel.SPECIALIST], identifier_system=AGB_SYSTEM,
-                          identifier=agb, display=_person(referring, 2)),
+                          identifier=agb, display=display),
         referrer_referral_id=referrer_referral_id,
         referral_date=referral_date,
         youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, pseudonym_key), birth_date=birth_date,
-                    postcode=postcode, given_name=_get(message, "PID.F5.R1.C2") or None,
-                    family_name=_get(message, "PID.F5.R1.C1") or None),
+                    postcode=postcode, given_name=given or None, family_name=family or None),
         product=product,
         specialist_asked=specialist_asked,
         continuation=continuation,
         preferred_provider=preferred,
-        free_text="\n".join(note for note in notes if note) or None,
+        free_text=free_text,
         received_at=received_at,
     )
 

@@ -1,9 +1,12 @@
-"""Checks shared by every channel adapter: BSN, AGB, postcode, dates, age, product."""
+"""Checks shared by every channel adapter: BSN, AGB, postcode, dates, age, product, text lengths."""
 
 import re
 from datetime import date, datetime
 
+from typing import Any
+
 from schemas.errors import ErrorCode
+from schemas.referral import TEXT_LIMITS
 from services.intake.outcome import ErrorList
 
 _POSTCODE = re.compile(r"^\s*(\d{4})\s*([A-Za-z]{2})\s*$")
@@ -90,3 +93,12 @@ def check_age(birth_date: date, referral_date: date, continuation: bool, locatio
 def check_product(code: str | None, known_products: frozenset[str], location: str, errors: ErrorList) -> None:
     if code is not None and code not in known_products:
         errors.add(ErrorCode.PRODUCT_UNKNOWN, location, f"Product code '{code}' is not in the iJw product table.")
+
+
+def check_lengths(texts: dict[str, tuple[Any, str]], errors: ErrorList) -> None:
+    """Each canonical text field (a key of `TEXT_LIMITS`) with its value and where the message holds it: longer
+    than its limit is TOO_LONG there (the message names the limit, never the value; nothing is cut)."""
+    for name, (value, location) in texts.items():
+        limit = TEXT_LIMITS[name]
+        if isinstance(value, str) and len(value) > limit:
+            errors.add(ErrorCode.TOO_LONG, location, f"This field holds at most {limit} characters.")

@@ -12,7 +12,6 @@ while no notifier ran fires when the partition is next owned.
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Iterable
 from datetime import datetime
@@ -27,7 +26,7 @@ from schemas.indications import Indication, YouthIndications
 from schemas.notices import YouthFollowUp
 from schemas.registry import Registry
 from schemas.routing import RecipientKind, RoutingDecision
-from schemas.status import StatusEvent
+from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
@@ -52,7 +51,7 @@ from services.notifier.followup import (
     next_due,
     partition_clocks,
 )
-from services.notifier.handover import handover_message
+from services.notifier.handover import handover_bytes
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
@@ -218,6 +217,16 @@ class Notifier(Processor):
         self.log.info("record followed up", outcome=outcome, correlation_id=correlation_id or None)
         return records
 
+    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+        """A decision the runtime dead-lettered (its handover too large, or the hub failed on it): the referrer is
+        told `rejected`, as for routing's rejections; feedback and indications have no referrer to tell."""
+        if record.topic != topics.DECISIONS:
+            return []
+        referral = RoutingDecision.model_validate_json(record.value or b"").referral
+        status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
+                                ReferralStatus.REJECTED, self.clock.now(), errors=errors)
+        return [self.record(status, referral.youth.pseudonym, referral.referral_id)]
+
     def outputs(self, partition: int, before: YouthFollowUp, after: YouthFollowUp, effects: list[Effect],
                 pseudonym: str, correlation_id: str) -> list[Outbound]:
         """The effects' records and the youth's stored follow-up (when it changed); the follow-up in memory
@@ -238,9 +247,8 @@ class Notifier(Processor):
                                 correlation_id=effect.referral_id or "", channel=effect.channel)
             case HandOver(decision=decision):
                 metrics.HANDOVERS.labels(decision.recipient.kind.value).inc()
-                bundle = json.dumps(handover_message(decision, self.clock.now()), separators=(",", ":")).encode()
-                return outbound(decision.recipient.topic, bundle, pseudonym, schema=HANDOVER_SCHEMA,
-                                content_type=FHIR_JSON, correlation_id=decision.referral_id,
+                return outbound(decision.recipient.topic, handover_bytes(decision, self.clock.now()), pseudonym,
+                                schema=HANDOVER_SCHEMA, content_type=FHIR_JSON, correlation_id=decision.referral_id,
                                 channel=decision.referral.channel)
             case Notify(topic=topic, notice=notice):
                 return outbound(topic, notice, pseudonym, correlation_id=notice.referral_id or correlation_id)

@@ -8,6 +8,7 @@ message where it applies (event I12, Task code `fulfill` with a BSeR businessSta
 says where the hub differs and why.
 """
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -66,6 +67,12 @@ def warm_handover(decision: RoutingDecision) -> str:
 def handover_bundle(decision: RoutingDecision, now: datetime) -> Bundle:
     """The handover as fhir.resources validates it (the tests' view of `handover_message`)."""
     return Bundle.model_validate(handover_message(decision, now))
+
+
+def handover_bytes(decision: RoutingDecision, now: datetime) -> bytes:
+    """The handover as its record's value: compact UTF-8 JSON (`ensure_ascii` would write a non-ASCII letter as six
+    bytes, `\\u00eb`; the size limits count on at most four, docs/design.md "Record sizes")."""
+    return json.dumps(handover_message(decision, now), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def handover_message(decision: RoutingDecision, now: datetime) -> dict[str, Any]:

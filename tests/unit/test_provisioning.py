@@ -1,6 +1,7 @@
 """Retention per topic class: every topic of the contract gets a chosen, documented configuration."""
 
 from services.infra import topics
+from services.infra.kafka import OUTBOUND_RECORD_BYTES, request_bytes
 from services.infra.provisioning import DAY_MS, hub_topics, topic_config
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
@@ -23,7 +24,8 @@ def test_every_topic_has_a_class_and_compacted_ones_are_internal() -> None:
 def test_retention_comes_from_the_settings_of_the_topics_class() -> None:
     settings = Settings(retention_handovers_days=120, replication_factor=3, _env_file=None)
     handovers = topic_config(topics.wij_handovers("centrum"), settings)
-    assert handovers == {"cleanup.policy": "delete", "retention.ms": str(120 * DAY_MS), "min.insync.replicas": "2"}
+    assert handovers == {"cleanup.policy": "delete", "retention.ms": str(120 * DAY_MS), "min.insync.replicas": "2",
+                         "max.message.bytes": str(OUTBOUND_RECORD_BYTES)}
     assert topic_config(topics.NOTIFIER_STATE, settings)["cleanup.policy"] == "compact"
     assert topic_config(topics.DECISIONS, Settings(_env_file=None))["retention.ms"] == str(365 * DAY_MS)
     assert topic_config(topics.DECISIONS, Settings(_env_file=None))["min.insync.replicas"] == "1"
@@ -34,3 +36,19 @@ def test_a_recipient_offline_for_weeks_loses_nothing_by_default() -> None:
     for name, spec in specs.items():
         if topic_class(name) in (TopicClass.HANDOVERS, TopicClass.STATUS, TopicClass.DEAD_LETTERS):
             assert int(spec.config["retention.ms"]) >= 8 * 7 * DAY_MS, name
+
+
+def test_each_topic_takes_the_largest_record_written_to_it_and_the_dead_letter_of_the_largest_read() -> None:
+    """An inbound topic takes what the gateway and `send` accept (`MAX_MESSAGE_BYTES`) with its key and headers; the
+    hub's own topics the 1 MiB its limited texts stay far under; the dead letters the largest record of any of them
+    with the headers saying why; and a producer's request the largest of all."""
+    settings = Settings(max_message_bytes=3 * 1024 * 1024, _env_file=None)
+    sizes = {spec.name: int(spec.config["max.message.bytes"]) for spec in hub_topics(settings, REGISTRY)}
+    assert sizes[topics.referrals("specialist")] >= 3 * 1024 * 1024 + 32 * 1024
+    assert sizes[topics.NORMALISED] == sizes[topics.wij_handovers("centrum")] == OUTBOUND_RECORD_BYTES
+    assert sizes[topics.DEAD_LETTERS] >= max(size for name, size in sizes.items() if name != topics.DEAD_LETTERS) \
+        + 32 * 1024
+    assert request_bytes(settings) == max(sizes.values())
+    default = {spec.name: int(spec.config["max.message.bytes"]) for spec in hub_topics(Settings(_env_file=None),
+                                                                                         REGISTRY)}
+    assert default[topics.DEAD_LETTERS] > default[topics.referrals("gp")] > 1024 * 1024 == default[topics.DECISIONS]
