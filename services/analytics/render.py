@@ -13,13 +13,8 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend without a display)
-
-from services.analytics.figures import Section, Table  # noqa: E402
-from services.analytics.suppression import Suppressed, share, suppress_linked  # noqa: E402
+from services.analytics.figures import Section, Table
+from services.analytics.suppression import Suppressed, share, suppress_linked
 
 STYLE = """body{font-family:sans-serif;margin:2em;color:#222;max-width:60em}h1{color:#0b4f6c}
 h2{border-bottom:2px solid #0b4f6c;padding-top:.5em}table{border-collapse:collapse;margin:.5em 0 1.5em}
@@ -57,17 +52,27 @@ def table_html(table: Table, shown: Suppressed) -> str:
             + note)
 
 
-def _png(figure: plt.Figure) -> str:
+def _pyplot():
+    """matplotlib, imported when a plot is drawn: it took a second of every `verwijshub` command's start."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(figure)
+    _pyplot().close(figure)
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
 def bar_plot(table: Table, cells: Suppressed, title: str) -> str:
     """The table's first row as bars, as shown: a hidden count is an empty bar labelled with its sign."""
     shown = cells.cells[0]
-    figure, axes = plt.subplots(figsize=(8, 2.8))
+    figure, axes = _pyplot().subplots(figsize=(8, 2.8))
     values = [int(v) if v.isdigit() else 0 for v in shown]
     bars = axes.bar(range(len(values)), values, color="#0b4f6c")
     for bar, label in zip(bars, shown, strict=True):

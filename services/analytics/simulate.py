@@ -401,7 +401,7 @@ def start_hub_process(settings: Settings, log_file: Path) -> subprocess.Popen:
     """`verwijshub up` on the simulation's clock, for the one-line demo; returns once it is ready."""
     env = {**os.environ, "VERWIJSHUB_CLOCK_FILE": str(settings.clock_file), "VERWIJSHUB_NOTIFIER_TICK_SECONDS": "0.1",
            "VERWIJSHUB_LOG_FILE": str(log_file)}
-    return start_process(["up"], env, log_file, timeout_s=180)
+    return start_process(["up"], env, log_file)
 
 
 def simulate(start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],

@@ -49,6 +49,7 @@ from services.infra.consuming import dead_letter_record, handling
 from services.infra.kafka import Outbound, group_id, make_broker, read_records, request_bytes
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
+from services.infra.starting import waiting_for
 
 TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError, ConnectionError)
 """Failures that pass: the broker away, a leader moving, a timeout. Retried, never committed."""
@@ -194,7 +195,7 @@ class Runtime:
             max_partition_fetch_bytes=request_bytes(self.settings),
             fetch_max_wait_ms=FETCH_WAIT_MS,
             metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
-        await self.consumer.start()
+        await waiting_for(f"{self.group}: the broker to answer", self.consumer.start())
         self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
         self.tasks = [asyncio.create_task(self.consume(), name=f"{self.group}-consume"),
                       asyncio.create_task(self.tick_periodically(), name=f"{self.group}-tick")]
