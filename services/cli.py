@@ -2,7 +2,9 @@
 
 import asyncio
 import json
+import math
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -14,19 +16,23 @@ from rich.table import Table
 
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
+from schemas.registry import Registry
 from services.access.commands import access_app, registry_in_force, sync_access
 from services.analytics import report as analytics_report
 from services.analytics import simulate as analytics_simulate
 from services.dlq.commands import dlq_app
-from services.hub import SERVICES, dump_stacks_on_sigusr1, run_services
+from services.hub import SERVICES, dump_stacks_on_sigusr1, dump_tasks_on_sigusr1, run_services
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
+from services.infra.kafka import wait_until_ready
 from services.infra.local_kafka import LocalKafka, LocalKafkaError, resolve_classpath
 from services.infra.logging import configure_logging
 from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import RegistryError, load_registry
+from services.infra.registry_topic import latest_registry
 from services.infra.secrets import SecretsError
 from services.infra.settings import Settings, get_settings
+from services.infra.starting import StartTimeout, waiting_for
 from services.intake.adapters import PARSERS, read_referral
 from services.intake.outcome import ParseOutcome, Rejection
 from services.ops import commands as ops_commands
@@ -97,23 +103,8 @@ def up() -> None:
     broker = None if settings.kafka_bootstrap else LocalKafka.from_settings(settings)
     if broker is not None:
         console.print(f"starting the local Apache Kafka on {broker.bootstrap} ...")
-        try:
-            broker.start()
-        except LocalKafkaError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from exc
-    try:
-        settings.youth_pseudonym_key()  # generated on the first `up`; the old public default refused
-    except SecretsError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    if settings.secured:  # topics, principals and ACLs of the registry in force (a live one, else the files)
-        created = sync_access(settings, asyncio.run(registry_in_force(settings))).topics_created
-    else:
-        created = provision_hub_topics(settings, registry).created
-    asyncio.run(routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
 
-    def ready() -> None:
+    def ready(created: list[str]) -> None:
         table = Table(title="Verwijshub is up", show_header=False)
         table.add_row("broker", settings.bootstrap + (" (embedded)" if broker else ""))
         if broker:
@@ -124,7 +115,41 @@ def up() -> None:
         table.add_row("stop", "Ctrl-C (the local Kafka keeps running: verwijshub kafka stop)")
         Console().print(table)
 
-    asyncio.run(run_services(list(SERVICES), settings, registry, on_ready=ready))
+    try:
+        asyncio.run(start_hub_and_run(settings, registry, broker, ready))
+    except SecretsError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    except (LocalKafkaError, StartTimeout) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
+async def start_hub_and_run(settings: Settings, registry: Registry, broker: LocalKafka | None,
+                            ready: Callable[[list[str]], None]) -> None:
+    """`up` after its checks: the broker answering, the topics, principals and ACLs of the registry in force (a
+    live one, else the files), the registry published unless one is, then the services; each step logged with
+    its time, and given up at VERWIJSHUB_START_TIMEOUT_S."""
+    dump_tasks_on_sigusr1(asyncio.get_running_loop())
+    if broker is not None:
+        await waiting_for(f"the local Kafka at {broker.bootstrap} to answer", asyncio.to_thread(broker.start))
+    else:
+        await waiting_for(f"Kafka at {settings.bootstrap} to answer", wait_until_ready(
+            settings.connection(principals.ADMIN), math.inf, settings.kafka_brokers))  # the deadline is this wait's
+    settings.youth_pseudonym_key()  # generated on the first `up` (beside the broker's secrets); the old default refused
+    if settings.secured:
+        live = await waiting_for(f"{topics.REGISTRY} read to its end",
+                                 latest_registry(settings.connection(principals.ADMIN)))
+        created = (await waiting_for("topics, principals and ACLs provisioned",
+                                     asyncio.to_thread(sync_access, settings, live or registry))).topics_created
+    else:
+        live = None
+        created = (await waiting_for("topics provisioned",
+                                     asyncio.to_thread(provision_hub_topics, settings, registry))).created
+    if live is None:
+        await waiting_for(f"the registry files published on {topics.REGISTRY}",
+                          routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
+    await run_services(list(SERVICES), settings, registry, on_ready=lambda: ready(created))
 
 
 @app.command()
@@ -134,7 +159,11 @@ def run(services: Annotated[list[Service], typer.Argument(help="The service(s) t
     names = [service.value for service in services]
     configure_logging("+".join(names), settings.log_level, settings.log_file)
     dump_stacks_on_sigusr1()
-    asyncio.run(run_services(names, settings, _registry(settings)))
+    try:
+        asyncio.run(run_services(names, settings, _registry(settings)))
+    except StartTimeout as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
 
 
 @app.command()

@@ -23,6 +23,7 @@ from services.infra.logging import get_logger
 from services.infra.metrics import serve_metrics
 from services.infra.processing import Runtime
 from services.infra.settings import REPO_ROOT, Settings
+from services.infra.starting import waiting_for
 from services.intake.app import create_intake
 from services.notifier.app import create_notifier
 from services.ops.lag import LagMonitor, export
@@ -55,12 +56,13 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stopping.set)
+    dump_tasks_on_sigusr1(loop)
     log = get_logger()
     endpoint = start_metrics(settings, lambda: ready.is_set() and all(map(healthy, brokers)))
     lag = asyncio.create_task(export_own_lag(settings, names))
     try:
-        for broker in brokers:
-            await broker.start()
+        await asyncio.gather(*(waiting_for(f"{name} started", broker.start())  # the round trips overlap
+                               for name, broker in zip(names, brokers, strict=True)))
         ready.set()
         log.info("services ready", services=names, bootstrap=settings.bootstrap,
                  metrics=f"http://{settings.metrics_host}:{endpoint.server_port}/metrics" if endpoint else None)
@@ -104,16 +106,35 @@ async def export_own_lag(settings: Settings, names: list[str]) -> None:
 
 
 def dump_stacks_on_sigusr1() -> None:
-    """`kill -USR1 <pid>` writes the stack of every thread of a hub process to its stderr: where it hangs."""
+    """`kill -USR1 <pid>` writes the stack of every thread of a hub process to its stderr: where it hangs (and,
+    once `dump_tasks_on_sigusr1` ran in its loop, which coroutine waits)."""
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
-def start_process(args: list[str], env: dict[str, str], log_file: Path, timeout_s: float = 90.0
+def dump_tasks_on_sigusr1(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGUSR1 also writes every asyncio task's stack to stderr, from the loop itself: a thread dump of an idle loop
+    does not say which coroutine waits for what."""
+    faulthandler.unregister(signal.SIGUSR1)  # to chain to the loop's handler, registered after it
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
+
+
+def dump_tasks() -> None:
+    """Each task of the running loop, by name, with the coroutine frames it waits in."""
+    tasks = asyncio.all_tasks()
+    print(f"--- {len(tasks)} asyncio tasks ---", file=sys.stderr)
+    for task in sorted(tasks, key=lambda task: task.get_name()):
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
+def start_process(args: list[str], env: dict[str, str], log_file: Path, timeout_s: float = 600.0
                   ) -> subprocess.Popen[bytes]:
     """`verwijshub ARGS` (`up`, `run SERVICE...`) as a process with the environment `env`, logging to `log_file`
     (its stderr, e.g. a crash's traceback, beside it in `<log>.stderr.log`); returns once its log says the
-    services are ready (tests, `simulate --start-hub`). Not ready in time: its threads' stacks go to that stderr
-    file before it is killed."""
+    services are ready (tests, `simulate --start-hub`). The deadline is generous, for a loaded machine: the hub
+    logs what it waits for and exits at its own deadline per step (VERWIJSHUB_START_TIMEOUT_S). Not ready in
+    time: its threads' and tasks' stacks go to that stderr file before it is killed."""
     already = log_file.read_text().count('"services ready"') if log_file.exists() else 0
     stderr_file = log_file.with_suffix(".stderr.log")  # scanned with the logs by the tests
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +148,7 @@ def start_process(args: list[str], env: dict[str, str], log_file: Path, timeout_
         if process.poll() is not None:
             raise RuntimeError(f"the hub exited with {process.returncode}; see {log_file} and {stderr_file}")
         time.sleep(0.2)
-    process.send_signal(signal.SIGUSR1)  # the stacks of where it hangs (dump_stacks_on_sigusr1)
+    process.send_signal(signal.SIGUSR1)  # the stacks of where it hangs (dump_stacks_on_sigusr1, dump_tasks)
     time.sleep(1.0)
     process.kill()
     raise TimeoutError(f"the hub was not ready within {timeout_s:.0f}s; see {log_file} and the stacks in "

@@ -187,14 +187,18 @@ class RunningHub:
         return self.broker.admin
 
 
+def hub_env(kafka: TestKafka, log_file: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """A hub process's environment: `kafka`, logging to `log_file`, ports of its own, and `env` on top."""
+    return {**os.environ, **kafka.env(), "VERWIJSHUB_LOG_FILE": str(log_file),
+            "VERWIJSHUB_DATA_DIR": str(log_file.parent), "VERWIJSHUB_METRICS_PORT": str(_free_port()),
+            "VERWIJSHUB_GATEWAY_PORT": str(_free_port()), "VERWIJSHUB_MLLP_PORT": str(_free_port()), **(env or {})}
+
+
 def start_hub(kafka: TestKafka, log_file: Path, *services: str,
               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """`verwijshub up` (or `run SERVICE`) as a real process against `kafka`, with `env` as further
     settings; returns once it is ready."""
-    env = {**os.environ, **kafka.env(), "VERWIJSHUB_LOG_FILE": str(log_file),
-           "VERWIJSHUB_DATA_DIR": str(log_file.parent), "VERWIJSHUB_METRICS_PORT": str(_free_port()),
-           "VERWIJSHUB_GATEWAY_PORT": str(_free_port()), "VERWIJSHUB_MLLP_PORT": str(_free_port()), **(env or {})}
-    return start_process(["run", *services] if services else ["up"], env, log_file)
+    return start_process(["run", *services] if services else ["up"], hub_env(kafka, log_file, env), log_file)
 
 
 def stop_hub(process: subprocess.Popen[bytes]) -> None:

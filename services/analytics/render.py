@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import tempfile
 from datetime import date
-from functools import cache
 from pathlib import Path
 
 from services.analytics.figures import Section, Table
@@ -53,29 +52,27 @@ def table_html(table: Table, shown: Suppressed) -> str:
             + note)
 
 
-@cache
-def pyplot():
-    """matplotlib's pyplot without a display, imported when a plot is drawn: it is half of the command line's
-    start-up time, and every other command needs none of it."""
+def _pyplot():
+    """matplotlib, imported when a plot is drawn: it took a second of every `verwijshub` command's start."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot
+    matplotlib.use("Agg")  # no display
+    import matplotlib.pyplot as plt
 
-    return matplotlib.pyplot
+    return plt
 
 
 def _png(figure) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    pyplot().close(figure)
+    _pyplot().close(figure)
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
 def bar_plot(table: Table, cells: Suppressed, title: str) -> str:
     """The table's first row as bars, as shown: a hidden count is an empty bar labelled with its sign."""
     shown = cells.cells[0]
-    figure, axes = pyplot().subplots(figsize=(8, 2.8))
+    figure, axes = _pyplot().subplots(figsize=(8, 2.8))
     values = [int(v) if v.isdigit() else 0 for v in shown]
     bars = axes.bar(range(len(values)), values, color="#0b4f6c")
     for bar, label in zip(bars, shown, strict=True):

@@ -142,6 +142,9 @@ class Simulation:
         """Read a topic as `principal` from its end now on, handing each record to `handle`."""
         connection = self.settings.connection(principal)
         partitions = await partitions_of(connection, [topic])
+        if not partitions:  # not visible to it: a provider an earlier run stopped, past its read grace (live registry)
+            self.positioned += 1
+            return
         consumer = AIOKafkaConsumer(**connection.consumer_options(), enable_auto_commit=False)
         await consumer.start()
         try:
@@ -401,7 +404,7 @@ def start_hub_process(settings: Settings, log_file: Path) -> subprocess.Popen:
     """`verwijshub up` on the simulation's clock, for the one-line demo; returns once it is ready."""
     env = {**os.environ, "VERWIJSHUB_CLOCK_FILE": str(settings.clock_file), "VERWIJSHUB_NOTIFIER_TICK_SECONDS": "0.1",
            "VERWIJSHUB_LOG_FILE": str(log_file)}
-    return start_process(["up"], env, log_file, timeout_s=180)
+    return start_process(["up"], env, log_file)
 
 
 def simulate(start: Annotated[str, typer.Option("--from", help="First day, YYYY-MM-DD.")],

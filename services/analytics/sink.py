@@ -28,6 +28,7 @@ from services.infra.clock import Clock
 from services.infra.kafka import group_id, partition_spans
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
+from services.infra.starting import waiting_for
 
 SERVICE = "analytics"
 PRINCIPAL = principals.ANALYTICS
@@ -51,7 +52,8 @@ class AnalyticsBroker(KafkaBroker):
     observer: asyncio.Task | None = None
 
     async def start(self) -> None:
-        await super().start()
+        # aiokafka's consumer, subscribed before it starts, returns from start once the group gave it partitions
+        await waiting_for(f"{group_id(SERVICE)}: the group joined and partitions assigned", super().start())
         self.observer = asyncio.create_task(observe_dead_letters(self.settings, self.clock))
 
     async def stop(self, *exc_info) -> None:

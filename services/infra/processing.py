@@ -62,6 +62,7 @@ from services.infra.kafka import (
 )
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
+from services.infra.starting import waiting_for
 
 TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError, ConnectionError)
 """Failures that pass: the broker away, a leader moving, a timeout. Retried, never committed."""
@@ -224,7 +225,7 @@ class Runtime:
             max_partition_fetch_bytes=request_bytes(self.settings),
             fetch_max_wait_ms=FETCH_WAIT_MS,
             metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
-        await self.consumer.start()
+        await waiting_for(f"{self.group}: the broker to answer", self.consumer.start())
         self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
         self.tasks = [asyncio.create_task(self.consume(), name=f"{self.group}-consume"),
                       asyncio.create_task(self.tick_periodically(), name=f"{self.group}-tick")]
@@ -562,24 +563,25 @@ class Runtime:
             return []
 
     async def tick_periodically(self) -> None:
-        if type(self.processor).tick is Processor.tick:
-            return  # nothing is ever due
+        """Tick every owned partition, also for a processor that has no timers: a tick is how a partition that
+        failed a transaction and has no input coming is tried again (after the failure's backoff)."""
         while True:
             await asyncio.sleep(self.settings.notifier_tick_seconds)
             await asyncio.gather(*(self.tick(number, owned) for number, owned in list(self.owned.items())))
 
     async def tick(self, number: int, owned: Owned) -> None:
         """What came due in partition N, in a transaction of its own when there is anything (most ticks have
-        nothing: no transaction then)."""
+        nothing: no transaction then), or when the partition is retrying: a committed tick ends the retrying as
+        a committed batch does, so a quiet partition recovers (and `/readyz` with it) without new input."""
         async with owned.lock:
-            if self.owned.get(number) is not owned or number in self.retrying:
+            if self.owned.get(number) is not owned:
                 return
             try:
                 records = await self.processor.tick(number)
             except Exception as exc:  # memory may be half changed: recovered as after a failed transaction
                 self.log.warning("tick failed", partition=number, error_type=type(exc).__name__)
                 records = None
-            if records == []:
+            if records == [] and number not in self.retrying:
                 return
 
             async def body(producer: AIOKafkaProducer) -> list[Delivery]:

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     good_friday: Literal["working", "holiday"] = Field(
         default="working", description="Whether Good Friday stops the contact clock: a working day as the "
         "Algemene termijnenwet counts deadlines, or a holiday where the team's collective agreement gives it off.")
+    start_timeout_s: float = Field(default=180.0, gt=0, description="How long a start may wait for any one "
+                                   "thing (the broker answering, a topic read to its end, a service started); "
+                                   "passed: the process exits non-zero, naming what it waited for.")
     notifier_tick_seconds: float = Field(default=1.0, gt=0, description="How often the notifier looks for "
                                          "contact clocks and reminders that came due.")
     dlq_auto_retries: int = Field(default=3, ge=0, description="How often a dead letter of a transient cause "

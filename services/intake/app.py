@@ -7,6 +7,8 @@ id is known, the `rejected` status. `received` comes before the normalised refer
 overtake it on the referrer's status topic.
 """
 
+import asyncio
+
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
@@ -22,6 +24,7 @@ from services.infra.kafka import Outbound, outbound
 from services.infra.logging import get_logger
 from services.infra.processing import Processor, Runtime, document_input
 from services.infra.settings import Settings
+from services.infra.starting import StartTimeout, waiting_for
 from services.intake.adapters import PARSERS, read_referral
 from services.intake.ledger import AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
@@ -45,11 +48,16 @@ class Intake(Processor):
         self.log = get_logger(service=SERVICE)
 
     async def start(self, kafka: KafkaConnection) -> None:
+        """The product table and the ledger (every referral accepted before, by any instance), read at once."""
+        await asyncio.gather(self.refresh_products(), self.ledger.start())
+
+    async def refresh_products(self) -> None:
         try:
-            await self.products.refresh()
+            await waiting_for(f"{topics.REGISTRY} read for intake's products", self.products.refresh())
+        except StartTimeout:
+            raise
         except Exception as exc:  # the registry files' table stands until registry.v1 can be read
             self.log.error("registry read failed", error_type=type(exc).__name__)
-        await self.ledger.start()  # know every referral accepted before, by any instance
 
     async def stop(self) -> None:
         await self.ledger.stop()

@@ -28,6 +28,7 @@ from services.infra.connection import KafkaConnection
 from services.infra.following import follow
 from services.infra.kafka import Outbound, outbound
 from services.infra.logging import get_logger
+from services.infra.starting import waiting_for
 
 
 class AcceptedLedger:
@@ -81,7 +82,7 @@ class AcceptedLedger:
         self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY) WITHOUT ROWID")
         self._task = asyncio.create_task(follow(self.kafka, [topics.INTAKE_ACCEPTED], self._apply, self.ready,
                                                 "verwijshub-intake-ledger"), name="intake-ledger")
-        await self.ready.wait()
+        await waiting_for(f"{topics.INTAKE_ACCEPTED} read to its end", self.ready.wait())
         get_logger(service="intake").info("accepted-referral ledger loaded", accepted=len(self))
 
     async def stop(self) -> None:

@@ -36,6 +36,7 @@ from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.registry_topic import RegistryInForce
 from services.infra.settings import Settings
+from services.infra.starting import waiting_for
 from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalendar
 from services.notifier.followup import (
     Alert,
@@ -151,7 +152,7 @@ class Notifier(Processor):
         registry_read = asyncio.Event()
         self.registry_task = asyncio.create_task(follow(kafka, [topics.REGISTRY], self.in_force.apply, registry_read,
                                                         "verwijshub-notifier-registry"), name="notifier-registry")
-        await registry_read.wait()
+        await waiting_for(f"{topics.REGISTRY} read to its end", registry_read.wait())
 
     async def stop(self) -> None:
         if self.registry_task is not None:

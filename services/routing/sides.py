@@ -18,6 +18,7 @@ from services.infra.connection import KafkaConnection
 from services.infra.following import follow
 from services.infra.logging import get_logger
 from services.infra.registry_topic import RegistryInForce
+from services.infra.starting import waiting_for
 
 
 class SideInputs:
@@ -34,7 +35,7 @@ class SideInputs:
         """Follow both topics; returns once they are read to their end."""
         self._task = asyncio.create_task(follow(self.kafka, [topics.REGISTRY, topics.ROUTING_LOAD], self.apply,
                                                 self.ready, "verwijshub-routing-side"), name="routing-side-inputs")
-        await self.ready.wait()
+        await waiting_for(f"{topics.REGISTRY} and {topics.ROUTING_LOAD} read to their end", self.ready.wait())
         self.log.info("routing side inputs read", registry_version=self.registry.version,
                       load_partitions=sorted(self.load))
 
