@@ -17,7 +17,7 @@ from rich.table import Table
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
-from services.access.commands import access_app, registry_in_force, sync_access
+from services.access.commands import access_app, sync_access
 from services.analytics import report as analytics_report
 from services.analytics import simulate as analytics_simulate
 from services.dlq.commands import dlq_app
