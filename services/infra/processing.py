@@ -214,6 +214,8 @@ class Runtime:
         self.consumer: AIOKafkaConsumer | None = None
         self.tasks: list[asyncio.Task] = []
         self.log = get_logger(service=processor.service)
+        self.joined = asyncio.Event()
+        """Set once the group gave this instance its first partitions (none, too, when others own them all)."""
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -229,6 +231,8 @@ class Runtime:
         self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
         self.tasks = [asyncio.create_task(self.consume(), name=f"{self.group}-consume"),
                       asyncio.create_task(self.tick_periodically(), name=f"{self.group}-tick")]
+        # started means working: the group joined and the partitions taken (producers fenced, state read)
+        await waiting_for(f"{self.group}: the group joined and its partitions taken", self.joined.wait())
 
     async def stop(self) -> None:
         """Stop fetching and working at once: a transaction in hand is aborted (its records are processed again
@@ -323,6 +327,7 @@ class Runtime:
         finally:
             self.acquiring = False
         self.log.info("partitions owned", partitions=sorted(self.owned))
+        self.joined.set()
 
     async def acquire_until_done(self, number: int) -> None:
         while True:
