@@ -36,7 +36,7 @@ TODAY = NOW.date()
 PSEUDONYM = "ab" * 32
 NOORDERLICHT = "98000011"
 MARTINI = "98000033"
-"""The one provider with 46A02 in its contract."""
+"""Of the providers with 46A02 in their contract, the one a 46A02 referral goes to when none has open load."""
 PROVIDER, WIJ = RecipientKind.PROVIDER, RecipientKind.WIJ_TEAM
 MAX_DAYS = Settings(_env_file=None).indication_max_days
 
