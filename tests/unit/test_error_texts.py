@@ -14,7 +14,7 @@ from schemas.referral import Channel
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from services.intake.app import PARSERS
-from services.intake.outcome import Rejection
+from services.intake.outcome import Rejection, schema_message
 
 EXAMPLES = REPO_ROOT / "schemas" / "examples"
 PRODUCTS = frozenset(load_registry(REPO_ROOT / "deploy" / "registry").products)
@@ -106,3 +106,9 @@ CRAFTED = crafted()
 def test_a_malformed_date_bsn_postcode_or_product_is_never_quoted(channel, raw, value):
     assert value.encode() in raw, "the malformed value is in the message"
     assert_quotes_nothing(channel, raw, submitted(raw) | {value})
+
+
+def test_pydantic_texts_are_kept_only_where_they_name_the_schema_alone():
+    quoting = {"type": "value_error", "msg": "Value error, 2012-14-07 is not a date"}
+    assert "2012-14-07" not in schema_message(quoting)
+    assert schema_message({"type": "missing", "msg": "Field required"}) == "Field required."
