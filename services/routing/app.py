@@ -29,10 +29,10 @@ from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.settings import Settings
 from services.routing.core import (
+    ROUTING_FEEDBACK,
     Alerted,
     Decided,
     Effect,
-    ROUTING_FEEDBACK,
     IndicationsChanged,
     Position,
     Refused,
@@ -176,8 +176,6 @@ class Routing(Processor):
                 return outbound(topics.ALERTS, alert, alert.pseudonym, correlation_id=alert.referral_id or "")
             case IndicationsChanged(value):  # an empty list rather than a tombstone
                 return outbound(topics.INDICATIONS, value, value.pseudonym, extra_headers={WRITTEN_BY: SERVICE})
-            case Refused():  # on_feedback raises it as Poison: the dead letter is the runtime's
-                pass
         raise AssertionError(effect)
 
     # -- inputs ----------------------------------------------------------------------------------------
