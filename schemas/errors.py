@@ -23,6 +23,9 @@ class ErrorCode(StrEnum):
     """What the hub would write for this record is larger than its topic takes (`max.message.bytes`)."""
     NOT_RECIPIENT = "NOT_RECIPIENT"
     """Feedback about a referral that is not open with the recipient that sent it."""
+    INDICATION_INVALID = "INDICATION_INVALID"
+    """An `indication-started` without a product of the provider's contract, or ending before it starts or later
+    than the region's longest indication (`VERWIJSHUB_INDICATION_MAX_DAYS`)."""
 
 
 class ReferralError(BaseModel):

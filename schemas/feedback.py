@@ -9,6 +9,8 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from schemas.errors import ErrorCode, ReferralError
+
 
 class FeedbackKind(StrEnum):
     ACCEPTED = "accepted"
@@ -34,3 +36,13 @@ class Feedback(BaseModel):
     product: str | None = None
     indication_end: date | None = None
     """For `indication-started`: the product and the end date of the new indication."""
+
+
+NOT_RECIPIENT_MESSAGE = ("This referral is not open with the recipient that sent the feedback (or the message is not "
+                         "keyed by the youth pseudonym of its handover).")
+
+
+def not_recipient(location: str = "/referral_id", message: str = NOT_RECIPIENT_MESSAGE) -> ReferralError:
+    """The one refusal of feedback from a recipient the referral is not with, by routing and the notifier alike:
+    the topic names the writer (the ACLs see to that), and a recipient speaks only about its own referrals."""
+    return ReferralError(code=ErrorCode.NOT_RECIPIENT, location=location, message=message)

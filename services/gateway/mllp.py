@@ -120,7 +120,7 @@ class MllpListener:
             code, errors, key = "AE", outcome.errors, outcome.referrer_referral_id
         if not version.startswith("2."):
             code, errors = "AR", []
-            note = f"HL7 version {version[:10] or '(none)'} is not supported; send v2.x."
+            note = "This HL7 version (MSH-12) is not supported; send v2.x."
         else:
             note = ""
         outcome_name = {"AA": "submitted", "AE": "rejected", "AR": "refused"}[code]

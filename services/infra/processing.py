@@ -101,9 +101,11 @@ Delivery = tuple[Outbound, asyncio.Future]
 class Poison(Exception):
     """A record that can never be processed; the runtime dead-letters it with `errors` and goes on."""
 
-    def __init__(self, errors: list[ReferralError], channel: str = "") -> None:
+    def __init__(self, errors: list[ReferralError], channel: str = "", also: list[Outbound] | None = None) -> None:
         super().__init__(errors[0].message if errors else "poison")
         self.errors, self.channel = errors, channel
+        self.also = also or []
+        """Records written with the dead letter, in its transaction (an alert about the refusal)."""
 
 
 class Refused(Exception):
@@ -517,7 +519,7 @@ class Runtime:
                 outputs = await self.processor.handle(record)
             except Poison as poison:
                 log.warning("record refused: dead-lettered", codes=[e.code.value for e in poison.errors])
-                return [dead_letter_record(record, poison.errors, poison.channel)]
+                return [dead_letter_record(record, poison.errors, poison.channel), *poison.also]
             except TRANSIENT:
                 raise
             except Exception as exc:

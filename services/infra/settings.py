@@ -58,6 +58,10 @@ class Settings(BaseSettings):
                                      "generated pseudonym key (mode 0700); unset: `<data dir>/secrets`.")
     access_read_grace_days: int = Field(default=30, ge=0, description="A stopped provider loses write on its "
                                         "feedback topic at once and read of its handovers this many days later.")
+    indication_max_days: int = Field(default=1096, gt=0, description="The longest indication the region issues "
+                                     "(three years, a leap day included): a provider's `indication-started` ending "
+                                     "later is refused (INDICATION_INVALID), as rule 2 would keep the youth with it "
+                                     "that long.")
     retention_inbound_days: float = Field(default=14, gt=0, description="Inbound and normalised referrals: "
                                           "processed in seconds; kept two weeks for replays and investigation.")
     retention_handovers_days: float = Field(default=90, gt=0, description="Handover topics: a recipient offline "

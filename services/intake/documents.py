@@ -25,7 +25,7 @@ from schemas.referral import (
 )
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
-from services.intake.outcome import ErrorList, ParseOutcome, Rejection
+from services.intake.outcome import ErrorList, ParseOutcome, Rejection, schema_message
 from services.intake.reading import clean_text, cleaned_document, read_json, reject, too_large
 
 _DATE_FIELDS = {"referral_date", "birth_date", "date"}
@@ -63,7 +63,7 @@ def parse_document(channel: Channel, raw: bytes, *, known_products: frozenset[st
     sent_channel = document.get("channel")
     if isinstance(sent_channel, str) and sent_channel != channel.value and sent_channel in set(Channel):
         return reject(ErrorCode.CHANNEL_MISMATCH, "/channel",
-                      f"A {sent_channel} document was sent on the {channel} channel.",
+                      f"A document of another channel was sent on the {channel} channel.",
                       clean_text(document.get("referral_id")))
 
     cleaned = cleaned_document(document)
@@ -171,8 +171,8 @@ def _structure_errors(exc: ValidationError, errors: ErrorList) -> None:
         if loc == ["youth", "bsn"] and problem["type"] == "missing":
             errors.add(ErrorCode.BSN_MISSING, pointer, "The youth's BSN is missing.")
         elif loc and loc[-1] in _DATE_FIELDS:
-            errors.add(ErrorCode.DATE_INVALID, pointer, f"Not a real date (YYYY-MM-DD): {problem['msg']}.")
+            errors.add(ErrorCode.DATE_INVALID, pointer, "Not a real date (YYYY-MM-DD).")
         elif problem["type"] == "extra_forbidden":
             errors.add(ErrorCode.SCHEMA_INVALID, pointer, "This field is not part of the document's schema.")
         else:
-            errors.add(ErrorCode.SCHEMA_INVALID, pointer, f"{problem['msg']}.")
+            errors.add(ErrorCode.SCHEMA_INVALID, pointer, schema_message(problem))

@@ -29,7 +29,7 @@ from schemas.referral import (
 )
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
-from services.intake.outcome import ErrorList, ParseOutcome, Rejection
+from services.intake.outcome import ErrorList, ParseOutcome, Rejection, schema_message
 from services.intake.reading import clean_text, cleaned_document, read_json, reject, too_large
 
 _DATE_FIELDS = {"birthDate", "authoredOn", "date"}
@@ -302,5 +302,6 @@ def _fhir_validation_errors(exc: ValidationError) -> list[ReferralError]:
     for problem in exc.errors():
         path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
         code = ErrorCode.DATE_INVALID if set(map(str, problem["loc"])) & _DATE_FIELDS else ErrorCode.SCHEMA_INVALID
-        errors.add(code, f"Bundle{path}", problem["msg"])
+        errors.add(code, f"Bundle{path}", "Not a real date (YYYY-MM-DD)." if code is ErrorCode.DATE_INVALID
+                   else schema_message(problem))
     return errors.errors

@@ -42,7 +42,7 @@ def read_json(raw: bytes) -> Any:
         value = from_json(raw, allow_inf_nan=False)
     except ValueError as exc:
         code = ErrorCode.CHANNEL_MISMATCH if raw.lstrip().startswith(b"MSH|") else ErrorCode.UNPARSEABLE
-        return reject(code, "", f"Not a JSON document: {str(exc)[:120]}.")
+        return reject(code, "", "Not a JSON document.")
     where = _control_character_at(value, "")
     if where is not None:
         return reject(ErrorCode.SCHEMA_INVALID, where, "The text holds a control character (e.g. NUL).")

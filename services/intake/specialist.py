@@ -78,9 +78,8 @@ def _map_message(message: Any, known_products: frozenset[str], pseudonym_key: st
     errors = ErrorList()
     kind = (_get(message, "MSH.F9.R1.C1"), _get(message, "MSH.F9.R1.C2"))
     if kind != ("REF", "I12"):
-        label = "^".join(kind).strip("^") or "nothing"
         return reject(ErrorCode.CHANNEL_MISMATCH, "MSH-9",
-                      f"The specialist channel takes REF^I12 messages; this one is {label}.",
+                      "The specialist channel takes REF^I12 messages; this one is of another type (or none).",
                       _get(message, "RF1.F6.R1.C1") or None)
     segments = {_segment_name(segment) for segment in message}
     for required in ("RF1", "PRD", "PID"):
@@ -214,5 +213,5 @@ def _date(value: str, location: str, errors: ErrorList, what: str) -> date | Non
             return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
         except ValueError:
             pass
-    errors.add(ErrorCode.DATE_INVALID, location, f"The {what} '{value[:20]}' is not a real date (YYYYMMDD).")
+    errors.add(ErrorCode.DATE_INVALID, location, f"The {what} is not a real date (YYYYMMDD).")
     return None

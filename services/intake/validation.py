@@ -1,4 +1,8 @@
-"""Checks shared by every channel adapter: BSN, AGB, postcode, dates, age, product, text lengths."""
+"""Checks shared by every channel adapter: BSN, AGB, postcode, dates, age, product, text lengths.
+
+Every message is a fixed text (`what` is the adapter's own label): an error travels on status topics, in dead-letter
+headers and in the gateway's Task, which operations and analytics read, so it never quotes a submitted value; the
+value stays in the dead letter's raw bytes."""
 
 import re
 from datetime import date, datetime
@@ -66,7 +70,7 @@ def check_date(value: object, location: str, errors: ErrorList, what: str) -> da
             return date.fromisoformat(value.strip()[:10])
         except ValueError:
             pass
-        errors.add(ErrorCode.DATE_INVALID, location, f"The {what} '{value}' is not a real date (YYYY-MM-DD).")
+        errors.add(ErrorCode.DATE_INVALID, location, f"The {what} is not a real date (YYYY-MM-DD).")
         return None
     errors.add(ErrorCode.DATE_INVALID, location, f"The {what} is missing.")
     return None
@@ -92,7 +96,7 @@ def check_age(birth_date: date, referral_date: date, continuation: bool, locatio
 
 def check_product(code: str | None, known_products: frozenset[str], location: str, errors: ErrorList) -> None:
     if code is not None and code not in known_products:
-        errors.add(ErrorCode.PRODUCT_UNKNOWN, location, f"Product code '{code}' is not in the iJw product table.")
+        errors.add(ErrorCode.PRODUCT_UNKNOWN, location, "The product code is not in the iJw product table.")
 
 
 def check_lengths(texts: dict[str, tuple[Any, str]], errors: ErrorList) -> None:

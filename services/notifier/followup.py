@@ -11,8 +11,8 @@ from datetime import date, datetime, time
 
 from dateutil.relativedelta import relativedelta
 
-from schemas.errors import ErrorCode, ReferralError
-from schemas.feedback import Feedback, FeedbackKind
+from schemas.errors import ReferralError
+from schemas.feedback import NOT_RECIPIENT_MESSAGE, Feedback, FeedbackKind, not_recipient
 from schemas.indications import Indication
 from schemas.notices import (
     ClockCounts,
@@ -109,8 +109,8 @@ def apply_decision(state: YouthFollowUp, decision: RoutingDecision, now: datetim
 
 
 # -- feedback ----------------------------------------------------------------------------------------
-def _refuse(message: str, location: str = "/referral_id") -> FeedbackRefused:
-    return FeedbackRefused(ReferralError(code=ErrorCode.NOT_RECIPIENT, location=location, message=message))
+def _refuse(message: str = NOT_RECIPIENT_MESSAGE, location: str = "/referral_id") -> FeedbackRefused:
+    return FeedbackRefused(not_recipient(location, message))
 
 
 def apply_feedback(state: YouthFollowUp, kind: RecipientKind, source_id: str, feedback: Feedback,
@@ -123,8 +123,7 @@ def apply_feedback(state: YouthFollowUp, kind: RecipientKind, source_id: str, fe
         return _evaluation_done(state, kind, source_id, feedback)
     handover = state.handovers.get(feedback.referral_id)
     if handover is None or handover.recipient.kind is not kind or handover.recipient.id != source_id:
-        raise _refuse("This referral is not open with the recipient that sent the feedback (or the message is "
-                      "not keyed by the youth pseudonym of its handover).")
+        raise _refuse()
     handovers = dict(state.handovers)
     match feedback.kind:
         case FeedbackKind.ACCEPTED:

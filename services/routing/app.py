@@ -9,13 +9,14 @@ Every tick: the provider-stop sweep of the partition and its open load on `routi
 import re
 import time
 from collections import Counter
+from datetime import datetime
 
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, ReferralError
-from schemas.feedback import Feedback, FeedbackKind
+from schemas.feedback import Feedback
 from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
 from schemas.registry import Registry
@@ -28,17 +29,22 @@ from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.settings import Settings
 from services.routing.core import (
+    ROUTING_FEEDBACK,
     Alerted,
     Decided,
     Effect,
     IndicationsChanged,
+    Position,
+    Refused,
     Step,
+    count_refusal,
     is_empty,
     merge_indication,
     on_feedback,
     on_indications,
     on_referral,
     on_stop,
+    refusals_alert,
     stopped_providers,
 )
 from services.routing.index import PartitionIndex, YouthEntry
@@ -49,7 +55,6 @@ SERVICE = "routing"
 FEEDBACK_TOPIC = re.compile(r"feedback\.(wij|provider)\.([^.]+)\.v1")
 WRITTEN_BY = "written-by"
 """Header on routing's own `indications.v1` records: applied when written, so skipped when they come back."""
-ROUTING_FEEDBACK = frozenset({FeedbackKind.DECLINED, FeedbackKind.CLOSED, FeedbackKind.INDICATION_STARTED})
 LOAD_EVERY_S = 5.0
 """A partition's open load goes to `routing.load.v1` when it changed, at most this often (a transaction each)."""
 STOP_BATCH = 100
@@ -70,6 +75,10 @@ class Routing(Processor):
         self.published: dict[int, tuple[dict[str, int], float]] = {}
         """partition -> the open load last published on `routing.load.v1`, and when (monotonic)."""
         self.swept: dict[int, str] = {}
+        self.refusals: dict[str, dict[Position, datetime]] = {}
+        """feedback topic -> its recent refusals (core.count_refusal): at most REFUSALS_KEPT per recipient, and only
+        recipients of the registry have a feedback topic. Lost on a restart, which only delays an alert."""
+        self.indication_max_days = settings.indication_max_days
         self.log = get_logger(service=SERVICE)
 
     @property
@@ -196,30 +205,41 @@ class Routing(Processor):
 
     async def on_feedback(self, record: ConsumerRecord) -> list[Outbound]:
         """Declines re-route, closures end the referral, started indications are kept; the rest is the notifier's.
+        Feedback about a referral not with its writer, or an invalid indication, is dead-lettered (`Refused`).
         Unreadable feedback is the notifier's to dead-letter."""
         kind, source = FEEDBACK_TOPIC.fullmatch(record.topic).groups()
+        recipient_kind = RecipientKind.WIJ_TEAM if kind == "wij" else RecipientKind.PROVIDER
         try:
             feedback = Feedback.model_validate_json(record.value or b"")
         except ValidationError:
             self.log.warning("not a feedback message: ignored by routing")
             return []
         pseudonym = record.key.decode(errors="replace") if record.key else None
-        outcome = None
         if pseudonym is None or feedback.kind not in ROUTING_FEEDBACK:
-            outcome = "nothing for routing"
-        elif feedback.kind is not FeedbackKind.INDICATION_STARTED \
-                and not self.knows(record.partition, pseudonym, feedback.referral_id):
-            outcome = "not an open referral of this youth: ignored"
-        if outcome is not None:
             self.log.info("feedback handled", correlation_id=feedback.referral_id, kind=feedback.kind.value,
-                          outcome=outcome)
+                          outcome="nothing for routing")
             return []
-        before = await self.youth(record.partition, pseudonym)
-        step = on_feedback(before, RecipientKind.WIJ_TEAM if kind == "wij" else RecipientKind.PROVIDER, source,
-                           feedback, self.registry, self.clock.now(), self.open_load())
+        # a referral not open for this youth: the core refuses it from an empty state, without reading the stored one
+        before = await self.youth(record.partition, pseudonym) \
+            if self.knows(record.partition, pseudonym, feedback.referral_id) else YouthRouting(pseudonym=pseudonym)
+        now = self.clock.now()
+        step = on_feedback(before, recipient_kind, source, feedback, self.registry, now, self.open_load(),
+                           self.indication_max_days)
         self.log.info("feedback handled", correlation_id=feedback.referral_id, kind=feedback.kind.value,
                       outcome=step.outcome)
+        if step.effects and isinstance(refused := step.effects[0], Refused):
+            raise Poison([refused.error], also=self.refusal_records(record, recipient_kind, source, pseudonym, now))
         return self.records(record.partition, before, step)
+
+    def refusal_records(self, record: ConsumerRecord, kind: RecipientKind, source: str, pseudonym: str,
+                        now: datetime) -> list[Outbound]:
+        """The alert, when this refusal is one too many of its recipient's (core.count_refusal)."""
+        self.refusals[record.topic], alert = count_refusal(self.refusals.get(record.topic, {}),
+                                                           (record.topic, record.partition, record.offset), now)
+        if not alert:
+            return []
+        self.log.warning("feedback refused repeatedly: alerted", recipient=f"{kind.value}:{source}")
+        return [self.effect_record(Alerted(refusals_alert(kind, source, pseudonym, now)))]
 
     async def on_indications(self, record: ConsumerRecord) -> list[Outbound]:
         """A youth's list from another writer (the import); a single `Indication` is merged into the list."""
@@ -280,7 +300,8 @@ class Routing(Processor):
         broker.publisher(topics.DECISIONS, title="routing:decisions", schema=RoutingDecision,
                          description="Each decision with its trace, keyed by youth pseudonym (the audit trail).")
         broker.publisher(topics.ALERTS, title="routing:alerts", schema=RoutingAlert,
-                         description="`provider-stopped` alerts, keyed by youth pseudonym.")
+                         description="`provider-stopped` and `feedback-refused` alerts, keyed by youth "
+                         "pseudonym.")
         broker.publisher(topics.INDICATIONS, title="routing:indications-written", schema=YouthIndications,
                          description="A youth's whole list, with header `written-by: routing`.")
         broker.publisher(topics.ROUTING_STATE, title="routing:state", schema=YouthRouting,

@@ -7,10 +7,11 @@ state, the effects in the order they are to be published, and a few words for th
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
-from schemas.feedback import Feedback, FeedbackKind
+from schemas.errors import ErrorCode, ReferralError
+from schemas.feedback import Feedback, FeedbackKind, not_recipient
 from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
 from schemas.registry import Provider, Registry
@@ -39,7 +40,15 @@ class IndicationsChanged:
     indications: YouthIndications
 
 
-Effect = Decided | Alerted | IndicationsChanged
+@dataclass(frozen=True)
+class Refused:
+    """Feedback routing does not act on: it goes to the dead letters with `error` (a fixed text), as if it had not
+    come. Always the only effect of its step."""
+
+    error: ReferralError
+
+
+Effect = Decided | Alerted | IndicationsChanged | Refused
 
 
 class Step(NamedTuple):
@@ -74,6 +83,17 @@ def on_referral(state: YouthRouting, referral: Referral, registry: Registry, now
 
 
 # -- feedback ----------------------------------------------------------------------------------------
+ROUTING_FEEDBACK = frozenset({FeedbackKind.DECLINED, FeedbackKind.CLOSED, FeedbackKind.INDICATION_STARTED})
+"""The kinds routing acts on; the notifier follows up (and refuses) every kind."""
+INDICATION_OUTSIDE_CONTRACT = ReferralError(
+    code=ErrorCode.INDICATION_INVALID, location="/product",
+    message="An indication needs a product of the contract of the provider that sends it.")
+INDICATION_BAD_END = ReferralError(
+    code=ErrorCode.INDICATION_INVALID, location="/indication_end",
+    message="An indication needs an end date, not before its start and within the longest indication the region "
+            "issues.")
+
+
 def open_with(state: YouthRouting, referral_id: str, kind: RecipientKind, source: str) -> OpenReferral | None:
     """The open referral when its latest decision names this recipient; feedback from any other is not acted on."""
     found = state.referrals.get(referral_id)
@@ -81,29 +101,33 @@ def open_with(state: YouthRouting, referral_id: str, kind: RecipientKind, source
     return found if recipient is not None and recipient.kind is kind and recipient.id == source else None
 
 
+def _refused(state: YouthRouting, error: ReferralError, why: str) -> Step:
+    return Step(state, [Refused(error)], why)
+
+
 def on_feedback(state: YouthRouting, kind: RecipientKind, source: str, feedback: Feedback, registry: Registry,
-                now: datetime, load: Mapping[str, int]) -> Step:
-    """Feedback from recipient `kind`/`source` (from the topic it came on) about one of the youth's referrals."""
-    match feedback.kind:
-        case FeedbackKind.DECLINED:
-            return _declined(state, kind, source, feedback, registry, now, load)
-        case FeedbackKind.CLOSED:
-            if open_with(state, feedback.referral_id, kind, source) is None:
-                return Step(state, [], "closure of a referral that is not open with this recipient: ignored")
-            referrals = {rid: r for rid, r in state.referrals.items() if rid != feedback.referral_id}
-            return Step(state.model_copy(update={"referrals": referrals}), [], "closed")
-        case FeedbackKind.INDICATION_STARTED:
-            return _indication_started(state, kind, source, feedback)
-        case _:
-            return Step(state, [], "nothing for routing")
-
-
-def _declined(state: YouthRouting, kind: RecipientKind, source: str, feedback: Feedback, registry: Registry,
-              now: datetime, load: Mapping[str, int]) -> Step:
-    """Decide the referral again without every recipient that declined it so far."""
+                now: datetime, load: Mapping[str, int], indication_max_days: int) -> Step:
+    """Feedback from recipient `kind`/`source` (the topic it came on names the writer) about one of the youth's
+    referrals. Acted on only when that referral is open (or accepted) with that very recipient, so a provider
+    cannot steer a youth it was never handed; anything else is `Refused`."""
+    if feedback.kind not in ROUTING_FEEDBACK:
+        return Step(state, [], "nothing for routing")
     found = open_with(state, feedback.referral_id, kind, source)
     if found is None:
-        return Step(state, [], "decline of a referral that is not with this recipient: ignored")
+        return _refused(state, not_recipient(), f"{feedback.kind.value} of a referral not with this recipient: refused")
+    match feedback.kind:
+        case FeedbackKind.DECLINED:
+            return _declined(state, found, source, feedback, registry, now, load)
+        case FeedbackKind.CLOSED:
+            referrals = {rid: r for rid, r in state.referrals.items() if rid != feedback.referral_id}
+            return Step(state.model_copy(update={"referrals": referrals}), [], "closed")
+        case _:
+            return _indication_started(state, kind, source, feedback, registry, indication_max_days)
+
+
+def _declined(state: YouthRouting, found: OpenReferral, source: str, feedback: Feedback, registry: Registry,
+              now: datetime, load: Mapping[str, int]) -> Step:
+    """Decide the referral again without every recipient that declined it so far."""
     excluded = {*found.declined, source}
     decision = redecide_after_decline(found.decision, registry, now, feedback.reason, excluded, state.indications,
                                       load)
@@ -111,10 +135,25 @@ def _declined(state: YouthRouting, kind: RecipientKind, source: str, feedback: F
     return Step(_with_decision(state, decision, excluded), [Decided(decision)], f"re-routed to {to}")
 
 
-def _indication_started(state: YouthRouting, kind: RecipientKind, source: str, feedback: Feedback) -> Step:
+def indication_error(kind: RecipientKind, source: str, feedback: Feedback, registry: Registry,
+                     max_days: int) -> ReferralError | None:
+    """Why a provider's `indication-started` cannot be kept, or None: the product must be in its contract (a WIJ team
+    has none), the end neither before the start (the day it was sent) nor more than `max_days` after it."""
+    provider = registry.providers.get(source) if kind is RecipientKind.PROVIDER else None
+    if provider is None or feedback.product not in provider.products:
+        return INDICATION_OUTSIDE_CONTRACT
+    start, end = feedback.at.date(), feedback.indication_end
+    if end is None or not start <= end <= start + timedelta(days=max_days):
+        return INDICATION_BAD_END
+    return None
+
+
+def _indication_started(state: YouthRouting, kind: RecipientKind, source: str, feedback: Feedback,
+                        registry: Registry, max_days: int) -> Step:
     """A provider's new indication joins the youth's list, so rule 2 keeps the youth's next referral there."""
-    if kind is not RecipientKind.PROVIDER or not feedback.product or not feedback.indication_end:
-        return Step(state, [], "indication-started without provider, product or end date: ignored")
+    if (error := indication_error(kind, source, feedback, registry, max_days)) is not None:
+        return _refused(state, error, "indication-started outside the contract or the bound: refused")
+    assert feedback.product is not None and feedback.indication_end is not None
     indication = Indication(pseudonym=state.pseudonym, product=feedback.product, provider_agb=source,
                             start=feedback.at.date(), end=feedback.indication_end, referral_id=feedback.referral_id)
     merged = merge_indication(tuple(state.indications), indication)
@@ -132,6 +171,37 @@ def merge_indication(current: tuple[Indication, ...], new: Indication) -> tuple[
 def on_indications(state: YouthRouting, indications: Iterable[Indication]) -> YouthRouting:
     """The youth's list as another writer (`verwijshub indications import`) put it on `indications.v1`."""
     return state.model_copy(update={"indications": [i for i in indications if i.pseudonym == state.pseudonym]})
+
+
+# -- refusals ---------------------------------------------------------------------------------------
+FEEDBACK_REFUSED = "feedback-refused"
+REFUSALS_PER_ALERT = 5
+"""Every 5th refusal of one recipient's feedback within REFUSAL_WINDOW raises an alert: one stray message is a
+mistake, this many is a system (or a stolen credential) acting outside its referrals."""
+REFUSAL_WINDOW = timedelta(hours=1)
+REFUSALS_KEPT = 10 * REFUSALS_PER_ALERT
+"""Refusals remembered per recipient at most, so a flood costs bounded memory (it still alerts)."""
+Position = tuple[str, int, int]
+"""A record's topic, partition and offset."""
+
+
+def count_refusal(recent: Mapping[Position, datetime], position: Position,
+                  now: datetime) -> tuple[dict[Position, datetime], bool]:
+    """One recipient's refusals within the window with this one added, and whether it is an alert's: keyed by the
+    record's position, so a batch retried after an abort counts it once and decides the same."""
+    kept = {p: at for p, at in recent.items() if now - at < REFUSAL_WINDOW}
+    kept.setdefault(position, now)
+    kept = dict(list(kept.items())[-REFUSALS_KEPT:])
+    return kept, (list(kept).index(position) + 1) % REFUSALS_PER_ALERT == 0
+
+
+def refusals_alert(kind: RecipientKind, source: str, pseudonym: str, now: datetime) -> RoutingAlert:
+    """The alert that a recipient keeps sending feedback about referrals that are not its own."""
+    who = {"provider": source} if kind is RecipientKind.PROVIDER else {"team": source}
+    return RoutingAlert(kind=FEEDBACK_REFUSED, at=now, pseudonym=pseudonym, **who, message=(
+        f"{REFUSALS_PER_ALERT} feedback messages of {kind.value} {source} refused within "
+        f"{REFUSAL_WINDOW.total_seconds() / 3600:g} hour(s): it acts outside its referrals (check its system, "
+        "or rotate its credential)."))
 
 
 # -- provider stops ----------------------------------------------------------------------------------

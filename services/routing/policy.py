@@ -134,9 +134,11 @@ def reject_unroutable(s: Situation) -> Verdict:
     check_age(referral.youth.birth_date, referral.referral_date, referral.continuation, "youth.birth_date", errors)
     if pc4 not in s.registry.postcodes:
         errors.add(ErrorCode.OUTSIDE_MUNICIPALITY, "youth.postcode",
-                   f"Postcode area {pc4} lies outside the municipality of Groningen.")
-    if errors:
-        return Verdict(reason="rejected: " + " ".join(e.message for e in errors.errors), errors=errors.errors)
+                   "The postcode area lies outside the municipality of Groningen.")
+    if errors:  # the trace is the audit trail (the referral is in the decision): it names the area, the error not
+        outside = f" (postcode area {pc4})" if pc4 not in s.registry.postcodes else ""
+        return Verdict(reason="rejected: " + " ".join(e.message for e in errors.errors) + outside,
+                       errors=errors.errors)
     limit = "23 (continued care)" if referral.continuation else "18"
     return Verdict(reason=f"the youth is under {limit} on the referral date and postcode area {pc4} "
                           "lies in the municipality")

@@ -1,14 +1,17 @@
-"""Intake on the real broker, through the running hub: a poison pill blocks nothing, dead letters say why."""
+"""Intake on the real broker, through the running hub: a poison pill blocks nothing, dead letters say why, and
+no status or dead-letter header quotes what a referrer submitted."""
 
 import asyncio
 import json
+import random
 import uuid
 
 import pytest
 
-from schemas.referral import Referral
+from schemas.referral import Channel, Referral
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra.settings import REPO_ROOT
+from services.intake.validation import bsn_passes_elfproef
 from tests.kafka_client import header, produce, read_topic
 from tests.referrals import random_bsn
 
@@ -92,3 +95,41 @@ async def test_both_good_referrals_around_a_poison_pill_are_routed(hub, sent):
     records = await read_topic(hub.kafka, "status.gi.v1", lambda r: r.key in wanted and b'"routed"' in r.value, 2)
     assert sorted(StatusEvent.model_validate_json(r.value).referrer_referral_id for r in records) == sorted(
         [ids["first"], ids["second"]])
+
+
+def failing_bsn() -> str:
+    """Nine random digits that fail the 11-test: a BSN the referrer mistyped, unique to this run."""
+    while True:
+        candidate = f"{random.randrange(10**8, 10**9)}"
+        if not bsn_passes_elfproef(candidate):
+            return candidate
+
+
+async def test_no_status_record_or_dead_letter_header_quotes_a_malformed_date_bsn_or_postcode(hub):
+    """Malformed birth dates, BSNs and postcodes through the running hub: rejected with codes and fixed texts, so
+    operations and analytics (status topics, dead-letter headers, the gateway's Tasks) never read them back."""
+    run = uuid.uuid4().hex[:8]
+    malformed = [{"birth_date": "2013-02-29"}, {"birth_date": "2012-14-07"}, {"birth_date": "31-12-2012"},
+                 {"bsn": failing_bsn()}, {"bsn": failing_bsn(), "birth_date": "2010-00-13"},
+                 {"postcode": "XQ99 ZZ"}, {"postcode": "97123 QX"}]
+    ids = [f"JBN-{run}-bad-{n}" for n in range(len(malformed))]
+    for referral_id, youth in zip(ids, malformed):
+        await produce(hub.kafka, "referrals.gi.v1", gi_document(referral_id, **youth), key=referral_id.encode())
+    rejected = await read_topic(hub.kafka, "status.gi.v1",
+                                lambda r: r.key.decode() in ids and b'"rejected"' in r.value, len(ids))
+    assert len(rejected) == len(ids)
+    values = {value for youth in malformed for value in youth.values()}
+    statuses = [record for channel in Channel
+                for record in await read_topic(hub.kafka, f"status.{channel.value}.v1", lambda r: True, 10**9,
+                                               timeout_s=3.0)]
+    letters = await read_topic(hub.kafka, "referrals.dlq.v1", lambda r: True, 10**9, timeout_s=3.0)
+    assert {r.key.decode() for r in rejected} <= {r.key.decode() for r in statuses if r.key}
+    assert sum(any(value.encode() in r.value for value in values) for r in letters) >= len(ids), \
+        "the values are in the dead letters' raw bytes"
+    for record in statuses:
+        quoted = [value for value in values if value.encode() in record.value]
+        assert not quoted, f"a status record quotes submitted values: {quoted}"
+    for record in letters:
+        for name, raw in record.headers or ():
+            quoted = [value for value in values if value.encode() in raw]
+            assert not quoted, f"dead-letter header {name} quotes submitted values: {quoted}"

@@ -1,5 +1,6 @@
 """Routing on a real broker of its own: a registry update live, a malformed one refused, a decline
-re-routed, and a provider's stop re-routing its youths once, also across a restart of routing."""
+re-routed, feedback acted on only from the provider the referral is with (and an indication only within its
+contract and the bound), and a provider's stop re-routing its youths once, also across a restart of routing."""
 
 import asyncio
 import json
@@ -8,7 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from schemas.routing import RoutingAlert, RoutingDecision
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.settings import REPO_ROOT
 from services.routing.commands import import_indications, publish_registry
+from services.routing.core import REFUSALS_PER_ALERT
 from tests.conftest import ARTIFACTS, TestKafka, start_hub, stop_hub
 from tests.kafka_client import produce, read_topic
 from tests.referrals import random_bsn
@@ -29,6 +31,7 @@ TODAY = datetime.now(UTC).date()
 PSEUDONYM_KEY = "routing-live-test-key"
 """Routing takes pseudonyms as they come; the test makes them, and imports indications, with this key."""
 STADSGEZIN = "98000022"
+NOORDERLICHT, PLEEGZORG, OMMELAND = "98000011", "98000044", "98000055"
 
 
 def registry_copy(tmp: Path, name: str, providers=None, postcodes=None) -> Path:
@@ -86,6 +89,17 @@ class Routing:
         (record,) = await self.decisions(ref.referral_id, 1)
         return RoutingDecision.model_validate_json(record.value)
 
+    async def feedback(self, provider: str, pseudonym: str, feedback: Feedback) -> None:
+        await produce(self.kafka, f"feedback.provider.{provider}.v1", feedback.model_dump_json().encode(),
+                      key=pseudonym.encode())
+
+    async def refused(self, provider: str, pseudonym: str) -> list[tuple[str, str]]:
+        """The codes and locations of the dead letter of the provider's feedback about this youth."""
+        topic = f"feedback.provider.{provider}.v1".encode()
+        (letter,) = await read_topic(self.kafka, "referrals.dlq.v1", lambda r: r.key == pseudonym.encode()
+                                     and dict(r.headers).get("origin-topic") == topic, 1)
+        return [(e["code"], e["location"]) for e in json.loads(dict(letter.headers)["errors"])]
+
     async def decisions(self, referral_id: str, count: int, settle_s: float = 0.0):
         return await read_topic(self.kafka, "routing.decisions.v1",
                                 lambda r: json.loads(r.value)["referral_id"] == referral_id, count,
@@ -133,10 +147,8 @@ async def test_declined_handover_is_rerouted_without_that_recipient(routing):
     first = await routing.send(referral(random_bsn(), product="54B01"))
     declined_by = first.recipient.id
     assert first.recipient.kind == "provider"
-    feedback = Feedback(referral_id=first.referral_id, kind=FeedbackKind.DECLINED, at=datetime.now(UTC),
-                        reason="no capacity")
-    await produce(routing.kafka, f"feedback.provider.{declined_by}.v1", feedback.model_dump_json().encode(),
-                  key=first.referral.youth.pseudonym.encode())
+    await routing.feedback(declined_by, first.referral.youth.pseudonym, Feedback(
+        referral_id=first.referral_id, kind=FeedbackKind.DECLINED, at=datetime.now(UTC), reason="no capacity"))
     records = await routing.decisions(first.referral_id, 2)
     again = RoutingDecision.model_validate_json(records[1].value)
     assert again.recipient.kind == "provider" and again.recipient.id != declined_by
@@ -146,12 +158,11 @@ async def test_declined_handover_is_rerouted_without_that_recipient(routing):
 
 async def test_indication_started_feedback_keeps_the_next_referral_with_that_provider(routing):
     bsn = random_bsn()
-    first = await routing.send(referral(bsn, product="54B01"))
-    provider = first.recipient.id
+    first = await routing.send(referral(bsn, product="46A02"))
+    provider = first.recipient.id  # a provider with 46A02 in its contract, handed the referral it speaks about
     started = Feedback(referral_id=first.referral_id, kind=FeedbackKind.INDICATION_STARTED, at=datetime.now(UTC),
-                       product="46A02", indication_end=date(2099, 1, 1))
-    await produce(routing.kafka, f"feedback.provider.{provider}.v1", started.model_dump_json().encode(),
-                  key=first.referral.youth.pseudonym.encode())
+                       product="46A02", indication_end=TODAY + timedelta(days=365))
+    await routing.feedback(provider, first.referral.youth.pseudonym, started)
     records = await read_topic(routing.kafka, "indications.v1",
                                lambda r: r.key == first.referral.youth.pseudonym.encode(), 1)
     kept = json.loads(records[0].value)["indications"]
@@ -162,6 +173,68 @@ async def test_indication_started_feedback_keeps_the_next_referral_with_that_pro
                                outcome="indication recorded")
     second = await routing.send(referral(bsn, product="46A02"))
     assert (second.rule, second.recipient.id) == ("running-indication", provider)
+
+
+def indication_started(referral_id: str, product: str, end: date) -> Feedback:
+    return Feedback(referral_id=referral_id, kind=FeedbackKind.INDICATION_STARTED, at=datetime.now(UTC),
+                    product=product, indication_end=end)
+
+
+async def test_an_indication_for_a_youth_never_handed_to_the_provider_is_refused(routing):
+    """Ommeland was never handed this youth: its indication is a dead letter, the next referral routed as before."""
+    bsn = random_bsn()
+    other = await routing.send(referral(random_bsn(), product="45A56"))
+    pseudonym = youth_pseudonym(bsn, PSEUDONYM_KEY)
+    await routing.feedback(OMMELAND, pseudonym, indication_started(other.referral_id, "45A56",
+                                                                   TODAY + timedelta(days=30)))
+    assert await routing.refused(OMMELAND, pseudonym) == [("NOT_RECIPIENT", "/referral_id")]
+    after = await routing.send(referral(bsn, product="45A56"))
+    assert after.rule != "running-indication"
+    assert not await read_topic(routing.kafka, "indications.v1", lambda r: r.key == pseudonym.encode(), 1,
+                                timeout_s=1.0), "nothing kept for the youth"
+
+
+@pytest.mark.parametrize(("product", "end", "location"), [
+    ("43A03", TODAY + timedelta(days=30), "/product"),  # pleegzorg: in no contract of a provider with 46A02
+    ("46A02", date(2099, 1, 1), "/indication_end"),  # beyond the longest indication the region issues
+    ("46A02", TODAY - timedelta(days=1), "/indication_end"),  # before it starts
+])
+async def test_an_indication_outside_the_contract_or_the_bound_is_refused(routing, product, end, location):
+    bsn = random_bsn()
+    first = await routing.send(referral(bsn, product="46A02"))
+    provider, pseudonym = first.recipient.id, first.referral.youth.pseudonym
+    await routing.feedback(provider, pseudonym, indication_started(first.referral_id, product, end))
+    assert await routing.refused(provider, pseudonym) == [("INDICATION_INVALID", location)]
+    after = await routing.send(referral(bsn, product=product))
+    assert after.rule != "running-indication", "routed as if the indication had not come"
+
+
+@pytest.mark.parametrize("kind", [FeedbackKind.DECLINED, FeedbackKind.CLOSED])
+async def test_a_decline_or_closure_from_a_provider_the_referral_is_not_with_is_refused(routing, kind):
+    first = await routing.send(referral(random_bsn(), product="46A02"))
+    pseudonym = first.referral.youth.pseudonym
+    await routing.feedback(NOORDERLICHT, pseudonym, Feedback(referral_id=first.referral_id, kind=kind,
+                                                             at=datetime.now(UTC), reason="no capacity"))
+    assert await routing.refused(NOORDERLICHT, pseudonym) == [("NOT_RECIPIENT", "/referral_id")]
+    assert len(await routing.decisions(first.referral_id, 1, settle_s=1.0)) == 1, "not re-routed"
+    declined = Feedback(referral_id=first.referral_id, kind=FeedbackKind.DECLINED, at=datetime.now(UTC))
+    await routing.feedback(first.recipient.id, pseudonym, declined)
+    records = await routing.decisions(first.referral_id, 2)
+    assert RoutingDecision.model_validate_json(records[1].value).previous_recipient.id == first.recipient.id, \
+        "still open with its recipient: the refused feedback changed nothing"
+
+
+async def test_a_provider_that_keeps_trying_raises_an_alert(routing):
+    """One youth, so that the refusals are handled in order in one partition."""
+    pseudonym = youth_pseudonym(random_bsn(), PSEUDONYM_KEY)
+    for _ in range(REFUSALS_PER_ALERT):
+        await routing.feedback(PLEEGZORG, pseudonym, indication_started(str(uuid.uuid4()), "43A03",
+                                                                        TODAY + timedelta(days=30)))
+    (alert,) = await read_topic(routing.kafka, "alerts.v1",
+                                lambda r: json.loads(r.value)["kind"] == "feedback-refused", 1, settle_s=1.0)
+    assert (RoutingAlert.model_validate_json(alert.value).provider, alert.key.decode()) == (PLEEGZORG, pseudonym)
+    assert len(await read_topic(routing.kafka, "referrals.dlq.v1", lambda r: r.key == pseudonym.encode(),
+                                REFUSALS_PER_ALERT)) == REFUSALS_PER_ALERT
 
 
 async def test_provider_stop_reroutes_each_youth_once_also_after_a_restart(routing, tmp_path):

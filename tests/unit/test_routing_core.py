@@ -4,22 +4,28 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback, FeedbackKind
 from schemas.indications import Indication
 from schemas.referral import Channel, Referral, Referrer, ReferrerType, Youth
 from schemas.registry import Registry
 from schemas.routing import RecipientKind, YouthRouting
 from services.infra.registry_files import load_registry
-from services.infra.settings import REPO_ROOT
+from services.infra.settings import REPO_ROOT, Settings
 from services.routing.core import (
     Alerted,
+    REFUSALS_KEPT,
+    REFUSALS_PER_ALERT,
     Decided,
     IndicationsChanged,
+    Refused,
+    count_refusal,
     is_empty,
     on_feedback,
     on_indications,
     on_referral,
     on_stop,
+    refusals_alert,
     stop_due,
     stopped_providers,
 )
@@ -29,7 +35,10 @@ NOW = datetime(2026, 3, 12, tzinfo=UTC)
 TODAY = NOW.date()
 PSEUDONYM = "ab" * 32
 NOORDERLICHT = "98000011"
+MARTINI = "98000033"
+"""Of the providers with 46A02 in their contract, the one a 46A02 referral goes to when none has open load."""
 PROVIDER, WIJ = RecipientKind.PROVIDER, RecipientKind.WIJ_TEAM
+MAX_DAYS = Settings(_env_file=None).indication_max_days
 
 
 def with_provider(agb: str, **changes) -> Registry:
@@ -54,6 +63,11 @@ def indication(agb: str = NOORDERLICHT, product: str = "45A51", end: str = "2026
 
 def feedback(kind: FeedbackKind, rid: str = "r-1", **more) -> Feedback:
     return Feedback(referral_id=rid, kind=kind, at=NOW + timedelta(hours=1), **more)
+
+
+def answer(state: YouthRouting, kind: RecipientKind, source: str, given: Feedback, registry: Registry = REGISTRY):
+    """Routing's step for one feedback message, with the default bound on indications."""
+    return on_feedback(state, kind, source, given, registry, NOW, {}, MAX_DAYS)
 
 
 def routed(product: str | None = "54B01", rid: str = "r-1", state: YouthRouting | None = None) -> YouthRouting:
@@ -82,58 +96,124 @@ def test_the_youths_indications_keep_the_referral_with_their_provider():
 def test_a_decline_redecides_without_every_recipient_that_declined():
     state = routed()
     first = state.referrals["r-1"].decision.recipient.id
-    state, effects, outcome = on_feedback(state, PROVIDER, first, feedback(FeedbackKind.DECLINED, reason="full"),
-                                          REGISTRY, NOW, {})
+    state, effects, outcome = answer(state, PROVIDER, first, feedback(FeedbackKind.DECLINED, reason="full"))
     (again,) = [e.decision for e in effects]
     assert again.recipient.id != first and again.previous_recipient.id == first and outcome.startswith("re-routed")
     assert again.trace[0].rule == "declined" and "full" in again.trace[0].reason
     assert state.referrals["r-1"].declined == [first]
     second = again.recipient.id
-    state, effects, _ = on_feedback(state, PROVIDER, second, feedback(FeedbackKind.DECLINED), REGISTRY, NOW, {})
+    state, effects, _ = answer(state, PROVIDER, second, feedback(FeedbackKind.DECLINED))
     assert effects[0].decision.recipient.id not in {first, second}
     assert state.referrals["r-1"].declined == sorted({first, second})
 
 
-def test_feedback_from_another_recipient_changes_nothing():
+def refusal(step) -> ReferralError:
+    """The error of a refused step, which changed nothing."""
+    (refused,) = step.effects
+    assert isinstance(refused, Refused) and "refused" in step.outcome
+    return refused.error
+
+
+def test_feedback_from_another_recipient_is_refused_and_changes_nothing():
     state = routed()
     recipient = state.referrals["r-1"].decision.recipient.id
     other = next(agb for agb in REGISTRY.providers if agb != recipient)
     for kind in (FeedbackKind.DECLINED, FeedbackKind.CLOSED):
-        step = on_feedback(state, PROVIDER, other, feedback(kind), REGISTRY, NOW, {})
-        assert step.state is state and step.effects == [] and "ignored" in step.outcome
-    step = on_feedback(state, WIJ, recipient, feedback(FeedbackKind.DECLINED), REGISTRY, NOW, {})
-    assert step.state is state, "the kind counts too"
-    assert on_feedback(state, PROVIDER, recipient, feedback(FeedbackKind.ACCEPTED), REGISTRY, NOW, {}).state is state
+        step = answer(state, PROVIDER, other, feedback(kind))
+        assert step.state is state and refusal(step).code is ErrorCode.NOT_RECIPIENT
+    step = answer(state, WIJ, recipient, feedback(FeedbackKind.DECLINED))
+    assert step.state is state and refusal(step).code is ErrorCode.NOT_RECIPIENT, "the kind counts too"
+    step = answer(state, PROVIDER, recipient, feedback(FeedbackKind.DECLINED, rid="r-2"))
+    assert refusal(step).code is ErrorCode.NOT_RECIPIENT, "another referral of the youth"
+    assert answer(state, PROVIDER, recipient, feedback(FeedbackKind.ACCEPTED)).state is state
 
 
 def test_a_closed_referral_leaves_the_state_and_is_never_rerouted():
     state = routed(product="45A51", state=on_indications(YouthRouting(pseudonym=PSEUDONYM), [indication()]))
     provider = state.referrals["r-1"].decision.recipient.id
     assert provider == NOORDERLICHT
-    closed, effects, outcome = on_feedback(state, PROVIDER, provider, feedback(FeedbackKind.CLOSED), REGISTRY, NOW, {})
+    closed, effects, outcome = answer(state, PROVIDER, provider, feedback(FeedbackKind.CLOSED))
     assert closed.referrals == {} and effects == [] and outcome == "closed"
     assert not is_empty(closed, TODAY), "the running indication stays"
     assert is_empty(on_indications(closed, []), TODAY), "then nothing: a tombstone"
-    assert on_feedback(closed, PROVIDER, provider, feedback(FeedbackKind.DECLINED), REGISTRY, NOW, {}).effects == []
+    assert refusal(answer(closed, PROVIDER, provider, feedback(FeedbackKind.DECLINED))).code is \
+        ErrorCode.NOT_RECIPIENT, "a closed referral is no longer the provider's"
     stopped = with_provider(provider, stopped_on=TODAY)
     assert not [e for e in on_stop(closed, stopped, TODAY, NOW).effects if isinstance(e, Decided)], \
         "the indication gets its alert and mark, the closed referral no decision"
 
 
+def started(product: str = "46A02", end: date | None = date(2027, 1, 1), rid: str = "r-1") -> Feedback:
+    return feedback(FeedbackKind.INDICATION_STARTED, rid=rid, product=product, indication_end=end)
+
+
 def test_indication_started_is_recorded_and_kept_as_the_youths_list():
-    state = routed()
-    provider = state.referrals["r-1"].decision.recipient.id
-    started = feedback(FeedbackKind.INDICATION_STARTED, product="46A02", indication_end=date(2027, 1, 1))
-    state, effects, outcome = on_feedback(state, PROVIDER, provider, started, REGISTRY, NOW, {})
+    state = routed(product="46A02")
+    assert state.referrals["r-1"].decision.recipient.id == MARTINI
+    state, effects, outcome = answer(state, PROVIDER, MARTINI, started())
     (changed,) = effects
     assert isinstance(changed, IndicationsChanged) and outcome == "indication recorded"
     assert [(i.product, i.provider_agb, i.referral_id) for i in changed.indications.indications] == [
-        ("46A02", provider, "r-1")]
+        ("46A02", MARTINI, "r-1")]
     assert state.indications == changed.indications.indications
-    again, effects, _ = on_feedback(state, PROVIDER, provider, started, REGISTRY, NOW, {})
+    again, effects, _ = answer(state, PROVIDER, MARTINI, started())
     assert len(again.indications) == 1, "the same indication replaces itself"
-    ignored = on_feedback(state, WIJ, "centrum", started, REGISTRY, NOW, {})
-    assert ignored.effects == [] and "ignored" in ignored.outcome
+    longest = (NOW + timedelta(hours=1)).date() + timedelta(days=MAX_DAYS)
+    assert isinstance(answer(state, PROVIDER, MARTINI, started(end=longest)).effects[0], IndicationsChanged), \
+        "the longest the region issues"
+
+
+def test_an_indication_for_a_youth_never_handed_to_the_provider_is_refused():
+    state = routed(product="46A02")
+    other = NOORDERLICHT
+    for step in (answer(YouthRouting(pseudonym=PSEUDONYM), PROVIDER, MARTINI, started()),
+                 answer(state, PROVIDER, other, started(product="45A51")),
+                 answer(state, WIJ, "centrum", started())):
+        assert refusal(step).code is ErrorCode.NOT_RECIPIENT and step.state.indications == []
+    after = on_referral(state, referral("r-2", "45A51"), REGISTRY, NOW, {}).effects[0].decision
+    assert after.rule != "running-indication", "the next referral is routed as if it had not come"
+
+
+@pytest.mark.parametrize(("given", "location"), [
+    (started(product="45A51"), "/product"),  # Noorderlicht's, not Martini's
+    (started(product=None), "/product"),
+    (started(end=date(2099, 1, 1)), "/indication_end"),
+    (started(end=date(2026, 3, 11)), "/indication_end"),  # the day before it starts
+    (started(end=None), "/indication_end"),
+])
+def test_an_indication_outside_the_contract_or_the_bound_is_refused_with_a_fixed_text(given, location):
+    state = routed(product="46A02")
+    step = answer(state, PROVIDER, MARTINI, given)
+    error = refusal(step)
+    assert (error.code, error.location) == (ErrorCode.INDICATION_INVALID, location) and step.state is state
+    assert "45A51" not in error.message and "2099" not in error.message and "2026" not in error.message
+    assert on_referral(state, referral("r-2", given.product or "45A51"), REGISTRY, NOW, {}).effects[0] \
+        .decision.rule != "running-indication", "the next referral is routed as if it had not come"
+
+
+def test_a_stopped_or_unknown_provider_has_no_contract_to_start_an_indication_in():
+    state = routed(product="46A02")
+    gone = REGISTRY.model_copy(update={"providers": {a: p for a, p in REGISTRY.providers.items() if a != MARTINI}})
+    assert refusal(answer(state, PROVIDER, MARTINI, started(), gone)).code is ErrorCode.INDICATION_INVALID
+
+
+def test_every_fifth_refusal_of_one_recipient_within_the_hour_alerts():
+    recent: dict = {}
+    alerts = []
+    for offset in range(REFUSALS_PER_ALERT * 2):
+        recent, alert = count_refusal(recent, ("feedback.provider.98000011.v1", 0, offset), NOW)
+        alerts.append(alert)
+    assert alerts == ([False] * (REFUSALS_PER_ALERT - 1) + [True]) * 2
+    again, alert = count_refusal(recent, ("feedback.provider.98000011.v1", 0, REFUSALS_PER_ALERT - 1), NOW)
+    assert alert and again == recent, "a batch retried counts a refusal once and decides the same"
+    later, alert = count_refusal(recent, ("feedback.provider.98000011.v1", 0, 99), NOW + timedelta(hours=2))
+    assert not alert and len(later) == 1, "older refusals have left the window"
+    flood: dict = {}
+    for offset in range(REFUSALS_KEPT * 3):
+        flood, _ = count_refusal(flood, ("t", 0, offset), NOW)
+    assert len(flood) == REFUSALS_KEPT
+    message = refusals_alert(PROVIDER, NOORDERLICHT, PSEUDONYM, NOW)
+    assert (message.kind, message.provider, message.team) == ("feedback-refused", NOORDERLICHT, None)
 
 
 def test_a_provider_stop_reroutes_the_open_referral_once_and_marks_its_indications():

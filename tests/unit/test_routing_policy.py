@@ -53,7 +53,8 @@ def test_postcodes_outside_the_municipality_are_rejected_with_a_reason(postcode)
     decision = decide(referral_in(postcode), REGISTRY, NOW)
     assert decision.rejected
     assert [e.code for e in decision.errors] == [ErrorCode.OUTSIDE_MUNICIPALITY]
-    assert decision.trace[-1].decided and postcode[:4] in decision.trace[-1].reason
+    assert decision.trace[-1].decided and postcode[:4] in decision.trace[-1].reason, "the audit trail names it"
+    assert postcode[:4] not in decision.errors[0].message, "the referrer's rejected status does not"
 
 
 def test_every_team_in_the_postcode_table_exists_and_a_bad_table_is_refused():
