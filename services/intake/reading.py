@@ -40,7 +40,7 @@ def read_json(raw: bytes) -> Any:
     returns a string that cannot be encoded again. NaN and Infinity are not JSON and are refused too."""
     try:
         value = from_json(raw, allow_inf_nan=False)
-    except ValueError as exc:
+    except ValueError:
         code = ErrorCode.CHANNEL_MISMATCH if raw.lstrip().startswith(b"MSH|") else ErrorCode.UNPARSEABLE
         return reject(code, "", "Not a JSON document.")
     where = _control_character_at(value, "")

@@ -205,8 +205,9 @@ class Routing(Processor):
 
     async def on_feedback(self, record: ConsumerRecord) -> list[Outbound]:
         """Declines re-route, closures end the referral, started indications are kept; the rest is the notifier's.
-        Feedback about a referral not with its writer, or an invalid indication, is dead-lettered (`Refused`).
-        Unreadable feedback is the notifier's to dead-letter."""
+        Feedback about a referral not with its writer is refused (`Refused`: nothing changes, an alert when its
+        writer keeps trying) and, like unreadable feedback, dead-lettered by the notifier, which applies the same
+        rule (`not_recipient`); an invalid indication, which only routing judges, routing dead-letters itself."""
         kind, source = FEEDBACK_TOPIC.fullmatch(record.topic).groups()
         recipient_kind = RecipientKind.WIJ_TEAM if kind == "wij" else RecipientKind.PROVIDER
         try:
@@ -228,7 +229,10 @@ class Routing(Processor):
         self.log.info("feedback handled", correlation_id=feedback.referral_id, kind=feedback.kind.value,
                       outcome=step.outcome)
         if step.effects and isinstance(refused := step.effects[0], Refused):
-            raise Poison([refused.error], also=self.refusal_records(record, recipient_kind, source, pseudonym, now))
+            alerts = self.refusal_records(record, recipient_kind, source, pseudonym, now)
+            if refused.error.code is ErrorCode.NOT_RECIPIENT:
+                return alerts  # the notifier, which reads every feedback kind, dead-letters it: one dead letter
+            raise Poison([refused.error], also=alerts)
         return self.records(record.partition, before, step)
 
     def refusal_records(self, record: ConsumerRecord, kind: RecipientKind, source: str, pseudonym: str,
