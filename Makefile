@@ -31,8 +31,10 @@ tools:
 	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
 	    --no-install-recommends prometheus chromium kcat poppler-utils)
 
+# Two workers, each taking whole test modules (a module's broker and hub stay with it): the end-to-end tests
+# spend about half their time waiting on brokers and processes, so two of them share the machine's two cores.
 test: kafka-jars tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts

@@ -207,9 +207,11 @@ def stop_hub(process: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def hub(kafka: TestKafka) -> Iterator[RunningHub]:
-    """The whole hub, running as `verwijshub up` does, logging to test-artifacts/hub.log."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    log_file = ARTIFACTS / "hub.log"
+    """The whole hub, running as `verwijshub up` does, logging to test-artifacts/hub-<worker>/hub.log: each pytest
+    worker (`make test` runs two) has its own session broker and hub, and their data directories must differ (the
+    analytics store is a file only one process may hold)."""
+    log_file = ARTIFACTS / f"hub-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}" / "hub.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
     log_file.unlink(missing_ok=True)
     process = start_hub(kafka, log_file)
     try:
