@@ -1,5 +1,9 @@
 """A tick whose transaction fails (the broker paused while it runs) is tried again once the broker is back: its
-due record is written with no new input, and the runtime is ready again on its own."""
+due record is written with no new input, and the runtime is ready again on its own.
+
+The failed try writes to a topic that exists only once the broker is back: its first send waits for metadata the
+paused broker cannot give, so nothing of it can reach a commit. (Had its records got that far, a commit whose
+answer was lost could still land, and the output would not prove a retry.)"""
 
 import asyncio
 import os
@@ -79,9 +83,6 @@ async def test_a_failed_tick_is_retried_and_fires_without_new_input(
                 break
             await asyncio.sleep(0.1)
         assert 0 in running.owned and running.healthy()
-        # Created now, so the producers have no metadata of it: the tick's first send waits for the broker, and
-        # nothing of the failed try reaches it (one that got as far as its commit could still commit).
-        provision_topics(private_kafka.admin, [TopicSpec(f"{run}.out", 1, 1, {})])
         alarm.armed = True
         try:
             await asyncio.wait_for(paused.wait(), 10)
@@ -92,6 +93,7 @@ async def test_a_failed_tick_is_retried_and_fires_without_new_input(
             assert not running.healthy()  # the tick's transaction failed
         finally:
             os.kill(pid, signal.SIGCONT)
+        provision_topics(private_kafka.admin, [TopicSpec(f"{run}.out", 1, 1, {})])
         outputs = await read_topic(private_kafka.admin, f"{run}.out", lambda r: True, 1, timeout_s=60, settle_s=1)
         for _ in range(300):
             if running.healthy():
