@@ -38,7 +38,7 @@ from schemas.referral import Channel
 from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
 from services.infra.logging import configure_logging
-from services.infra.processing import FETCH_WAIT_MS, RETRY_BACKOFF_MS
+from services.infra.processing import RETRY_BACKOFF_MS
 from services.infra.provisioning import TopicSpec, provision_topics
 from services.infra.settings import REPO_ROOT
 from tests.conftest import TestKafka, new_broker, start_hub, stop_hub
@@ -165,7 +165,7 @@ async def passthrough(broker: TestKafka, items: list[tuple[Channel, str, bytes]]
         group = f"bench-{run}-{source}"
         reading = kafka.consumer_options() if transactional else kafka.client_options()
         consumer = AIOKafkaConsumer(source, **reading, group_id=group, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=FETCH_WAIT_MS)
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=broker.settings().fetch_wait_ms)
         producer = AIOKafkaProducer(**kafka.client_options(), acks="all", enable_idempotence=True, **SENDING,
                                     **({"transactional_id": group, "retry_backoff_ms": RETRY_BACKOFF_MS}
                                        if transactional else {}))

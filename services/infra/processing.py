@@ -72,11 +72,6 @@ but they never pass (error codes 10 MESSAGE_TOO_LARGE and 18 RECORD_LIST_TOO_LAR
 OUTPUT_TOO_LARGE = [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message=(
     "What the hub would write for this record is larger than its topic takes."))]
 HUB_FAILED = [ReferralError(code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")]
-FETCH_WAIT_MS = 50
-"""How long the broker may hold a fetch with nothing new (default 500 ms). aiokafka keeps one fetch in flight per
-broker, and a partition whose records were just handed out joins only the next one: this bounds that wait, at
-the cost of an empty fetch per 50 ms when idle (measured: 500 ms lowered the CPU but raised the latency; a
-commit does end a waiting read_committed fetch, within milliseconds)."""
 QUEUE_MAX_FACTOR = 4
 """A partition's inputs pause once this many batches' worth of records wait for its worker."""
 BACKOFF_S = (0.2, 10.0)
@@ -227,7 +222,7 @@ class Runtime:
             auto_offset_reset="earliest",
             partition_assignment_strategy=(RangePartitionAssignor,),
             max_partition_fetch_bytes=request_bytes(self.settings),
-            fetch_max_wait_ms=FETCH_WAIT_MS,
+            fetch_max_wait_ms=self.settings.fetch_wait_ms,
             metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
         await waiting_for(f"{self.group}: the broker to answer", self.consumer.start())
         self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
