@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import faulthandler
+import importlib
 import signal
 import subprocess
 import sys
@@ -14,8 +15,6 @@ from pathlib import Path
 from faststream.kafka import KafkaBroker
 
 from schemas.registry import Registry
-from services.analytics.sink import create_analytics
-from services.gateway.app import create_gateway
 from services.infra import principals
 from services.infra.clock import Clock, FileClock, SystemClock
 from services.infra.kafka import group_id
@@ -24,22 +23,25 @@ from services.infra.metrics import serve_metrics
 from services.infra.processing import Runtime
 from services.infra.settings import REPO_ROOT, Settings
 from services.infra.starting import waiting_for
-from services.intake.app import create_intake
-from services.notifier.app import create_notifier
 from services.ops.lag import LagMonitor, export
-from services.routing.app import create_routing
 
 LAG_EVERY_S = 15.0
-SERVICES: dict[str, Callable[[Settings, Registry, Clock], KafkaBroker | Runtime]] = {
-    "intake": create_intake,
-    "routing": create_routing,
-    "notifier": create_notifier,
-    "gateway": create_gateway,
-    "analytics": create_analytics,
+SERVICES: dict[str, str] = {
+    "intake": "services.intake.app:create_intake",
+    "routing": "services.routing.app:create_routing",
+    "notifier": "services.notifier.app:create_notifier",
+    "gateway": "services.gateway.app:create_gateway",
+    "analytics": "services.analytics.sink:create_analytics",
 }
-"""Each service's create function: intake, routing and notifier run on the transactional runtime
+"""Each service's create function, imported only by a process that runs it (so `verwijshub lag`, or `run intake`,
+loads neither FastAPI nor DuckDB): intake, routing and notifier run on the transactional runtime
 (services/infra/processing.py); the gateway's and the analytics sink's FastStream brokers also run the HTTPS and
 MLLP servers and the DuckDB store."""
+
+
+def create_service(name: str, settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker | Runtime:
+    module, function = SERVICES[name].split(":")
+    return getattr(importlib.import_module(module), function)(settings, registry, clock)
 
 
 def healthy(service: KafkaBroker | Runtime) -> bool:
@@ -51,7 +53,7 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
                        on_ready: Callable[[], None] | None = None) -> None:
     """Start the named services on one event loop and run them until SIGINT or SIGTERM."""
     clock: Clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
-    brokers = [SERVICES[name](settings, registry, clock) for name in names]
+    brokers = [create_service(name, settings, registry, clock) for name in names]
     stopping, ready = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -44,18 +44,21 @@ async def read_topic(kafka: KafkaConnection, topic: str, wanted: Callable[[Consu
         await consumer.stop()
 
 
-async def partitions_of(kafka: KafkaConnection, topic: str) -> list[TopicPartition]:
+async def partitions_of(kafka: KafkaConnection, *names: str) -> list[TopicPartition]:
+    """The partitions of the topics, once all of them exist (waited for: a topic just created may not be known
+    to every broker yet); one admin connection for all, as a SASL_SSL handshake per topic adds up."""
     admin = AIOKafkaAdminClient(**kafka.client_options())
     await admin.start()
     try:
         for _ in range(50):
-            (description,) = await admin.describe_topics([topic])
-            if description.get("partitions"):
-                return [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+            described = await admin.describe_topics(list(names))
+            if all(d.get("partitions") for d in described):
+                return [TopicPartition(d["topic"], p["partition"]) for d in described
+                        for p in sorted(d["partitions"], key=lambda p: p["partition"])]
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
-    raise LookupError(f"topic {topic} does not exist")
+    raise LookupError(f"not all of the topics {', '.join(names)} exist")
 
 
 def header(record: ConsumerRecord, name: str) -> str | None:
@@ -78,7 +81,7 @@ async def read_committed(kafka: KafkaConnection, names: list[str], timeout_s: fl
     consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     try:
-        partitions = [tp for name in names for tp in await partitions_of(kafka, name)]
+        partitions = await partitions_of(kafka, *names)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)  # read_committed: the last stable offsets

@@ -81,7 +81,8 @@ async def end_offsets(kafka: TestKafka) -> dict:
         names = sorted(await admin.list_topics())
     finally:
         await admin.close()
-    partitions = [tp for name in names if not name.startswith("__") and name != "ops.recipients.v1" for tp in await partitions_of(kafka.admin, name)]
+    partitions = await partitions_of(kafka.admin, *(name for name in names
+                                                     if not name.startswith("__") and name != "ops.recipients.v1"))
     consumer = AIOKafkaConsumer(**kafka.admin.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     try:

@@ -121,7 +121,7 @@ async def follow_statuses(kafka: KafkaConnection, progress: Progress) -> None:
     consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, isolation_level="read_committed")
     await consumer.start()
     try:
-        partitions = [tp for channel in Channel for tp in await partitions_of(kafka, topics.status(channel))]
+        partitions = await partitions_of(kafka, *(topics.status(channel) for channel in Channel))
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         while True:
@@ -280,14 +280,14 @@ async def diagnose(kafka: KafkaConnection, progress: Progress, suspects: list[st
     lines = []
     families = [topics.status(c) for c in Channel] + await handover_topics(kafka) + [
         topics.NORMALISED, topics.DECISIONS, topics.INTAKE_ACCEPTED, topics.NOTIFIER_STATE]
-    partitions = [tp for name in families for tp in await partitions_of(kafka, name)]
+    partitions = await partitions_of(kafka, *families)
     committed_view = AIOKafkaConsumer(**kafka.client_options(), isolation_level="read_committed")
     everything = AIOKafkaConsumer(**kafka.client_options())
     await committed_view.start()
     await everything.start()
     try:
         stable, ends = await committed_view.end_offsets(partitions), await everything.end_offsets(partitions)
-        inputs = [tp for c in Channel for tp in await partitions_of(kafka, topics.referrals(c))] + [
+        inputs = await partitions_of(kafka, *(topics.referrals(c) for c in Channel)) + [
             tp for tp in partitions if tp.topic in (topics.NORMALISED, topics.DECISIONS)]
         input_ends = await everything.end_offsets(inputs)
     finally:
