@@ -129,7 +129,8 @@ class Referral(BaseModel):
 class AcceptedReferral(BaseModel):
     """Internal, compacted `intake.accepted.v1` (key: hub referral id): intake accepted this referral, so the
     same referral sent again has no second effect, and the id stays bound to this content. No personal data: the
-    digest is a hash of the whole content, which tells nothing to one who does not hold that content already."""
+    digest is a one-way hash of the whole content, which reveals none of it (it can only confirm an exact copy held
+    already), and only intake and the admin read this topic."""
 
     model_config = ConfigDict(frozen=True)
     SCHEMA: ClassVar[str] = "verwijshub.Accepted/1"
