@@ -72,7 +72,8 @@ class AcceptedLedger:
     def aborted(self, partition: int) -> None:
         self.pending.pop(partition, None)
 
-    def _apply(self, record: ConsumerRecord) -> None:
+    def apply(self, record: ConsumerRecord) -> None:
+        """One record of `intake.accepted.v1`, another instance's or this one's (the first of an id counts)."""
         if record.key:
             self._add({record.key.decode(errors="replace"): _digest_in(record.value)})
 
@@ -82,6 +83,14 @@ class AcceptedLedger:
 
     async def start(self) -> None:
         """Follow the ledger; returns once it is read to its end."""
+        self.open()
+        self._task = asyncio.create_task(follow(self.kafka, [topics.INTAKE_ACCEPTED], self.apply, self.ready,
+                                                "verwijshub-intake-ledger"), name="intake-ledger")
+        await waiting_for(f"{topics.INTAKE_ACCEPTED} read to its end", self.ready.wait())
+        get_logger(service="intake").info("accepted-referral ledger loaded", accepted=len(self))
+
+    def open(self) -> None:
+        """The empty SQLite file the topic is read into (`start` opens it; a test may alone)."""
         self._directory = tempfile.TemporaryDirectory(prefix="verwijshub-intake-")
         self._db = sqlite3.connect(Path(self._directory.name) / "accepted.sqlite", isolation_level=None)
         # Rebuilt from the topic at every start: neither a journal nor a sync to disk per insert is needed (the
@@ -89,10 +98,6 @@ class AcceptedLedger:
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY, digest TEXT NOT NULL) WITHOUT ROWID")
-        self._task = asyncio.create_task(follow(self.kafka, [topics.INTAKE_ACCEPTED], self._apply, self.ready,
-                                                "verwijshub-intake-ledger"), name="intake-ledger")
-        await waiting_for(f"{topics.INTAKE_ACCEPTED} read to its end", self.ready.wait())
-        get_logger(service="intake").info("accepted-referral ledger loaded", accepted=len(self))
 
     async def stop(self) -> None:
         if self._task is not None:
