@@ -26,6 +26,9 @@ class ErrorCode(StrEnum):
     INDICATION_INVALID = "INDICATION_INVALID"
     """An `indication-started` without a product of the provider's contract, or ending before it starts or later
     than the region's longest indication (`VERWIJSHUB_INDICATION_MAX_DAYS`)."""
+    REFERRAL_ID_CONFLICT = "REFERRAL_ID_CONFLICT"
+    """A referral whose hub referral id (channel, referrer, referral id) intake already accepted with other content:
+    the id stays bound to its first referral (`services/intake/repeats.py`)."""
 
 
 class ReferralError(BaseModel):

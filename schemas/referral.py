@@ -128,7 +128,9 @@ class Referral(BaseModel):
 
 class AcceptedReferral(BaseModel):
     """Internal, compacted `intake.accepted.v1` (key: hub referral id): intake accepted this referral, so the
-    same referral sent again has no second effect. No personal data."""
+    same referral sent again has no second effect, and the id stays bound to this content. No personal data: the
+    digest is a one-way hash of the whole content, which reveals none of it (it can only confirm an exact copy held
+    already), and only intake and the admin read this topic."""
 
     model_config = ConfigDict(frozen=True)
     SCHEMA: ClassVar[str] = "verwijshub.Accepted/1"
@@ -139,3 +141,7 @@ class AcceptedReferral(BaseModel):
     referrer_referral_id: str
     accepted_at: datetime
     origin: str = Field(description="topic/partition/offset of the inbound record.")
+    digest: str | None = Field(default=None, description=(
+        "SHA-256 (hex) of the referral's content as the referrer stated it (`services/intake/repeats.py`): a "
+        "later referral with this id and another digest is refused (`REFERRAL_ID_CONFLICT`). None on records "
+        "written before intake recorded it."))

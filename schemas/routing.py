@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from schemas.errors import ReferralError
 from schemas.indications import Indication
-from schemas.referral import Referral
+from schemas.referral import Channel, Referral
 
 
 class RecipientKind(StrEnum):
@@ -60,7 +60,8 @@ class RoutingDecision(BaseModel):
 
 
 class RoutingAlert(BaseModel):
-    """A message on `alerts.v1` (key: youth pseudonym) for operations and WIJ management; no personal data."""
+    """A message on `alerts.v1` (key: youth pseudonym, or the channel for an alert about no one youth) for
+    operations and WIJ management; no personal data."""
 
     model_config = ConfigDict(frozen=True)
     SCHEMA: ClassVar[str] = "verwijshub.Alert/1"
@@ -69,7 +70,10 @@ class RoutingAlert(BaseModel):
     kind: str
     """E.g. `provider-stopped`."""
     at: datetime
-    pseudonym: str
+    pseudonym: str | None = None
+    """The youth it is about; None for intake's `referral-id-conflict`, which names no youth."""
+    channel: Channel | None = None
+    """The referrer channel, for intake's `referral-id-conflict`."""
     referral_id: str | None = None
     provider: str | None = None
     team: str | None = None

@@ -114,7 +114,8 @@ def service_grants() -> list[Grant]:
     return [
         *_topics(intake, Operation.READ, *(f"referrals.{c}.v1" for c in channels), topics.INTAKE_ACCEPTED,
                  topics.REGISTRY),
-        *_topics(intake, Operation.WRITE, topics.NORMALISED, topics.DEAD_LETTERS, topics.INTAKE_ACCEPTED),
+        *_topics(intake, Operation.WRITE, topics.NORMALISED, topics.DEAD_LETTERS, topics.INTAKE_ACCEPTED,
+                 topics.ALERTS),
         *_topics(intake, Operation.WRITE, "status.", pattern=prefix),
         _group(intake, principals.service("intake")), _transactions(intake),
         *_topics(routing, Operation.READ, topics.NORMALISED, topics.REGISTRY, topics.INDICATIONS, topics.ROUTING_STATE,

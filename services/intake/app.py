@@ -4,7 +4,8 @@ Per inbound record, in one transaction with its offset (services/infra/processin
 gives its `received` status, the canonical referral and its ledger record (`ledger.py`: the same referral sent
 again, also after a restart, has no second effect); a rejected one gives its dead letter and, when the referrer's
 id is known, the `rejected` status. `received` comes before the normalised referral, so no later status can
-overtake it on the referrer's status topic.
+overtake it on the referrer's status topic. A referral with a known id is a repeat or a conflict (`repeats.py`
+decides): a repeat gives nothing, a conflict is rejected (`REFERRAL_ID_CONFLICT`) and alerted on `alerts.v1`.
 """
 
 import asyncio
@@ -15,6 +16,7 @@ from faststream.kafka import KafkaBroker
 from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import AcceptedReferral, Channel, Referral
 from schemas.registry import Registry
+from schemas.routing import RoutingAlert
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
@@ -29,6 +31,7 @@ from services.intake.adapters import PARSERS, read_referral
 from services.intake.ledger import AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
 from services.intake.products import ProductTable
+from services.intake.repeats import Seen, conflict_alert, conflict_rejection, referral_digest, seen
 
 SERVICE = "intake"
 CHANNEL_OF_TOPIC = {topics.referrals(channel): channel for channel in PARSERS}
@@ -81,28 +84,36 @@ class Intake(Processor):
             outcome = self.parse(channel, raw)
         if isinstance(outcome, Rejection) and outcome.failure:  # an adapter bug: the record is parked
             self.log.error("adapter failed", channel=channel.value, error_type=outcome.failure)
-        if isinstance(outcome, Referral) and outcome.referral_id in self.ledger:
-            self.log.info("duplicate referral ignored", channel=channel.value, correlation_id=outcome.referral_id,
-                          referrer_referral_id=outcome.referrer_referral_id)
-            return []
         if isinstance(outcome, Referral):
-            metrics.REFERRALS_ACCEPTED.labels(channel.value).inc()
-            self.log.info("referral accepted", channel=channel.value, correlation_id=outcome.referral_id,
-                          referrer_referral_id=outcome.referrer_referral_id, pseudonym=outcome.youth.pseudonym)
-            return self.accept(record, outcome)
-        for code in {e.code.value for e in outcome.errors}:
-            metrics.REFERRALS_REJECTED.labels(channel.value, code).inc()
-        self.log.warning("referral rejected", channel=channel.value, referrer_referral_id=outcome.referrer_referral_id,
-                         codes=[e.code.value for e in outcome.errors])
+            return self.on_referral(record, outcome)
         return self.reject(record, channel, outcome)
 
-    def accept(self, record: ConsumerRecord, referral: Referral) -> list[Outbound]:
+    def on_referral(self, record: ConsumerRecord, referral: Referral) -> list[Outbound]:
+        """A valid referral: new (accepted), a repeat (nothing), or a conflict (rejected, and an alert)."""
+        channel, digest = referral.channel, referral_digest(referral)
+        match seen(self.ledger.digest(referral.referral_id), digest):
+            case Seen.REPEAT:
+                self.log.info("duplicate referral ignored", channel=channel.value, correlation_id=referral.referral_id,
+                              referrer_referral_id=referral.referrer_referral_id)
+                return []
+            case Seen.CONFLICT:
+                self.log.warning("referral id bound to other content", channel=channel.value,
+                                 correlation_id=referral.referral_id,
+                                 referrer_referral_id=referral.referrer_referral_id)
+                return [*self.reject(record, channel, conflict_rejection(referral)),
+                        self.alert(conflict_alert(channel, self.clock.now()))]
+        metrics.REFERRALS_ACCEPTED.labels(channel.value).inc()
+        self.log.info("referral accepted", channel=channel.value, correlation_id=referral.referral_id,
+                      referrer_referral_id=referral.referrer_referral_id, pseudonym=referral.youth.pseudonym)
+        return self.accept(record, referral, digest)
+
+    def accept(self, record: ConsumerRecord, referral: Referral, digest: str) -> list[Outbound]:
         now = self.clock.now()
         status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
                                 ReferralStatus.RECEIVED, now)
         accepted = AcceptedReferral(referral_id=referral.referral_id, channel=referral.channel,
                                     referrer_referral_id=referral.referrer_referral_id, accepted_at=now,
-                                    origin=f"{record.topic}/{record.partition}/{record.offset}")
+                                    origin=f"{record.topic}/{record.partition}/{record.offset}", digest=digest)
         return [outbound(topics.status(referral.channel), status, referral.referrer_referral_id,
                          correlation_id=referral.referral_id, channel=referral.channel),
                 outbound(topics.NORMALISED, referral, referral.youth.pseudonym, correlation_id=referral.referral_id,
@@ -110,8 +121,18 @@ class Intake(Processor):
                 self.ledger.accept(record.partition, accepted)]
 
     def reject(self, record: ConsumerRecord, channel: Channel, rejection: Rejection) -> list[Outbound]:
+        for code in {e.code.value for e in rejection.errors}:
+            metrics.REFERRALS_REJECTED.labels(channel.value, code).inc()
+        self.log.warning("referral rejected", channel=channel.value,
+                         referrer_referral_id=rejection.referrer_referral_id,
+                         codes=[e.code.value for e in rejection.errors])
         return [dead_letter_record(record, rejection.errors, channel),
                 *self.rejected(channel, rejection.referrer_referral_id, None, rejection.errors)]
+
+    @staticmethod
+    def alert(alert: RoutingAlert) -> Outbound:
+        """An alert about no one youth, keyed by its channel."""
+        return outbound(topics.ALERTS, alert, alert.channel, channel=alert.channel or "")
 
     def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
         """A referral the runtime dead-lettered (what intake would write too large, or the hub failed on it): the
@@ -147,7 +168,11 @@ class Intake(Processor):
                                      "`origin-header-*`.")
         broker.publisher(topics.INTAKE_ACCEPTED, title="intake:accepted-ledger", schema=AcceptedReferral,
                          description="Internal, compacted: one record per accepted referral, keyed by hub referral "
-                                     "id; read back at start to drop re-sent referrals.")
+                                     "id, with its content's digest; read back at start to drop re-sent referrals "
+                                     "and refuse an id sent again with other content.")
+        broker.publisher(topics.ALERTS, title="intake:alerts", schema=RoutingAlert,
+                         description="`referral-id-conflict` alerts (a referral id sent again with other content), "
+                                     "keyed by channel; no personal data.")
 
 
 def create_intake(settings: Settings, registry: Registry, clock: Clock) -> Runtime:

@@ -1,14 +1,17 @@
-"""The accepted-referral ledger: what makes a re-sent referral have its effect once, across restarts.
+"""The accepted-referral ledger: what makes a re-sent referral have its effect once, across restarts, and binds
+each referral id to its first content.
 
 Intake writes one record per accepted referral to the compacted topic `intake.accepted.v1`, keyed by the hub
 referral id (deterministic: channel, referrer, referrer's referral id), in the same transaction as the referral
 and its `received` status. Every intake instance reads that topic from the start before it handles its first
-referral and keeps following it, so a referral accepted by another instance or before a restart is known as a
-duplicate. The record holds no personal data: ids, channel, time and the origin offset only.
+referral and keeps following it, so a referral accepted by another instance or before a restart is known. The
+record holds no personal data: ids, channel, time, the origin offset and the digest of the referral's content
+(`repeats.py`, which decides from it whether a referral with a known id is a repeat or a conflict).
 
-The ids are kept in an SQLite file of the process, not in memory: the ledger grows with every referral ever
-accepted, intake's memory must not (the file is rebuilt from the topic at each start, so it holds nothing the
-topic does not). Ids of a transaction not yet committed are pending in memory, per partition, until it commits.
+The ids and their digests are kept in an SQLite file of the process, not in memory: the ledger grows with every
+referral ever accepted, intake's memory must not (the file is rebuilt from the topic at each start, so it holds
+nothing the topic does not). Ids of a transaction not yet committed are pending in memory, per partition, until
+it commits. Only the first record of an id counts: intake writes one per id, and a repeat or a conflict none.
 
 Left open: the same referral re-sent under another Kafka key can land in another partition, owned by another
 instance; if both copies arrive within the ledger's follow latency (milliseconds), both are accepted.
@@ -21,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from aiokafka import ConsumerRecord
+from pydantic_core import from_json
 
 from schemas.referral import AcceptedReferral
 from services.infra import topics
@@ -29,23 +33,28 @@ from services.infra.following import follow
 from services.infra.kafka import Outbound, outbound
 from services.infra.logging import get_logger
 from services.infra.starting import waiting_for
+from services.intake.repeats import NO_DIGEST
 
 
 class AcceptedLedger:
-    """The hub referral ids intake has accepted, as read from (and written to) `intake.accepted.v1`."""
+    """The hub referral ids intake has accepted with their content's digests, as read from (and written to)
+    `intake.accepted.v1`."""
 
     def __init__(self, kafka: KafkaConnection) -> None:
         self.kafka = kafka
         self.ready = asyncio.Event()
-        self.pending: dict[int, set[str]] = {}
-        """partition -> ids accepted in its open transaction."""
+        self.pending: dict[int, dict[str, str]] = {}
+        """partition -> id -> digest of the referrals accepted in its open transaction."""
         self._directory = self._db = None
         self._task: asyncio.Task[None] | None = None
 
-    def __contains__(self, referral_id: str) -> bool:
-        if any(referral_id in ids for ids in self.pending.values()):
-            return True
-        return self._db.execute("SELECT 1 FROM accepted WHERE referral_id = ?", (referral_id,)).fetchone() is not None
+    def digest(self, referral_id: str) -> str | None:
+        """The digest recorded with an accepted id (`NO_DIGEST` for a record without one); None: not accepted."""
+        for accepted in self.pending.values():
+            if referral_id in accepted:
+                return accepted[referral_id]
+        row = self._db.execute("SELECT digest FROM accepted WHERE referral_id = ?", (referral_id,)).fetchone()
+        return row[0] if row else None
 
     def __len__(self) -> int:
         return self._db.execute("SELECT count(*) FROM accepted").fetchone()[0]
@@ -53,37 +62,42 @@ class AcceptedLedger:
     def accept(self, partition: int, accepted: AcceptedReferral) -> Outbound:
         """The ledger record of an accepted referral; its id counts as accepted from now on (pending until the
         partition's transaction commits)."""
-        self.pending.setdefault(partition, set()).add(accepted.referral_id)
+        self.pending.setdefault(partition, {})[accepted.referral_id] = accepted.digest or NO_DIGEST
         return outbound(topics.INTAKE_ACCEPTED, accepted, accepted.referral_id, correlation_id=accepted.referral_id,
                         channel=accepted.channel)
 
     def committed(self, partition: int) -> None:
-        self._add(self.pending.pop(partition, set()))
+        self._add(self.pending.pop(partition, {}))
 
     def aborted(self, partition: int) -> None:
         self.pending.pop(partition, None)
 
-    def _apply(self, record: ConsumerRecord) -> None:
+    def apply(self, record: ConsumerRecord) -> None:
+        """One record of `intake.accepted.v1`, another instance's or this one's (the first of an id counts)."""
         if record.key:
-            self._add({record.key.decode(errors="replace")})
+            self._add({record.key.decode(errors="replace"): _digest_in(record.value)})
 
-    def _add(self, ids: set[str]) -> None:
-        if ids:
-            self._db.executemany("INSERT OR IGNORE INTO accepted VALUES (?)", [(i,) for i in ids])
+    def _add(self, accepted: dict[str, str]) -> None:
+        if accepted:
+            self._db.executemany("INSERT OR IGNORE INTO accepted VALUES (?, ?)", accepted.items())
 
     async def start(self) -> None:
         """Follow the ledger; returns once it is read to its end."""
+        self.open()
+        self._task = asyncio.create_task(follow(self.kafka, [topics.INTAKE_ACCEPTED], self.apply, self.ready,
+                                                "verwijshub-intake-ledger"), name="intake-ledger")
+        await waiting_for(f"{topics.INTAKE_ACCEPTED} read to its end", self.ready.wait())
+        get_logger(service="intake").info("accepted-referral ledger loaded", accepted=len(self))
+
+    def open(self) -> None:
+        """The empty SQLite file the topic is read into (`start` opens it; a test may alone)."""
         self._directory = tempfile.TemporaryDirectory(prefix="verwijshub-intake-")
         self._db = sqlite3.connect(Path(self._directory.name) / "accepted.sqlite", isolation_level=None)
         # Rebuilt from the topic at every start: neither a journal nor a sync to disk per insert is needed (the
         # sync cost a quarter of intake's time under load).
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY) WITHOUT ROWID")
-        self._task = asyncio.create_task(follow(self.kafka, [topics.INTAKE_ACCEPTED], self._apply, self.ready,
-                                                "verwijshub-intake-ledger"), name="intake-ledger")
-        await waiting_for(f"{topics.INTAKE_ACCEPTED} read to its end", self.ready.wait())
-        get_logger(service="intake").info("accepted-referral ledger loaded", accepted=len(self))
+        self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY, digest TEXT NOT NULL) WITHOUT ROWID")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -93,3 +107,14 @@ class AcceptedLedger:
         if self._db is not None:
             self._db.close()
             self._directory.cleanup()
+
+
+def _digest_in(value: bytes | None) -> str:
+    """The digest in a ledger record's value; `NO_DIGEST` for one written before digests, or not readable (the
+    id counts as accepted either way, as it always did)."""
+    try:
+        parsed = from_json(value or b"null")
+    except ValueError:
+        return NO_DIGEST
+    digest = parsed.get("digest") if isinstance(parsed, dict) else None
+    return digest if isinstance(digest, str) else NO_DIGEST

@@ -1,5 +1,6 @@
-"""Intake on the real broker, through the running hub: a poison pill blocks nothing, dead letters say why, and
-no status or dead-letter header quotes what a referrer submitted."""
+"""Intake on the real broker, through the running hub: a poison pill blocks nothing, dead letters say why, a
+referral id stays bound to its first content, and no status or dead-letter header quotes what a referrer
+submitted."""
 
 import asyncio
 import json
@@ -12,8 +13,8 @@ from schemas.referral import Channel, Referral
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra.settings import REPO_ROOT
 from services.intake.validation import bsn_passes_elfproef
-from tests.kafka_client import header, produce, read_topic
-from tests.referrals import random_bsn
+from tests.kafka_client import header, produce, read_committed, read_topic
+from tests.referrals import gp_bundle, random_bsn
 
 pytestmark = pytest.mark.e2e
 GI_EXAMPLE = json.loads((REPO_ROOT / "schemas" / "examples" / "gi" / "valid-ots.json").read_text())
@@ -95,6 +96,71 @@ async def test_both_good_referrals_around_a_poison_pill_are_routed(hub, sent):
     records = await read_topic(hub.kafka, "status.gi.v1", lambda r: r.key in wanted and b'"routed"' in r.value, 2)
     assert sorted(StatusEvent.model_validate_json(r.value).referrer_referral_id for r in records) == sorted(
         [ids["first"], ids["second"]])
+
+
+def _is_conflict_alert(record) -> bool:
+    return json.loads(record.value)["kind"] == "referral-id-conflict"
+
+
+def _handover_of(referral_id: str):
+    def wanted(record) -> bool:
+        request = next(e["resource"] for e in json.loads(record.value)["entry"]
+                       if e["resource"]["resourceType"] == "ServiceRequest")
+        return any(i["value"] == referral_id for i in request["identifier"])
+    return wanted
+
+
+async def test_a_referral_id_sent_again_with_other_content_is_rejected_and_alerted_and_the_first_stands(hub):
+    """A GP referral, then its id with another youth and note (a squatter, or a changed re-send), then the first
+    again, re-serialised: the second is rejected with REFERRAL_ID_CONFLICT (dead letter, `rejected` status quoting
+    nothing of it) and alerted; the first is handed over once, with its own content; the repeat has no effect."""
+    run = uuid.uuid4().hex[:8]
+    referral_id, first_bsn, other_bsn = f"ZD-{run}-bound", random_bsn(), random_bsn()
+    first = gp_bundle(referral_id=referral_id, bsn=first_bsn, postcode="9712 HB", note=f"Eerste verwijzing {run}")
+    changed = gp_bundle(referral_id=referral_id, bsn=other_bsn, postcode="9712 HB", note=f"Andere inhoud {run}",
+                        given_name=f"Noor{run}")
+    first_bytes, changed_bytes = json.dumps(first).encode(), json.dumps(changed).encode()
+    alerts_before = len([r for r in await read_committed(hub.kafka, ["alerts.v1"]) if _is_conflict_alert(r)])
+    referrer = hub.broker.connection("referrer-gp")
+    for value in (first_bytes, changed_bytes, json.dumps(first, indent=2).encode()):  # one key: in this order
+        await produce(referrer, "referrals.gp.v1", value, key=referral_id.encode())
+
+    records = await read_topic(referrer, "status.gp.v1", lambda r: r.key == referral_id.encode(), 4, settle_s=2.0)
+    events = [StatusEvent.model_validate_json(r.value) for r in records]
+    assert sorted(e.status.value for e in events) == ["handed-over", "received", "rejected", "routed"]
+    [rejected] = [e for e in events if e.status is ReferralStatus.REJECTED]
+    assert [e.code.value for e in rejected.errors] == ["REFERRAL_ID_CONFLICT"] and rejected.referral_id is None
+    hub_id = next(e.referral_id for e in events if e.status is ReferralStatus.RECEIVED)
+    submitted = [first_bsn, other_bsn, f"Andere inhoud {run}", f"Eerste verwijzing {run}", f"Noor{run}"]
+    for record in records:
+        assert not [v for v in submitted if v.encode() in record.value], "a status quotes a submitted value"
+
+    dead = await read_topic(hub.kafka, "referrals.dlq.v1", lambda r: r.value == changed_bytes, 1, settle_s=0.5)
+    assert len(dead) == 1 and [e["code"] for e in json.loads(header(dead[0], "errors"))] == ["REFERRAL_ID_CONFLICT"]
+    assert not [v for v in submitted for _, raw in dead[0].headers if v.encode() in raw]
+
+    handovers = await read_topic(hub.broker.connection("wij-centrum"), "handovers.wij.centrum.v1",
+                                 _handover_of(referral_id), 1, settle_s=1.0)
+    assert len(handovers) == 1, "the first referral is handed over once"
+    assert first_bsn.encode() in handovers[0].value and f"Eerste verwijzing {run}".encode() in handovers[0].value
+    assert other_bsn.encode() not in handovers[0].value and b"Andere inhoud" not in handovers[0].value
+    normalised = await read_topic(hub.kafka, "referrals.normalised.v1",
+                                  lambda r: json.loads(r.value)["referral_id"] == hub_id, 1, settle_s=0.5)
+    assert len(normalised) == 1
+
+    alerts = await read_topic(hub.kafka, "alerts.v1", _is_conflict_alert, alerts_before + 1, settle_s=1.0)
+    assert len(alerts) == alerts_before + 1, "one alert for the one conflict"
+    alert = json.loads(alerts[-1].value)
+    assert (alert["channel"], alert.get("pseudonym"), alert.get("referral_id")) == ("gp", None, None)
+    assert not [v for v in [*submitted, referral_id, hub_id] if v.encode() in alerts[-1].value]
+
+    for _ in range(100):  # the repeat after the conflict: logged as a duplicate, nothing written
+        repeats = [line for line in hub.log_file.read_text().splitlines()
+                   if '"duplicate referral ignored"' in line and hub_id in line]
+        if repeats:
+            break
+        await asyncio.sleep(0.1)
+    assert len(repeats) == 1
 
 
 def failing_bsn() -> str:

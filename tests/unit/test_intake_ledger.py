@@ -1,0 +1,50 @@
+"""Intake's ledger without Kafka: what it answers for an id, pending, committed, aborted, and as read back."""
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+
+import pytest
+
+from schemas.referral import AcceptedReferral, Channel
+from services.intake.ledger import AcceptedLedger
+from services.intake.repeats import NO_DIGEST
+
+AT = datetime(2026, 3, 12, 9, 30, tzinfo=UTC)
+
+
+def accepted(referral_id: str, digest: str | None) -> AcceptedReferral:
+    return AcceptedReferral(referral_id=referral_id, channel=Channel.GP, referrer_referral_id="ZD-1", accepted_at=AT,
+                            origin="referrals.gp.v1/0/7", digest=digest)
+
+
+@pytest.fixture
+async def ledger():
+    ledger = AcceptedLedger(kafka=None)
+    ledger.open()
+    yield ledger
+    await ledger.stop()
+
+
+def test_an_id_accepted_in_an_open_transaction_is_known_with_its_digest_until_the_transaction_aborts(ledger):
+    ledger.accept(0, accepted("a", "d1"))
+    assert (ledger.digest("a"), ledger.digest("b")) == ("d1", None)
+    ledger.aborted(0)
+    assert ledger.digest("a") is None
+
+
+def test_a_committed_id_keeps_its_first_digest(ledger):
+    ledger.accept(3, accepted("a", "d1"))
+    ledger.committed(3)
+    ledger.apply(SimpleNamespace(key=b"a", value=accepted("a", "d2").model_dump_json().encode()))
+    assert (ledger.digest("a"), len(ledger)) == ("d1", 1)
+
+
+def test_records_read_back_give_their_digest_and_an_old_record_without_one_no_digest(ledger):
+    ledger.apply(SimpleNamespace(key=b"new", value=accepted("new", "d1").model_dump_json().encode()))
+    old = accepted("old", None).model_dump_json(exclude={"digest"}).encode()
+    assert b"digest" not in old
+    ledger.apply(SimpleNamespace(key=b"old", value=old))
+    ledger.apply(SimpleNamespace(key=b"unreadable", value=b"\xff{"))
+    ledger.apply(SimpleNamespace(key=None, value=b"{}"))
+    assert [ledger.digest(i) for i in ("new", "old", "unreadable")] == ["d1", NO_DIGEST, NO_DIGEST]
+    assert len(ledger) == 3
