@@ -55,7 +55,7 @@ def asyncapi_document() -> dict[str, Any]:
     """The AsyncAPI document FastStream generates from the three services' brokers."""
     from faststream.specification import AsyncAPI
 
-    from services.hub import SERVICES
+    from services.hub import SERVICES, create_service
     from services.infra import topics
     from services.infra.clock import SystemClock
     from services.infra.registry_files import load_registry
@@ -66,7 +66,7 @@ def asyncapi_document() -> dict[str, Any]:
     registry = load_registry(REPO_ROOT / "deploy" / "registry")
     from services.infra.processing import Runtime
 
-    services = [create(settings, registry, SystemClock()) for create in SERVICES.values()]
+    services = [create_service(name, settings, registry, SystemClock()) for name in SERVICES]
     brokers = [service.specification() if isinstance(service, Runtime) else service for service in services]
     specification = AsyncAPI(
         *brokers, title="Verwijshub", version="1.0.0", schema_version="3.0.0",
