@@ -176,6 +176,9 @@ class Owned:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     worker: asyncio.Task | None = None
     failures: int = 0
+    input_failed: bool = False
+    """A failed transaction carried input: only a committed batch ends the retrying then (a tick committing says
+    the broker is back, not that the input goes through)."""
     poison: dict[tuple[str, int], list[ReferralError]] = field(default_factory=dict)
     """(topic, offset) of records whose handling raised a bug or whose output was too large: dead-lettered on every
     retry, with why, until their batch commits."""
@@ -573,8 +576,9 @@ class Runtime:
 
     async def tick(self, number: int, owned: Owned) -> None:
         """What came due in partition N, in a transaction of its own when there is anything (most ticks have
-        nothing: no transaction then), or when the partition is retrying: a committed tick ends the retrying as
-        a committed batch does, so a quiet partition recovers (and `/readyz` with it) without new input."""
+        nothing: no transaction then), or when the partition is retrying after a failed tick: a committed tick ends
+        that retrying, so a quiet partition recovers (and `/readyz` with it) without new input. After a failed
+        batch only a committed batch does: its input, sought again, is what has to go through."""
         async with owned.lock:
             if self.owned.get(number) is not owned:
                 return
@@ -583,17 +587,17 @@ class Runtime:
             except Exception as exc:  # memory may be half changed: recovered as after a failed transaction
                 self.log.warning("tick failed", partition=number, error_type=type(exc).__name__)
                 records = None
-            if records == [] and number not in self.retrying:
-                return
+            if records == [] and (number not in self.retrying or owned.input_failed):
+                return  # nothing due; a failed batch is retried by its input, fetched again
 
             async def body(producer: AIOKafkaProducer) -> list[Delivery]:
                 if records is None:
                     raise KafkaError("the tick failed")  # to recover as any failed transaction does
                 return await send(producer, records)
 
-            await self.transaction(number, owned, body)
+            await self.transaction(number, owned, body, tick=True)
 
-    async def transaction(self, number: int, owned: Owned, body, refused=None) -> bool:
+    async def transaction(self, number: int, owned: Owned, body, refused=None, tick: bool = False) -> bool:
         """Run `body(producer)` in one transaction of partition N (its lock held); True when it committed. Failed:
         the state reloaded, the inputs back at the committed offsets, a retry after backoff (nothing of it is
         visible to read_committed); at once when a record is to be left out (`Refused`, or `refused(exc)` says
@@ -608,6 +612,7 @@ class Runtime:
                 await self.recover(number, owned)
                 return False
             owned.failures += 1
+            owned.input_failed = owned.input_failed or not tick
             self.retrying.add(number)
             wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
             # ProducerFenced too: another instance took the partition's id (one that lost the partition in a
@@ -618,8 +623,9 @@ class Runtime:
             await self.recover(number, owned)
             await asyncio.sleep(wait)
             return False
-        owned.failures = 0
-        self.retrying.discard(number)
+        if not (tick and owned.input_failed):
+            owned.failures, owned.input_failed = 0, False
+            self.retrying.discard(number)
         self.processor.committed(number, [(record, delivery.result().offset) for record, delivery in deliveries])
         return True
 
