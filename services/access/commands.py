@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 import yaml
+from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
 
@@ -28,7 +29,7 @@ from services.infra.connection import KafkaConnection
 from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import RegistryError, load_registry
 from services.infra.registry_topic import latest_registry
-from services.infra.secrets import CredentialStore, SecretsError
+from services.infra.secrets import CredentialStore, SecretsError, new_password
 from services.infra.settings import Settings, get_settings
 
 access_app = typer.Typer(help="Who may connect and what each principal may do, reconciled with the registry.",
@@ -168,16 +169,48 @@ def client_config(
         raise typer.Exit(2) from exc
 
 
+def rotate_password(admin: AccessAdmin, store: CredentialStore, principal: str) -> None:
+    """Give `principal` a new random password: on the broker first, then in the store. The store thus never
+    holds a password the broker refused or never got: if the broker says no or does not answer, the old password
+    stays stored and keeps working. Should the store then not be writable, the broker gets the old one back."""
+    old, password = store.all().get(principal), new_password()
+    try:
+        admin.set_passwords({principal: password})
+    except (AccessError, KafkaException, TimeoutError) as exc:
+        raise AccessError(f"the broker did not take a new password for {principal} ({exc}); its old password "
+                          f"stays in {store.path} and keeps working") from exc
+    try:
+        store.store(principal, password)
+    except OSError as exc:
+        try:
+            admin.set_passwords({principal: old} if old is not None else {})
+            outcome = ("the broker has its old password again" if old is not None
+                       else "it had none stored before: rotate again once the store is writable")
+        except (AccessError, KafkaException, TimeoutError):
+            outcome = "nor could the broker get the old one back: rotate again once the store is writable"
+        raise AccessError(f"the new password for {principal} could not be stored in {store.path} ({exc}); "
+                          f"{outcome}") from exc
+
+
 @access_app.command("rotate")
 def rotate(principal: Annotated[str, typer.Argument(help="The principal whose password is replaced.")]) -> None:
-    """Issue a new random password for PRINCIPAL (its clients need a new client-config). For the admin of the
-    local Kafka the new password takes effect for the broker's own listeners at its next start."""
+    """Issue a new random password for PRINCIPAL: set on the broker, then stored (a refused change stores
+    nothing, exit 1). New connections need the new password at once (its clients a new client-config); live ones
+    are cut off when their SASL session ends (`connections.max.reauth.ms`), and a hub service of PRINCIPAL must be
+    restarted to read it. For the admin of the local Kafka, restart the broker too: its own connections log in
+    with the password it started with."""
     settings, registry = _settings_and_registry()
     _principal(registry, principal)
-    admin = AccessAdmin(settings.connection(principals.ADMIN))  # with the admin's password before the change
-    password = CredentialStore(settings.secrets).rotate(principal)
-    admin.set_passwords({principal: password})
-    console.print(f"new password for {principal} stored in {CredentialStore(settings.secrets).path}")
+    store = CredentialStore(settings.secrets)
+    try:
+        rotate_password(AccessAdmin(settings.connection(principals.ADMIN)), store, principal)
+    except (AccessError, KafkaException, TimeoutError) as exc:
+        console.print(f"password not rotated: {exc}", style="red", markup=False)
+        raise typer.Exit(1) from exc
+    console.print(f"new password for {principal} set on the broker and stored in {store.path}")
+    if principal == principals.ADMIN and not settings.kafka_bootstrap:
+        console.print("restart the local Kafka now (`verwijshub kafka stop`, then `start`): its own connections "
+                      "still log in with the old password and fail when their session ends")
 
 
 @access_app.command("token")

@@ -101,13 +101,18 @@ class LocalKafka:
     brokers: int = 1
     ports: tuple[int, ...] = ()
     controller_ports: tuple[int, ...] = ()
+    max_reauth_ms: int = 60_000
+    """`connections.max.reauth.ms` (secured, one node only): a session older than this is re-authenticated by
+    clients that can (librdkafka, Java) and closed by the broker for those that cannot (aiokafka); 0: sessions live
+    for ever. Three nodes run without: with 60 s sessions test_faults saw no transaction of the hub complete (the
+    nodes talk to each other on the client listener; why they fail there is not yet understood)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "LocalKafka":
         return cls(data_dir=settings.data_dir / "kafka", cache_dir=settings.cache_dir, host=settings.kafka_host,
                    port=settings.kafka_port, controller_port=settings.kafka_controller_port,
                    secrets_dir=settings.secrets, secured=settings.secured,
-                   brokers=settings.kafka_brokers)
+                   brokers=settings.kafka_brokers, max_reauth_ms=round(settings.kafka_max_reauth_s * 1000))
 
     @property
     def nodes(self) -> list[Node]:
@@ -200,6 +205,7 @@ class LocalKafka:
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             "allow.everyone.if.no.acl.found=false",
             f"super.users=User:{principals.ADMIN}",
+            f"connections.max.reauth.ms={self.max_reauth_ms if self.brokers == 1 else 0}",
         ]
 
     def _java(self, classpath: str, *args: str) -> list[str]:

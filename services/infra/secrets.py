@@ -20,12 +20,15 @@ class SecretsError(RuntimeError):
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to a file only its owner can read, created with that mode (never briefly world-readable)."""
+    """Write `data` to a file only its owner can read, created with that mode (never briefly world-readable), and
+    atomically: written beside it and renamed over it, so a crash leaves the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as file:
         file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
     os.replace(tmp, path)
 
 
@@ -62,11 +65,12 @@ class CredentialStore:
             write_private(self.path, json.dumps(known, indent=1, sort_keys=True).encode())
         return {p: known[p] for p in principals}
 
-    def rotate(self, principal: str) -> str:
+    def store(self, principal: str, password: str) -> None:
+        """Set one principal's password (`access rotate`, once the broker took it). The file is replaced whole, so
+        a reader sees the old passwords or the new ones, never half a file."""
         known = self.all()
-        known[principal] = new_password()
+        known[principal] = password
         write_private(self.path, json.dumps(known, indent=1, sort_keys=True).encode())
-        return known[principal]
 
 
 def pseudonym_key(directory: Path, configured: str | None) -> str:

@@ -4,19 +4,28 @@ Every principal kind is probed on every class of topic with a real third-party c
 confluent-kafka): produce, consume, describe, join a group, create and delete a topic, alter ACLs. Each
 outcome must be exactly what the matrix of services/access/matrix.py says. Then kcat and Kafka's own console
 consumer with `verwijshub access client-config` output, clients that must not get in at all, the Strimzi
-export against the broker's ACLs, and a provider's stop."""
+export against the broker's ACLs, a provider's stop, and a password rotation (the broker's SASL sessions are
+short here, so that a live connection of the old password is cut off within the test)."""
 
+import asyncio
+import contextlib
 import json
+import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import yaml
+from aiokafka import AIOKafkaConsumer
+from aiokafka import TopicPartition as AioTopicPartition
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import (
     AclBinding,
@@ -36,11 +45,12 @@ from services.access.strimzi import grants_of
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.local_kafka import resolve_classpath
+from services.infra.local_kafka import LocalKafka, resolve_classpath
 from services.infra.registry_files import load_registry
+from services.infra.secrets import CredentialStore
 from services.infra.settings import REPO_ROOT
 from services.infra.tls import LocalCa
-from tests.conftest import ARTIFACTS, TestKafka, cache_dir
+from tests.conftest import ARTIFACTS, TestKafka, cache_dir, new_broker
 from tests.system_tools import require
 
 pytestmark = pytest.mark.e2e
@@ -58,6 +68,10 @@ TOPICS = [topics.referrals("gp"), topics.referrals("gi"), topics.status("gp"), t
           topics.provider_feedback(PROVIDER_A), topics.provider_feedback(PROVIDER_B)]
 PROBE = b"probe record"
 WAIT_S = 15.0
+ROTATED = principals.provider(sorted(REGISTRY.providers)[2])
+"""The principal the rotation tests give new passwords: no other test here connects as it."""
+SESSION_S = 5
+"""The broker's `connections.max.reauth.ms` here, in seconds (the hub's default is 60)."""
 
 
 def matrix() -> list[Grant]:
@@ -68,15 +82,26 @@ def denied(error) -> bool:
     return error is not None and "AUTHORIZATION_FAILED" in error.name()
 
 
+@dataclass(frozen=True)
+class ShortSessionKafka(LocalKafka):
+    """A broker whose SASL sessions last a few seconds: librdkafka and Java clients re-authenticate that often,
+    aiokafka's connections are closed and made anew."""
+
+    max_reauth_ms: int = SESSION_S * 1000
+
+
 @pytest.fixture(scope="module")
-def broker(private_kafka: TestKafka) -> TestKafka:
-    """The module's broker with one record on partition 0 of every probed topic, so a read can succeed."""
-    producer, failed = Producer(private_kafka.admin.librdkafka()), []
-    for topic in TOPICS:  # keyed: the compacted topics take no record without a key
-        producer.produce(topic, PROBE, key=b"probe", partition=0,
-                         on_delivery=lambda error, message: error and failed.append(error))
-    assert producer.flush(30) == 0 and not failed, failed
-    return private_kafka
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKafka]:
+    """The module's broker of its own with one record on partition 0 of every probed topic, so a read can
+    succeed."""
+    with new_broker(tmp_path_factory.mktemp("security-kafka"), kind=ShortSessionKafka) as private_kafka:
+        producer, failed = Producer(private_kafka.admin.librdkafka()), []
+        for topic in TOPICS:  # keyed: the compacted topics take no record without a key
+            producer.produce(topic, PROBE, key=b"probe", partition=0,
+                             on_delivery=lambda error, message: error and failed.append(error))
+        assert producer.flush(30) == 0 and not failed, failed
+        del producer  # gone before the broker, which it would otherwise try to reach again and again
+        yield private_kafka
 
 
 def written(kafka: KafkaConnection) -> dict[str, bool]:
@@ -206,11 +231,16 @@ def test_clients_without_credentials_with_a_wrong_password_or_trusting_another_c
     assert topics.wij_handovers("centrum") in AdminClient(good.librdkafka()).list_topics(timeout=8).topics
 
 
+def access(broker: TestKafka, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`verwijshub access ...` as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "services.cli", "access", *args],
+                          env={**os.environ, **broker.env(), **(env or {})}, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
 def client_config(broker: TestKafka, principal: str, form: str, path: Path) -> Path:
     """`verwijshub access client-config` as an operator runs it for a recipient."""
-    run = subprocess.run([sys.executable, "-m", "services.cli", "access", "client-config", principal, "--format",
-                          form], env={**os.environ, **broker.env()}, cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120)
+    run = access(broker, "client-config", principal, "--format", form)
     assert run.returncode == 0, run.stderr
     path.write_text(run.stdout)
     path.chmod(0o600)
@@ -254,9 +284,7 @@ def test_kafkas_console_consumer_with_the_java_config_reads_its_handovers_and_is
 
 def test_the_strimzi_export_grants_what_the_broker_grants_principal_by_principal(
         broker: TestKafka, tmp_path: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "services.cli", "access", "export", "--format", "strimzi",
-                          str(tmp_path)], env={**os.environ, **broker.env()}, cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=120)
+    run = access(broker, "export", "--format", "strimzi", str(tmp_path))
     assert run.returncode == 0, run.stderr
     manifests = [yaml.safe_load(path.read_text()) for path in sorted(tmp_path.glob("*.yaml"))]
     users = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "KafkaUser"}
@@ -291,3 +319,87 @@ def test_a_stopped_provider_loses_write_at_once_and_read_after_the_grace_period(
     finally:
         sync_access(broker.settings(), REGISTRY)
     assert written(kafka)[topics.provider_feedback(PROVIDER_B)]
+
+
+def logs_in(kafka: KafkaConnection) -> bool:
+    try:
+        AdminClient({**kafka.librdkafka(), "socket.timeout.ms": 5000}).list_topics(timeout=8)
+        return True
+    except KafkaException:
+        return False
+
+
+def put(broker: TestKafka, topic: str, value: bytes) -> None:
+    producer = Producer(broker.admin.librdkafka())
+    producer.produce(topic, value, key=b"probe", partition=0)
+    assert producer.flush(30) == 0
+
+
+async def live_consumer(kafka: KafkaConnection, topic: str) -> AIOKafkaConsumer:
+    """A consumer as the hub's services make them (aiokafka), reading `topic` from its start: connected once
+    it returned the first record."""
+    consumer = AIOKafkaConsumer(**kafka.client_options(), enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    consumer.assign([AioTopicPartition(topic, 0)])
+    await asyncio.wait_for(consumer.getone(), WAIT_S)
+    return consumer
+
+
+async def fetched(consumer: AIOKafkaConsumer, value: bytes, within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        batches = await consumer.getmany(timeout_ms=500)
+        if any(record.value == value for records in batches.values() for record in records):
+            return True
+    return False
+
+
+def test_a_rotation_cuts_a_live_consumer_off_and_only_the_new_password_logs_in(
+        broker: TestKafka, caplog: pytest.LogCaptureFixture) -> None:
+    old = broker.connection(ROTATED)
+    other = broker.connection(principals.provider(PROVIDER_A))  # its sessions end as often; it must carry on
+    own_topic, other_topic = topics.provider_handovers(ROTATED.removeprefix("provider-")), \
+        topics.provider_handovers(PROVIDER_A)
+    put(broker, own_topic, PROBE)
+    caplog.set_level(logging.ERROR, logger="aiokafka")
+
+    async def scenario() -> tuple[subprocess.CompletedProcess, bool, bool]:
+        rotated, carrying_on = await live_consumer(old, own_topic), await live_consumer(other, other_topic)
+        try:
+            run = await asyncio.to_thread(access, broker, "rotate", ROTATED)
+            deadline = time.monotonic() + 20 * SESSION_S
+            while "SaslAuthenticationFailed" not in caplog.text and time.monotonic() < deadline:
+                await rotated.getmany(timeout_ms=500)  # aiokafka logs, and never raises, the refused login
+            marker = f"after the cut {time.time()}".encode()
+            for topic in (own_topic, other_topic):
+                put(broker, topic, marker)
+            return run, await fetched(carrying_on, marker, 6 * SESSION_S), await fetched(rotated, marker, 2 * SESSION_S)
+        finally:
+            for consumer in (rotated, carrying_on):
+                # aiokafka's stop re-raises the cancelled fetch that waits out its retry backoff
+                with contextlib.suppress(asyncio.CancelledError):
+                    await consumer.stop()
+
+    run, other_fetched, rotated_fetched = asyncio.run(scenario())
+    new = broker.connection(ROTATED)
+    assert run.returncode == 0, run.stderr
+    assert new.password != old.password
+    assert old.password not in run.stdout + run.stderr and new.password not in run.stdout + run.stderr
+    assert "SaslAuthenticationFailed" in caplog.text, "the live consumer's next login was refused"
+    assert other_fetched, "a consumer whose password did not change carries on past its sessions' ends"
+    assert not rotated_fetched, "the consumer of the old password fetches nothing more"
+    assert logs_in(new) and not logs_in(old)
+    assert stat.S_IMODE(CredentialStore(broker.secrets).path.stat().st_mode) == 0o600
+
+
+def test_a_refused_rotation_keeps_the_stored_password_and_it_keeps_working(broker: TestKafka) -> None:
+    store = CredentialStore(broker.secrets)
+    content, before = store.path.read_bytes(), broker.connection(ROTATED)
+    operations = broker.connection(principals.OPERATIONS)  # reads the registry, may not alter a SCRAM user
+    run = access(broker, "rotate", ROTATED, env={"VERWIJSHUB_KAFKA_USERNAME": operations.username or "",
+                                                 "VERWIJSHUB_KAFKA_PASSWORD": operations.password or ""})
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "password not rotated" in run.stderr and "keeps working" in run.stderr, run.stderr
+    assert store.path.read_bytes() == content
+    assert before.password not in run.stdout + run.stderr
+    assert logs_in(before)

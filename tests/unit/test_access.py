@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from schemas.referral import Channel
-from services.access.commands import ConfigFormat, client_config_text
+from services.access.commands import ConfigFormat, client_config_text, rotate_password
+from services.access.kafka_admin import AccessError
 from services.access.matrix import Operation, Resource, all_principals, allows, grants, who_may
 from services.access.strimzi import grants_of, manifests
 from services.infra import principals, topics
@@ -145,7 +146,8 @@ def test_secrets_are_generated_private_and_the_public_pseudonym_key_is_refused(t
     store = CredentialStore(tmp_path / "secrets")
     first = store.ensure(["a", "b"])
     assert store.ensure(["a", "b"]) == first and first["a"] != first["b"] and len(first["a"]) >= 32
-    assert store.rotate("a") != first["a"]
+    store.store("a", "replaced")
+    assert store.all() == {**first, "a": "replaced"}
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
     key = pseudonym_key(tmp_path / "secrets", None)
@@ -153,6 +155,53 @@ def test_secrets_are_generated_private_and_the_public_pseudonym_key_is_refused(t
     assert stat.S_IMODE((tmp_path / "secrets" / "pseudonym.key").stat().st_mode) == 0o600
     with pytest.raises(SecretsError):
         pseudonym_key(tmp_path, "local-development-key-change-me")
+
+
+class FakeAdmin:
+    """The broker side of a rotation: what the store held when each password was set, and refusals on request."""
+
+    def __init__(self, store: CredentialStore, refuse: bool = False) -> None:
+        self.store, self.refuse, self.calls = store, refuse, []
+
+    def set_passwords(self, passwords: dict[str, str]) -> None:
+        self.calls.append((dict(passwords), self.store.all()))
+        if self.refuse:
+            raise AccessError("provider-1: Cluster authorization failed")
+
+
+def test_a_rotation_sets_the_broker_first_and_stores_only_what_the_broker_took(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "secrets")
+    before = store.ensure(["provider-1", "wij-centrum"])
+    admin = FakeAdmin(store)
+    rotate_password(admin, store, "provider-1")
+    [(sent, stored_then)] = admin.calls
+    assert stored_then == before, "the store still held the old password while the broker was asked"
+    assert set(sent) == {"provider-1"} and sent["provider-1"] != before["provider-1"]
+    assert store.all() == {**before, "provider-1": sent["provider-1"]}
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+
+
+def test_a_refused_rotation_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "secrets")
+    store.ensure(["provider-1"])
+    content = store.path.read_bytes()
+    admin = FakeAdmin(store, refuse=True)
+    with pytest.raises(AccessError, match="old password stays") as refused:
+        rotate_password(admin, store, "provider-1")
+    assert store.path.read_bytes() == content
+    [(sent, _)] = admin.calls
+    assert sent["provider-1"] not in str(refused.value) and store.password("provider-1") not in str(refused.value)
+
+
+def test_a_store_that_cannot_be_written_gives_the_broker_the_old_password_back(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "secrets")
+    before = store.ensure(["provider-1"])
+    admin = FakeAdmin(store)
+    store.path.with_name(store.path.name + ".tmp").mkdir()  # the new file cannot be written beside the old
+    with pytest.raises(AccessError, match="old password again"):
+        rotate_password(admin, store, "provider-1")
+    assert store.all() == before
+    assert [sent for sent, _ in admin.calls][1] == before
 
 
 def test_the_local_ca_keeps_private_keys_private(tmp_path: Path) -> None:
