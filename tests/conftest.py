@@ -7,11 +7,13 @@ Tests look as the admin unless they play a referrer or recipient, then they conn
 """
 
 import contextlib
+import functools
 import os
 import re
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,29 +89,28 @@ def _local(data_dir: Path, brokers: int = 1, kind: type[LocalKafka] = LocalKafka
                 controller_ports=ports[brokers:])
 
 
-_TEMPLATE: list[Path] = []
-"""Where the run's template lives (under pytest's base temporary directory), then whether it was made."""
+_TEMPLATE_PLACE: list[Path] = []
+"""Where a test run keeps its template (under pytest's base temporary directory); a benchmark gets a temporary one."""
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _template_place(tmp_path_factory: pytest.TempPathFactory) -> None:
-    _TEMPLATE[:] = [tmp_path_factory.mktemp("kafka-template")]
+    _TEMPLATE_PLACE[:] = [tmp_path_factory.mktemp("kafka-template")]
 
 
+@functools.cache
 def _provisioned_template() -> Path:
     """A single-node broker's directory (storage formatted, every principal, grant and topic provisioned, CA and
-    passwords), made once per run and stopped cleanly: each new broker starts from a copy of it, so it pays only
-    for its JVM's start, not for formatting (another JVM) and provisioning (about as long again)."""
-    directory = _TEMPLATE[0]
-    if len(_TEMPLATE) == 1:
-        template = _local(directory)
-        SECRETS_SEEN.append(template.secrets)
-        template.start()
-        try:
-            provision(TestKafka(template.bootstrap, template.secrets, 1, template))
-        finally:
-            template.stop()
-        _TEMPLATE.append(directory)
+    passwords), made once per process and stopped cleanly: each new broker starts from a copy of it, so it pays
+    only for its JVM's start, not for formatting (another JVM) and provisioning (about as long again)."""
+    directory = _TEMPLATE_PLACE[0] if _TEMPLATE_PLACE else Path(tempfile.mkdtemp(prefix="verwijshub-template-"))
+    template = _local(directory)
+    SECRETS_SEEN.append(template.secrets)
+    template.start()
+    try:
+        provision(TestKafka(template.bootstrap, template.secrets, 1, template))
+    finally:
+        template.stop()
     return directory
 
 
