@@ -101,7 +101,7 @@ class LocalKafka:
     brokers: int = 1
     ports: tuple[int, ...] = ()
     controller_ports: tuple[int, ...] = ()
-    max_reauth_ms: int = 60_000
+    max_reauth_ms: int = 3_600_000
     """`connections.max.reauth.ms` (secured, one node only): a session older than this is re-authenticated by
     clients that can (librdkafka, Java) and closed by the broker for those that cannot (aiokafka); 0: sessions live
     for ever. Three nodes run without: with 60 s sessions test_faults saw no transaction of the hub complete (the

@@ -54,11 +54,13 @@ class Settings(BaseSettings):
     kafka_client_config: Path | None = Field(
         default=None, description="A file of these settings (as `verwijshub access client-config --format env` "
         "writes it); variables set in the environment win.")
-    kafka_max_reauth_s: float = Field(default=60.0, ge=0, description="The embedded Kafka's "
+    kafka_max_reauth_s: float = Field(default=3600.0, ge=0, description="The embedded Kafka's "
                                       "`connections.max.reauth.ms`: how long a SASL session lives before the "
                                       "client must authenticate again, so that a rotated password or a deleted "
-                                      "user cuts a live connection off within this time; 0: never. One node only: "
-                                      "three run without (their transactions stalled with it).")
+                                      "user cuts a live connection off within this time; 0: never. An hour: "
+                                      "aiokafka cannot re-authenticate, so each session's end is a reconnect of "
+                                      "every connection of the hub. One node only: three run without (their "
+                                      "transactions stalled with it).")
     secrets_dir: Path | None = Field(default=None, description="The local CA, the principals' passwords and the "
                                      "generated pseudonym key (mode 0700); unset: `<data dir>/secrets`.")
     access_read_grace_days: int = Field(default=30, ge=0, description="A stopped provider loses write on its "

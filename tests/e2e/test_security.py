@@ -71,7 +71,7 @@ WAIT_S = 15.0
 ROTATED = principals.provider(sorted(REGISTRY.providers)[2])
 """The principal the rotation tests give new passwords: no other test here connects as it."""
 SESSION_S = 5
-"""The broker's `connections.max.reauth.ms` here, in seconds (the hub's default is 60)."""
+"""The broker's `connections.max.reauth.ms` here, in seconds (the hub's default is an hour)."""
 
 
 def matrix() -> list[Grant]:
