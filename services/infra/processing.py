@@ -490,7 +490,7 @@ class Runtime:
             def refused(exc: Exception) -> bool:
                 return isinstance(exc, TOO_LARGE) and self.too_large(owned, given, sent)
 
-            if await self.transaction(number, owned, body, refused):
+            if await self.transaction(number, owned, body, refused, batch=True):
                 self.positions.update(offsets)
                 for record in batch.records:  # kept through aborts: each retry leaves all of them out
                     owned.poison.pop((record.topic, record.offset), None)
@@ -595,13 +595,14 @@ class Runtime:
                     raise KafkaError("the tick failed")  # to recover as any failed transaction does
                 return await send(producer, records)
 
-            await self.transaction(number, owned, body, tick=True)
+            await self.transaction(number, owned, body)
 
-    async def transaction(self, number: int, owned: Owned, body, refused=None, tick: bool = False) -> bool:
+    async def transaction(self, number: int, owned: Owned, body, refused=None, batch: bool = False) -> bool:
         """Run `body(producer)` in one transaction of partition N (its lock held); True when it committed. Failed:
         the state reloaded, the inputs back at the committed offsets, a retry after backoff (nothing of it is
         visible to read_committed); at once when a record is to be left out (`Refused`, or `refused(exc)` says
-        it marked one)."""
+        it marked one). `batch`: it carries input, which only a committed batch then shows to go through; any
+        other (a tick, the first commit of where inputs begin) ends a retrying no batch caused."""
         producer = owned.producer
         try:
             deliveries = await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
@@ -612,7 +613,7 @@ class Runtime:
                 await self.recover(number, owned)
                 return False
             owned.failures += 1
-            owned.input_failed = owned.input_failed or not tick
+            owned.input_failed = owned.input_failed or batch
             self.retrying.add(number)
             wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
             # ProducerFenced too: another instance took the partition's id (one that lost the partition in a
@@ -623,7 +624,7 @@ class Runtime:
             await self.recover(number, owned)
             await asyncio.sleep(wait)
             return False
-        if not (tick and owned.input_failed):
+        if batch or not owned.input_failed:
             owned.failures, owned.input_failed = 0, False
             self.retrying.discard(number)
         self.processor.committed(number, [(record, delivery.result().offset) for record, delivery in deliveries])
