@@ -25,7 +25,7 @@ from services.analytics import store
 from services.analytics.facts import INPUT_PATTERN, Fact, facts_of, utc
 from services.infra import principals, topics
 from services.infra.clock import Clock
-from services.infra.kafka import group_id, partition_spans
+from services.infra.kafka import group_id, log_offsets, partition_spans
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
 from services.infra.starting import waiting_for
@@ -168,7 +168,7 @@ async def behind(settings: Settings) -> int:
     try:
         names = [t for t in await consumer.topics() if re.match(INPUT_PATTERN, t)]
         partitions = [TopicPartition(t, p) for t in names for p in sorted(consumer.partitions_for_topic(t) or ())]
-        ends = await consumer.end_offsets(partitions)
+        ends = await log_offsets(consumer, partitions)
     finally:
         await consumer.stop()
     path = store_path(settings)

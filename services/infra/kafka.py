@@ -3,6 +3,8 @@
 import asyncio
 import logging
 import time
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -180,10 +182,25 @@ class Span:
     since: int | None = None
 
 
+async def log_offsets(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition], *,
+                      end: bool = True) -> dict[TopicPartition, int]:
+    """Each partition's end (or beginning) offset, asked per topic and all at once. aiokafka learns the leaders
+    of topics it does not track one topic per retry (its backoff and a metadata request each): a fresh consumer
+    asking the ends of 40 topics in one call waited 4.4 s; asked together, every topic joins one refresh."""
+    by_topic: defaultdict[str, list[TopicPartition]] = defaultdict(list)
+    for tp in partitions:
+        by_topic[tp.topic].append(tp)
+    ask = consumer.end_offsets if end else consumer.beginning_offsets
+    found: dict[TopicPartition, int] = {}
+    for offsets in await asyncio.gather(*(ask(tps) for tps in by_topic.values())):
+        found.update(offsets)
+    return found
+
+
 async def _spans(consumer: AIOKafkaConsumer, partitions: list[TopicPartition],
                  since_ms: int | None = None) -> dict[TopicPartition, Span]:
-    begins = await consumer.beginning_offsets(partitions)
-    ends = await consumer.end_offsets(partitions)
+    begins = await log_offsets(consumer, partitions, end=False)
+    ends = await log_offsets(consumer, partitions)
     found = await consumer.offsets_for_times({tp: since_ms for tp in partitions}) if since_ms is not None else {}
     return {tp: Span(begins[tp], ends[tp], (found[tp].offset if found.get(tp) else ends[tp])
                      if since_ms is not None else None) for tp in partitions}

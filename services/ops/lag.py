@@ -17,6 +17,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 
 from services.infra import metrics
+from services.infra.kafka import log_offsets
 from services.infra.connection import KafkaConnection
 from services.ops.rules import (
     GroupStatus,
@@ -159,7 +160,7 @@ class LagMonitor:
         described = await self.describe(names) if names else {}
         offsets = {name: await self.admin.list_consumer_group_offsets(name) for name in names}
         partitions = sorted({tp for committed in offsets.values() for tp in committed})
-        ends = await self.consumer.end_offsets(partitions) if partitions else {}
+        ends = await log_offsets(self.consumer, partitions)
         now, result = time.time(), []
         for name in names:
             lagging = {tp: meta.offset for tp, meta in offsets[name].items()

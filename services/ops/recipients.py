@@ -27,7 +27,7 @@ from schemas.notices import ClockCounts, RecipientClocks
 from schemas.registry import Registry
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
-from services.infra.kafka import read_to_end
+from services.infra.kafka import log_offsets, read_to_end
 from services.infra.registry_files import load_registry
 from services.infra.registry_topic import latest_registry
 from services.notifier.calendar import WorkingCalendar
@@ -258,8 +258,8 @@ class RecipientWatch:
         described = await monitor.admin.describe_topics([r.topic for r in wanted])
         partitions = [TopicPartition(d["topic"], p["partition"]) for d in described if not d.get("error_code")
                       for p in d.get("partitions") or ()]
-        starts = await monitor.consumer.beginning_offsets(partitions) if partitions else {}
-        ends = await monitor.consumer.end_offsets(partitions) if partitions else {}
+        starts = await log_offsets(monitor.consumer, partitions, end=False)
+        ends = await log_offsets(monitor.consumer, partitions)
         all_groups = {entry[0] for entry in await monitor.admin.list_consumer_groups()}
         positions: dict[TopicPartition, int] = {}
         reading: dict[str, list[str]] = {}

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from schemas.status import StatusEvent
 from services.infra import principals
+from services.infra.kafka import log_offsets
 from services.infra.settings import REPO_ROOT
 from services.ops.deadletters import latest_summary
 from tests.conftest import ARTIFACTS, TestKafka, start_hub, stop_hub
@@ -86,7 +87,7 @@ async def end_offsets(kafka: TestKafka) -> dict:
     consumer = AIOKafkaConsumer(**kafka.admin.consumer_options(), enable_auto_commit=False)
     await consumer.start()
     try:
-        return await consumer.end_offsets(partitions)
+        return await log_offsets(consumer, partitions)
     finally:
         await consumer.stop()
 

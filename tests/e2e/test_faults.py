@@ -28,7 +28,7 @@ from aiokafka.errors import KafkaError
 from schemas.referral import Channel
 from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import group_id, read_records, wait_until_ready
+from services.infra.kafka import group_id, log_offsets, read_records, wait_until_ready
 from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub
 from tests.kafka_client import committed_offsets, header, partitions_of, read_committed
 from tests.referrals import channel_bytes
@@ -286,10 +286,10 @@ async def diagnose(kafka: KafkaConnection, progress: Progress, suspects: list[st
     await committed_view.start()
     await everything.start()
     try:
-        stable, ends = await committed_view.end_offsets(partitions), await everything.end_offsets(partitions)
+        stable, ends = await log_offsets(committed_view, partitions), await log_offsets(everything, partitions)
         inputs = await partitions_of(kafka, *(topics.referrals(c) for c in Channel)) + [
             tp for tp in partitions if tp.topic in (topics.NORMALISED, topics.DECISIONS)]
-        input_ends = await everything.end_offsets(inputs)
+        input_ends = await log_offsets(everything, inputs)
     finally:
         await committed_view.stop()
         await everything.stop()
