@@ -154,6 +154,11 @@ def private_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestKafk
         yield broker
 
 
+HEX_RUN = re.compile(r"[0-9a-f]{32,}")
+"""Pseudonyms (64 hex digits), digests and dashless ids: left out of the BSN scan (one held 160338475, a BSN made
+in the same run)."""
+
+
 @pytest.fixture(scope="session", autouse=True)
 def logs_hold_no_secret_and_no_bsn() -> Iterator[None]:
     """After the whole run: no log line of the hub, its tools or the brokers holds a principal's password,
@@ -172,7 +177,8 @@ def logs_hold_no_secret_and_no_bsn() -> Iterator[None]:
     for log in logs:
         text = log.read_text(errors="replace")
         leaks += [f"{log}: a secret" for secret in secrets if secret and secret in text]
-        leaks += [f"{log}: BSN {bsn}" for bsn in set(re.findall(r"(?<!\d)\d{9}(?!\d)", text)) & BSNS_MADE]
+        digits = HEX_RUN.sub(" ", text)  # a pseudonym or digest may hold nine digits in a row by chance
+        leaks += [f"{log}: BSN {bsn}" for bsn in set(re.findall(r"(?<!\d)\d{9}(?!\d)", digits)) & BSNS_MADE]
     assert not leaks, leaks
 
 
