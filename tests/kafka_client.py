@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.infra.connection import KafkaConnection
+from services.infra.kafka import partitions_of as existing_partitions
 from services.infra.kafka import read_records
 
 
@@ -46,18 +47,12 @@ async def read_topic(kafka: KafkaConnection, topic: str, wanted: Callable[[Consu
 
 async def partitions_of(kafka: KafkaConnection, *names: str) -> list[TopicPartition]:
     """The partitions of the topics, once all of them exist (waited for: a topic just created may not be known
-    to every broker yet); one admin connection for all, as a SASL_SSL handshake per topic adds up."""
-    admin = AIOKafkaAdminClient(**kafka.client_options())
-    await admin.start()
-    try:
-        for _ in range(50):
-            described = await admin.describe_topics(list(names))
-            if all(d.get("partitions") for d in described):
-                return [TopicPartition(d["topic"], p["partition"]) for d in described
-                        for p in sorted(d["partitions"], key=lambda p: p["partition"])]
-            await asyncio.sleep(0.1)
-    finally:
-        await admin.close()
+    to every broker yet); all topics in one request, as a SASL_SSL handshake per topic adds up."""
+    for _ in range(50):
+        found = await existing_partitions(kafka, list(names))
+        if {tp.topic for tp in found} == set(names):
+            return found
+        await asyncio.sleep(0.1)
     raise LookupError(f"not all of the topics {', '.join(names)} exist")
 
 
