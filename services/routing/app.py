@@ -204,7 +204,8 @@ class Routing(Processor):
         return self.records(record.partition, before, step)
 
     async def on_feedback(self, record: ConsumerRecord) -> list[Outbound]:
-        """Declines re-route, closures end the referral, started indications are kept; the rest is the notifier's.
+        """Declines re-route, closures end the referral, started indications are kept, WIJ's `specialist-needed`
+        decides again by rule 5; the rest is the notifier's.
         Feedback about a referral not with its writer is refused (`Refused`: nothing changes, an alert when its
         writer keeps trying) and, like unreadable feedback, dead-lettered by the notifier, which applies the same
         rule (`not_recipient`); an invalid indication, which only routing judges, routing dead-letters itself."""
@@ -298,7 +299,7 @@ class Routing(Processor):
         document_input(broker, "routing:normalised", "Canonical referrals from intake, to be decided.",
                        topic=topics.NORMALISED, schema=Referral)
         document_input(broker, "routing:feedback", "Recipients' feedback: declines re-route, closures end the "
-                       "referral, started indications are kept.", pattern=FEEDBACK_TOPIC.pattern, schema=Feedback)
+                       "referral, started indications are kept, WIJ's `specialist-needed` decides again (rule 5).", pattern=FEEDBACK_TOPIC.pattern, schema=Feedback)
         document_input(broker, "routing:indications", "Youths' indications written by others (the import).",
                        topic=topics.INDICATIONS, schema=YouthIndications)
         broker.publisher(topics.DECISIONS, title="routing:decisions", schema=RoutingDecision,
