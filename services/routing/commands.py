@@ -133,12 +133,12 @@ def referrals_from_lines(lines: list[str]) -> list[Referral]:
 
 
 # -- Kafka -----------------------------------------------------------------------------------------
-REGISTRY = Output("registry", topics.REGISTRY, RegistrySnapshot, (
-    "`registry publish`: the registry files as reviewed, one record (key `registry`), compacted; routing, the "
-    "notifier, intake and the gateway follow it."))
-IMPORTED = Output("indications-import", topics.INDICATIONS, YouthIndications, (
-    "`indications import`: running indications at go-live, each youth's whole list keyed by its pseudonym; "
-    "compacted."))
+REGISTRY = Output("registry", topics.REGISTRY, RegistrySnapshot,
+                  "`registry publish`: the registry files as reviewed, one record (key `registry`), compacted; "
+                  "routing, the notifier, intake and the gateway follow it.")
+IMPORTED = Output("indications-import", topics.INDICATIONS, YouthIndications,
+                  "`indications import`: running indications at go-live, each youth's whole list keyed by its "
+                  "pseudonym; compacted.")
 WRITES = (REGISTRY, IMPORTED)
 """What these commands write (as the admin)."""
 
