@@ -6,6 +6,7 @@ service cannot write to a topic it did not declare, and schemas/generate.py docu
 runtime service's `Processor.writes`, the admin commands' `WRITES`), so the contract cannot leave a topic out.
 """
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ PARAMETERS = {
 PARAMETER = re.compile(r"\{(\w+)\}")
 
 
+@functools.cache  # a handful of addresses, asked for every record written
 def address_pattern(address: str) -> re.Pattern[str]:
     """The topic names an address stands for: each `{parameter}` one name segment."""
     return re.compile(PARAMETER.sub(r"[^.]+", re.escape(address).replace(r"\{", "{").replace(r"\}", "}")))

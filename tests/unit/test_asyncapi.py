@@ -90,3 +90,25 @@ def test_an_output_writes_only_its_own_topics_and_message():
         handovers.record(b"{}", b"p", topic=topics.provider_handovers("98000011"))
     with pytest.raises(AssertionError):
         Output("x", topics.ALERTS, bytes, "raw", schema="x/1").record("not bytes", b"k")
+
+
+def outputs_in(*modules) -> set[Output]:
+    found = set()
+    for module in modules:
+        for value in vars(module).values():
+            values = value.values() if isinstance(value, dict) else value if isinstance(value, tuple) else [value]
+            found |= {v for v in values if isinstance(v, Output)}
+    return found
+
+
+def test_every_output_a_module_defines_is_in_the_writes_the_document_is_made_of():
+    """An output built but left out of `writes` would be written without being in the contract."""
+    from services.dlq import store as dlq_store
+    from services.intake import app as intake_app, ledger
+    from services.notifier import app as notifier_app
+    from services.routing import app as routing_app, commands, store
+
+    assert outputs_in(intake_app, ledger) == set(intake_app.Intake.writes)
+    assert outputs_in(routing_app, store) == set(routing_app.Routing.writes)
+    assert outputs_in(notifier_app) == set(notifier_app.Notifier.writes)
+    assert outputs_in(commands) == set(commands.WRITES) and outputs_in(dlq_store) == set(dlq_store.WRITES)
