@@ -13,7 +13,7 @@ from services.infra.contract import Output, address_pattern
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from services.notifier.app import HANDOVERS
-from tests.system_tools import require
+from tests.system_tools import require, require_installed
 
 DOCUMENT = json.loads((REPO_ROOT / "schemas" / "asyncapi.json").read_text())
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
@@ -23,8 +23,8 @@ VALIDATOR = REPO_ROOT / "tests" / "asyncapi" / "validate.mjs"
 def validate(path: Path) -> tuple[int, list[dict]]:
     """The parser's exit code and its diagnostics of the document at `path`."""
     node = require("node")
-    if not (VALIDATOR.parent / "node_modules" / "@asyncapi" / "parser").is_dir():
-        pytest.fail("the AsyncAPI parser is not installed: run `make asyncapi-parser`")
+    require_installed(VALIDATOR.parent / "node_modules" / "@asyncapi" / "parser", "the AsyncAPI parser",
+                      "`make asyncapi-parser` (npm ci in tests/asyncapi)")
     run = subprocess.run([node, str(VALIDATOR), str(path)], capture_output=True, text=True, timeout=60)
     return run.returncode, [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
 
