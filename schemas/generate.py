@@ -99,7 +99,7 @@ def asyncapi_document() -> dict[str, Any]:
         channel["x-access"] = access_of(channel["address"], topics.all_topics(registry))
         parameters = PARAMETER.findall(channel["address"])
         if parameters:
-            channel["parameters"] = {name: {"description": PARAMETERS[name]} for name in parameters}
+            channel["parameters"] = {name: PARAMETERS[name] for name in parameters}
         if channel["address"] in topics.INTERNAL:
             channel["tags"] = [INTERNAL_TAG]
         if title in written:

@@ -14,14 +14,15 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker
 
+from schemas.referral import Channel
 from services.infra.kafka import JSON, Outbound, outbound
 
-PARAMETERS = {
-    "team": "A WIJ team's id (`deploy/registry/teams.json`).",
-    "agb": "A provider's AGB code (`deploy/registry/providers.json`).",
-    "channel": "A referrer channel: gp, gi, ggd, court or specialist.",
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "team": {"description": "A WIJ team's id (`deploy/registry/teams.json`)."},
+    "agb": {"description": "A provider's AGB code (`deploy/registry/providers.json`)."},
+    "channel": {"description": "A referrer channel.", "enum": [channel.value for channel in Channel]},
 }
-"""Every parameter a topic family is named with, and what it stands for."""
+"""Every parameter a topic family is named with, as AsyncAPI's Parameter Object."""
 PARAMETER = re.compile(r"\{(\w+)\}")
 
 
