@@ -8,7 +8,10 @@ INSTALLED := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: up test tools kafka-jars clean
+ASYNCAPI := tests/asyncapi
+ASYNCAPI_PARSER := $(ASYNCAPI)/node_modules/.installed
+
+.PHONY: up test tools kafka-jars asyncapi-parser clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +34,19 @@ tools:
 	  ($(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q \
 	    --no-install-recommends prometheus chromium kcat poppler-utils)
 
+# The AsyncAPI project's parser (npm, pinned by tests/asyncapi/package-lock.json), which a test runs against
+# schemas/asyncapi.json; installed again only when the lock file changes (Node.js 18 or later and npm on PATH).
+$(ASYNCAPI_PARSER): $(ASYNCAPI)/package-lock.json
+	cd $(ASYNCAPI) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+asyncapi-parser: $(ASYNCAPI_PARSER)
+
 # Three workers, each taking whole test modules (a module's broker and hub stay with it): the end-to-end tests
 # spend much of their time waiting on brokers and processes (two workers kept 1.2 of the 2 cores busy), so three
 # share the machine's two cores: a fresh clone's run took 13 min with two, 10.5 with three.
-test: kafka-jars tools
+test: kafka-jars tools asyncapi-parser
 	$(BIN)/pytest -n 3 --dist loadfile
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts
+	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts $(ASYNCAPI)/node_modules

@@ -26,6 +26,8 @@ class ErrorCode(StrEnum):
     INDICATION_INVALID = "INDICATION_INVALID"
     """An `indication-started` without a product of the provider's contract, or ending before it starts or later
     than the region's longest indication (`VERWIJSHUB_INDICATION_MAX_DAYS`)."""
+    SPECIALIST_REQUEST_INVALID = "SPECIALIST_REQUEST_INVALID"
+    """A `specialist-needed` from other than a WIJ team, or without a product of the registry."""
     REFERRAL_ID_CONFLICT = "REFERRAL_ID_CONFLICT"
     """A referral whose hub referral id (channel, referrer, referral id) intake already accepted with other content:
     the id stays bound to its first referral (`services/intake/repeats.py`)."""

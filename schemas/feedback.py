@@ -19,6 +19,8 @@ class FeedbackKind(StrEnum):
     INDICATION_STARTED = "indication-started"
     EVALUATION_DONE = "evaluation-done"
     CLOSED = "closed"
+    SPECIALIST_NEEDED = "specialist-needed"
+    """A WIJ team's triage found that the youth needs specialist care for `product`: routing decides again (rule 5)."""
 
 
 class Feedback(BaseModel):
@@ -34,8 +36,10 @@ class Feedback(BaseModel):
     contact_at: datetime | None = None
     """When the resident was first contacted, for `contact-made`."""
     product: str | None = None
+    """For `indication-started`: the product of the new indication; for `specialist-needed`: the product WIJ's
+    triage asks specialist care for."""
     indication_end: date | None = None
-    """For `indication-started`: the product and the end date of the new indication."""
+    """For `indication-started`: the end date of the new indication."""
 
 
 NOT_RECIPIENT_MESSAGE = ("This referral is not open with the recipient that sent the feedback (or the message is not "

@@ -20,7 +20,11 @@ class NoticeKind(StrEnum):
     SLA_AT_RISK = "sla-at-risk"
     SLA_BREACHED = "sla-breached"
     HANDED_OVER_ELSEWHERE = "handed-over-elsewhere"
-    """To a stopped provider: its youth went to a WIJ team, which will contact it (warm handover)."""
+    """To the recipient a referral moved away from as a warm handover (a stopped provider; a WIJ team whose triage
+    asked for specialist care): the new recipient will contact it."""
+    KEPT = "kept"
+    """To the recipient a re-decision left the referral with, and why (WIJ's request for specialist care when no
+    Open House provider may take it: flagged for its behavioural scientist)."""
     EVALUATION_DUE = "evaluation-due"
     EVALUATION_REMINDER = "evaluation-reminder"
     RETRIAGE_EXPECTED = "retriage-expected"

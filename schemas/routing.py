@@ -51,12 +51,19 @@ class RoutingDecision(BaseModel):
     decided_at: datetime
     registry_version: str
     previous_recipient: Recipient | None = None
-    """Who had the youth before, for a warm handover: a stopped provider, or one that declined."""
+    """Who had the youth before, for a warm handover: a stopped provider, one that declined, or the WIJ team whose
+    triage asked for specialist care; the recipient itself when that re-decision keeps the referral there."""
     referral: Referral
 
     @property
     def rejected(self) -> bool:
         return self.recipient is None
+
+    @property
+    def kept(self) -> bool:
+        """A re-decision that leaves the referral with the recipient it was with (`previous_recipient`)."""
+        before, now = self.previous_recipient, self.recipient
+        return before is not None and now is not None and (before.kind, before.id) == (now.kind, now.id)
 
 
 class RoutingAlert(BaseModel):

@@ -219,14 +219,20 @@ def build(data: Dataset, month: date, calendar: WorkingCalendar, team_names: dic
     re_referred = sum(1 for r in this_month if any(
         timedelta(0) < r["referral_date"] - d <= timedelta(days=RE_REFERRAL_DAYS) for d in earlier[r["pseudonym"]]))
     month_decisions = [d for d in data.decisions if in_month(local_day(d["decided_at"]), month)]
-    declines = sum(1 for f in data.feedback if f["kind"] == "declined" and in_month(local_day(f["at"]), month))
+    def feedback_in_month(kind: str) -> int:
+        return sum(1 for f in data.feedback if f["kind"] == kind and in_month(local_day(f["at"]), month))
+
+    def warm(d: dict) -> bool:
+        return "warm-handover" in (d["flags"] or "").split(",")
+
     movement = Counter({
         "re-referrals (the same youth within 12 months)": re_referred,
-        "declines by a recipient": declines,
-        "re-routes after a decline": sum(1 for d in month_decisions if d["previous_id"]
-                                         and d["rule"] != "provider-stopped"),
+        "declines by a recipient": feedback_in_month("declined"),
+        "re-routes after a decline": sum(1 for d in month_decisions if d["previous_id"] and not warm(d)
+                                         and d["previous_id"] != d["recipient_id"]),
+        "requests for specialist care by WIJ's triage": feedback_in_month("specialist-needed"),
         "re-routes after a provider stopped": sum(1 for d in month_decisions if d["rule"] == "provider-stopped"),
-        "warm handovers": sum(1 for d in month_decisions if "warm-handover" in (d["flags"] or "").split(",")),
+        "warm handovers": sum(1 for d in month_decisions if warm(d)),
         "provider-stopped alerts": sum(1 for a in data.alerts if a["kind"] == "provider-stopped"
                                        and in_month(local_day(a["at"]), month)),
     })

@@ -9,7 +9,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from schemas.deadletters import SUMMARY_KEY
+from schemas.deadletters import SUMMARY_KEY, DeadLetterSummary
 from schemas.registry import Registry
 from services.dlq.core import (
     Check,
@@ -23,7 +23,8 @@ from services.dlq.core import (
 )
 from services.infra import topics
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import Outbound, outbound, produce, read_records, read_to_end
+from services.infra.contract import Output, output_for
+from services.infra.kafka import Outbound, produce, read_records, read_to_end
 from services.infra.registry_files import load_registry
 from services.infra.registry_topic import latest_registry
 from services.infra.settings import Settings
@@ -60,14 +61,34 @@ INBOUND_SCHEMA = "verwijshub.Inbound/1"
 """A referrer's or recipient's message as it sent it, which `dlq replay` put back on its origin topic."""
 
 
+def _resubmitted(name: str, address: str, what: str) -> Output:
+    return Output(f"replayed-{name}", address, bytes, (
+        f"`dlq replay`: a dead letter's {what} put back as sent, with its original key and headers (its own `schema`, "
+        "else `verwijshub.Inbound/1`) and `replay-of: <dead letter id>`."), schema=INBOUND_SCHEMA,
+        content_type="application/octet-stream")
+
+
+RESUBMITTED = (_resubmitted("referrals", topics.referrals("{channel}"), "referral"),
+               _resubmitted("wij-feedback", topics.wij_feedback("{team}"), "feedback"),
+               _resubmitted("provider-feedback", topics.provider_feedback("{agb}"), "feedback"))
+REPLAYS = Output("dlq-replays", topics.DLQ_REPLAYS, ReplayMarker, (
+    "Internal, compacted: one marker per dead letter `dlq replay` re-submitted or tried, keyed by its id "
+    "`<partition>-<offset>`; no personal data."))
+SUMMARY = Output("dead-letter-summary", topics.OPS_DEAD_LETTERS, DeadLetterSummary, (
+    "For operations, compacted: the pending dead letters per channel and code with the oldest one's time (key "
+    "`summary`); no ids, no content."))
+WRITES = (*RESUBMITTED, REPLAYS, SUMMARY)
+"""What the admin's `dlq` commands write."""
+
+
 def resubmission(letter: DeadLetter) -> Outbound:
     """The message again on its origin topic, with its original key and headers, and `replay-of: <id>`."""
     original = letter.origin_headers
-    return outbound(letter.origin_topic, letter.raw, letter.key, correlation_id=original.get("correlation-id", ""),
-                    channel=letter.channel or original.get("channel", ""),
-                    schema=original.get("schema") or INBOUND_SCHEMA,
-                    content_type=original.get("content-type", "application/octet-stream"),
-                    extra_headers={**original, "replay-of": letter.id})
+    return output_for(letter.origin_topic, RESUBMITTED).record(
+        letter.raw, letter.key, topic=letter.origin_topic, correlation_id=original.get("correlation-id", ""),
+        channel=letter.channel or original.get("channel", ""), schema=original.get("schema") or INBOUND_SCHEMA,
+        content_type=original.get("content-type", "application/octet-stream"),
+        extra_headers={**original, "replay-of": letter.id})
 
 
 @dataclass(frozen=True)
@@ -96,12 +117,11 @@ async def replay(kafka: KafkaConnection, settings: Settings, letters: list[DeadL
         # the messages first, then the markers: a crash between them leaves a dead letter pending whose
         # replay already went out; replayed again, intake's ledger drops it
         await produce(kafka, [resubmission(r.letter) for r in results if r.marker.outcome is Outcome.RESUBMITTED])
-        await produce(kafka, [outbound(topics.DLQ_REPLAYS, r.marker, r.letter.id, channel=r.letter.channel)
-                              for r in results])
+        await produce(kafka, [REPLAYS.record(r.marker, r.letter.id, channel=r.letter.channel) for r in results])
     return results
 
 
 async def publish_summary(kafka: KafkaConnection, letters: list[DeadLetter], known: dict[str, ReplayMarker],
                           at: datetime) -> None:
     """The pending dead letters in numbers on `ops.deadletters.v1`, for operations (no personal data)."""
-    await produce(kafka, [outbound(topics.OPS_DEAD_LETTERS, summarise(letters, known, at), SUMMARY_KEY)])
+    await produce(kafka, [SUMMARY.record(summarise(letters, known, at), SUMMARY_KEY)])

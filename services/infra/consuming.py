@@ -14,11 +14,16 @@ from aiokafka import ConsumerRecord
 
 from schemas.errors import ReferralError
 from services.infra import metrics, topics
-from services.infra.kafka import Outbound, outbound
+from services.infra.contract import Output
+from services.infra.kafka import Outbound
 from services.infra.logging import get_logger
 
 DEAD_LETTER_SCHEMA = "verwijshub.DeadLetter/1"
 """A dead letter: the record's raw bytes and key as received; why and whence in its headers."""
+DEAD_LETTER = Output("dead-letters", topics.DEAD_LETTERS, bytes, (
+    "Records the service could not use: raw bytes and key as received; headers `errors` (JSON list of code, "
+    "location, message), `channel`, `origin-topic|partition|offset`, `origin-header-*`."),
+    schema=DEAD_LETTER_SCHEMA, content_type="application/octet-stream")
 
 
 def record_context(record: ConsumerRecord) -> dict[str, object]:
@@ -40,8 +45,7 @@ def dead_letter_record(record: ConsumerRecord, errors: list[ReferralError], chan
     metrics.DEAD_LETTERS.labels(origin["origin-topic"], errors[0].code.value if errors else "").inc()
     origin_headers = {f"origin-header-{k}": v.decode(errors="replace") if isinstance(v, bytes) else str(v)
                       for k, v in record.headers or ()}
-    return outbound(
-        topics.DEAD_LETTERS, record.value or b"", record.key, schema=DEAD_LETTER_SCHEMA,
-        content_type="application/octet-stream", channel=channel or "",
+    return DEAD_LETTER.record(
+        record.value or b"", record.key, channel=channel or "",
         extra_headers={**origin_headers, **origin, "errors": json.dumps(
             [e.model_dump(mode="json") for e in errors], ensure_ascii=False)})

@@ -49,7 +49,8 @@ from faststream.kafka import KafkaBroker
 from schemas.errors import ErrorCode, ReferralError
 from services.infra import principals
 from services.infra.connection import KafkaConnection
-from services.infra.consuming import dead_letter_record, handling
+from services.infra.consuming import DEAD_LETTER, dead_letter_record, handling
+from services.infra.contract import Output, declare
 from services.infra.kafka import (
     OUTBOUND_RECORD_BYTES,
     Outbound,
@@ -116,6 +117,9 @@ class Processor:
     """A regex of the input topics: same partition count, same key."""
     state_topic: ClassVar[str | None] = None
     """Compacted and co-partitioned with the inputs: state records go to the partition of their input."""
+    writes: ClassVar[tuple[Output, ...]] = ()
+    """Every kind of record the service writes (each built by its `Output.record`), besides the runtime's dead
+    letters: the AsyncAPI document is generated from these."""
 
     async def start(self, kafka: KafkaConnection) -> None:
         """Follow side inputs (the registry); before the first partition is assigned."""
@@ -149,7 +153,7 @@ class Processor:
 
     @staticmethod
     def document(broker: KafkaBroker) -> None:
-        """Declare what the service reads (`document_input`) and writes (`broker.publisher`), for AsyncAPI."""
+        """Declare what the service reads (`document_input`), for AsyncAPI; what it writes is `writes`."""
 
 
 @dataclass
@@ -255,6 +259,7 @@ class Runtime:
         AsyncAPI document from it (schemas/generate.py); it never connects."""
         broker = make_broker(self.settings, self.processor.service)
         self.processor.document(broker)
+        declare(broker, self.processor.service, (*self.processor.writes, DEAD_LETTER))
         return broker
 
     def healthy(self) -> bool:

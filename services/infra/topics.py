@@ -39,6 +39,9 @@ OPS_DEAD_LETTERS = "ops.deadletters.v1"
 (one record, key `summary`), written by the admin's `dlq` commands so operations can show them without reading
 the dead letters."""
 
+INTERNAL = frozenset({INTAKE_ACCEPTED, NOTIFIER_STATE, ROUTING_STATE, ROUTING_LOAD, DLQ_REPLAYS})
+"""The hub's own state: written and read only by its services and the admin's commands, no outside party's contract
+(the AsyncAPI document tags them `internal`)."""
 COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE, ROUTING_STATE, ROUTING_LOAD,
                        OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS})
 

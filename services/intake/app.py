@@ -15,26 +15,33 @@ from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import AcceptedReferral, Channel, Referral
-from schemas.registry import Registry
+from schemas.registry import Registry, RegistrySnapshot
 from schemas.routing import RoutingAlert
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import dead_letter_record
-from services.infra.kafka import Outbound, outbound
+from services.infra.contract import Output
+from services.infra.kafka import Outbound
 from services.infra.logging import get_logger
 from services.infra.processing import Processor, Runtime, document_input
 from services.infra.settings import Settings
 from services.infra.starting import StartTimeout, waiting_for
 from services.intake.adapters import PARSERS, read_referral
-from services.intake.ledger import AcceptedLedger
+from services.intake.ledger import ACCEPTED, AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
 from services.intake.products import ProductTable
 from services.intake.repeats import Seen, conflict_alert, conflict_rejection, referral_digest, seen
 
 SERVICE = "intake"
 CHANNEL_OF_TOPIC = {topics.referrals(channel): channel for channel in PARSERS}
+STATUS = Output("status", topics.status("{channel}"), StatusEvent,
+                "`received`, or `rejected` with its errors, to the channel's referrers; keyed by their referral id.")
+NORMALISED = Output("normalised", topics.NORMALISED, Referral, "Canonical referrals, keyed by youth pseudonym.")
+ALERTS = Output("alerts", topics.ALERTS, RoutingAlert, (
+    "`referral-id-conflict` alerts (a referral id sent again with other content), keyed by channel; no personal "
+    "data."))
 
 
 class Intake(Processor):
@@ -42,6 +49,7 @@ class Intake(Processor):
 
     service = SERVICE
     inputs = "|".join(name.replace(".", r"\.") for name in CHANNEL_OF_TOPIC)
+    writes = (STATUS, NORMALISED, ACCEPTED, ALERTS)
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.settings, self.clock = settings, clock
@@ -114,10 +122,10 @@ class Intake(Processor):
         accepted = AcceptedReferral(referral_id=referral.referral_id, channel=referral.channel,
                                     referrer_referral_id=referral.referrer_referral_id, accepted_at=now,
                                     origin=f"{record.topic}/{record.partition}/{record.offset}", digest=digest)
-        return [outbound(topics.status(referral.channel), status, referral.referrer_referral_id,
-                         correlation_id=referral.referral_id, channel=referral.channel),
-                outbound(topics.NORMALISED, referral, referral.youth.pseudonym, correlation_id=referral.referral_id,
-                         channel=referral.channel),
+        return [STATUS.record(status, referral.referrer_referral_id, topic=topics.status(referral.channel),
+                              correlation_id=referral.referral_id, channel=referral.channel),
+                NORMALISED.record(referral, referral.youth.pseudonym, correlation_id=referral.referral_id,
+                                  channel=referral.channel),
                 self.ledger.accept(record.partition, accepted)]
 
     def reject(self, record: ConsumerRecord, channel: Channel, rejection: Rejection) -> list[Outbound]:
@@ -132,7 +140,7 @@ class Intake(Processor):
     @staticmethod
     def alert(alert: RoutingAlert) -> Outbound:
         """An alert about no one youth, keyed by its channel."""
-        return outbound(topics.ALERTS, alert, alert.channel, channel=alert.channel or "")
+        return ALERTS.record(alert, alert.channel, channel=alert.channel or "")
 
     def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
         """A referral the runtime dead-lettered (what intake would write too large, or the hub failed on it): the
@@ -149,8 +157,8 @@ class Intake(Processor):
             return []
         status = StatusEvent.of(channel, referrer_referral_id, referral_id, ReferralStatus.REJECTED,
                                 self.clock.now(), errors=errors)
-        return [outbound(topics.status(channel), status, referrer_referral_id, correlation_id=referral_id or "",
-                         channel=channel)]
+        return [STATUS.record(status, referrer_referral_id, topic=topics.status(channel),
+                              correlation_id=referral_id or "", channel=channel)]
 
     @staticmethod
     def document(broker: KafkaBroker) -> None:
@@ -158,21 +166,10 @@ class Intake(Processor):
         for channel in PARSERS:
             document_input(broker, f"intake:{channel}", f"Referrals from the {channel} channel, in its native format.",
                            topic=topics.referrals(channel))
-            broker.publisher(topics.status(channel), title=f"intake:status:{channel}", schema=StatusEvent,
-                             description=f"`received` or `rejected` (with its errors) to the {channel} referrers.")
-        broker.publisher(topics.NORMALISED, title="intake:normalised", schema=Referral,
-                         description="Canonical referrals, keyed by youth pseudonym.")
-        broker.publisher(topics.DEAD_LETTERS, title="intake:dead-letters", schema=bytes,
-                         description="Rejected records: raw bytes and key as received; headers `errors` (JSON list of "
-                                     "code, location, message), `channel`, `origin-topic|partition|offset`, "
-                                     "`origin-header-*`.")
-        broker.publisher(topics.INTAKE_ACCEPTED, title="intake:accepted-ledger", schema=AcceptedReferral,
-                         description="Internal, compacted: one record per accepted referral, keyed by hub referral "
-                                     "id, with its content's digest; read back at start to drop re-sent referrals "
-                                     "and refuse an id sent again with other content.")
-        broker.publisher(topics.ALERTS, title="intake:alerts", schema=RoutingAlert,
-                         description="`referral-id-conflict` alerts (a referral id sent again with other content), "
-                                     "keyed by channel; no personal data.")
+        document_input(broker, "intake:accepted-followed", "Its own ledger, read back at start and followed (no "
+                       "group).", topic=topics.INTAKE_ACCEPTED, schema=AcceptedReferral)
+        document_input(broker, "intake:registry", "The registry's product table, read at start and when a referral "
+                       "names a product it does not know (no group).", topic=topics.REGISTRY, schema=RegistrySnapshot)
 
 
 def create_intake(settings: Settings, registry: Registry, clock: Clock) -> Runtime:

@@ -30,10 +30,14 @@ from schemas.referral import AcceptedReferral
 from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.following import follow
-from services.infra.kafka import Outbound, outbound
+from services.infra.contract import Output
+from services.infra.kafka import Outbound
 from services.infra.logging import get_logger
 from services.infra.starting import waiting_for
 from services.intake.repeats import NO_DIGEST
+ACCEPTED = Output("accepted-ledger", topics.INTAKE_ACCEPTED, AcceptedReferral, (
+    "Internal, compacted: one record per accepted referral, keyed by hub referral id, with its content's digest; "
+    "read back at start to drop re-sent referrals and refuse an id sent again with other content."))
 
 
 class AcceptedLedger:
@@ -63,8 +67,8 @@ class AcceptedLedger:
         """The ledger record of an accepted referral; its id counts as accepted from now on (pending until the
         partition's transaction commits)."""
         self.pending.setdefault(partition, {})[accepted.referral_id] = accepted.digest or NO_DIGEST
-        return outbound(topics.INTAKE_ACCEPTED, accepted, accepted.referral_id, correlation_id=accepted.referral_id,
-                        channel=accepted.channel)
+        return ACCEPTED.record(accepted, accepted.referral_id, correlation_id=accepted.referral_id,
+                               channel=accepted.channel)
 
     def committed(self, partition: int) -> None:
         self._add(self.pending.pop(partition, {}))

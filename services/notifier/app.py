@@ -18,20 +18,22 @@ from datetime import datetime
 
 from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
+from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback
 from schemas.indications import Indication, YouthIndications
-from schemas.notices import YouthFollowUp
-from schemas.registry import Registry
-from schemas.routing import RecipientKind, RoutingDecision
+from schemas.notices import RecipientClocks, RecipientNotice, YouthFollowUp
+from schemas.registry import Registry, RegistrySnapshot
+from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import metrics, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
 from services.infra.following import follow
-from services.infra.kafka import Outbound, encode, outbound
+from services.infra.contract import Output
+from services.infra.kafka import Outbound, encode
 from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.registry_topic import RegistryInForce
@@ -60,6 +62,24 @@ HANDOVER_SCHEMA = "verwijshub.Handover/1"
 CLOCKS_EVERY_S = 15.0
 """How often each owned partition's contact clocks per recipient go to `ops.recipients.v1`."""
 INPUT_PATTERN = r"(routing\.decisions|indications|feedback\.(wij|provider)\.[^.]+)\.v1$"
+RECIPIENTS = {"wij": topics.wij_handovers("{team}"), "provider": topics.provider_handovers("{agb}")}
+"""A recipient's own topic, by the kind part of its name: handovers and notices."""
+HANDOVERS = {kind: Output(f"handovers-{kind}", address, Bundle, (
+    "The FHIR R4 message Bundle of a handover (MessageHeader, Task, ServiceRequest, Patient; docs/fhir-bser.md), "
+    "keyed by youth pseudonym; the only place the BSN goes."), schema=HANDOVER_SCHEMA, content_type=FHIR_JSON)
+    for kind, address in RECIPIENTS.items()}
+NOTICES = {kind: Output(f"notices-{kind}", address, RecipientNotice, (
+    "Notices beside the handovers (contact clock, expiry reminders, re-triage, handed over elsewhere, kept), "
+    "header `schema: verwijshub.Notice/1`; never the youth.")) for kind, address in RECIPIENTS.items()}
+STATUS = Output("status", topics.status("{channel}"), StatusEvent, (
+    "The referrer's statuses after intake's: routed, handed-over, accepted, declined, contact-made, sla-at-risk, "
+    "sla-breached, rerouted, closed, and routing's rejections; keyed by the referrer's referral id."))
+ALERTS = Output("alerts", topics.ALERTS, RoutingAlert, "`sla-breached` alerts, keyed by youth pseudonym.")
+STATE = Output("state", topics.NOTIFIER_STATE, YouthFollowUp, (
+    "Internal, compacted: one youth's follow-up (open handovers, contact clocks, expiry reminders), in the "
+    "partition of its decisions; an empty value once nothing is left to follow."))
+CLOCKS = Output("recipient-clocks", topics.OPS_RECIPIENTS, RecipientClocks, (
+    "For operations, compacted: the contact clocks per recipient of one notifier partition (counts only)."))
 
 
 CLOCK_STATES = ("open", "at_risk", "breached")
@@ -135,6 +155,7 @@ class Notifier(Processor):
     service = SERVICE
     inputs = INPUT_PATTERN
     state_topic = topics.NOTIFIER_STATE
+    writes = (*HANDOVERS.values(), *NOTICES.values(), STATUS, ALERTS, STATE, CLOCKS)
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.settings, self.clock = settings, clock
@@ -235,8 +256,7 @@ class Notifier(Processor):
         records = [self.record(effect, pseudonym, correlation_id) for effect in effects]
         value = b"" if is_empty(after) else encode(after)  # empty: nothing left to follow for this youth
         if after != before:
-            records.append(outbound(topics.NOTIFIER_STATE, value, after.pseudonym, schema=YouthFollowUp.SCHEMA,
-                                    partition=partition))
+            records.append(STATE.record(value, after.pseudonym, partition=partition))
         self.followups.put(partition, after, value)
         return records
 
@@ -244,19 +264,20 @@ class Notifier(Processor):
         """The Kafka record of one effect (statuses keyed by the referrer's id, the rest by youth pseudonym)."""
         match effect:
             case StatusEvent():
-                return outbound(topics.status(effect.channel), effect, effect.referrer_referral_id,
-                                correlation_id=effect.referral_id or "", channel=effect.channel)
+                return STATUS.record(effect, effect.referrer_referral_id, topic=topics.status(effect.channel),
+                                     correlation_id=effect.referral_id or "", channel=effect.channel)
             case HandOver(decision=decision):
                 metrics.HANDOVERS.labels(decision.recipient.kind.value).inc()
-                return outbound(decision.recipient.topic, handover_bytes(decision, self.clock.now()), pseudonym,
-                                schema=HANDOVER_SCHEMA, content_type=FHIR_JSON, correlation_id=decision.referral_id,
-                                channel=decision.referral.channel)
+                return HANDOVERS[recipient_kind(decision.recipient.topic)].record(
+                    handover_bytes(decision, self.clock.now()), pseudonym, topic=decision.recipient.topic,
+                    correlation_id=decision.referral_id, channel=decision.referral.channel)
             case Notify(topic=topic, notice=notice):
-                return outbound(topic, notice, pseudonym, correlation_id=notice.referral_id or correlation_id)
+                return NOTICES[recipient_kind(topic)].record(notice, pseudonym, topic=topic,
+                                                              correlation_id=notice.referral_id or correlation_id)
             case Alert(alert=alert):
                 if alert.kind == "sla-breached":
                     metrics.SLA_BREACHES.inc()
-                return outbound(topics.ALERTS, alert, pseudonym, correlation_id=alert.referral_id or "")
+                return ALERTS.record(alert, pseudonym, correlation_id=alert.referral_id or "")
 
     # -- time ----------------------------------------------------------------------------------------
     async def tick(self, partition: int) -> list[Outbound]:
@@ -280,17 +301,29 @@ class Notifier(Processor):
         youths = self.followups.by_partition.get(partition, {})
         key, value = partition_clocks(partition, [self.followups.get(partition, pseudonym) for pseudonym in youths
                                                   if pseudonym in self.followups.clocks], self.clock.now())
-        return [outbound(topics.OPS_RECIPIENTS, value, key)]
+        return [CLOCKS.record(value, key)]
 
     @staticmethod
     def document(broker: KafkaBroker) -> None:
-        document_input(broker, "notifier:follow-up", "Routing decisions (handed over), recipients' feedback (the "
-                       "status lifecycle) and running indications (expiry reminders), all keyed by youth pseudonym.",
-                       pattern=INPUT_PATTERN, schema=RoutingDecision)
+        """What the notifier reads (one group, by the pattern INPUT_PATTERN), all keyed by youth pseudonym."""
+        document_input(broker, "notifier:decisions", "Routing decisions, handed over to their recipient.",
+                       topic=topics.DECISIONS, schema=RoutingDecision)
+        for kind, address in (("wij", topics.wij_feedback("{team}")), ("provider", topics.provider_feedback("{agb}"))):
+            document_input(broker, f"notifier:feedback-{kind}", "Recipients' feedback: the status lifecycle, "
+                           "ownership checked (`NOT_RECIPIENT`).", topic=address, schema=Feedback)
+        document_input(broker, "notifier:indications", "Running indications, for the expiry reminders.",
+                       topic=topics.INDICATIONS, schema=YouthIndications)
+        document_input(broker, "notifier:registry", "The registry in force (teams for re-triage notices), followed "
+                       "from the start (no group).", topic=topics.REGISTRY, schema=RegistrySnapshot)
 
 
 _KIND = {"wij": RecipientKind.WIJ_TEAM, "provider": RecipientKind.PROVIDER}
 """The kind part of a feedback topic's name (`feedback.<kind>.<id>.v1`)."""
+
+
+def recipient_kind(topic: str) -> str:
+    """The kind part of a recipient's topic name (`handovers.<kind>.<id>.v1`)."""
+    return topic.split(".")[1]
 
 
 def _indications(value: bytes) -> list[Indication]:

@@ -28,6 +28,7 @@ from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import principals, topics
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
+from services.routing.policy import PROVIDER_STOPPED, WARM_HANDOVER
 
 CONTACT_WORKING_DAYS = 5
 AT_RISK_WORKING_DAYS = CONTACT_WORKING_DAYS - 1
@@ -85,6 +86,11 @@ def apply_decision(state: YouthFollowUp, decision: RoutingDecision, now: datetim
     recipient = decision.recipient
     before = state.handovers.get(decision.referral_id)
     if before is not None and before.recipient == recipient:
+        if decision.kept:  # decided again, it stays: the recipient hears why (its clock runs on)
+            return state, [Notify(recipient.topic, RecipientNotice(
+                kind=NoticeKind.KEPT, at=now, referral_id=decision.referral_id,
+                message=f"Decided again by rule '{decision.rule}': the referral stays with you"
+                        + (f", flagged {', '.join(decision.flags)}." if decision.flags else ".")))]
         return state, []  # already handed to this recipient: a repeated decision
     handover = OpenHandover(
         referral_id=decision.referral_id, referrer_referral_id=referral.referrer_referral_id,
@@ -97,11 +103,11 @@ def apply_decision(state: YouthFollowUp, decision: RoutingDecision, now: datetim
     else:
         effects.append(status(handover, ReferralStatus.REROUTED, now,
                               f"from {previous.name} to {recipient.name} (rule {decision.rule})"))
-        if previous.kind is RecipientKind.PROVIDER and decision.rule == "provider-stopped":
+        if WARM_HANDOVER in decision.flags:  # care moves on (a provider's stop, WIJ's triage): the old party hears
+            why = "Your stop moved" if decision.rule == PROVIDER_STOPPED else "Specialist care, as you asked, moved"
             effects.append(Notify(previous.topic, RecipientNotice(
                 kind=NoticeKind.HANDED_OVER_ELSEWHERE, at=now, referral_id=decision.referral_id,
-                message=f"Your stop moved this referral to {recipient.name}; they will contact you for a "
-                        "warm handover.")))
+                message=f"{why} this referral to {recipient.name}; they will contact you for a warm handover.")))
     effects += [HandOver(decision), status(handover, ReferralStatus.HANDED_OVER, now, f"to {recipient.name}")]
     team_id = recipient.id if recipient.kind is RecipientKind.WIJ_TEAM else team_of_youth or state.team_id
     return state.model_copy(update={"handovers": {**state.handovers, decision.referral_id: handover},
@@ -140,7 +146,7 @@ def apply_feedback(state: YouthFollowUp, kind: RecipientKind, source_id: str, fe
         case FeedbackKind.CLOSED:
             del handovers[feedback.referral_id]
             effects = [status(handover, ReferralStatus.CLOSED, now, f"by {handover.recipient.name}")]
-        case _:  # indication-started: routing records the indication; the referrer hears nothing new
+        case _:  # indication-started, specialist-needed: routing acts (its decision brings the statuses)
             effects = []
     return state.model_copy(update={"handovers": handovers}), effects
 

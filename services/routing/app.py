@@ -19,12 +19,13 @@ from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback
 from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
-from schemas.registry import Registry
+from schemas.registry import Registry, RegistrySnapshot
 from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision, RoutingLoad, YouthRouting
 from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import Outbound, outbound
+from services.infra.contract import Output
+from services.infra.kafka import Outbound
 from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.settings import Settings
@@ -49,7 +50,7 @@ from services.routing.core import (
 )
 from services.routing.index import PartitionIndex, YouthEntry
 from services.routing.sides import SideInputs
-from services.routing.store import StateStore
+from services.routing.store import STATE, StateStore
 
 SERVICE = "routing"
 FEEDBACK_TOPIC = re.compile(r"feedback\.(wij|provider)\.([^.]+)\.v1")
@@ -59,12 +60,21 @@ LOAD_EVERY_S = 5.0
 """A partition's open load goes to `routing.load.v1` when it changed, at most this often (a transaction each)."""
 STOP_BATCH = 100
 """Youths re-routed per partition per tick at most, so one transaction stays small; the next tick goes on."""
+DECISIONS = Output("decisions", topics.DECISIONS, RoutingDecision,
+                   "Each decision with its trace, keyed by youth pseudonym (the audit trail).")
+ALERTS = Output("alerts", topics.ALERTS, RoutingAlert,
+                "`provider-stopped` and `feedback-refused` alerts, keyed by youth pseudonym.")
+INDICATIONS = Output("indications-written", topics.INDICATIONS, YouthIndications,
+                     "A youth's whole list, with header `written-by: routing`.")
+LOAD = Output("load", topics.ROUTING_LOAD, RoutingLoad,
+              "Internal, compacted: open handovers per provider of one routing partition.")
 
 
 class Routing(Processor):
     service = SERVICE
     inputs = "|".join([re.escape(topics.NORMALISED), FEEDBACK_TOPIC.pattern, re.escape(topics.INDICATIONS)])
     state_topic = topics.ROUTING_STATE
+    writes = (DECISIONS, ALERTS, INDICATIONS, STATE, LOAD)
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.clock = clock
@@ -170,12 +180,12 @@ class Routing(Processor):
                 referral = decision.referral
                 metrics.DECISIONS.labels(decision.rule, decision.recipient.kind.value if decision.recipient
                                          else "rejected").inc()
-                return outbound(topics.DECISIONS, decision, referral.youth.pseudonym,
-                                correlation_id=referral.referral_id, channel=referral.channel)
+                return DECISIONS.record(decision, referral.youth.pseudonym, correlation_id=referral.referral_id,
+                                        channel=referral.channel)
             case Alerted(alert):
-                return outbound(topics.ALERTS, alert, alert.pseudonym, correlation_id=alert.referral_id or "")
+                return ALERTS.record(alert, alert.pseudonym, correlation_id=alert.referral_id or "")
             case IndicationsChanged(value):  # an empty list rather than a tombstone
-                return outbound(topics.INDICATIONS, value, value.pseudonym, extra_headers={WRITTEN_BY: SERVICE})
+                return INDICATIONS.record(value, value.pseudonym, extra_headers={WRITTEN_BY: SERVICE})
         raise AssertionError(effect)
 
     # -- inputs ----------------------------------------------------------------------------------------
@@ -204,7 +214,8 @@ class Routing(Processor):
         return self.records(record.partition, before, step)
 
     async def on_feedback(self, record: ConsumerRecord) -> list[Outbound]:
-        """Declines re-route, closures end the referral, started indications are kept; the rest is the notifier's.
+        """Declines re-route, closures end the referral, started indications are kept, WIJ's `specialist-needed`
+        decides again by rule 5; the rest is the notifier's.
         Feedback about a referral not with its writer is refused (`Refused`: nothing changes, an alert when its
         writer keeps trying) and, like unreadable feedback, dead-lettered by the notifier, which applies the same
         rule (`not_recipient`); an invalid indication, which only routing judges, routing dead-letters itself."""
@@ -288,8 +299,7 @@ class Routing(Processor):
         counts, (published, when) = index.open_load(), self.published.get(partition, ({}, float("-inf")))
         if counts != published and time.monotonic() - when >= LOAD_EVERY_S:
             self.published[partition] = (counts, time.monotonic())
-            out.append(outbound(topics.ROUTING_LOAD, RoutingLoad(partition=partition, at=now, open=counts),
-                                str(partition)))
+            out.append(LOAD.record(RoutingLoad(partition=partition, at=now, open=counts), str(partition)))
         return out
 
     @staticmethod
@@ -297,21 +307,16 @@ class Routing(Processor):
         """What routing reads and writes, for the AsyncAPI document."""
         document_input(broker, "routing:normalised", "Canonical referrals from intake, to be decided.",
                        topic=topics.NORMALISED, schema=Referral)
-        document_input(broker, "routing:feedback", "Recipients' feedback: declines re-route, closures end the "
-                       "referral, started indications are kept.", pattern=FEEDBACK_TOPIC.pattern, schema=Feedback)
+        for kind, address in (("wij", topics.wij_feedback("{team}")), ("provider", topics.provider_feedback("{agb}"))):
+            document_input(broker, f"routing:feedback-{kind}", "Recipients' feedback (every recipient's topic, by "
+                           "pattern): declines re-route, closures end the referral, started indications are kept, "
+                           "WIJ's `specialist-needed` decides again (rule 5).", topic=address, schema=Feedback)
         document_input(broker, "routing:indications", "Youths' indications written by others (the import).",
                        topic=topics.INDICATIONS, schema=YouthIndications)
-        broker.publisher(topics.DECISIONS, title="routing:decisions", schema=RoutingDecision,
-                         description="Each decision with its trace, keyed by youth pseudonym (the audit trail).")
-        broker.publisher(topics.ALERTS, title="routing:alerts", schema=RoutingAlert,
-                         description="`provider-stopped` and `feedback-refused` alerts, keyed by youth "
-                         "pseudonym.")
-        broker.publisher(topics.INDICATIONS, title="routing:indications-written", schema=YouthIndications,
-                         description="A youth's whole list, with header `written-by: routing`.")
-        broker.publisher(topics.ROUTING_STATE, title="routing:state", schema=YouthRouting,
-                         description="Internal, compacted: one youth's open work, in its referrals' partition.")
-        broker.publisher(topics.ROUTING_LOAD, title="routing:load", schema=RoutingLoad,
-                         description="Internal, compacted: open handovers per provider of one routing partition.")
+        document_input(broker, "routing:registry", "The registry in force, followed from the start (no group).",
+                       topic=topics.REGISTRY, schema=RegistrySnapshot)
+        document_input(broker, "routing:load-followed", "The other routing partitions' open load, followed (no "
+                       "group).", topic=topics.ROUTING_LOAD, schema=RoutingLoad)
 
 
 def create_routing(settings: Settings, registry: Registry, clock: Clock) -> Runtime:

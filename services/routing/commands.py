@@ -28,7 +28,8 @@ from services.dlq.core import Outcome
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import outbound, produce, read_to_end
+from services.infra.contract import Output
+from services.infra.kafka import produce, read_to_end
 from services.infra.provisioning import provision_hub_topics
 from services.infra.pseudonym import youth_pseudonym
 from services.infra.registry_files import (
@@ -132,6 +133,16 @@ def referrals_from_lines(lines: list[str]) -> list[Referral]:
 
 
 # -- Kafka -----------------------------------------------------------------------------------------
+REGISTRY = Output("registry", topics.REGISTRY, RegistrySnapshot,
+                  "`registry publish`: the registry files as reviewed, one record (key `registry`), compacted; "
+                  "routing, the notifier, intake and the gateway follow it.")
+IMPORTED = Output("indications-import", topics.INDICATIONS, YouthIndications,
+                  "`indications import`: running indications at go-live, each youth's whole list keyed by its "
+                  "pseudonym; compacted.")
+WRITES = (REGISTRY, IMPORTED)
+"""What these commands write (as the admin)."""
+
+
 def _admin(settings: Settings) -> KafkaConnection:
     """These commands change or read the hub's own topics: only the admin principal may."""
     return settings.connection(principals.ADMIN)
@@ -143,7 +154,7 @@ async def publish_registry(settings: Settings, directory: Path) -> Registry:
     provision_hub_topics(settings, registry)
     snapshot = RegistrySnapshot(version=registry.version, files=read_registry_dir(directory),
                                 published_at=SystemClock().now())
-    await produce(_admin(settings), [outbound(topics.REGISTRY, snapshot, REGISTRY_KEY)])
+    await produce(_admin(settings), [REGISTRY.record(snapshot, REGISTRY_KEY)])
     return registry
 
 
@@ -163,7 +174,7 @@ async def import_indications(settings: Settings, indications: list[Indication]) 
             current[key.decode()] = tuple(YouthIndications.model_validate_json(value).indications) if value else ()
     changed = merge_into(current, indications)
     await produce(_admin(settings), [
-        outbound(topics.INDICATIONS, YouthIndications(pseudonym=pseudonym, indications=list(items)), pseudonym)
+        IMPORTED.record(YouthIndications(pseudonym=pseudonym, indications=list(items)), pseudonym)
         for pseudonym, items in changed.items()])
     return len(changed)
 

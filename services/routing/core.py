@@ -16,7 +16,13 @@ from schemas.indications import Indication, YouthIndications
 from schemas.referral import Referral
 from schemas.registry import Provider, Registry
 from schemas.routing import OpenReferral, RecipientKind, RoutingAlert, RoutingDecision, YouthRouting
-from services.routing.policy import PROVIDER_STOPPED, decide, redecide_after_decline, reroute_after_stop
+from services.routing.policy import (
+    PROVIDER_STOPPED,
+    decide,
+    redecide_after_decline,
+    redecide_for_specialist_care,
+    reroute_after_stop,
+)
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ def on_referral(state: YouthRouting, referral: Referral, registry: Registry, now
 
 
 # -- feedback ----------------------------------------------------------------------------------------
-ROUTING_FEEDBACK = frozenset({FeedbackKind.DECLINED, FeedbackKind.CLOSED, FeedbackKind.INDICATION_STARTED})
+ROUTING_FEEDBACK = frozenset({FeedbackKind.DECLINED, FeedbackKind.CLOSED, FeedbackKind.INDICATION_STARTED,
+                              FeedbackKind.SPECIALIST_NEEDED})
 """The kinds routing acts on; the notifier follows up (and refuses) every kind."""
 INDICATION_OUTSIDE_CONTRACT = ReferralError(
     code=ErrorCode.INDICATION_INVALID, location="/product",
@@ -92,6 +99,12 @@ INDICATION_BAD_END = ReferralError(
     code=ErrorCode.INDICATION_INVALID, location="/indication_end",
     message="An indication needs an end date, not before its start and within the longest indication the region "
             "issues.")
+SPECIALIST_NOT_FROM_WIJ = ReferralError(
+    code=ErrorCode.SPECIALIST_REQUEST_INVALID, location="/kind",
+    message="Only a WIJ team's triage asks for specialist care.")
+SPECIALIST_WITHOUT_PRODUCT = ReferralError(
+    code=ErrorCode.SPECIALIST_REQUEST_INVALID, location="/product",
+    message="A request for specialist care needs a product code of the registry.")
 
 
 def open_with(state: YouthRouting, referral_id: str, kind: RecipientKind, source: str) -> OpenReferral | None:
@@ -121,6 +134,8 @@ def on_feedback(state: YouthRouting, kind: RecipientKind, source: str, feedback:
         case FeedbackKind.CLOSED:
             referrals = {rid: r for rid, r in state.referrals.items() if rid != feedback.referral_id}
             return Step(state.model_copy(update={"referrals": referrals}), [], "closed")
+        case FeedbackKind.SPECIALIST_NEEDED:
+            return _specialist_needed(state, found, kind, feedback, registry, now, load)
         case _:
             return _indication_started(state, kind, source, feedback, registry, indication_max_days)
 
@@ -133,6 +148,22 @@ def _declined(state: YouthRouting, found: OpenReferral, source: str, feedback: F
                                       load)
     to = decision.recipient.id if decision.recipient else None
     return Step(_with_decision(state, decision, excluded), [Decided(decision)], f"re-routed to {to}")
+
+
+def _specialist_needed(state: YouthRouting, found: OpenReferral, kind: RecipientKind, feedback: Feedback,
+                       registry: Registry, now: datetime, load: Mapping[str, int]) -> Step:
+    """WIJ's triage asks for specialist care: the referral decided again by rule 5 (policy.redecide_for_specialist_care),
+    without the recipients that declined it; only from a WIJ team and for a product of the registry."""
+    if kind is not RecipientKind.WIJ_TEAM:
+        return _refused(state, SPECIALIST_NOT_FROM_WIJ, "specialist-needed from a provider: refused")
+    if feedback.product not in registry.products:
+        return _refused(state, SPECIALIST_WITHOUT_PRODUCT, "specialist-needed without a known product: refused")
+    decision = redecide_for_specialist_care(found.decision, feedback.product, registry, now, found.declined,
+                                            state.indications, load)
+    to = decision.recipient.id if decision.recipient else None
+    return Step(_with_decision(state, decision, found.declined), [Decided(decision)],
+                f"specialist care: {'kept by' if decision.kept else 're-routed to'} "
+                f"{to}")
 
 
 def indication_error(kind: RecipientKind, source: str, feedback: Feedback, registry: Registry,

@@ -23,6 +23,8 @@ CENTRAL_ENTRANCE = "central-entrance"
 BEHAVIOURAL_SCIENTIST = "behavioural-scientist"
 WARM_HANDOVER = "warm-handover"
 PROVIDER_STOPPED = "provider-stopped"
+SPECIALIST_NEEDED = "specialist-needed"
+"""The trace's first line when WIJ's triage asks for specialist care (the kind of that feedback)."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,26 @@ def redecide_after_decline(previous: RoutingDecision, registry: Registry, now: d
                        + ": decided again without " + ", ".join(sorted(excluded)))
     return decide(previous.referral, registry, now, indications=indications, excluded=excluded, load=load,
                   previous=declined, preamble=[line])
+
+
+def redecide_for_specialist_care(previous: RoutingDecision, product: str, registry: Registry, now: datetime,
+                                 excluded: Collection[str], indications: Collection[Indication] = (),
+                                 load: Mapping[str, int] | None = None) -> RoutingDecision:
+    """WIJ's triage says the referral needs specialist care for `product`: decided again as a referral asking for it,
+    on its referral date like every decision. Rule 5 sends it to an Open House provider while the Open House is open
+    for the product, else the team keeps it, flagged for its behavioural scientist (`previous_recipient` is then the
+    recipient itself); a running indication (rule 2) or a product outside BJH (rule 4) decides first. A move is a
+    warm handover from the team."""
+    team = previous.recipient
+    assert team is not None
+    referral = previous.referral.model_copy(update={"product": product, "specialist_asked": True})
+    line = RuleOutcome(rule=SPECIALIST_NEEDED, decided=False,
+                       reason=f"{team.name} ({team.id}) found at triage that specialist care is needed for {product}: "
+                              "decided again as a referral asking for it")
+    decision = decide(referral, registry, now, indications=indications, excluded=excluded, load=load, previous=team,
+                      preamble=[line])
+    moved = decision.recipient is not None and not decision.kept
+    return decision.model_copy(update={"flags": [*decision.flags, WARM_HANDOVER]}) if moved else decision
 
 
 def reroute_after_stop(referral: Referral, provider: Provider, registry: Registry, now: datetime,

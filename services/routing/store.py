@@ -18,9 +18,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from schemas.routing import YouthRouting
 from services.infra import topics
 from services.infra.connection import KafkaConnection
-from services.infra.kafka import Outbound, outbound
+from services.infra.contract import Output
+from services.infra.kafka import Outbound
 
 READ_TIMEOUT_S = 30.0
+STATE = Output("state", topics.ROUTING_STATE, YouthRouting,
+               "Internal, compacted: one youth's open work, in its referrals' partition; a tombstone once empty.")
 
 
 class StateMismatch(RuntimeError):
@@ -54,8 +57,7 @@ class StateStore:
     # -- writing ---------------------------------------------------------------------------------------
     def write(self, partition: int, pseudonym: str, state: YouthRouting | None) -> Outbound:
         """The youth's state record (None: a tombstone) for the partition's open transaction."""
-        record = outbound(topics.ROUTING_STATE, state if state is not None else b"", pseudonym,
-                          schema=YouthRouting.SCHEMA, partition=partition)
+        record = STATE.record(state if state is not None else b"", pseudonym, partition=partition)
         value = record.value if state is not None else None
         self.pending.setdefault(partition, {})[pseudonym] = Written(value, state)
         return record if state is not None else Outbound(record.topic, record.key, None, record.headers, partition)

@@ -1,13 +1,19 @@
-"""The walking skeleton on a real Kafka: a GP referral in, the team's handover and three statuses out."""
+"""The walking skeleton on a real Kafka: a GP referral in, the team's handover and three statuses out; and WIJ's
+triage asking for specialist care, which moves the referral to an Open House provider."""
 
 import asyncio
 import json
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from fhir.resources.R4B.bundle import Bundle
 
+from schemas.feedback import Feedback, FeedbackKind
+from schemas.notices import NoticeKind
+from schemas.routing import RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
+from services.infra import principals, topics
 from tests.kafka_client import header, produce, read_topic
 from tests.referrals import gp_bundle, random_bsn
 
@@ -29,6 +35,8 @@ def _resources(bundle: dict) -> dict:
 
 def _is_handover_for(referral_id: str):
     def wanted(record) -> bool:
+        if header(record, "schema") != "verwijshub.Handover/1":  # a notice on the same topic
+            return False
         request = _resources(json.loads(record.value))["ServiceRequest"]
         return any(i["value"] == referral_id for i in request["identifier"])
     return wanted
@@ -83,3 +91,38 @@ async def test_logs_of_the_run_hold_no_personal_data(hub, gp_referral):
                 request["reasonCode"][0]["text"], request["note"][0]["text"]]
     for value in personal:
         assert value not in log, f"personal data in the hub's log: {value[:3]}..."
+
+
+async def test_wijs_specialist_needed_moves_the_referral_to_an_open_house_provider_and_the_referrer_sees_rerouted(hub):
+    """A basis jeugdhulp referral of March 2025 (the Open House still open) with WIJ Centrum; its triage asks for
+    specialist family guidance (45A56): a provider gets the handover, the team a notice, the referrer `rerouted`."""
+    referral_id = f"ZD-{uuid.uuid4()}"
+    bundle = gp_bundle(referral_id=referral_id, bsn=random_bsn(), postcode="9712 HB", authored_on="2025-03-10")
+    await produce(hub.broker.connection("referrer-gp"), "referrals.gp.v1", json.dumps(bundle).encode(),
+                  key=referral_id.encode())
+    centrum = hub.broker.connection(principals.wij_team("centrum"))
+    (handover,) = await read_topic(centrum, topics.wij_handovers("centrum"), _is_handover_for(referral_id), 1)
+    hub_id = header(handover, "correlation-id")
+    asked = Feedback(referral_id=hub_id, kind=FeedbackKind.SPECIALIST_NEEDED, at=datetime.now(UTC), product="45A56")
+    await produce(centrum, topics.wij_feedback("centrum"), asked.model_dump_json().encode(), key=handover.key)
+
+    records = await read_topic(hub.broker.connection("referrer-gp"), "status.gp.v1",
+                               lambda r: r.key == referral_id.encode(), 5)
+    events = [StatusEvent.model_validate_json(r.value) for r in records]
+    assert [e.status for e in events] == [ReferralStatus.RECEIVED, ReferralStatus.ROUTED, ReferralStatus.HANDED_OVER,
+                                          ReferralStatus.REROUTED, ReferralStatus.HANDED_OVER]
+    (_, again) = [RoutingDecision.model_validate_json(r.value) for r in await read_topic(
+        hub.kafka, topics.DECISIONS, lambda r: json.loads(r.value)["referral_id"] == hub_id, 2)]
+    assert (again.rule, again.recipient.kind, again.flags) == ("specialist-asked", "provider", ["warm-handover"])
+    assert again.trace[0].rule == "specialist-needed"
+    assert events[3].detail == f"from WIJ Centrum to {again.recipient.name} (rule specialist-asked)"
+
+    provider = hub.broker.connection(principals.provider(again.recipient.id))
+    (moved,) = await read_topic(provider, again.recipient.topic, _is_handover_for(referral_id), 1)
+    resources = _resources(json.loads(moved.value))
+    assert resources["ServiceRequest"]["code"]["coding"][0]["code"] == "45A56"
+    assert "WIJ Centrum" in resources["Task"]["note"][-1]["text"], "a warm handover naming the team"
+    (notice,) = await read_topic(centrum, topics.wij_handovers("centrum"),
+                                 lambda r: header(r, "schema") == "verwijshub.Notice/1"
+                                 and json.loads(r.value)["referral_id"] == hub_id, 1)
+    assert json.loads(notice.value)["kind"] == NoticeKind.HANDED_OVER_ELSEWHERE

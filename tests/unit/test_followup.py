@@ -27,7 +27,7 @@ from services.notifier.followup import (
     next_due,
 )
 from services.notifier.handover import handover_bundle
-from services.routing.policy import decide
+from services.routing.policy import decide, redecide_for_specialist_care
 from tests.referrals import gp_bytes
 
 FRIDAY = datetime(2026, 3, 13, 15, tzinfo=AMSTERDAM)  # a clock started on a Friday afternoon
@@ -155,7 +155,8 @@ def test_a_provider_stop_hands_over_warmly_and_tells_the_old_provider() -> None:
     first = team_decision().model_copy(update={"recipient": PROVIDER})
     state = handed_over(first)
     team = team_decision().recipient
-    stop = first.model_copy(update={"recipient": team, "rule": "provider-stopped", "previous_recipient": PROVIDER})
+    stop = first.model_copy(update={"recipient": team, "rule": "provider-stopped", "previous_recipient": PROVIDER,
+                                    "flags": ["warm-handover"]})
     state, effects = apply_decision(state, stop, FRIDAY, CALENDAR, None)
     notices = [e for e in effects if isinstance(e, Notify)]
     assert [n.topic for n in notices] == [PROVIDER.topic]
@@ -164,6 +165,28 @@ def test_a_provider_stop_hands_over_warmly_and_tells_the_old_provider() -> None:
     assert state.handovers[first.referral_id].clock is not None
     task = handover_bundle(stop, FRIDAY).entry[1].resource
     assert [PROVIDER.name in note.text and PROVIDER.id in note.text for note in task.note] == [False, True]
+
+
+@pytest.mark.parametrize(("referral_date", "moved"), [(date(2025, 6, 30), True), (date(2025, 7, 1), False)])
+def test_wijs_request_for_specialist_care_hands_over_to_a_provider_or_tells_the_team_it_stays(referral_date,
+                                                                                               moved) -> None:
+    first = team_decision()
+    first = first.model_copy(update={"referral": first.referral.model_copy(update={"referral_date": referral_date})})
+    state = handed_over(first)
+    team = first.recipient
+    again = redecide_for_specialist_care(first, "45A56", REGISTRY, FRIDAY, ())
+    after, effects = apply_decision(state, again, FRIDAY, CALENDAR, "centrum")
+    notices = [(n.topic, n.notice.kind) for n in effects if isinstance(n, Notify)]
+    if moved:
+        assert statuses(effects) == [ReferralStatus.REROUTED, ReferralStatus.HANDED_OVER]
+        assert notices == [(team.topic, NoticeKind.HANDED_OVER_ELSEWHERE)]
+        assert [e.decision.recipient.kind for e in effects if isinstance(e, HandOver)] == [RecipientKind.PROVIDER]
+        assert after.handovers[first.referral_id].recipient == again.recipient
+        assert after.handovers[first.referral_id].clock is None, "the team's contact clock ends with its handover"
+    else:
+        assert notices == [(team.topic, NoticeKind.KEPT)] and len(effects) == 1, "no status, no second handover"
+        assert "behavioural-scientist" in effects[0].notice.message
+        assert after == state, "the team's clock runs on"
 
 
 def indication(end: date) -> Indication:

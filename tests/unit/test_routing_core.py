@@ -258,3 +258,69 @@ def test_an_ended_indication_needs_no_reroute(end, due):
     assert bool(on_stop(state, registry, day, NOW).effects) is due
     assert stop_due([], state.indications, stopped_providers(registry, day), day) is due
     assert is_empty(state, day) is not due
+
+
+# -- WIJ's triage asks for specialist care (rule 5) -----------------------------------------------------
+SPECIALIST_PROVIDERS = {agb for agb, p in REGISTRY.providers.items() if "45A56" in p.products and p.accepting}
+
+
+def with_team(day: date) -> YouthRouting:
+    """A basis jeugdhulp referral (no product) of `day`, open with WIJ Centrum."""
+    given = referral().model_copy(update={"referral_date": day})
+    state = on_referral(YouthRouting(pseudonym=PSEUDONYM), given, REGISTRY, NOW, {}).state
+    assert state.referrals["r-1"].decision.recipient.id == "centrum"
+    return state
+
+
+def test_specialist_needed_before_the_open_house_closes_goes_to_an_open_house_provider_as_a_warm_handover():
+    state = with_team(date(2025, 6, 30))  # the day before 45A56's Open House closes
+    state, effects, outcome = answer(state, WIJ, "centrum", feedback(FeedbackKind.SPECIALIST_NEEDED, product="45A56"))
+    (decision,) = [e.decision for e in effects]
+    assert (decision.rule, decision.recipient.kind) == ("specialist-asked", PROVIDER)
+    assert decision.recipient.id in SPECIALIST_PROVIDERS
+    assert decision.previous_recipient.id == "centrum" and not decision.kept
+    assert decision.flags == ["warm-handover"]
+    assert decision.referral.product == "45A56" and decision.referral.specialist_asked
+    assert [(t.rule, t.decided) for t in decision.trace][:1] == [("specialist-needed", False)]
+    assert "centrum" in decision.trace[0].reason and "until 2025-07-01" in decision.trace[-1].reason
+    assert state.referrals["r-1"].decision == decision and outcome == f"specialist care: re-routed to " \
+        f"{decision.recipient.id}"
+
+
+def test_specialist_needed_from_the_closing_date_stays_with_the_team_flagged_for_its_behavioural_scientist():
+    state = with_team(date(2025, 7, 1))
+    state, effects, outcome = answer(state, WIJ, "centrum", feedback(FeedbackKind.SPECIALIST_NEEDED, product="45A56"))
+    (decision,) = [e.decision for e in effects]
+    assert (decision.rule, decision.recipient.id, decision.flags) == ("specialist-asked", "centrum",
+                                                                     ["behavioural-scientist"])
+    assert decision.kept and outcome == "specialist care: kept by centrum"
+    assert "closed for 45A56 since 2025-07-01" in decision.trace[-1].reason
+    assert state.referrals["r-1"].decision == decision
+
+
+def test_specialist_needed_skips_a_provider_that_declined_the_referral():
+    state = with_team(date(2025, 3, 10))
+    state, effects, _ = answer(state, WIJ, "centrum", feedback(FeedbackKind.SPECIALIST_NEEDED, product="45A56"))
+    first = effects[0].decision.recipient.id
+    state, effects, _ = answer(state, PROVIDER, first, feedback(FeedbackKind.DECLINED))
+    assert effects[0].decision.recipient.id in SPECIALIST_PROVIDERS - {first}, "still a 45A56 provider, not the decliner"
+
+
+@pytest.mark.parametrize(("kind", "source", "product", "location"), [
+    (PROVIDER, NOORDERLICHT, "45A56", "/kind"),  # a provider holding the referral: not WIJ's triage
+    (WIJ, "centrum", None, "/product"),
+    (WIJ, "centrum", "99X99", "/product"),
+])
+def test_specialist_needed_not_from_wij_or_without_a_known_product_is_refused(kind, source, product, location):
+    state = with_team(date(2025, 3, 10))
+    if kind is PROVIDER:  # hand it to the provider first, by WIJ's own request
+        state = answer(state, WIJ, "centrum", feedback(FeedbackKind.SPECIALIST_NEEDED, product="45A56")).state
+        source = state.referrals["r-1"].decision.recipient.id
+    error = refusal(answer(state, kind, source, feedback(FeedbackKind.SPECIALIST_NEEDED, product=product)))
+    assert (error.code, error.location) == (ErrorCode.SPECIALIST_REQUEST_INVALID, location)
+
+
+def test_specialist_needed_from_a_team_the_referral_is_not_with_is_not_recipient():
+    state = with_team(date(2025, 3, 10))
+    error = refusal(answer(state, WIJ, "beijum", feedback(FeedbackKind.SPECIALIST_NEEDED, product="45A56")))
+    assert error.code is ErrorCode.NOT_RECIPIENT
