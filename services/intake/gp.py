@@ -163,7 +163,7 @@ def _document_parts(bundle: ReadBundle, errors: ErrorList) -> _Parts | None:
     """A ZorgDomein-style FHIR document (docs/design.md, "ZorgDomein documents"): the Composition first; its
     identifier the ZD number, its type the document kind, its subject the Patient; the referring GP the
     Practitioner of the zd-sender PractitionerRole, else of the author. The product, if any, from a ServiceRequest
-    in the Bundle; none (basis jeugdhulp) when there is none."""
+    (STU3: ReferralRequest) in the Bundle; none (basis jeugdhulp) when there is none."""
     entries = bundle.entries
     composition = entries[0].resource if entries else None
     if composition is None or entries[0].resource_type != "Composition":
