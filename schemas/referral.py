@@ -133,8 +133,8 @@ class Referral(BaseModel):
         default=None, description="gi only: the court measure the institution carries out (OTS, voogdij, or none: "
         "werken zonder maatregel), so the GI stream can be monitored per measure; None on other channels.")
     fhir_version: FhirVersion | None = Field(
-        default=None, description="gp only: the FHIR version of the Bundle received (`3.0` STU3, `4.0` R4), so a "
-        "sender's version can be seen and counted; None on other channels. How it was sent, not what was referred: "
+        default=None, description="gp only: the FHIR version of the Bundle received (`3.0` STU3, `4.0` R4), the "
+        "version its sender speaks; None on other channels. How it was sent, not what was referred: "
         "not part of the referral's digest (`services/intake/repeats.py`).")
 
 
