@@ -75,8 +75,8 @@ def detect_version(document: dict[str, Any]) -> FhirVersion:
     version does not know, rather than guessing per resource."""
     resources = [entry["resource"] for entry in _entries(document)
                  if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)]
-    read = [document, *(r for r in resources if r.get("resourceType") in READ_TYPES)]
-    others = [r for r in resources if r.get("resourceType") not in READ_TYPES]
+    read = [document, *(r for r in resources if _type_of(r) in READ_TYPES)]
+    others = [r for r in resources if _type_of(r) not in READ_TYPES]
     claimed = FhirVersion.STU3 if any(_claims_zorgdomein(part) for part in [document, *resources]) else None
 
     def evidence(version: FhirVersion) -> tuple[int, int, bool, bool]:
@@ -99,8 +99,8 @@ def read_bundle(document: dict[str, Any], version: FhirVersion) -> ReadBundle | 
         if resource is None:
             continue
         location = f"Bundle.entry[{index}].resource"
-        resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
-        if not isinstance(resource_type, str):
+        resource_type = _type_of(resource) if isinstance(resource, dict) else None
+        if resource_type is None:
             errors.add(ErrorCode.SCHEMA_INVALID, location, "An entry's resource is no FHIR resource (no resourceType).")
             continue
         model = None
@@ -133,9 +133,14 @@ def _elements(version: FhirVersion, resource_type: str) -> frozenset[str] | None
     return frozenset({field.alias or name for name, field in model.model_fields.items()} | {"resourceType"})
 
 
-def _fits(version: FhirVersion, part: dict[str, Any]) -> bool:
+def _type_of(part: dict[str, Any]) -> str | None:
     resource_type = part.get("resourceType")
-    elements = _elements(version, resource_type) if isinstance(resource_type, str) else None
+    return resource_type if isinstance(resource_type, str) else None
+
+
+def _fits(version: FhirVersion, part: dict[str, Any]) -> bool:
+    resource_type = _type_of(part)
+    elements = _elements(version, resource_type) if resource_type is not None else None
     return elements is not None and part.keys() <= elements
 
 

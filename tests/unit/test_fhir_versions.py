@@ -125,9 +125,12 @@ def test_an_element_the_hub_does_not_read_never_rejects_a_referral() -> None:
         update={"received_at": referral.received_at})
 
 
-def test_every_entry_must_still_be_a_resource() -> None:
+@pytest.mark.parametrize("resource_type", [None, ["Binary"], 7])
+def test_every_entry_must_still_be_a_resource(resource_type: Any) -> None:
+    """Found by the fuzz test: a list as resourceType once raised TypeError in the detection."""
     bundle = gp_bundle()
-    bundle["entry"].append({"fullUrl": "urn:uuid:1", "resource": {"contentType": "text/css"}})
+    resource = {"contentType": "text/css"} if resource_type is None else {"resourceType": resource_type}
+    bundle["entry"].append({"fullUrl": "urn:uuid:1", "resource": resource})
     assert errors(bundle) == [(ErrorCode.SCHEMA_INVALID, "Bundle.entry[4].resource")]
 
 
