@@ -103,7 +103,7 @@ def test_a_zorgdomein_stu3_document_is_accepted_and_routed_as_its_r4_twin(gatewa
         zd_number = json.loads(document)["entry"][0]["resource"]["identifier"]["value"]
         unique = f"ZD{uuid.uuid4().int % 10**9:09d}"
         answers.append(gateway.post("/fhir/Bundle", document.replace(zd_number, unique).replace(
-            EXAMPLE_BSN, random_bsn()).encode(), Channel.GP))
+            EXAMPLE_BSN, random_bsn()).encode(), Channel.GP, "application/fhir+json; charset=UTF-8"))  # ZorgDomein's
     assert [answer.status for answer in answers] == [201, 201], [answer.body for answer in answers]
     for answer in answers:
         events = gateway.status_events(Channel.GP, answer.headers["location"].rsplit("/", 1)[1], 3)
