@@ -28,6 +28,14 @@ class ReferrerType(StrEnum):
     RECHTER_RAAD_OVJ = "08"
 
 
+class FhirVersion(StrEnum):
+    """The FHIR versions the gp channel reads, by the values of FHIR's own `fhirVersion` parameter (major.minor):
+    STU3 is what ZorgDomein speaks, R4 what the hub writes (docs/design.md, "FHIR versions")."""
+
+    STU3 = "3.0"
+    R4 = "4.0"
+
+
 REFERRER_TYPE_OF_CHANNEL: dict[Channel, ReferrerType] = {
     Channel.GP: ReferrerType.HUISARTS,
     Channel.GGD: ReferrerType.JEUGDARTS,
@@ -124,6 +132,10 @@ class Referral(BaseModel):
     measure: Literal["OTS", "voogdij", "none"] | None = Field(
         default=None, description="gi only: the court measure the institution carries out (OTS, voogdij, or none: "
         "werken zonder maatregel), so the GI stream can be monitored per measure; None on other channels.")
+    fhir_version: FhirVersion | None = Field(
+        default=None, description="gp only: the FHIR version of the Bundle received (`3.0` STU3, `4.0` R4), the "
+        "version its sender speaks; None on other channels. How it was sent, not what was referred: "
+        "not part of the referral's digest (`services/intake/repeats.py`).")
 
 
 class AcceptedReferral(BaseModel):

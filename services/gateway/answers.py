@@ -118,9 +118,9 @@ TASK_SCHEMA = {"type": "object", "required": ["resourceType", "id", "status", "i
                               "businessStatus": {"type": "object"}},
                "description": "A FHIR R4 Task (http://hl7.org/fhir/R4/task.html): status and businessStatus from "
                               "the referral's status events."}
-FHIR_BUNDLE_SCHEMA = {"type": "object", "description": "A FHIR R4 Bundle: a message (first entry a MessageHeader) "
-                                                       "or a document (first entry a Composition); see "
-                                                       "schemas/CHANNELS.md."}
+FHIR_BUNDLE_SCHEMA = {"type": "object", "description": "A FHIR STU3 or R4 Bundle: a message (first entry a "
+                                                       "MessageHeader) or a document (first entry a Composition); "
+                                                       "see schemas/CHANNELS.md."}
 
 
 # --- HL7 v2 --------------------------------------------------------------------------------------------------

@@ -185,9 +185,9 @@ JSON_REFUSALS: dict[int | str, dict[str, Any]] = {
 
 def create_api(gateway: GatewayApi) -> FastAPI:
     app = FastAPI(title="Verwijshub referrer gateway", version="1.0.0", openapi_url=None, docs_url=None,
-                  redoc_url=None, description="Referrals over HTTPS: FHIR R4 messages and documents on the gp channel, "
-                  "JSON documents on gi, ggd and court. Each is checked at once with the channel's adapter and "
-                  "confirmed only once Kafka stored it (acks=all); a re-sent referral gets the same answer and has "
+                  redoc_url=None, description="Referrals over HTTPS: FHIR STU3 or R4 messages and documents on the gp "
+                  "channel, JSON documents on gi, ggd and court. Each is checked at once with the channel's adapter "
+                  "and confirmed only once Kafka stored it (acks=all); a re-sent referral gets the same answer and has "
                   "one effect. Errors and codes: schemas/CHANNELS.md.")
 
     for path, status, name, summary in FHIR_ROUTES:

@@ -1,8 +1,9 @@
-"""GP channel: a FHIR R4 message Bundle, or a FHIR document as ZorgDomein delivers it, to the canonical `Referral`.
+"""GP channel: a FHIR message Bundle, or a FHIR document as ZorgDomein delivers it, to the canonical `Referral`.
 
-The Bundle is validated with fhir.resources (R4B models, wire-compatible with R4 for these resources);
-the mapping then reads the ServiceRequest, the Patient and the requesting Practitioner. Every string of the
-Bundle is cleaned first (`reading.cleaned_document`), so names and notes arrive trimmed, blank ones absent.
+FHIR STU3 or R4: the version is found from the Bundle and what the hub reads is validated in it
+(`services/intake/fhir_versions.py`); the mapping then reads the ServiceRequest (STU3: ReferralRequest, through
+`services/intake/gp_requests.py`), the Patient and the requesting Practitioner. Every string of the Bundle is
+cleaned first (`reading.cleaned_document`), so names and notes arrive trimmed, blank ones absent.
 """
 
 import html
@@ -11,15 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fhir.resources.R4B.bundle import Bundle
-from pydantic import ValidationError
-
-from schemas.errors import ErrorCode, ReferralError
+from schemas.errors import ErrorCode
 from schemas.referral import (
     AGB_SYSTEM,
     BSN_SYSTEM,
-    CATEGORY_SYSTEM,
-    PRODUCT_SYSTEM,
     REFERRER_TYPE_OF_CHANNEL,
     Channel,
     Referral,
@@ -29,10 +25,11 @@ from schemas.referral import (
 )
 from services.infra.pseudonym import youth_pseudonym
 from services.intake import validation as v
-from services.intake.outcome import ErrorList, ParseOutcome, Rejection, schema_message
+from services.intake.fhir_versions import REQUEST_TYPE, Entry, ReadBundle, detect_version, read_bundle
+from services.intake.gp_requests import RequestedCare, identifier_value, requested_care
+from services.intake.outcome import ErrorList, ParseOutcome, Rejection
 from services.intake.reading import clean_text, cleaned_document, read_json, reject, too_large
 
-_DATE_FIELDS = {"birthDate", "authoredOn", "date"}
 ZD_DOCUMENT_TYPE_SYSTEM = "http://zorgdomein.nl/terminology/code-system/document-type"
 LOINC = "http://loinc.org"
 DOCUMENT_TYPE_SYSTEMS = {ZD_DOCUMENT_TYPE_SYSTEM, LOINC}
@@ -55,16 +52,10 @@ def parse_gp(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str, 
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         return reject(ErrorCode.CHANNEL_MISMATCH, "/resourceType",
                       "The gp channel takes a FHIR message Bundle (resourceType 'Bundle').")
-    try:
-        bundle = Bundle.model_validate(cleaned_document(document))
-    except ValidationError as exc:
-        return Rejection(_fhir_validation_errors(exc), _service_request_identifier(document))
-    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
-        # fhir.resources raises plain errors for some malformed input, e.g. KeyError for an unknown
-        # resourceType inside an entry (found by the property tests)
-        return reject(ErrorCode.SCHEMA_INVALID, "Bundle.entry.resource",
-                      f"Not a valid FHIR R4 Bundle ({type(exc).__name__}: an unknown resource type or a malformed "
-                      "element).", _service_request_identifier(document))
+    cleaned = cleaned_document(document)
+    bundle = read_bundle(cleaned, detect_version(cleaned))
+    if not isinstance(bundle, ReadBundle):
+        return Rejection(bundle, _request_identifier(document))
     return _map_bundle(bundle, known_products, pseudonym_key, received_at)
 
 
@@ -74,15 +65,15 @@ class _Parts:
 
     patient: Any
     practitioner: Any
-    request: Any | None
-    """The ServiceRequest: always in a message; in a document only when it names the care asked for."""
+    request: RequestedCare | None
+    """The ServiceRequest (ReferralRequest): always in a message; in a document only when it names the care."""
     referrer_referral_id: str | None
     referral_date: object
     date_location: str
     free_text: str | None
 
 
-def _map_bundle(bundle: Bundle, known_products: frozenset[str], pseudonym_key: str,
+def _map_bundle(bundle: ReadBundle, known_products: frozenset[str], pseudonym_key: str,
                 received_at: datetime) -> ParseOutcome:
     errors = ErrorList()
     parts = _document_parts(bundle, errors) if bundle.type == "document" else _message_parts(bundle, errors)
@@ -91,17 +82,19 @@ def _map_bundle(bundle: Bundle, known_products: frozenset[str], pseudonym_key: s
     request, patient, practitioner = parts.request, parts.patient, parts.practitioner
     referrer_referral_id = parts.referrer_referral_id
     referral_date = v.check_date(parts.referral_date, parts.date_location, errors, "referral date")
-    product = _product(request) if request is not None else None
-    v.check_product(product, known_products, "ServiceRequest.code.coding", errors)
-    categories = {c.code for cc in (request.category if request is not None else None) or []
-                  for c in cc.coding or [] if c.system == CATEGORY_SYSTEM}
-    preferred = _preferred_provider(request, errors) if request is not None else None
+    product, categories, preferred = None, frozenset(), None
+    if request is not None:
+        product, categories = request.product, request.categories
+        v.check_product(product, known_products, request.location("product"), errors)
+        if request.names_preferred_provider:
+            preferred = v.check_agb(request.preferred_provider, request.location("preferred provider"), errors,
+                                    "preferred provider's AGB code")
 
-    bsn = v.check_bsn(_identifier(patient.identifier, BSN_SYSTEM), "Patient.identifier", errors)
+    bsn = v.check_bsn(identifier_value(patient.identifier, BSN_SYSTEM), "Patient.identifier", errors)
     birth_date = v.check_date(patient.birthDate, "Patient.birthDate", errors, "birth date")
     postcode = v.check_postcode(next((a.postalCode for a in patient.address or [] if a.postalCode), None),
                                 "Patient.address.postalCode", errors)
-    agb = v.check_agb(_identifier(practitioner.identifier, AGB_SYSTEM), "Practitioner.identifier", errors,
+    agb = v.check_agb(identifier_value(practitioner.identifier, AGB_SYSTEM), "Practitioner.identifier", errors,
                       "GP's AGB code")
     continuation = "continuation" in categories
     if birth_date and referral_date:
@@ -112,10 +105,11 @@ def _map_bundle(bundle: Bundle, known_products: frozenset[str], pseudonym_key: s
     document = bundle.type == "document"
     v.check_lengths({
         "referrer_referral_id": (referrer_referral_id, "Composition.identifier" if document
-                                 else "ServiceRequest.identifier"),
+                                 else request.location("identifier")),
         "referrer.display": (display, "Practitioner.name"), "youth.given_name": (given, "Patient.name.given"),
         "youth.family_name": (name.family if name else None, "Patient.name.family"),
-        "free_text": (parts.free_text, "Composition.section" if document else "ServiceRequest.note")}, errors)
+        "free_text": (parts.free_text, "Composition.section" if document else request.location("free text"))},
+        errors)
     if errors or None in (referrer_referral_id, referral_date, bsn, birth_date, postcode, agb):
         return Rejection(errors.errors, referrer_referral_id)
 
@@ -137,39 +131,42 @@ def _map_bundle(bundle: Bundle, known_products: frozenset[str], pseudonym_key: s
         preferred_provider=preferred,
         free_text=parts.free_text,
         received_at=received_at,
+        fhir_version=bundle.version,
     )
 
 
-def _message_parts(bundle: Bundle, errors: ErrorList) -> _Parts | None:
-    """A message Bundle: MessageHeader first, then exactly one ServiceRequest, Patient and Practitioner."""
-    resources = [entry.resource for entry in bundle.entry or [] if entry.resource is not None]
-    if bundle.type != "message" or not resources or resources[0].get_resource_type() != "MessageHeader":
+def _message_parts(bundle: ReadBundle, errors: ErrorList) -> _Parts | None:
+    """A message Bundle: MessageHeader first, then exactly one ServiceRequest (STU3: ReferralRequest), Patient and
+    Practitioner."""
+    entries = bundle.entries
+    if bundle.type != "message" or not entries or entries[0].resource_type != "MessageHeader":
         errors.add(ErrorCode.SCHEMA_INVALID, "Bundle.type",
                    "The Bundle must be of type 'message' with a MessageHeader as its first entry, or of type "
                    "'document' with a Composition as its first entry.")
     by_type: dict[str, list[Any]] = {}
-    for resource in resources:
-        by_type.setdefault(resource.get_resource_type(), []).append(resource)
-    request = _single(by_type, "ServiceRequest", errors)
+    for entry in entries:
+        by_type.setdefault(entry.resource_type, []).append(entry.resource)
+    resource = _single(by_type, REQUEST_TYPE[bundle.version], errors)
     patient = _single(by_type, "Patient", errors)
     practitioner = _single(by_type, "Practitioner", errors)
-    if request is None or patient is None or practitioner is None:
+    if resource is None or patient is None or practitioner is None:
         return None
-    referrer_referral_id = _identifier(request.identifier, None)
-    if not referrer_referral_id:
-        errors.add(ErrorCode.SCHEMA_INVALID, "ServiceRequest.identifier", "The referral's own identifier is missing.")
-    return _Parts(patient, practitioner, request, referrer_referral_id, request.authoredOn,
-                  "ServiceRequest.authoredOn", _free_text(request))
+    request = requested_care(resource)
+    if not request.identifier:
+        errors.add(ErrorCode.SCHEMA_INVALID, request.location("identifier"),
+                   "The referral's own identifier is missing.")
+    return _Parts(patient, practitioner, request, request.identifier, request.authored_on,
+                  request.location("authoredOn"), request.free_text)
 
 
-def _document_parts(bundle: Bundle, errors: ErrorList) -> _Parts | None:
+def _document_parts(bundle: ReadBundle, errors: ErrorList) -> _Parts | None:
     """A ZorgDomein-style FHIR document (docs/design.md, "ZorgDomein documents"): the Composition first; its
     identifier the ZD number, its type the document kind, its subject the Patient; the referring GP the
     Practitioner of the zd-sender PractitionerRole, else of the author. The product, if any, from a ServiceRequest
-    in the Bundle; none (basis jeugdhulp) when there is none."""
-    entries = [entry for entry in bundle.entry or [] if entry.resource is not None]
+    (STU3: ReferralRequest) in the Bundle; none (basis jeugdhulp) when there is none."""
+    entries = bundle.entries
     composition = entries[0].resource if entries else None
-    if composition is None or composition.get_resource_type() != "Composition":
+    if composition is None or entries[0].resource_type != "Composition":
         errors.add(ErrorCode.SCHEMA_INVALID, "Bundle.entry[0].resource",
                    "A document Bundle has a Composition as its first entry.")
         return None
@@ -188,10 +185,11 @@ def _document_parts(bundle: Bundle, errors: ErrorList) -> _Parts | None:
     if practitioner is None:
         errors.add(ErrorCode.SCHEMA_INVALID, "Composition.author", "Neither the zd-sender nor an author of the "
                    "Composition is a Practitioner (or a PractitionerRole with one) of the Bundle.")
-    requests = [e.resource for e in entries if e.resource.get_resource_type() == "ServiceRequest"]
+    request_type = REQUEST_TYPE[bundle.version]
+    requests = [requested_care(e.resource) for e in entries if e.resource_type == request_type]
     if len(requests) > 1:
-        errors.add(ErrorCode.SCHEMA_INVALID, "Bundle.entry.resource.ofType(ServiceRequest)",
-                   f"A referral document holds at most one ServiceRequest; it holds {len(requests)}.")
+        errors.add(ErrorCode.SCHEMA_INVALID, f"Bundle.entry.resource.ofType({request_type})",
+                   f"A referral document holds at most one {request_type}; it holds {len(requests)}.")
     if patient is None or practitioner is None or len(requests) > 1:
         return None
     identifier = composition.identifier
@@ -199,21 +197,23 @@ def _document_parts(bundle: Bundle, errors: ErrorList) -> _Parts | None:
     if not zd_number:
         errors.add(ErrorCode.SCHEMA_INVALID, "Composition.identifier", "The document's ZD number is missing.")
     request = requests[0] if requests else None
-    texts = [_free_text(request)] if request is not None else []
+    texts = [request.free_text] if request is not None else []
     texts += [_narrative(section) for section in composition.section or []]
     return _Parts(patient, practitioner, request, zd_number, composition.date, "Composition.date",
                   "\n".join(text for text in texts if text) or None)
 
 
-def _resolver(entries: list[Any]):
+def _resolver(entries: list[Entry]):
     """Finds a referenced resource of a type in the Bundle, by fullUrl or by `Type/id`."""
     index: dict[str, Any] = {}
     for entry in entries:
         resource = entry.resource
-        if entry.fullUrl:
-            index[entry.fullUrl] = resource
+        if resource is None:
+            continue
+        if entry.full_url:
+            index[entry.full_url] = resource
         if resource.id:
-            index[f"{resource.get_resource_type()}/{resource.id}"] = resource
+            index[f"{entry.resource_type}/{resource.id}"] = resource
 
     def found(reference: Any, resource_type: str) -> Any:
         resource = index.get(reference.reference) if reference is not None and reference.reference else None
@@ -253,55 +253,19 @@ def _single(by_type: dict[str, list[Any]], resource_type: str, errors: ErrorList
     return found[0]
 
 
-def _identifier(identifiers: list[Any] | None, system: str | None) -> str | None:
-    for identifier in identifiers or []:
-        if (system is None or identifier.system == system) and identifier.value and identifier.value.strip():
-            return identifier.value.strip()
-    return None
-
-
-def _product(request: Any) -> str | None:
-    codings = request.code.coding if request.code and request.code.coding else []
-    return next((c.code.strip() for c in codings if c.system == PRODUCT_SYSTEM and c.code), None)
-
-
-def _preferred_provider(request: Any, errors: ErrorList) -> str | None:
-    for performer in request.performer or []:
-        if performer.identifier is not None and performer.identifier.system == AGB_SYSTEM:
-            return v.check_agb(performer.identifier.value, "ServiceRequest.performer.identifier", errors,
-                               "preferred provider's AGB code")
-    return None
-
-
-def _free_text(request: Any) -> str | None:
-    parts = [rc.text for rc in request.reasonCode or [] if rc and rc.text]
-    parts += [note.text for note in request.note or [] if note and note.text]
-    return "\n".join(parts) or None
-
-
 def _practitioner_name(practitioner: Any) -> str | None:
     name = (practitioner.name or [None])[0]
     return (name.text or " ".join([*(g for g in name.given or [] if g), name.family or ""]).strip() or None) if name else None
 
 
-def _service_request_identifier(document: dict[str, Any]) -> str | None:
+def _request_identifier(document: dict[str, Any]) -> str | None:
     """The referral id from a Bundle that failed validation, read leniently, so the GP can be told."""
     entries = document.get("entry")
     for entry in entries if isinstance(entries, list) else []:
         resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict) and resource.get("resourceType") == "ServiceRequest":
+        if isinstance(resource, dict) and resource.get("resourceType") in REQUEST_TYPE.values():
             identifiers = resource.get("identifier")
             for identifier in identifiers if isinstance(identifiers, list) else []:
                 if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
                     return clean_text(identifier["value"])
     return None
-
-
-def _fhir_validation_errors(exc: ValidationError) -> list[ReferralError]:
-    errors = ErrorList()
-    for problem in exc.errors():
-        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
-        code = ErrorCode.DATE_INVALID if set(map(str, problem["loc"])) & _DATE_FIELDS else ErrorCode.SCHEMA_INVALID
-        errors.add(code, f"Bundle{path}", "Not a real date (YYYY-MM-DD)." if code is ErrorCode.DATE_INVALID
-                   else schema_message(problem))
-    return errors.errors

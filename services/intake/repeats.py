@@ -30,6 +30,9 @@ from services.intake.outcome import Rejection
 HUB_SET_FIELDS = frozenset({"received_at", "referral_id"})
 """What the hub adds to a referral rather than the referrer stating it: when intake read it (a redelivery reads it
 again, later), and the id derived from channel, referrer and referral id (the ledger's key already)."""
+TRANSPORT_FIELDS = frozenset({"fhir_version"})
+"""What the hub notes of how a referral was sent rather than what was referred: the same referral sent again in
+the other FHIR version (STU3 or R4) is a repeat; and left out, the field leaves the digests recorded before it."""
 NO_DIGEST = ""
 """The digest of a ledger record written before intake recorded digests: its content is unknown, so a referral
 with its id counts as a repeat, as every known id did then."""
@@ -49,9 +52,9 @@ class Seen(StrEnum):
 
 
 def referral_digest(referral: Referral) -> str:
-    """SHA-256 (hex) of the canonical referral without what the hub set itself (`HUB_SET_FIELDS`), and without the
-    youth's pseudonym (derived from the BSN, which is in; a new pseudonym key must not make every referral a
-    conflict).
+    """SHA-256 (hex) of the canonical referral without what the hub set itself (`HUB_SET_FIELDS`) or noted of the
+    transport (`TRANSPORT_FIELDS`), and without the youth's pseudonym (derived from the BSN, which is in; a new
+    pseudonym key must not make every referral a conflict).
 
     Why the canonical referral and not the message: the message also carries transport details that legitimately
     change when the same referral is sent again (a FHIR Bundle's id, MessageHeader and timestamp, HL7's MSH-7 and
@@ -64,7 +67,8 @@ def referral_digest(referral: Referral) -> str:
     Fields at their default are left out, so a field added to the canonical model later, with a default, does not
     change the digest of the referrals recorded before it."""
     content = referral.model_dump(mode="json", exclude_defaults=True,
-                                  exclude={**dict.fromkeys(HUB_SET_FIELDS, True), "youth": {"pseudonym"}})
+                                  exclude={**dict.fromkeys(HUB_SET_FIELDS | TRANSPORT_FIELDS, True),
+                                           "youth": {"pseudonym"}})
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -22,6 +22,7 @@ from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
 from tests.gateway_clients import curl, mllp_send
 from tests.kafka_client import read_topic
+from tests.referrals import EXAMPLE_BSN, random_bsn
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = REPO_ROOT / "schemas" / "examples"
@@ -44,10 +45,13 @@ class Gateway:
         return curl(self.base + path, self.ca, self.token(channel), body, content_type)
 
     def statuses(self, channel: Channel, referral_id: str, count: int, settle_s: float = 0.0) -> list[str]:
+        return [event["status"] for event in self.status_events(channel, referral_id, count, settle_s)]
+
+    def status_events(self, channel: Channel, referral_id: str, count: int, settle_s: float = 0.0) -> list[dict]:
         records = asyncio.run(read_topic(self.kafka.admin, topics.status(channel),
                                          lambda r: json.loads(r.value).get("referral_id") == referral_id, count,
                                          timeout_s=60, settle_s=settle_s))
-        return [json.loads(r.value)["status"] for r in records]
+        return [json.loads(r.value) for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +86,30 @@ def test_a_zorgdomein_document_is_accepted_handed_over_and_a_redelivery_has_one_
     task = curl(gateway.base + first.headers["location"], gateway.ca, gateway.token(Channel.GP))
     assert task.status == 200
     assert (task.json()["status"], task.json()["businessStatus"]["coding"][0]["code"]) == ("requested", "handed-over")
+
+
+@pytest.mark.parametrize(("stu3", "r4", "recipient_kind"), [
+    ("zorgdomein-stu3-stylesheet.json", "zorgdomein-document-basis-jeugdhulp.json", "wij-team"),
+    ("zorgdomein-stu3-referralrequest-coverage.json", "zorgdomein-r4-servicerequest-coverage.json", "provider"),
+])
+def test_a_zorgdomein_stu3_document_is_accepted_and_routed_as_its_r4_twin(gateway: Gateway, stu3: str, r4: str,
+                                                                         recipient_kind: str) -> None:
+    """ZorgDomein delivers STU3 (a stylesheet Binary with `content`, a Coverage with `grouping`, a ReferralRequest):
+    201, and the referral goes where the same document in R4 goes. Each twin under a ZD number and youth of its own,
+    so both are referrals of their own."""
+    answers, routed = [], []
+    for name in (stu3, r4):
+        document = (EXAMPLES / "gp" / name).read_text()
+        zd_number = json.loads(document)["entry"][0]["resource"]["identifier"]["value"]
+        unique = f"ZD{uuid.uuid4().int % 10**9:09d}"
+        answers.append(gateway.post("/fhir/Bundle", document.replace(zd_number, unique).replace(
+            EXAMPLE_BSN, random_bsn()).encode(), Channel.GP, "application/fhir+json; charset=UTF-8"))  # ZorgDomein's
+    assert [answer.status for answer in answers] == [201, 201], [answer.body for answer in answers]
+    for answer in answers:
+        events = gateway.status_events(Channel.GP, answer.headers["location"].rsplit("/", 1)[1], 3)
+        assert [event["status"] for event in events] == ["received", "routed", "handed-over"]
+        routed.append(events[1]["detail"])
+    assert routed[0] == routed[1] and routed[0].endswith(f"({recipient_kind})"), routed
 
 
 def test_curl_posts_a_fhir_message_valid_and_invalid(gateway: Gateway) -> None:

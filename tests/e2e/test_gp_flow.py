@@ -14,6 +14,7 @@ from schemas.notices import NoticeKind
 from schemas.routing import RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import principals, topics
+from services.infra.settings import REPO_ROOT
 from tests.kafka_client import header, produce, read_topic
 from tests.referrals import gp_bundle, random_bsn
 
@@ -126,3 +127,30 @@ async def test_wijs_specialist_needed_moves_the_referral_to_an_open_house_provid
                                  lambda r: header(r, "schema") == "verwijshub.Notice/1"
                                  and json.loads(r.value)["referral_id"] == hub_id, 1)
     assert json.loads(notice.value)["kind"] == NoticeKind.HANDED_OVER_ELSEWHERE
+
+
+async def test_an_stu3_message_is_routed_and_handed_over_as_its_r4_twin(hub, gp_referral):
+    """The R4 referral above in FHIR STU3 (MessageHeader `event`, a ReferralRequest): the same team, the same
+    handover, in R4."""
+    r4_id, r4_sent = gp_referral
+    referral_id = f"ZD-{uuid.uuid4()}"
+    stu3 = json.loads((REPO_ROOT / "schemas" / "examples" / "gp" / "stu3-message-basis-jeugdhulp.json").read_text())
+    resources = _resources(stu3)
+    resources["ReferralRequest"]["identifier"][0]["value"] = referral_id
+    resources["Patient"].update({key: _resources(r4_sent)["Patient"][key] for key in ("birthDate", "address")},
+                                identifier=[{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": random_bsn()}])
+    await produce(hub.broker.connection("referrer-gp"), "referrals.gp.v1", json.dumps(stu3).encode(),
+                  key=referral_id.encode())
+    team = hub.broker.connection("wij-centrum")
+    stu3_handover, r4_handover = [
+        (await read_topic(team, "handovers.wij.centrum.v1", _is_handover_for(wanted), 1))[0] for wanted in
+        (referral_id, r4_id)]
+    Bundle.model_validate_json(stu3_handover.value)
+    handed, twin = _resources(json.loads(stu3_handover.value)), _resources(json.loads(r4_handover.value))
+    assert list(handed) == list(twin) == ["MessageHeader", "Task", "ServiceRequest", "Patient"]
+    assert (handed["Task"]["owner"], handed["Task"]["note"]) == (twin["Task"]["owner"], twin["Task"]["note"])
+    assert handed["ServiceRequest"]["note"] == twin["ServiceRequest"]["note"]  # the reason and the note
+    statuses = await read_topic(hub.broker.connection("referrer-gp"), "status.gp.v1",
+                                lambda r: r.key == referral_id.encode(), 3)
+    assert [StatusEvent.model_validate_json(r.value).status for r in statuses] == [
+        ReferralStatus.RECEIVED, ReferralStatus.ROUTED, ReferralStatus.HANDED_OVER]

@@ -27,8 +27,11 @@ SEED = os.environ.get("VERWIJSHUB_FUZZ_SEED", "0")
 MAX_BYTES = 256 * 1024
 PRODUCTS = frozenset({"45A51", "45A53", "45A56", "50G26", "50G41", "54B01"})
 NOW = datetime(2026, 3, 12, 12, 0, tzinfo=UTC)
-SEEDS = {channel: [path.read_bytes() for path in sorted((REPO_ROOT / "schemas" / "examples" / channel.value).glob(
-    "valid-*")) if path.suffix in (".json", ".hl7")] for channel in Channel}
+EXAMPLES = REPO_ROOT / "schemas" / "examples"
+SEEDS = {channel: [(EXAMPLES / channel.value / name).read_bytes() for name, codes in sorted(json.loads(
+    (EXAMPLES / channel.value / "expected.json").read_text()).items()) if not codes] for channel in Channel}
+"""Every accepted example of each channel (`expected.json`), so the fuzz reaches each form a channel takes (gp:
+R4 and STU3 messages and documents)."""
 
 NASTY = [b"\x00", b"\xff", b"\xc3", b"\xed\xa0\x80", b'"\\ud800"', b"\\udc00", b"\\u0000", b"9" * 5000, b"1e999",
          b"-0.0e-99999", b"NaN", b"null", b"[]", b"{}", b'""', b"  ", b"\r", b"\n", b"|", b"^", b"~", b"&", b"\\",

@@ -24,6 +24,15 @@ def test_check_accepts_the_valid_example_from_a_file_and_from_stdin(channel):
         assert referral["channel"] == channel.value and referral["youth"]["bsn"] == "999911120"
 
 
+@pytest.mark.parametrize("name", ["stu3-message-basis-jeugdhulp.json", "zorgdomein-stu3-stylesheet.json",
+                                  "zorgdomein-stu3-referralrequest-coverage.json"])
+def test_check_accepts_a_gp_referral_in_fhir_stu3(name):
+    result = CliRunner().invoke(app, ["check", "--channel", "gp", str(EXAMPLES / "gp" / name)])
+    assert result.exit_code == 0, result.output
+    referral = json.loads(result.stdout)
+    assert (referral["fhir_version"], referral["youth"]["bsn"]) == ("3.0", "999911120")
+
+
 @pytest.mark.parametrize("channel", list(Channel))
 def test_check_rejects_an_invalid_example_with_exit_1_and_the_documented_codes(channel):
     expected = json.loads((EXAMPLES / channel.value / "expected.json").read_text())
