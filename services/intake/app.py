@@ -32,16 +32,24 @@ from services.intake.ledger import AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
 from services.intake.products import ProductTable
 from services.intake.repeats import Seen, conflict_alert, conflict_rejection, referral_digest, seen
+from services.intake.senders import sender_alert, sender_rejection
 
 SERVICE = "intake"
-CHANNEL_OF_TOPIC = {topics.referrals(channel): channel for channel in PARSERS}
+
+
+def channel_of(topic: str) -> Channel:
+    """The channel of an inbound topic (the runtime subscribes to nothing else)."""
+    found = topics.inbound(topic)
+    assert found is not None, topic
+    return found[0]
 
 
 class Intake(Processor):
     """Reads one inbound record: adapter, then the referral's records or the rejection's."""
 
     service = SERVICE
-    inputs = "|".join(name.replace(".", r"\.") for name in CHANNEL_OF_TOPIC)
+    inputs = r"referrals\.(" + "|".join(PARSERS) + r")(\.[a-z0-9-]+)?\.v1"
+    """Each channel's topic (the admin's) and every referrer organisation's own (`referrals.<channel>.<id>.v1`)."""
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.settings, self.clock = settings, clock
@@ -77,7 +85,7 @@ class Intake(Processor):
                              pseudonym_key=self.pseudonym_key, max_bytes=self.settings.max_message_bytes)
 
     async def handle(self, record: ConsumerRecord) -> list[Outbound]:
-        channel, raw = CHANNEL_OF_TOPIC[record.topic], record.value or b""
+        channel, raw = channel_of(record.topic), record.value or b""
         outcome = self.parse(channel, raw)
         if isinstance(outcome, Rejection) and any(e.code is ErrorCode.PRODUCT_UNKNOWN for e in outcome.errors) \
                 and await self.products.refresh():  # a registry published since: the product may be known now
@@ -85,8 +93,23 @@ class Intake(Processor):
         if isinstance(outcome, Rejection) and outcome.failure:  # an adapter bug: the record is parked
             self.log.error("adapter failed", channel=channel.value, error_type=outcome.failure)
         if isinstance(outcome, Referral):
-            return self.on_referral(record, outcome)
+            refused = await self.check_sender(record, outcome)
+            return refused if refused is not None else self.on_referral(record, outcome)
         return self.reject(record, channel, outcome)
+
+    async def check_sender(self, record: ConsumerRecord, referral: Referral) -> list[Outbound] | None:
+        """None when the organisation whose topic this is may send the referral; else its rejection and an alert.
+        An organisation or sender the registry in force does not know may be in a registry published since."""
+        rejection = sender_rejection(self.products.registry, record.topic, referral)
+        if rejection is not None and await self.products.refresh():
+            rejection = sender_rejection(self.products.registry, record.topic, referral)
+        if rejection is None:
+            return None
+        organisation_id = (topics.inbound(record.topic) or (referral.channel, ""))[1] or ""
+        self.log.warning("referral from a sender not allowed", channel=referral.channel.value,
+                         organisation=organisation_id, referrer_referral_id=referral.referrer_referral_id)
+        return [*self.reject(record, referral.channel, rejection),
+                self.alert(sender_alert(referral.channel, organisation_id, self.clock.now()))]
 
     def on_referral(self, record: ConsumerRecord, referral: Referral) -> list[Outbound]:
         """A valid referral: new (accepted), a repeat (nothing), or a conflict (rejected, and an alert)."""
@@ -137,7 +160,7 @@ class Intake(Processor):
     def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
         """A referral the runtime dead-lettered (what intake would write too large, or the hub failed on it): the
         referrer is told `rejected`, as for a rejection."""
-        channel = CHANNEL_OF_TOPIC[record.topic]
+        channel = channel_of(record.topic)
         outcome = self.parse(channel, record.value or b"")
         referral_id = outcome.referral_id if isinstance(outcome, Referral) else None
         return self.rejected(channel, outcome.referrer_referral_id, referral_id, errors)
@@ -156,8 +179,12 @@ class Intake(Processor):
     def document(broker: KafkaBroker) -> None:
         """What intake reads and writes, for the AsyncAPI document."""
         for channel in PARSERS:
-            document_input(broker, f"intake:{channel}", f"Referrals from the {channel} channel, in its native format.",
-                           topic=topics.referrals(channel))
+            document_input(broker, f"intake:{channel}", f"Referrals from the {channel} channel, in its native format "
+                           "(written by the admin only: replays, tests).", topic=topics.referrals(channel))
+            document_input(broker, f"intake:{channel}:organisations", f"Referrals of each {channel} referrer "
+                           "organisation on its own topic (its principal and the gateway write it), in the channel's "
+                           "native format; the referrer a referral names must be one the organisation may send as.",
+                           topic=topics.organisation_referrals(channel, "[a-z0-9-]+"))
             broker.publisher(topics.status(channel), title=f"intake:status:{channel}", schema=StatusEvent,
                              description=f"`received` or `rejected` (with its errors) to the {channel} referrers.")
         broker.publisher(topics.NORMALISED, title="intake:normalised", schema=Referral,
