@@ -155,7 +155,7 @@ def client_config_text(kafka: KafkaConnection, form: ConfigFormat) -> str:
 
 @access_app.command("client-config")
 def client_config(
-    principal: Annotated[str, typer.Argument(help="The principal, e.g. provider-12345678 or referrer-gp.")],
+    principal: Annotated[str, typer.Argument(help="The principal, e.g. provider-12345678 or referrer-umcg.")],
     form: Annotated[ConfigFormat, typer.Option("--format", help="librdkafka (kcat -F), java (--command-config) "
                                                "or env (VERWIJSHUB_* settings).")] = ConfigFormat.LIBRDKAFKA,
 ) -> None:

@@ -2,7 +2,7 @@
 real data and the hub runs through months of working days and holidays.
 
 It plays only the hub's users: referrers publish on their inbound topics and read their status topics (as
-`referrer-<channel>`), recipients read their handover topics and write their feedback topics (as `wij-<id>`,
+`referrer-<organisation>`, each on its own topic), recipients read their handover topics and write their feedback topics (as `wij-<id>`,
 `provider-<agb>`); the admin publishes one registry change (a provider stops). It never writes an internal topic.
 Time is the notifier's test clock (`VERWIJSHUB_CLOCK_FILE`, which the hub must read too): each working day the
 clock is set to 08:00 (recipients' feedback of the day) and 09:00 (the day's referrals), and the simulation waits

@@ -101,20 +101,20 @@ def test_status_codes_split_structure_from_rules_and_size() -> None:
 def test_the_rate_limit_allows_a_burst_then_one_per_interval_per_referrer() -> None:
     clock = [0.0]
     limit = RateLimit(60, now=lambda: clock[0])
-    assert all(limit.wait_s("referrer-gp") == 0 for _ in range(60))
-    assert limit.wait_s("referrer-gp") == 1.0 and limit.wait_s("referrer-gi") == 0
+    assert all(limit.wait_s("referrer-huisartsen-centrum") == 0 for _ in range(60))
+    assert limit.wait_s("referrer-huisartsen-centrum") == 1.0 and limit.wait_s("referrer-umcg") == 0
     clock[0] = 1.0
-    assert limit.wait_s("referrer-gp") == 0
+    assert limit.wait_s("referrer-huisartsen-centrum") == 0
 
 
 def test_a_token_names_its_referrer_until_a_new_one_is_issued_and_is_stored_only_hashed(tmp_path: Path) -> None:
     store = TokenStore(tmp_path)
-    first = store.issue("referrer-gp")
-    other = store.issue("referrer-gi")
-    assert store.principal_of(first) == "referrer-gp" and store.principal_of(other) == "referrer-gi"
+    first = store.issue("referrer-huisartsen-centrum")
+    other = store.issue("referrer-umcg")
+    assert store.principal_of(first) == "referrer-huisartsen-centrum" and store.principal_of(other) == "referrer-umcg"
     assert first not in store.path.read_text() and stat.S_IMODE(store.path.stat().st_mode) == 0o600
-    second = TokenStore(tmp_path).issue("referrer-gp")
-    assert store.principal_of(first) is None and store.principal_of(second) == "referrer-gp"
+    second = TokenStore(tmp_path).issue("referrer-huisartsen-centrum")
+    assert store.principal_of(first) is None and store.principal_of(second) == "referrer-huisartsen-centrum"
     assert store.principal_of("vwh_guess") is None and TokenStore(tmp_path / "none").principal_of(first) is None
 
 
