@@ -57,13 +57,12 @@ pytestmark = pytest.mark.e2e
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
 PROVIDER_A, PROVIDER_B = sorted(REGISTRY.providers)[:2]
 GP_A, GP_B = "huisartsen-centrum", "huisartsen-paddepoel"
-PROBED = [principals.referrer(GP_A), principals.referrer(GP_B), principals.referrer("jeugdbescherming-noord"),
-          principals.wij_team("centrum"),
+PROBED = [principals.referrer(GP_A), principals.referrer(GP_B), principals.wij_team("centrum"),
           principals.wij_team("selwerd"), principals.provider(PROVIDER_A), principals.provider(PROVIDER_B),
           *(principals.service(name) for name in ("intake", "routing", "notifier")), principals.OPERATIONS,
           principals.ANALYTICS]
 TOPICS = [topics.referrals("gp"), topics.referrals("gi"), topics.organisation_referrals("gp", GP_A),
-          topics.organisation_referrals("gp", GP_B), topics.organisation_referrals("gi", "jeugdbescherming-noord"),
+          topics.organisation_referrals("gp", GP_B),
           topics.status("gp"), topics.status("gi"),
           topics.NORMALISED, topics.DEAD_LETTERS, topics.DECISIONS, topics.REGISTRY, topics.INDICATIONS,
           topics.ALERTS, topics.INTAKE_ACCEPTED, topics.NOTIFIER_STATE,
