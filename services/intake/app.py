@@ -5,7 +5,9 @@ gives its `received` status, the canonical referral and its ledger record (`ledg
 again, also after a restart, has no second effect); a rejected one gives its dead letter and, when the referrer's
 id is known, the `rejected` status. `received` comes before the normalised referral, so no later status can
 overtake it on the referrer's status topic. A referral with a known id is a repeat or a conflict (`repeats.py`
-decides): a repeat gives nothing, a conflict is rejected (`REFERRAL_ID_CONFLICT`) and alerted on `alerts.v1`.
+decides): a repeat gives nothing, a conflict is rejected (`REFERRAL_ID_CONFLICT`) and alerted on `alerts.v1`. A
+referral from a referrer organisation's own topic must name a referrer that organisation may send as (`senders.py`;
+else `SENDER_NOT_ALLOWED`, alerted).
 """
 
 import asyncio
