@@ -169,16 +169,18 @@ def run(services: Annotated[list[Service], typer.Argument(help="The service(s) t
 
 def sending_organisation(registry: Registry, channel: Channel, outcome: ParseOutcome, chosen: str | None) -> str:
     """The organisation `send` writes as: the one chosen, else the channel's one that lists the referral's
-    referrer; '' when there is none."""
+    referrer, else (a file the adapter refuses, which is sent all the same) the channel's first; '' for none."""
     found = organisation_sending_as(registry, channel, outcome.referrer.identifier) \
         if isinstance(outcome, Referral) else None
-    return chosen or (found.id if found else "")
+    first = min((org.id for org in registry.referrers.values() if org.channel is channel), default="")
+    return chosen or (found.id if found else first)
 
 
 @app.command()
 def send(channel: ChannelOption, file: FileArgument,
          referrer: Annotated[str | None, typer.Option("--as", help="The referrer organisation (registry id) to send "
-                                                      "as; default: the one that lists the file's referrer.")] = None
+                                                      "as; default: the one that lists the file's referrer, else the "
+                                                      "channel's first.")] = None
          ) -> None:
     """Publish a referral file on a referrer organisation's own topic, as its system would, connected as its
     principal (`referrer-<organisation>`)."""
