@@ -242,10 +242,13 @@ async def test_mllp_refuses_a_sender_without_certificate_or_of_another_channel_a
 
     try:
         assert b"MSA|AA|" in await answer(_client_context(tmp_path, "umcg"))
+        while listener.connections:  # until the listener saw that one close
+            await asyncio.sleep(0.01)
         assert await answer(_client_context(tmp_path, None)) == b""
         assert await answer(_client_context(tmp_path, "huisartsen-centrum")) == b""  # a GP organisation: closed
-        _, holding = await asyncio.open_connection("127.0.0.1", port, ssl=_client_context(tmp_path, "umcg"))
-        await asyncio.sleep(0.1)
+        held, holding = await asyncio.open_connection("127.0.0.1", port, ssl=_client_context(tmp_path, "umcg"))
+        holding.write(frame)
+        assert b"MSA|AA|" in await held.readuntil(b"\x1c\x0d")  # the listener holds this one now
         assert await answer(_client_context(tmp_path, "umcg")) == b""  # past the cap of one
         holding.close()
     finally:
