@@ -35,6 +35,7 @@ from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, RunningHub, TestKafka, _free_port, start_hub, stop_hub
 from tests.gateway_clients import curl, openssl_mllp
 from tests.kafka_client import header, read_committed, read_topic
+from tests.kafka_client import produce as produce_as
 from tests.referrals import SPECIALIST_EXAMPLE_ID, gp_bytes, random_bsn
 from tests.system_tools import require
 
@@ -143,6 +144,10 @@ def test_a_gp_practices_kafka_credential_cannot_send_as_another_practices_gp(gat
     assert [header(r, "origin-topic") for r in letters] == [topics.organisation_referrals(Channel.GP, PADDEPOEL)]
     assert [e["code"] for e in json.loads(header(letters[0], "errors") or "[]")] == ["SENDER_NOT_ALLOWED"]
     assert _sender_alerts(gateway.kafka) == alerts_before + 1
+    asyncio.run(produce_as(gateway.kafka.connection(principals.referrer(CENTRUM)),
+                           topics.organisation_referrals(Channel.GP, CENTRUM),
+                           gp_bytes(referral_id=referral_id, bsn=random_bsn()), key=referral_id.encode()))
+    assert [e.status.value for e in statuses(gateway.kafka, referral_id, 2)] == ["rejected", "received"]  # its own
 
 
 def _sender_alerts(kafka: TestKafka) -> int:
@@ -176,14 +181,30 @@ def test_past_the_connection_cap_a_new_connection_is_refused(gateway: Gateway, u
     """CAP connections held open (each answered once, so the gateway has taken them), then one more with openssl."""
     context = ssl.create_default_context(cafile=str(gateway.ca))
     context.load_cert_chain(umcg_pem)
-    holding = []
+    holding: list[ssl.SSLSocket] = []
+
+    def hold(n: int) -> ssl.SSLSocket | None:
+        """A connection the gateway answered (so it holds it), or None: refused (an earlier test's connection may
+        not have been seen closing yet)."""
+        connection = context.wrap_socket(socket.create_connection(("127.0.0.1", gateway.mllp_port), timeout=30),
+                                         server_hostname="127.0.0.1")
+        try:
+            connection.sendall(b"\x0b" + _specialist(n) + b"\x1c\x0d")
+            if b"MSA|AA|" in connection.recv(65536):
+                return connection
+        except (ssl.SSLError, ConnectionError):
+            pass
+        connection.close()
+        return None
+
     try:
-        for n in range(CAP):
-            connection = context.wrap_socket(socket.create_connection(("127.0.0.1", gateway.mllp_port), timeout=30),
-                                             server_hostname="127.0.0.1")
-            holding.append(connection)
-            connection.sendall(b"\x0b" + _specialist(10 + n) + b"\x1c\x0d")
-            assert b"MSA|AA|" in connection.recv(65536)  # this connection is the gateway's now
+        deadline = time.monotonic() + 10
+        while len(holding) < CAP and time.monotonic() < deadline:
+            if (held := hold(10 + len(holding))) is not None:
+                holding.append(held)
+            else:
+                time.sleep(0.1)
+        assert len(holding) == CAP
         assert openssl_mllp(gateway.mllp_port, gateway.ca, [_specialist(20)], umcg_pem) == []
         assert '"reason": "connection cap"' in gateway.log.read_text()
     finally:
