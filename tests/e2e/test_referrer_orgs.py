@@ -29,13 +29,12 @@ from schemas.status import StatusEvent
 from services.access.tokens import TokenStore
 from services.infra import principals, topics
 from services.infra.clock import SystemClock
-from services.infra.kafka import outbound, produce, read_to_end
+from services.infra.kafka import encode, read_to_end
 from services.infra.registry_files import registry_from_contents
 from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, RunningHub, TestKafka, _free_port, start_hub, stop_hub
 from tests.gateway_clients import curl, openssl_mllp
-from tests.kafka_client import header, read_committed, read_topic
-from tests.kafka_client import produce as produce_as
+from tests.kafka_client import header, produce, read_committed, read_topic
 from tests.referrals import SPECIALIST_EXAMPLE_ID, gp_bytes, random_bsn
 from tests.system_tools import require
 
@@ -144,7 +143,7 @@ def test_a_gp_practices_kafka_credential_cannot_send_as_another_practices_gp(gat
     assert [header(r, "origin-topic") for r in letters] == [topics.organisation_referrals(Channel.GP, PADDEPOEL)]
     assert [e["code"] for e in json.loads(header(letters[0], "errors") or "[]")] == ["SENDER_NOT_ALLOWED"]
     assert _sender_alerts(gateway.kafka) == alerts_before + 1
-    asyncio.run(produce_as(gateway.kafka.connection(principals.referrer(CENTRUM)),
+    asyncio.run(produce(gateway.kafka.connection(principals.referrer(CENTRUM)),
                            topics.organisation_referrals(Channel.GP, CENTRUM),
                            gp_bytes(referral_id=referral_id, bsn=random_bsn()), key=referral_id.encode()))
     assert [e.status.value for e in statuses(gateway.kafka, referral_id, 2)] == ["rejected", "received"]  # its own
@@ -245,7 +244,7 @@ def published_product(kafka: TestKafka, code: str) -> Iterator[None]:
 def _publish(kafka: TestKafka, files: dict[str, str]) -> None:
     snapshot = RegistrySnapshot(version=registry_from_contents(files).version, files=files,
                                 published_at=SystemClock().now())
-    asyncio.run(produce(kafka.admin, [outbound(topics.REGISTRY, snapshot, REGISTRY_KEY)]))
+    asyncio.run(produce(kafka.admin, topics.REGISTRY, encode(snapshot), key=REGISTRY_KEY))
 
 
 def test_a_product_published_to_the_registry_is_accepted_by_the_running_gateway(gateway: Gateway) -> None:
