@@ -35,7 +35,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from schemas.referral import Channel
-from services.infra import principals, topics
+from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.logging import configure_logging
 from services.infra.processing import RETRY_BACKOFF_MS
@@ -81,8 +81,9 @@ def referrals(count: int, run: str) -> list[tuple[Channel, str, bytes]]:
 
 async def publish_all(broker: TestKafka, items: list[tuple[Channel, str, bytes]],
                       pace: float | None = None) -> dict[str, float]:
-    """Publish as each channel's referrer; returns referral id -> send time (s). `pace`: seconds between sends."""
-    producers = {c: AIOKafkaProducer(**broker.connection(principals.referrer(c)).client_options(), acks="all",
+    """Publish on each channel's topic (as the admin, its only writer); returns referral id -> send time (s).
+    `pace`: seconds between sends."""
+    producers = {c: AIOKafkaProducer(**broker.admin.client_options(), acks="all",
                                      enable_idempotence=True, **SENDING) for c in Channel}
     return await publish(producers, lambda channel: (producers[channel], topics.referrals(channel)), items, pace)
 

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import httpx
 
-from schemas.referral import Channel
 from services.access.tokens import TokenStore
 from services.infra import principals
 from services.infra.settings import REPO_ROOT
@@ -89,9 +88,10 @@ def main() -> None:
         https_port, mllp_port = _free_port(), _free_port()
         process = start_hub(kafka, Path(directory) / "gateway.log", "gateway", env={
             "VERWIJSHUB_GATEWAY_PORT": str(https_port), "VERWIJSHUB_MLLP_PORT": str(mllp_port),
-            "VERWIJSHUB_GATEWAY_RATE_PER_MINUTE": "1000000"})
+            "VERWIJSHUB_GATEWAY_RATE_PER_MINUTE": "1000000", "VERWIJSHUB_MLLP_RATE_PER_MINUTE": "1000000",
+            "VERWIJSHUB_MLLP_TLS": "false", "VERWIJSHUB_MLLP_PLAIN_ALLOW": "127.0.0.1=umcg"})
         try:
-            token = TokenStore(kafka.secrets).issue(principals.referrer(Channel.GP))
+            token = TokenStore(kafka.secrets).issue(principals.referrer("huisartsen-centrum"))
             seconds, latencies = asyncio.run(http_load(f"https://127.0.0.1:{https_port}/fhir/$process-message",
                                                        kafka.secrets / "ca.pem", token, options.requests,
                                                        options.concurrency))

@@ -31,6 +31,11 @@ class ErrorCode(StrEnum):
     REFERRAL_ID_CONFLICT = "REFERRAL_ID_CONFLICT"
     """A referral whose hub referral id (channel, referrer, referral id) intake already accepted with other content:
     the id stays bound to its first referral (`services/intake/repeats.py`)."""
+    SENDER_NOT_ALLOWED = "SENDER_NOT_ALLOWED"
+    """The referrer the message names (its AGB, BIG or issuer id) is not one the organisation whose credential,
+    token or certificate sent it may send as (`referrers.json`, `services/access/senders.py`)."""
+    RATE_LIMITED = "RATE_LIMITED"
+    """More messages from one organisation than the gateway takes per minute (MLLP: an AR; HTTPS answers 429)."""
 
 
 class ReferralError(BaseModel):

@@ -46,6 +46,23 @@ class ChannelJoin(BaseModel):
     joins_bjh_on: date
 
 
+class ReferrerOrganisation(BaseModel):
+    """A referrer organisation (a GP practice, a hospital, a GI, a GGD, a court) of one channel: its own Kafka
+    principal (`referrer-<id>`), its own inbound topic (`referrals.<channel>.<id>.v1`), its own gateway token and,
+    on the specialist channel, its own MLLP client certificate. `senders` are the referrer identifiers its messages
+    may name (the practitioner's or specialist's AGB, a GI's AGB, a GGD doctor's AGB or BIG, a court's issuer id):
+    `services/access/senders.py` refuses any other (SENDER_NOT_ALLOWED)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9-]+$", max_length=40, description="Names its principal and topic.")
+    channel: Channel
+    name: str
+    agb: str | None = Field(default=None, pattern=r"^\d{8}$", description="The organisation's own AGB code.")
+    ura: str | None = Field(default=None, pattern=r"^\d{8}$", description="Its URA number, where known.")
+    senders: frozenset[str] = Field(min_length=1, description="Referrer identifiers its messages may name.")
+
+
 class Registry(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -55,6 +72,8 @@ class Registry(BaseModel):
     providers: dict[str, Provider]
     products: dict[str, Product]
     channels: dict[Channel, ChannelJoin]
+    referrers: dict[str, ReferrerOrganisation] = Field(default_factory=dict, description="Referrer organisations "
+                                                       "by id (`referrers.json`).")
 
     def central_entrance(self) -> WijTeam:
         return next(team for team in self.teams.values() if team.central_entrance)

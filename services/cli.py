@@ -18,6 +18,7 @@ from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
 from services.access.commands import access_app, sync_access
+from services.access.senders import organisation_sending_as
 from services.analytics import report as analytics_report
 from services.analytics import simulate as analytics_simulate
 from services.dlq.commands import dlq_app
@@ -166,28 +167,49 @@ def run(services: Annotated[list[Service], typer.Argument(help="The service(s) t
         raise typer.Exit(1) from exc
 
 
+def sending_organisation(registry: Registry, channel: Channel, outcome: ParseOutcome, chosen: str | None) -> str:
+    """The organisation `send` writes as: the one chosen, else the channel's one that lists the referral's
+    referrer, else (a file the adapter refuses, which is sent all the same) the channel's first; '' for none."""
+    found = organisation_sending_as(registry, channel, outcome.referrer.identifier) \
+        if isinstance(outcome, Referral) else None
+    first = min((org.id for org in registry.referrers.values() if org.channel is channel), default="")
+    return chosen or (found.id if found else first)
+
+
 @app.command()
-def send(channel: ChannelOption, file: FileArgument) -> None:
-    """Publish a referral file on the channel's topic, as that referrer's system would."""
+def send(channel: ChannelOption, file: FileArgument,
+         referrer: Annotated[str | None, typer.Option("--as", help="The referrer organisation (registry id) to send "
+                                                      "as; default: the one that lists the file's referrer, else the "
+                                                      "channel's first.")] = None
+         ) -> None:
+    """Publish a referral file on a referrer organisation's own topic, as its system would, connected as its
+    principal (`referrer-<organisation>`)."""
     settings = get_settings()
     raw = _read(file)
-    outcome = _parse(channel, raw, settings, _registry(settings))
+    registry = _registry(settings)
+    outcome = _parse(channel, raw, settings, registry)
+    organisation = sending_organisation(registry, channel, outcome, referrer)
+    if organisation not in registry.referrers or registry.referrers[organisation].channel is not channel:
+        console.print(f"[red]no {channel.value} referrer organisation to send as: name one of "
+                      f"{', '.join(o.id for o in registry.referrers.values() if o.channel is channel) or 'none'} "
+                      "with --as[/red]")
+        raise typer.Exit(2)
+    topic = topics.organisation_referrals(channel, organisation)
     referral_id = outcome.referrer_referral_id
     key = referral_id.encode() if referral_id else None
 
     async def publish() -> None:
-        producer = AIOKafkaProducer(**settings.connection(principals.referrer(channel)).client_options(),
+        producer = AIOKafkaProducer(**settings.connection(principals.referrer(organisation)).client_options(),
                                     acks="all", enable_idempotence=True,
                                     max_request_size=max(len(raw) + 4096, 1024 * 1024))
         await producer.start()
         try:
-            await producer.send_and_wait(topics.referrals(channel), raw, key=key,
-                                         headers=[("channel", channel.value.encode())])
+            await producer.send_and_wait(topic, raw, key=key, headers=[("channel", channel.value.encode())])
         finally:
             await producer.stop()
 
     asyncio.run(publish())
-    console.print(f"sent {len(raw)} bytes to {topics.referrals(channel)} (key {referral_id or '-'}); "
+    console.print(f"sent {len(raw)} bytes to {topic} (key {referral_id or '-'}); "
                   f"watch {topics.status(channel)} for its status")
 
 

@@ -1,9 +1,13 @@
-"""Third-party clients of the referrer gateway for the end-to-end tests: curl for HTTPS and the `hl7` package's
-`mllp_send` for MLLP, run as subprocesses, as a referrer's integration engine would talk to the hub."""
+"""Third-party clients of the referrer gateway for the end-to-end tests: curl for HTTPS, the `hl7` package's
+`mllp_send` for plain MLLP and `openssl s_client` for MLLP over mutual TLS, run as subprocesses, as a referrer's integration engine would talk to the hub."""
 
+import contextlib
 import json
+import os
+import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,5 +61,39 @@ def mllp_send(port: int, messages_file: Path) -> list[Ack]:
     package's `mllp_send --loose`; the acknowledgements, one per message, in order."""
     run = subprocess.run([str(MLLP_SEND), "--loose", "-f", str(messages_file), "-p", str(port), "127.0.0.1"],
                          capture_output=True, timeout=60, check=True)
-    frames = [frame.strip(b"\x0b\r\n") for frame in run.stdout.split(b"\x1c") if frame.strip(b"\x0b\r\n")]
+    return _acks(run.stdout)
+
+
+def _acks(raw: bytes) -> list[Ack]:
+    frames = [frame.strip(b"\x0b\r\n") for frame in raw.split(b"\x1c") if frame.strip(b"\x0b\r\n")]
     return [Ack([segment.split("|") for segment in frame.decode().split("\r") if segment]) for frame in frames]
+
+
+def openssl_mllp(port: int, ca_file: Path, messages: list[bytes], pem: Path | None = None,
+                 timeout_s: float = 30.0) -> list[Ack]:
+    """MLLP over TLS with `openssl s_client` (OpenSSL's own client; `pem`: the client's key and certificate, None:
+    none): each message framed and sent on one connection; the acknowledgements until one per message came or the
+    hub closed the connection."""
+    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca_file), "-verify_return_error",
+            "-quiet", "-ign_eof"]
+    if pem:
+        args += ["-cert", str(pem), "-key", str(pem)]
+    process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdin and process.stdout
+    received = b""
+    try:
+        with contextlib.suppress(BrokenPipeError):
+            process.stdin.write(b"".join(b"\x0b" + message + b"\x1c\x0d" for message in messages))
+            process.stdin.flush()
+        deadline = time.monotonic() + timeout_s
+        while received.count(b"\x1c\x0d") < len(messages) and time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(process.stdout.fileno(), 65536)
+                if not chunk:  # the hub closed the connection
+                    break
+                received += chunk
+    finally:
+        process.kill()
+        process.wait()
+    return _acks(received)

@@ -4,14 +4,32 @@ import json
 import random
 from typing import Any
 
+from schemas.referral import Channel
+from schemas.registry import ReferrerOrganisation
+from services.access.senders import organisation_sending_as
 from services.analytics import messages
 from services.analytics.messages import GP_EXAMPLE  # noqa: F401  (tests import the example from here)
+from services.infra.registry_files import load_registry
+from services.infra.settings import REPO_ROOT
 
 EXAMPLE_BSN, SPECIALIST_EXAMPLE_ID = "999911120", "UMCG-REF-2026-0042"
 """The youth and referral id of the examples, which `channel_bytes` replaces."""
 
 BSNS_MADE: set[str] = set()
 """Every BSN the tests made: the log scan at the end of the run looks for each of them."""
+
+
+PLAIN_MLLP = {"VERWIJSHUB_MLLP_TLS": "false", "VERWIJSHUB_MLLP_PLAIN_ALLOW": "127.0.0.1=umcg"}
+"""A gateway's settings for plain MLLP from this machine as UMCG (the `hl7` package's mllp_send speaks no TLS)."""
+
+
+def sender(channel: Channel | str) -> ReferrerOrganisation:
+    """The referrer organisation of the shipped registry that sends the channel's examples (it lists their
+    referrer): whose principal, token and topic a test uses to play a referrer."""
+    found = organisation_sending_as(load_registry(REPO_ROOT / "deploy" / "registry"), Channel(channel),
+                                    messages.EXAMPLE_REFERRERS[channel])
+    assert found is not None, channel
+    return found
 
 
 def random_bsn(rng: random.Random | None = None) -> str:

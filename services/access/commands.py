@@ -18,9 +18,11 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
 
-from schemas.registry import Registry
+from schemas.referral import Channel
+from schemas.registry import ReferrerOrganisation, Registry
 from services.access.kafka_admin import AccessAdmin, AccessError
 from services.access.matrix import Principal, all_principals, grants
+from services.access.senders import organisation_of
 from services.access.strimzi import manifests
 from services.access.tokens import TokenStore
 from services.infra import principals, topics
@@ -29,8 +31,9 @@ from services.infra.connection import KafkaConnection
 from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import RegistryError, load_registry
 from services.infra.registry_topic import latest_registry
-from services.infra.secrets import CredentialStore, SecretsError, new_password
+from services.infra.secrets import CredentialStore, SecretsError, new_password, write_private
 from services.infra.settings import Settings, get_settings
+from services.infra.tls import LocalCa
 
 access_app = typer.Typer(help="Who may connect and what each principal may do, reconciled with the registry.",
                          no_args_is_help=True)
@@ -152,7 +155,7 @@ def client_config_text(kafka: KafkaConnection, form: ConfigFormat) -> str:
 
 @access_app.command("client-config")
 def client_config(
-    principal: Annotated[str, typer.Argument(help="The principal, e.g. provider-12345678 or referrer-gp.")],
+    principal: Annotated[str, typer.Argument(help="The principal, e.g. provider-12345678 or referrer-umcg.")],
     form: Annotated[ConfigFormat, typer.Option("--format", help="librdkafka (kcat -F), java (--command-config) "
                                                "or env (VERWIJSHUB_* settings).")] = ConfigFormat.LIBRDKAFKA,
 ) -> None:
@@ -213,15 +216,46 @@ def rotate(principal: Annotated[str, typer.Argument(help="The principal whose pa
                       "still log in with the old password and fail when their session ends")
 
 
-@access_app.command("token")
-def token(principal: Annotated[str, typer.Argument(help="A referrer principal, e.g. referrer-gp.")]) -> None:
-    """Issue a bearer token for PRINCIPAL to submit referrals through the gateway (HTTPS). Replaces its previous
-    token, which stops working at once; only a hash is stored, so the token is printed this once."""
-    settings, registry = _settings_and_registry()
-    if _principal(registry, principal).kind != "referrer":
-        console.print(f"[red]{principal} is no referrer: only referrers submit through the gateway[/red]")
+def _referrer(registry: Registry, principal: str) -> ReferrerOrganisation:
+    found = organisation_of(registry, principal) if _principal(registry, principal).kind == "referrer" else None
+    if found is None:
+        console.print(f"[red]{principal} is no referrer organisation: only they submit through the gateway[/red]")
         raise typer.Exit(2)
+    return found
+
+
+@access_app.command("token")
+def token(principal: Annotated[str, typer.Argument(help="A referrer organisation's principal, e.g. "
+                                                        "referrer-huisartsen-centrum.")]) -> None:
+    """Issue a bearer token for PRINCIPAL to submit referrals through the gateway (HTTPS), as the referrers its
+    organisation lists. Replaces its previous token, which stops working at once; only a hash is stored, so the token
+    is printed this once."""
+    settings, registry = _settings_and_registry()
+    _referrer(registry, principal)
     print(TokenStore(settings.secrets).issue(principal))
+
+
+@access_app.command("certificate")
+def certificate(
+    principal: Annotated[str, typer.Argument(help="A specialist referrer organisation's principal, e.g. "
+                                                  "referrer-umcg.")],
+    out: Annotated[Path, typer.Option("--out", help="Where the PEM (key, certificate, CA) is written, 0600.")],
+) -> None:
+    """Issue an MLLP client certificate for PRINCIPAL from the hub's CA: its key, its certificate (organisation = the
+    registry id, which binds the referrers it may send as) and the CA, in one PEM for the HL7 engine. Only this file
+    holds the key; a new one does not revoke an old one (docs/security.md)."""
+    settings, registry = _settings_and_registry()
+    organisation = _referrer(registry, principal)
+    if organisation.channel is not Channel.SPECIALIST:
+        console.print(f"[red]{principal} is on the {organisation.channel.value} channel: only the specialist "
+                      "channel speaks MLLP[/red]")
+        raise typer.Exit(2)
+    try:
+        write_private(out, LocalCa(settings.secrets).client_pem(organisation.id, organisation.name))
+    except (SecretsError, OSError) as exc:
+        console.print(f"[red]no certificate issued: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"MLLP client certificate for {principal} written to {out}")
 
 
 class ExportFormat(StrEnum):

@@ -88,10 +88,11 @@ def _transactions(principal: str) -> Grant:
     return Grant(principal, Resource.TRANSACTIONAL_ID, Pattern.PREFIXED, f"{principal}-", Operation.WRITE)
 
 
-def referrer_grants(channel: str) -> list[Grant]:
-    """Write its channel, read its channel's status with groups of its own prefix; nothing else."""
-    who = principals.referrer(channel)
-    return [*_topics(who, Operation.WRITE, f"referrals.{channel}.v1"),
+def referrer_grants(channel: str, organisation_id: str) -> list[Grant]:
+    """Write its own inbound topic (so the topic names the writer: intake knows who sent a record from it), read
+    its channel's status with groups of its own prefix; nothing else."""
+    who = principals.referrer(organisation_id)
+    return [*_topics(who, Operation.WRITE, f"referrals.{channel}.{organisation_id}.v1"),
             *_topics(who, Operation.READ, f"status.{channel}.v1"), _own_groups(who)]
 
 
@@ -112,8 +113,8 @@ def service_grants() -> list[Grant]:
     prefix = Pattern.PREFIXED
     channels = [channel.value for channel in Channel]
     return [
-        *_topics(intake, Operation.READ, *(f"referrals.{c}.v1" for c in channels), topics.INTAKE_ACCEPTED,
-                 topics.REGISTRY),
+        *_topics(intake, Operation.READ, *(f"referrals.{c}." for c in channels), pattern=prefix),
+        *_topics(intake, Operation.READ, topics.INTAKE_ACCEPTED, topics.REGISTRY),
         *_topics(intake, Operation.WRITE, topics.NORMALISED, topics.DEAD_LETTERS, topics.INTAKE_ACCEPTED,
                  topics.ALERTS),
         *_topics(intake, Operation.WRITE, "status.", pattern=prefix),
@@ -134,13 +135,15 @@ def service_grants() -> list[Grant]:
     ]
 
 
-def gateway_grants() -> list[Grant]:
-    """The referrer gateway writes each channel's inbound topic for the referrers it authenticated, and reads the
-    status topics (no group: it follows them from the start) to answer a referrer's Task. It writes no dead letter
-    and reads no personal data but the statuses, which carry none."""
+def gateway_grants(organisations: list[tuple[str, str]]) -> list[Grant]:
+    """The referrer gateway writes each referrer organisation's own inbound topic (`organisations`: channel and
+    id) for the organisations it authenticated, never a channel's topic, and reads the status topics (no group: it
+    follows them from the start) to answer a referrer's Task, and the registry (the organisations, the products).
+    It writes no dead letter and reads no personal data but the statuses, which carry none."""
     gateway = principals.GATEWAY
-    return [*_topics(gateway, Operation.WRITE, *(f"referrals.{channel.value}.v1" for channel in Channel)),
-            *_topics(gateway, Operation.READ, "status.", pattern=Pattern.PREFIXED)]
+    return [*_topics(gateway, Operation.WRITE, *(f"referrals.{channel}.{org}.v1" for channel, org in organisations)),
+            *_topics(gateway, Operation.READ, "status.", pattern=Pattern.PREFIXED),
+            *_topics(gateway, Operation.READ, topics.REGISTRY)]
 
 
 def operations_grants() -> list[Grant]:
@@ -173,16 +176,17 @@ def all_principals(registry: Registry) -> list[Principal]:
     return [Principal(principals.ADMIN, "admin"),
             *(Principal(principals.service(name), "service") for name in ("intake", "routing", "notifier")),
             Principal(principals.GATEWAY, "service"), Principal(principals.OPERATIONS, "operations"), Principal(principals.ANALYTICS, "analytics"),
-            *(Principal(principals.referrer(channel), "referrer") for channel in Channel),
+            *(Principal(principals.referrer(org), "referrer") for org in sorted(registry.referrers)),
             *(Principal(principals.wij_team(team), "recipient") for team in sorted(registry.teams)),
             *(Principal(principals.provider(agb), "recipient") for agb in sorted(registry.providers))]
 
 
 def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
     """Every grant the registry implies on `today`; a provider that stopped keeps reading for `grace`."""
-    result = [*service_grants(), *gateway_grants(), *operations_grants(), *analytics_grants()]
-    for channel in Channel:
-        result += referrer_grants(channel.value)
+    organisations = [(org.channel.value, org.id) for org in registry.referrers.values()]
+    result = [*service_grants(), *gateway_grants(organisations), *operations_grants(), *analytics_grants()]
+    for channel, org in organisations:
+        result += referrer_grants(channel, org)
     for team in sorted(registry.teams):
         result += recipient_grants("wij", team)
     for agb, provider in sorted(registry.providers.items()):
@@ -194,7 +198,8 @@ def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
 
 def generic_grants() -> list[Grant]:
     """The matrix with placeholders for referrers' channels and recipients' ids (for documents)."""
-    return [*service_grants(), *gateway_grants(), *operations_grants(), *analytics_grants(), *referrer_grants("<channel>"),
+    return [*service_grants(), *gateway_grants([("<channel>", "<org>")]), *operations_grants(), *analytics_grants(),
+            *referrer_grants("<channel>", "<org>"),
             *recipient_grants("wij", "<id>"), *recipient_grants("provider", "<agb>")]
 
 
@@ -213,7 +218,8 @@ def matrix_table() -> str:
 def _covers(grant: Grant, topic: str) -> bool:
     channels = "|".join(channel.value for channel in Channel)
     pattern = re.escape(grant.name).replace(re.escape("<channel>"), f"({channels})").replace(
-        re.escape("<id>"), "[a-z0-9-]+").replace(re.escape("<agb>"), "[0-9]{8}")
+        re.escape("<id>"), "[a-z0-9-]+").replace(re.escape("<org>"), "[a-z0-9-]+").replace(
+        re.escape("<agb>"), "[0-9]{8}")
     if grant.name == "*":
         return True
     return bool(re.fullmatch(pattern + (".*" if grant.pattern is Pattern.PREFIXED else ""), topic))

@@ -13,6 +13,10 @@ GP_EXAMPLE = EXAMPLES / "gp" / "valid-basis-jeugdhulp.json"
 DOCUMENT_EXAMPLES = {"gi": EXAMPLES / "gi" / "valid-ots.json", "ggd": EXAMPLES / "ggd" / "valid-school.json",
                      "court": EXAMPLES / "court" / "valid-divorce.json"}
 SPECIALIST_EXAMPLE = EXAMPLES / "specialist" / "valid-product.hl7"
+EXAMPLE_REFERRERS = {"gp": "01012345", "specialist": "01098765", "gi": "98000101", "ggd": "01076543",
+                     "court": "00000001003214345000"}
+"""The referrer each channel's example names (the practitioner's, specialist's, institution's, doctor's AGB, the
+court's issuer id): the messages built here are sent as the organisation that lists it (`referrers.json`)."""
 
 
 def random_bsn(rng: random.Random | None = None) -> str:

@@ -2,7 +2,7 @@
 real data and the hub runs through months of working days and holidays.
 
 It plays only the hub's users: referrers publish on their inbound topics and read their status topics (as
-`referrer-<channel>`), recipients read their handover topics and write their feedback topics (as `wij-<id>`,
+`referrer-<organisation>`, each on its own topic), recipients read their handover topics and write their feedback topics (as `wij-<id>`,
 `provider-<agb>`); the admin publishes one registry change (a provider stops). It never writes an internal topic.
 Time is the notifier's test clock (`VERWIJSHUB_CLOCK_FILE`, which the hub must read too): each working day the
 clock is set to 08:00 (recipients' feedback of the day) and 09:00 (the day's referrals), and the simulation waits
@@ -31,8 +31,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from schemas.feedback import Feedback, FeedbackKind
-from schemas.registry import Registry
+from schemas.referral import Channel
+from schemas.registry import ReferrerOrganisation, Registry
 from services.analytics import messages
+from services.access.senders import organisation_sending_as
 from services.analytics.sink import wait_until_stored
 from services.hub import start_process, stop_process
 from services.infra import principals, topics
@@ -179,8 +181,9 @@ class Simulation:
 
     async def start_users(self) -> None:
         for channel in CHANNEL_SHARE:
-            self.consumers[principals.referrer(channel)] = asyncio.create_task(self.follow(
-                principals.referrer(channel), topics.status(channel), self.on_status))
+            referrer = principals.referrer(self.sender(channel).id)
+            self.consumers[referrer] = asyncio.create_task(self.follow(referrer, topics.status(channel),
+                                                                       self.on_status))
         for team in self.registry.teams:
             self.consumers[principals.wij_team(team)] = asyncio.create_task(self.follow(
                 principals.wij_team(team), topics.wij_handovers(team), self.on_handover("wij", team)))
@@ -206,6 +209,13 @@ class Simulation:
         return False
 
     # -- the referrers ---------------------------------------------------------------------------
+    def sender(self, channel: str) -> ReferrerOrganisation:
+        """The referrer organisation that sends the channel's messages (it lists their example's referrer)."""
+        found = organisation_sending_as(self.registry, Channel(channel), messages.EXAMPLE_REFERRERS[channel])
+        if found is None:
+            raise LookupError(f"no {channel} organisation in the registry lists {messages.EXAMPLE_REFERRERS[channel]}")
+        return found
+
     def youth(self, day: date) -> Youth:
         if self.youths and self.rng.random() < 0.08:  # referred again
             return self.rng.choice(self.youths)
@@ -254,8 +264,10 @@ class Simulation:
         sent = []
         for _ in range(count):
             channel, rid, raw, valid = self.referral(day)
-            producer = await self.producer(principals.referrer(channel))
-            await producer.send_and_wait(topics.referrals(channel), raw, key=rid.encode())
+            sender = self.sender(channel)
+            producer = await self.producer(principals.referrer(sender.id))
+            await producer.send_and_wait(topics.organisation_referrals(sender.channel, sender.id), raw,
+                                         key=rid.encode())
             sent.append(rid)
             self.totals.referrals += 1
             self.totals.invalid += not valid

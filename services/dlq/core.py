@@ -26,7 +26,9 @@ from schemas.feedback import Feedback
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
 from schemas.routing import RoutingDecision
+from services.infra import topics
 from services.intake.adapters import read_referral
+from services.intake.senders import sender_rejection
 from services.routing.policy import decide
 
 TRANSIENT_CODES = frozenset({ErrorCode.PRODUCT_UNKNOWN.value})
@@ -160,10 +162,12 @@ def check(letter: DeadLetter, registry: Registry, now: datetime, *, pseudonym_ke
         channel = Channel(letter.channel)
     except ValueError:
         return Check(False, letter.codes)
-    if letter.origin_topic != f"referrals.{channel.value}.v1":  # a hub-internal record (routing's, notifier's)
+    if (topics.inbound(letter.origin_topic) or (None,))[0] is not channel:  # a hub-internal record (routing's, ...)
         return Check(False, letter.codes)
     outcome = read_referral(channel, letter.raw, known_products=frozenset(registry.products),
                             pseudonym_key=pseudonym_key, received_at=now, max_bytes=max_bytes)
+    if isinstance(outcome, Referral) and (refused := sender_rejection(registry, letter.origin_topic, outcome)):
+        outcome = refused  # from an organisation that may not send as its referrer: still so
     if not isinstance(outcome, Referral):
         return Check(False, sorted({e.code.value for e in outcome.errors}), outcome.referrer_referral_id)
     return Check(True, [], outcome.referrer_referral_id, outcome.referral_id,

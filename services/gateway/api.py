@@ -1,14 +1,14 @@
 """The gateway's HTTPS interface (FastAPI): FHIR messaging and documents for GPs, JSON documents for GIs, GGDs
 and courts, the referral's state as a FHIR Task, and the process's health and metrics.
 
-Each submission: the referrer's bearer token names its principal; the principal may submit on its own channel
-only; its rate is limited; the body is read within a size and a time limit; the channel's adapter checks it;
-Kafka confirms the write (acks=all); only then a 2xx. FHIR paths answer in FHIR (OperationOutcome), the JSON
+Each submission: the referrer's bearer token names its principal, a referrer organisation of the registry; it may
+submit on its own organisation's channel only; its rate is limited; the body is read within a size and a time limit;
+the channel's adapter checks it, and that the referrer it names is one the organisation may send as
+(SENDER_NOT_ALLOWED, 422); Kafka confirms the write to the organisation's own topic (acks=all); only then a 2xx. FHIR paths answer in FHIR (OperationOutcome), the JSON
 paths in the hub's own shapes (`schemas/openapi.json`).
 """
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,39 +21,22 @@ from pydantic import BaseModel
 from schemas.errors import ErrorCode, ReferralError
 from schemas.inbound import CourtReferral, GgdReferral, GiReferral
 from schemas.referral import Channel, Referral
+from services.access.senders import sender_errors
 from services.access.tokens import TokenStore
 from services.gateway import answers
 from services.gateway.answers import GatewayProblem, Rejected, Submitted
+from services.gateway.limits import RateLimit
 from services.gateway.submission import SUBMISSIONS, Submissions
+from services.intake.outcome import Rejection
 from services.gateway.tasks import StatusBook, task_resource
-from services.infra import principals
 from services.infra.logging import get_logger
 
 FHIR_JSON = "application/fhir+json"
 RETRY_AFTER_S = 10
 JSON_CHANNELS: dict[Channel, type[BaseModel]] = {Channel.GI: GiReferral, Channel.GGD: GgdReferral,
                                                  Channel.COURT: CourtReferral}
-bearer = HTTPBearer(auto_error=False, description="A referrer's token from `verwijshub access token "
-                                                  "referrer-<channel>`.")
-
-
-class RateLimit:
-    """A token bucket per referrer: `per_minute` requests a minute, in bursts of as many."""
-
-    def __init__(self, per_minute: int, now: Callable[[], float] = time.monotonic) -> None:
-        self.capacity, self.per_second, self.now = float(per_minute), per_minute / 60.0, now
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def wait_s(self, who: str) -> float:
-        """0 when `who` may go ahead now (and a token is taken), else how long until it may."""
-        now = self.now()
-        tokens, last = self.buckets.get(who, (self.capacity, now))
-        tokens = min(self.capacity, tokens + (now - last) * self.per_second)
-        if tokens >= 1:
-            self.buckets[who] = (tokens - 1, now)
-            return 0.0
-        self.buckets[who] = (tokens, now)
-        return (1 - tokens) / self.per_second
+bearer = HTTPBearer(auto_error=False, description="A referrer organisation's token from `verwijshub access token "
+                                                  "referrer-<organisation>`.")
 
 
 class Refusal(Exception):
@@ -115,17 +98,20 @@ class GatewayApi:
                      ) -> Referral:
         """The referral, once Kafka confirmed it; a `Refusal` otherwise."""
         who = self.principal(credentials)
-        if who != principals.referrer(channel):
+        organisation = self.submissions.organisation(who)
+        if organisation is None or organisation.channel is not channel:
             raise _problem(403, "forbidden", f"{who} may not submit on the {channel.value} channel.")
         raw = await self.body(request)
         outcome = self.submissions.check(channel, raw)
+        if isinstance(outcome, Referral) and (refused := sender_errors(organisation, outcome)):
+            outcome = Rejection(refused, outcome.referrer_referral_id)
         if not isinstance(outcome, Referral):
             SUBMISSIONS.labels("http", channel.value, "rejected").inc()
             get_logger().info("submission rejected", channel=channel.value, principal=who,
                               referrer_referral_id=outcome.referrer_referral_id,
                               codes=[e.code.value for e in outcome.errors])
             raise Refusal(answers.http_status(outcome.errors), errors=outcome.errors)
-        unavailable = await self.submissions.write(channel, raw, outcome.referrer_referral_id)
+        unavailable = await self.submissions.write(organisation, raw, outcome.referrer_referral_id)
         if unavailable:
             SUBMISSIONS.labels("http", channel.value, "unavailable").inc()
             get_logger().warning("submission not stored", channel=channel.value, error_type=unavailable.reason)
@@ -158,7 +144,7 @@ def _fhir(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 OUTCOME = answers.OPERATION_OUTCOME_SCHEMA
 FHIR_REFUSALS = {401: _fhir(OUTCOME, "No valid bearer token."),
-                 403: _fhir(OUTCOME, "The token's referrer may not submit on this channel."),
+                 403: _fhir(OUTCOME, "The token's referrer organisation may not submit on this channel."),
                  408: _fhir(OUTCOME, "The body did not arrive in time."),
                  413: _fhir(OUTCOME, "TOO_LARGE."),
                  429: _fhir(OUTCOME, "Rate limit; see Retry-After."),
@@ -173,10 +159,11 @@ FHIR_BODY = {"requestBody": {"required": True, "content": {FHIR_JSON: {"schema":
 JSON_REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"model": Rejected, "description": "Not readable as the channel's document (UNPARSEABLE, "
                                             "SCHEMA_INVALID, CHANNEL_MISMATCH)."},
-    422: {"model": Rejected, "description": "Readable, but against the hub's rules (BSN, AGB, dates, age, product)."},
+    422: {"model": Rejected, "description": "Readable, but against the hub's rules (BSN, AGB, dates, age, product, "
+                                            "a referrer the token's organisation may not send as)."},
     413: {"model": Rejected, "description": "TOO_LARGE."},
     401: {"model": GatewayProblem, "description": "No valid bearer token."},
-    403: {"model": GatewayProblem, "description": "The token's referrer may not submit on this channel."},
+    403: {"model": GatewayProblem, "description": "The token's referrer organisation may not submit on this channel."},
     408: {"model": GatewayProblem, "description": "The body did not arrive in time."},
     429: {"model": GatewayProblem, "description": "Rate limit; see Retry-After."},
     503: {"model": GatewayProblem, "description": "Kafka did not confirm the write: nothing was stored; see "
@@ -195,7 +182,8 @@ def create_api(gateway: GatewayApi) -> FastAPI:
                  summary=summary, responses={
                      status: _fhir(OUTCOME, "Stored on Kafka; Location follows the referral as a FHIR Task."),
                      400: _fhir(OUTCOME, "Not a readable FHIR message or document Bundle."),
-                     422: _fhir(OUTCOME, "Against the hub's rules; every error an issue."), **FHIR_REFUSALS},
+                     422: _fhir(OUTCOME, "Against the hub's rules (SENDER_NOT_ALLOWED: a referrer the token's "
+                                         "organisation may not send as); every error an issue."), **FHIR_REFUSALS},
                  )(_fhir_route(gateway, status))
 
     for channel, model in JSON_CHANNELS.items():
@@ -215,8 +203,8 @@ def create_api(gateway: GatewayApi) -> FastAPI:
             who = gateway.principal(credentials)
         except Refusal as refusal:
             return fhir_refusal(refusal)
-        progress = gateway.book.progress.get(referral_id)
-        if progress is None or principals.referrer(progress.channel) != who:  # another's: as if unknown
+        progress, organisation = gateway.book.progress.get(referral_id), gateway.submissions.organisation(who)
+        if progress is None or organisation is None or organisation.channel is not progress.channel:  # as unknown
             return fhir_refusal(_problem(404, "not-found", f"No referral {referral_id} of {who} (yet)."))
         return JSONResponse(task_resource(referral_id, progress), media_type=FHIR_JSON)
 

@@ -3,7 +3,6 @@
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from services.infra.clock import Clock
 from services.infra.kafka import make_broker
 from services.infra.logging import get_logger
 from services.infra.settings import Settings
-from services.infra.tls import LocalCa
+from services.infra.tls import LocalCa, mutual_tls_context
 
 SERVICE = "gateway"
 
@@ -51,6 +50,7 @@ class Gateway:
 
     async def start(self) -> None:
         settings = self.settings
+        await self.submissions.start()
         self.book.start()
         pem = str(self.certificate()) if settings.gateway_tls or settings.mllp_tls else None
         config = uvicorn.Config(self.app, host=settings.gateway_host, port=settings.gateway_port, lifespan="off",
@@ -66,10 +66,11 @@ class Gateway:
             await asyncio.sleep(0.05)
         mllp_port = None
         if settings.mllp_port:
-            context = None
-            if settings.mllp_tls and pem:
-                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(pem, pem)
+            context = mutual_tls_context(Path(pem), LocalCa(settings.secrets).ca_cert) if settings.mllp_tls and pem \
+                else None
+            if context is None and not self.mllp.plain_allowed:
+                get_logger().warning("plain MLLP with no address allowed: every connection is refused",
+                                     setting="VERWIJSHUB_MLLP_PLAIN_ALLOW")
             mllp_port = await self.mllp.start(settings.gateway_host, settings.mllp_port, context)
         self.started = True
         scheme = "https" if settings.gateway_tls else "http"
@@ -84,6 +85,7 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.serving, 10)
         await self.book.stop()
+        await self.submissions.stop()
 
 
 class GatewayBroker(KafkaBroker):
@@ -104,7 +106,8 @@ def create_gateway(settings: Settings, registry: Registry, clock: Clock) -> Kafk
     broker = make_broker(settings, SERVICE, GatewayBroker)
     broker.gateway = Gateway(broker, settings, registry, clock)
     for channel in Channel:
-        broker.publisher(topics.referrals(channel), title=f"gateway:{channel}", schema=bytes,
-                         description=f"Referrals the {channel} referrers handed to the gateway (HTTPS or MLLP), "
-                                     "unchanged, keyed by the referrer's referral id, after the adapter's check.")
+        broker.publisher(topics.organisation_referrals(channel, "[a-z0-9-]+"), title=f"gateway:{channel}",
+                         schema=bytes, description=f"Referrals the {channel} referrer organisations handed to the "
+                         "gateway (HTTPS or MLLP), unchanged, keyed by the referrer's referral id, after the adapter's "
+                         "and the sender check, each on its organisation's own topic.")
     return broker

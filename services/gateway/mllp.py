@@ -10,24 +10,60 @@ The answer per message:
   `referrals.specialist.v1`, so intake dead-letters it and tells the status topic exactly as it does for a
   referrer writing to Kafka: one path for every rejection, and the gateway needs no write right on the
   dead-letter topic;
-- **AR** for a message that is no REF^I12 (or no HL7 at all), a version other than 2.x, and whenever Kafka does
-  not confirm the write in time (the sender keeps it and sends it again).
+- **AR** for a message that is no REF^I12 (or no HL7 at all), a version other than 2.x, whenever Kafka does
+  not confirm the write in time (the sender keeps it and sends it again), and with `RATE_LIMITED` for a message
+  past the organisation's rate (`VERWIJSHUB_MLLP_RATE_PER_MINUTE`; not written: the sender sends it again later).
+
+Who sends: by default every connection is mutual TLS, and the client certificate's organisation (O, issued by
+`verwijshub access certificate`) is the referrer organisation of the registry it speaks for; plain MLLP
+(`VERWIJSHUB_MLLP_TLS=false`) is taken only from the addresses of `VERWIJSHUB_MLLP_PLAIN_ALLOW`, each bound to an
+organisation. A connection of no specialist organisation, or one past `VERWIJSHUB_MLLP_MAX_CONNECTIONS`, is closed
+at once, before a byte is read. A referral naming a referrer its organisation may not send as is answered AE
+`SENDER_NOT_ALLOWED` and written to the organisation's topic like any AE, where intake refuses it the same way.
 """
 
 import asyncio
 import contextlib
+import ipaddress
 import ssl
 import uuid
 
-from schemas.errors import ErrorCode
+from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import Channel, Referral
+from schemas.registry import ReferrerOrganisation
+from services.access.senders import sender_errors
 from services.gateway.answers import AckCode, acknowledgement, header_fields
+from services.gateway.limits import RateLimit
 from services.gateway.submission import SUBMISSIONS, Submissions
 from services.infra.clock import Clock
 from services.infra.logging import get_logger
+from services.infra.tls import certificate_organisation
 
 START, END = b"\x0b", b"\x1c\x0d"
 UNSUPPORTED = {ErrorCode.CHANNEL_MISMATCH, ErrorCode.UNPARSEABLE}
+AllowList = list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]
+RATE_LIMITED = ReferralError(code=ErrorCode.RATE_LIMITED, location="", message="More messages than the hub takes "
+                             "from this organisation per minute; this one was not stored: send it again later.")
+
+
+def plain_allow_list(setting: str) -> AllowList:
+    """`network=organisation` pairs, comma-separated (VERWIJSHUB_MLLP_PLAIN_ALLOW); ValueError when malformed."""
+    allowed: AllowList = []
+    for item in filter(None, (part.strip() for part in setting.split(","))):
+        network, equals, organisation = item.partition("=")
+        if not equals or not organisation.strip():
+            raise ValueError("VERWIJSHUB_MLLP_PLAIN_ALLOW takes network=organisation pairs, comma-separated")
+        allowed.append((ipaddress.ip_network(network.strip(), strict=False), organisation.strip()))
+    return allowed
+
+
+def allowed_organisation(allowed: AllowList, address: str) -> str | None:
+    """The organisation a plain connection from `address` speaks for, or None (refused)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return next((organisation for network, organisation in allowed if ip in network), None)
 
 
 class Deframer:
@@ -65,8 +101,11 @@ class Deframer:
 class MllpListener:
     def __init__(self, submissions: Submissions, clock: Clock, read_timeout_s: float, idle_timeout_s: float = 300.0
                  ) -> None:
+        settings = submissions.settings
         self.submissions, self.clock = submissions, clock
         self.read_timeout_s, self.idle_timeout_s = read_timeout_s, idle_timeout_s
+        self.max_connections, self.limit = settings.mllp_max_connections, RateLimit(settings.mllp_rate_per_minute)
+        self.plain_allowed = plain_allow_list(settings.mllp_plain_allow)
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.Task] = set()
 
@@ -82,7 +121,24 @@ class MllpListener:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.server.wait_closed(), 5)
 
+    def organisation(self, writer: asyncio.StreamWriter) -> ReferrerOrganisation | None:
+        """The specialist organisation a connection speaks for: its certificate's, or its address's (plain)."""
+        if writer.get_extra_info("ssl_object") is not None:
+            organisation_id = certificate_organisation(writer.get_extra_info("peercert"))
+        else:
+            organisation_id = allowed_organisation(self.plain_allowed, (writer.get_extra_info("peername") or [""])[0])
+        found = self.submissions.registry.referrers.get(organisation_id or "")
+        return found if found is not None and found.channel is Channel.SPECIALIST else None
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        organisation = self.organisation(writer)
+        if organisation is None or len(self.connections) >= self.max_connections:
+            get_logger().warning("mllp connection refused", reason="no specialist organisation" if organisation
+                                 is None else "connection cap", open_connections=len(self.connections))
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            return
         task = asyncio.current_task()
         if task:
             self.connections.add(task)
@@ -95,7 +151,7 @@ class MllpListener:
                 if not data:
                     break
                 for frame in deframer.feed(data):
-                    writer.write(START + (await self.answer(frame)).encode() + END)
+                    writer.write(START + (await self.answer(frame, organisation)).encode() + END)
                     await writer.drain()
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -106,13 +162,22 @@ class MllpListener:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def answer(self, frame: bytes) -> str:
-        """The acknowledgement of one framed message (never raises: a sender always gets an answer)."""
+    async def answer(self, frame: bytes, organisation: ReferrerOrganisation) -> str:
+        """The acknowledgement of one framed message from `organisation` (never raises: a sender always gets an
+        answer)."""
         text = frame.decode("utf-8", errors="replace")
+        if self.limit.wait_s(organisation.id):
+            SUBMISSIONS.labels("mllp", Channel.SPECIALIST.value, "rate-limited").inc()
+            get_logger().warning("mllp message answered", ack="AR", codes=[ErrorCode.RATE_LIMITED.value],
+                                 organisation=organisation.id)
+            return acknowledgement(text, "AR", [RATE_LIMITED], self.clock.now(), uuid.uuid4().hex[:20],
+                                   "Rate limit: send it again later.")
         outcome = self.submissions.check(Channel.SPECIALIST, frame)
         version = (header_fields(text)[12:13] or [""])[0]
         code: AckCode
-        if isinstance(outcome, Referral):
+        if isinstance(outcome, Referral) and (refused := sender_errors(organisation, outcome)):
+            code, errors, key = "AE", refused, outcome.referrer_referral_id
+        elif isinstance(outcome, Referral):
             code, errors, key = "AA", [], outcome.referrer_referral_id
         elif {e.code for e in outcome.errors} & UNSUPPORTED:
             code, errors, key = "AR", outcome.errors, None
@@ -125,11 +190,11 @@ class MllpListener:
             note = ""
         outcome_name = {"AA": "submitted", "AE": "rejected", "AR": "refused"}[code]
         if code != "AR":
-            unavailable = await self.submissions.write(Channel.SPECIALIST, frame, key)
+            unavailable = await self.submissions.write(organisation, frame, key)
             if unavailable:
                 code, errors, outcome_name = "AR", [], "unavailable"
                 note = "The hub cannot store messages just now; send it again later."
         SUBMISSIONS.labels("mllp", Channel.SPECIALIST.value, outcome_name).inc()
         get_logger().info("mllp message answered", ack=code, codes=[e.code.value for e in errors],
-                          referrer_referral_id=outcome.referrer_referral_id)
+                          organisation=organisation.id, referrer_referral_id=outcome.referrer_referral_id)
         return acknowledgement(text, code, errors, self.clock.now(), uuid.uuid4().hex[:20], note)

@@ -21,6 +21,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "team": {"description": "A WIJ team's id (`deploy/registry/teams.json`)."},
     "agb": {"description": "A provider's AGB code (`deploy/registry/providers.json`)."},
     "channel": {"description": "A referrer channel.", "enum": [channel.value for channel in Channel]},
+    "organisation": {"description": "A referrer organisation's id (`deploy/registry/referrers.json`)."},
 }
 """Every parameter a topic family is named with, as AsyncAPI's Parameter Object."""
 PARAMETER = re.compile(r"\{(\w+)\}")

@@ -1,11 +1,9 @@
 """Principal names: who connects to Kafka. One place, so the ACL matrix, the clients and the docs agree.
 
 Every client connects as its own principal: one per hub service, one for operations, one admin (the only
-super user), one per referrer channel, one per recipient. A referrer's or recipient's consumer groups must
+super user), one per referrer organisation (`referrers.json`), one per recipient. A referrer's or recipient's consumer groups must
 start with its principal's name and a dot (`wij-centrum.epd`).
 """
-
-from schemas.referral import Channel
 
 ADMIN = "verwijshub-admin"
 OPERATIONS = "verwijshub-ops"
@@ -20,8 +18,9 @@ def service(name: str) -> str:
     return f"verwijshub-{name}"
 
 
-def referrer(channel: Channel | str) -> str:
-    return f"referrer-{channel}"
+def referrer(organisation_id: str) -> str:
+    """A referrer organisation of the registry: it writes its own inbound topic, `referrals.<channel>.<id>.v1`."""
+    return f"referrer-{organisation_id}"
 
 
 def wij_team(team_id: str) -> str:

@@ -5,9 +5,12 @@ import hashlib
 import json
 from pathlib import Path
 
-from schemas.registry import ChannelJoin, Product, Provider, Registry, WijTeam
+from schemas.registry import ChannelJoin, Product, Provider, ReferrerOrganisation, Registry, WijTeam
 
 REGISTRY_FILES = ("teams.json", "postcodes.csv", "providers.json", "products.json", "channels.json")
+REFERRERS_FILE = "referrers.json"
+"""The referrer organisations: optional, so a snapshot published before it existed (and a what-if scenario) still
+reads; without it no organisation may send (each needs its own principal, topic and token)."""
 
 
 class RegistryError(ValueError):
@@ -20,8 +23,9 @@ def registry_from_contents(contents: dict[str, str]) -> Registry:
     if missing:
         raise RegistryError(f"registry files missing: {', '.join(missing)}")
     digest = hashlib.sha256()
-    for name in REGISTRY_FILES:
-        digest.update(name.encode() + b"\0" + contents[name].encode() + b"\0")
+    for name in (*REGISTRY_FILES, REFERRERS_FILE):
+        if name in contents:  # an absent optional file leaves the version of the registries before it
+            digest.update(name.encode() + b"\0" + contents[name].encode() + b"\0")
     try:
         teams = [WijTeam.model_validate(t) for t in json.loads(contents["teams.json"])]
         rows = list(csv.DictReader(contents["postcodes.csv"].splitlines()))
@@ -29,6 +33,7 @@ def registry_from_contents(contents: dict[str, str]) -> Registry:
         providers = [Provider.model_validate(p) for p in json.loads(contents["providers.json"])]
         products = [Product.model_validate(p) for p in json.loads(contents["products.json"])]
         channels = [ChannelJoin.model_validate(c) for c in json.loads(contents["channels.json"])]
+        referrers = [ReferrerOrganisation.model_validate(r) for r in json.loads(contents.get(REFERRERS_FILE, "[]"))]
         registry = Registry(
             version=digest.hexdigest()[:12],
             teams={t.id: t for t in teams},
@@ -36,19 +41,22 @@ def registry_from_contents(contents: dict[str, str]) -> Registry:
             providers={p.agb: p for p in providers},
             products={p.code: p for p in products},
             channels={c.channel: c for c in channels},
+            referrers={r.id: r for r in referrers},
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise RegistryError(f"registry malformed: {exc}") from exc
     unknown = sorted({t for t in postcodes.values() if t is not None} - registry.teams.keys())
     if unknown:
         raise RegistryError(f"postcodes.csv names teams not in teams.json: {', '.join(unknown)}")
+    if len(registry.referrers) != len(referrers):
+        raise RegistryError(f"{REFERRERS_FILE} names an organisation id twice")
     if sum(t.central_entrance for t in teams) != 1:
         raise RegistryError("teams.json must have exactly one team with central_entrance: true")
     return registry
 
 
 def read_registry_dir(directory: Path) -> dict[str, str]:
-    return {name: (directory / name).read_text(encoding="utf-8") for name in REGISTRY_FILES
+    return {name: (directory / name).read_text(encoding="utf-8") for name in (*REGISTRY_FILES, REFERRERS_FILE)
             if (directory / name).is_file()}
 
 

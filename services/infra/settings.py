@@ -134,8 +134,18 @@ class Settings(BaseSettings):
     gateway_read_timeout_s: float = Field(default=10.0, gt=0, description="How long a referrer may take to send "
                                           "its request body or MLLP frame.")
     mllp_port: int = Field(default=2575, ge=0, description="Port of the gateway's MLLP listener (HL7 v2); 0: none.")
-    mllp_tls: bool = Field(default=False, description="MLLP over TLS with the gateway's certificate (most HL7 "
-                           "engines speak plain MLLP inside a VPN; off by default).")
+    mllp_tls: bool = Field(default=True, description="MLLP over mutual TLS: each sender presents a client "
+                           "certificate from `verwijshub access certificate` (the hub's CA), whose organisation binds "
+                           "the referrers it may send as. false: plain MLLP, only from MLLP_PLAIN_ALLOW.")
+    mllp_plain_allow: str = Field(default="", description="With MLLP_TLS=false, the only addresses plain MLLP "
+                                  "is taken from, each bound to its referrer organisation: `network=organisation` "
+                                  "pairs, comma-separated (`10.20.0.0/16=umcg,127.0.0.1=martini`); any other "
+                                  "address is refused. Empty: every plain connection is refused.")
+    mllp_max_connections: int = Field(default=50, ge=1, description="MLLP connections open at once; one more is "
+                                      "closed at once.")
+    mllp_rate_per_minute: int = Field(default=600, ge=1, description="MLLP messages one referrer organisation may "
+                                      "send per minute (a burst of as many); more are answered AR with "
+                                      "RATE_LIMITED and not written.")
     analytics_db: Path | None = Field(default=None, description="The analytics store (DuckDB file) the analytics "
                                       "sink writes and `verwijshub report` reads; unset: `<data dir>/analytics.duckdb`.")
 

@@ -6,6 +6,7 @@ On first start the project makes a CA and a broker certificate for the broker's 
 """
 
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,6 +58,27 @@ class LocalCa:
             self._make_broker(host, pem, "verwijshub-gateway")
         return pem
 
+    def client_pem(self, organisation_id: str, name: str) -> bytes:
+        """A new key and client certificate (PEM: key, certificate, CA) for a referrer organisation's MLLP sender,
+        its organisation (O) the registry id the gateway binds the sender to. Nothing is kept here: the
+        organisation holds the only copy of the key."""
+        if not self.ca_key.is_file():
+            raise SecretsError(f"no CA key in {self.directory}: client certificates come from the hub's own CA")
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.now(UTC)
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation_id),
+                             x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=VALID_DAYS))
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        return (_pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM)
+                + ca_cert.public_bytes(serialization.Encoding.PEM))
+
     def _make_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Verwijshub local CA")])
@@ -103,3 +125,20 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
     """Unencrypted PKCS#8: the form Kafka's PEM key store reads (the file's 0600 mode protects it)."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def mutual_tls_context(server_pem: Path, client_ca: Path) -> ssl.SSLContext:
+    """A server context that requires a client certificate signed by `client_ca` (MLLP's senders)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
+    context.load_cert_chain(server_pem, server_pem)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def certificate_organisation(peercert: dict | None) -> str | None:
+    """The organisation (O) of a verified peer certificate as `ssl` gives it, or None."""
+    for rdn in (peercert or {}).get("subject", ()):
+        for attribute, value in rdn:
+            if attribute == "organizationName":
+                return value
+    return None

@@ -80,9 +80,24 @@ def referrals(channel: Channel) -> str:
     return f"referrals.{channel}.v1"
 
 
+def organisation_referrals(channel: Channel, organisation_id: str) -> str:
+    """A referrer organisation's own inbound topic: only it (as `referrer-<id>`) and the gateway (for it) may write
+    it, so the topic names who wrote a record (services/access/senders.py)."""
+    return f"referrals.{channel}.{organisation_id}.v1"
+
+
+def inbound(name: str) -> tuple[Channel, str | None] | None:
+    """The channel of an inbound topic and the organisation whose own topic it is (None: the channel's topic,
+    written only by the admin); None for any other topic."""
+    parts = name.split(".")
+    if len(parts) not in (3, 4) or parts[0] != "referrals" or parts[-1] != "v1" or parts[1] not in set(Channel):
+        return None
+    return Channel(parts[1]), (parts[2] if len(parts) == 4 else None)
+
+
 def submitted(name: str) -> bool:
-    """Whether a topic is a channel's inbound topic, written by referrers (and the gateway) rather than the hub."""
-    return name in {referrals(channel) for channel in Channel}
+    """Whether a topic is an inbound topic, written by referrers (and the gateway, the admin) rather than the hub."""
+    return inbound(name) is not None
 
 
 def status(channel: Channel) -> str:
@@ -115,4 +130,5 @@ def all_topics(registry: Registry) -> list[str]:
         names += [wij_handovers(team_id), wij_feedback(team_id)]
     for agb in registry.providers:
         names += [provider_handovers(agb), provider_feedback(agb)]
+    names += [organisation_referrals(org.channel, org.id) for org in registry.referrers.values()]
     return names

@@ -5,7 +5,9 @@ gives its `received` status, the canonical referral and its ledger record (`ledg
 again, also after a restart, has no second effect); a rejected one gives its dead letter and, when the referrer's
 id is known, the `rejected` status. `received` comes before the normalised referral, so no later status can
 overtake it on the referrer's status topic. A referral with a known id is a repeat or a conflict (`repeats.py`
-decides): a repeat gives nothing, a conflict is rejected (`REFERRAL_ID_CONFLICT`) and alerted on `alerts.v1`.
+decides): a repeat gives nothing, a conflict is rejected (`REFERRAL_ID_CONFLICT`) and alerted on `alerts.v1`. A
+referral from a referrer organisation's own topic must name a referrer that organisation may send as (`senders.py`;
+else `SENDER_NOT_ALLOWED`, alerted).
 """
 
 import asyncio
@@ -33,22 +35,30 @@ from services.intake.ledger import ACCEPTED, AcceptedLedger
 from services.intake.outcome import ParseOutcome, Rejection
 from services.intake.products import ProductTable
 from services.intake.repeats import Seen, conflict_alert, conflict_rejection, referral_digest, seen
+from services.intake.senders import sender_alert, sender_rejection
 
 SERVICE = "intake"
-CHANNEL_OF_TOPIC = {topics.referrals(channel): channel for channel in PARSERS}
 STATUS = Output("status", topics.status("{channel}"), StatusEvent,
                 "`received`, or `rejected` with its errors, to the channel's referrers; keyed by their referral id.")
 NORMALISED = Output("normalised", topics.NORMALISED, Referral, "Canonical referrals, keyed by youth pseudonym.")
 ALERTS = Output("alerts", topics.ALERTS, RoutingAlert, (
-    "`referral-id-conflict` alerts (a referral id sent again with other content), keyed by channel; no personal "
-    "data."))
+    "`referral-id-conflict` alerts (a referral id sent again with other content) and `sender-not-allowed` alerts, "
+    "keyed by channel; no personal data."))
+
+
+def channel_of(topic: str) -> Channel:
+    """The channel of an inbound topic (the runtime subscribes to nothing else)."""
+    found = topics.inbound(topic)
+    assert found is not None, topic
+    return found[0]
 
 
 class Intake(Processor):
     """Reads one inbound record: adapter, then the referral's records or the rejection's."""
 
     service = SERVICE
-    inputs = "|".join(name.replace(".", r"\.") for name in CHANNEL_OF_TOPIC)
+    inputs = r"referrals\.(" + "|".join(PARSERS) + r")(\.[a-z0-9-]+)?\.v1"
+    """Each channel's topic (the admin's) and every referrer organisation's own (`referrals.<channel>.<id>.v1`)."""
     writes = (STATUS, NORMALISED, ACCEPTED, ALERTS)
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
@@ -85,7 +95,7 @@ class Intake(Processor):
                              pseudonym_key=self.pseudonym_key, max_bytes=self.settings.max_message_bytes)
 
     async def handle(self, record: ConsumerRecord) -> list[Outbound]:
-        channel, raw = CHANNEL_OF_TOPIC[record.topic], record.value or b""
+        channel, raw = channel_of(record.topic), record.value or b""
         outcome = self.parse(channel, raw)
         if isinstance(outcome, Rejection) and any(e.code is ErrorCode.PRODUCT_UNKNOWN for e in outcome.errors) \
                 and await self.products.refresh():  # a registry published since: the product may be known now
@@ -93,8 +103,23 @@ class Intake(Processor):
         if isinstance(outcome, Rejection) and outcome.failure:  # an adapter bug: the record is parked
             self.log.error("adapter failed", channel=channel.value, error_type=outcome.failure)
         if isinstance(outcome, Referral):
-            return self.on_referral(record, outcome)
+            refused = await self.check_sender(record, outcome)
+            return refused if refused is not None else self.on_referral(record, outcome)
         return self.reject(record, channel, outcome)
+
+    async def check_sender(self, record: ConsumerRecord, referral: Referral) -> list[Outbound] | None:
+        """None when the organisation whose topic this is may send the referral; else its rejection and an alert.
+        An organisation or sender the registry in force does not know may be in a registry published since."""
+        rejection = sender_rejection(self.products.registry, record.topic, referral)
+        if rejection is not None and await self.products.refresh():
+            rejection = sender_rejection(self.products.registry, record.topic, referral)
+        if rejection is None:
+            return None
+        organisation_id = (topics.inbound(record.topic) or (referral.channel, ""))[1] or ""
+        self.log.warning("referral from a sender not allowed", channel=referral.channel.value,
+                         organisation=organisation_id, referrer_referral_id=referral.referrer_referral_id)
+        return [*self.reject(record, referral.channel, rejection),
+                self.alert(sender_alert(referral.channel, organisation_id, self.clock.now()))]
 
     def on_referral(self, record: ConsumerRecord, referral: Referral) -> list[Outbound]:
         """A valid referral: new (accepted), a repeat (nothing), or a conflict (rejected, and an alert)."""
@@ -145,7 +170,7 @@ class Intake(Processor):
     def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
         """A referral the runtime dead-lettered (what intake would write too large, or the hub failed on it): the
         referrer is told `rejected`, as for a rejection."""
-        channel = CHANNEL_OF_TOPIC[record.topic]
+        channel = channel_of(record.topic)
         outcome = self.parse(channel, record.value or b"")
         referral_id = outcome.referral_id if isinstance(outcome, Referral) else None
         return self.rejected(channel, outcome.referrer_referral_id, referral_id, errors)
@@ -164,8 +189,12 @@ class Intake(Processor):
     def document(broker: KafkaBroker) -> None:
         """What intake reads and writes, for the AsyncAPI document."""
         for channel in PARSERS:
-            document_input(broker, f"intake:{channel}", f"Referrals from the {channel} channel, in its native format.",
-                           topic=topics.referrals(channel))
+            document_input(broker, f"intake:{channel}", f"Referrals from the {channel} channel, in its native format "
+                           "(written by the admin only: replays, tests).", topic=topics.referrals(channel))
+            document_input(broker, f"intake:{channel}:organisations", f"Referrals of each {channel} referrer "
+                           "organisation on its own topic (its principal and the gateway write it), in the channel's "
+                           "native format; the referrer a referral names must be one the organisation may send as.",
+                           topic=topics.organisation_referrals(channel, "{organisation}"))
         document_input(broker, "intake:accepted-followed", "Its own ledger, read back at start and followed (no "
                        "group).", topic=topics.INTAKE_ACCEPTED, schema=AcceptedReferral)
         document_input(broker, "intake:registry", "The registry's product table, read at start and when a referral "

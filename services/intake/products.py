@@ -1,4 +1,5 @@
-"""Intake's product table: the registry in force on `registry.v1`, so a published product is known without a restart.
+"""Intake's product table: the registry in force on `registry.v1`, so a published product (and a referrer
+organisation, for the sender check) is known without a restart.
 
 Intake starts with the registry files it was given, reads `registry.v1` at start, and looks again whenever a
 referral names a product it does not know: if `registry.v1` grew since its last look (one ListOffsets request),

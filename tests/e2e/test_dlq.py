@@ -57,7 +57,7 @@ def listed(kafka: TestKafka, *args: str) -> dict[str, dict]:
 def send_gp(kafka: TestKafka, product: str) -> tuple[str, str]:
     referral_id, bsn = f"ZD-{uuid.uuid4()}", random_bsn()
     bundle = gp_bundle(referral_id=referral_id, bsn=bsn, postcode="9712 hb", birth_date="2011-02-28", product=product)
-    asyncio.run(produce(kafka.connection("referrer-gp"), "referrals.gp.v1", json.dumps(bundle).encode(),
+    asyncio.run(produce(kafka.admin, "referrals.gp.v1", json.dumps(bundle).encode(),
                         key=referral_id.encode()))
     return referral_id, bsn
 

@@ -26,7 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from schemas.referral import Channel
-from services.infra import principals, topics
+from services.infra import topics
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import group_id, log_offsets, read_records, wait_until_ready
 from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub
@@ -140,8 +140,9 @@ async def follow_statuses(kafka: KafkaConnection, progress: Progress) -> None:
 
 
 async def publish(broker: TestKafka, items: dict[str, Channel], progress: Progress) -> None:
-    """Publish every referral as its channel's referrer, in chunks, never beyond `progress.cap`."""
-    producers = {c: AIOKafkaProducer(**broker.connection(principals.referrer(c)).client_options(), acks="all",
+    """Publish every referral on its channel's topic (as the admin, its only writer), in chunks, never beyond
+    `progress.cap`."""
+    producers = {c: AIOKafkaProducer(**broker.admin.client_options(), acks="all",
                                      enable_idempotence=True, linger_ms=5) for c in Channel}
     for producer in producers.values():
         await producer.start()

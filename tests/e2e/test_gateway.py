@@ -1,5 +1,5 @@
 """The referrer gateway on a real broker, spoken to by third-party clients only: curl for HTTPS (FHIR and JSON),
-the hl7 package's mllp_send for HL7 v2, schemathesis driven by the committed OpenAPI document. The hub runs as
+the hl7 package's mllp_send for HL7 v2 (plain MLLP, allowed from this machine as UMCG), schemathesis driven by the committed OpenAPI document. The hub runs as
 real processes (intake, routing, notifier and the gateway), so an accepted referral is followed to its handover."""
 
 import asyncio
@@ -22,7 +22,7 @@ from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
 from tests.gateway_clients import curl, mllp_send
 from tests.kafka_client import read_topic
-from tests.referrals import EXAMPLE_BSN, random_bsn
+from tests.referrals import EXAMPLE_BSN, PLAIN_MLLP, random_bsn, sender
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = REPO_ROOT / "schemas" / "examples"
@@ -37,8 +37,9 @@ class Gateway:
         self.tokens: dict[Channel, str] = {}
 
     def token(self, channel: Channel) -> str:
+        """The token of the organisation that sends the channel's examples."""
         if channel not in self.tokens:
-            self.tokens[channel] = TokenStore(self.kafka.secrets).issue(principals.referrer(channel))
+            self.tokens[channel] = TokenStore(self.kafka.secrets).issue(principals.referrer(sender(channel).id))
         return self.tokens[channel]
 
     def post(self, path: str, body: bytes, channel: Channel, content_type: str = "application/fhir+json"):
@@ -59,12 +60,14 @@ def gateway(kafka: TestKafka):
     directory = ARTIFACTS / "gateway"
     directory.mkdir(parents=True, exist_ok=True)
     https_port, mllp_port = _free_port(), _free_port()
-    token_cli = subprocess.run([sys.executable, "-m", "services.cli", "access", "token", "referrer-gp"],
+    token_cli = subprocess.run([sys.executable, "-m", "services.cli", "access", "token",
+                                principals.referrer(sender(Channel.GP).id)],
                                env={**os.environ, **kafka.env()}, capture_output=True, text=True,
                                cwd=REPO_ROOT, timeout=60)
     assert token_cli.returncode == 0, token_cli.stderr
     process = start_hub(kafka, directory / "gateway-hub.log", "intake", "routing", "notifier", "gateway",
-                        env={"VERWIJSHUB_GATEWAY_PORT": str(https_port), "VERWIJSHUB_MLLP_PORT": str(mllp_port)})
+                        env={"VERWIJSHUB_GATEWAY_PORT": str(https_port), "VERWIJSHUB_MLLP_PORT": str(mllp_port),
+                             **PLAIN_MLLP})
     running = Gateway(kafka, https_port, mllp_port)
     running.tokens[Channel.GP] = token_cli.stdout.strip()
     try:

@@ -18,6 +18,7 @@ from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, TestKafka, _free_port, new_broker, start_hub, stop_hub
 from tests.gateway_clients import curl, mllp_send
 from tests.kafka_client import read_topic
+from tests.referrals import PLAIN_MLLP, sender
 
 pytestmark = pytest.mark.e2e
 EXAMPLES = REPO_ROOT / "schemas" / "examples"
@@ -58,9 +59,9 @@ def refused_while_stopped_and_nothing_confirmed_missing(broker: TestKafka, tmp_p
     https_port, mllp_port = _free_port(), _free_port()
     process = start_hub(broker, directory / "gateway-outage.log", "intake", "gateway", env={
         "VERWIJSHUB_GATEWAY_PORT": str(https_port), "VERWIJSHUB_MLLP_PORT": str(mllp_port),
-        "VERWIJSHUB_GATEWAY_KAFKA_TIMEOUT_S": "2"})
+        "VERWIJSHUB_GATEWAY_KAFKA_TIMEOUT_S": "2", **PLAIN_MLLP})
     url, ca = f"https://127.0.0.1:{https_port}/fhir/$process-message", broker.secrets / "ca.pem"
-    token = TokenStore(broker.secrets).issue(principals.referrer(Channel.GP))
+    token = TokenStore(broker.secrets).issue(principals.referrer(sender(Channel.GP).id))
     confirmed_gp, confirmed_hl7 = [], []
     try:
         before = f"ZD-{uuid.uuid4().hex[:10]}"
@@ -82,9 +83,10 @@ def refused_while_stopped_and_nothing_confirmed_missing(broker: TestKafka, tmp_p
         _until(lambda: mllp_send(mllp_port, _hl7_file(tmp_path, down_hl7))[0].code == "AA")
         confirmed_hl7.append(down_hl7)
 
-        on_gp = {key.decode() for key, _ in asyncio.run(read_to_end(broker.admin, topics.referrals(Channel.GP)))}
-        on_hl7 = {key.decode() for key, _ in asyncio.run(read_to_end(broker.admin,
-                                                                     topics.referrals(Channel.SPECIALIST)))}
+        gp_topic = topics.organisation_referrals(Channel.GP, sender(Channel.GP).id)
+        hl7_topic = topics.organisation_referrals(Channel.SPECIALIST, sender(Channel.SPECIALIST).id)
+        on_gp = {key.decode() for key, _ in asyncio.run(read_to_end(broker.admin, gp_topic))}
+        on_hl7 = {key.decode() for key, _ in asyncio.run(read_to_end(broker.admin, hl7_topic))}
         assert set(confirmed_gp) <= on_gp and set(confirmed_hl7) <= on_hl7
         received = asyncio.run(read_topic(broker.admin, topics.status(Channel.GP),
                                           lambda r: json.loads(r.value)["referrer_referral_id"] == down_gp, 1,

@@ -11,14 +11,17 @@ from fhir.resources.R4B.bundle import Bundle
 
 from schemas.feedback import Feedback, FeedbackKind
 from schemas.notices import NoticeKind
+from schemas.referral import Channel
 from schemas.routing import RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import principals, topics
 from services.infra.settings import REPO_ROOT
 from tests.kafka_client import header, produce, read_topic
-from tests.referrals import gp_bundle, random_bsn
+from tests.referrals import gp_bundle, random_bsn, sender
 
 pytestmark = pytest.mark.e2e
+GP = principals.referrer(sender("gp").id)
+"""The GP practice whose practitioner the example names: it writes its own topic and reads the gp statuses."""
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,8 @@ def gp_referral(hub):
     """One GP referral for a youth in postcode area 9712 (WIJ team `centrum`), sent once per module."""
     referral_id = f"ZD-{uuid.uuid4()}"
     bundle = gp_bundle(referral_id=referral_id, bsn=random_bsn(), postcode="9712 hb", birth_date="2011-02-28")
-    asyncio.run(produce(hub.broker.connection("referrer-gp"), "referrals.gp.v1", json.dumps(bundle).encode(), key=referral_id.encode()))
+    asyncio.run(produce(hub.broker.connection(GP), topics.organisation_referrals(Channel.GP, sender("gp").id),
+                        json.dumps(bundle).encode(), key=referral_id.encode()))
     return referral_id, bundle
 
 
@@ -70,7 +74,7 @@ async def test_handover_reaches_the_team_of_the_postcode(hub, gp_referral):
 
 async def test_referrer_sees_received_routed_handed_over_in_order(hub, gp_referral):
     referral_id, _ = gp_referral
-    records = await read_topic(hub.broker.connection("referrer-gp"), "status.gp.v1", lambda r: r.key == referral_id.encode(), 3,
+    records = await read_topic(hub.broker.connection(GP), "status.gp.v1", lambda r: r.key == referral_id.encode(), 3,
                                settle_s=1.0)
     events = [StatusEvent.model_validate_json(r.value) for r in records]
     assert [e.status for e in events] == [ReferralStatus.RECEIVED, ReferralStatus.ROUTED,
@@ -82,7 +86,7 @@ async def test_referrer_sees_received_routed_handed_over_in_order(hub, gp_referr
 
 async def test_logs_of_the_run_hold_no_personal_data(hub, gp_referral):
     referral_id, sent = gp_referral
-    await read_topic(hub.broker.connection("referrer-gp"), "status.gp.v1", lambda r: r.key == referral_id.encode(), 3)
+    await read_topic(hub.broker.connection(GP), "status.gp.v1", lambda r: r.key == referral_id.encode(), 3)
     log = hub.log_file.read_text()
     assert referral_id in log, "the run's own lines are in the log"
     patient = _resources(sent)["Patient"]

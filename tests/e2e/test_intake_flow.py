@@ -11,10 +11,11 @@ import pytest
 
 from schemas.referral import Channel, Referral
 from schemas.status import ReferralStatus, StatusEvent
+from services.infra import principals, topics
 from services.infra.settings import REPO_ROOT
 from services.intake.validation import bsn_passes_elfproef
 from tests.kafka_client import header, produce, read_committed, read_topic
-from tests.referrals import gp_bundle, random_bsn
+from tests.referrals import gp_bundle, random_bsn, sender
 
 pytestmark = pytest.mark.e2e
 GI_EXAMPLE = json.loads((REPO_ROOT / "schemas" / "examples" / "gi" / "valid-ots.json").read_text())
@@ -121,9 +122,10 @@ async def test_a_referral_id_sent_again_with_other_content_is_rejected_and_alert
                         given_name=f"Noor{run}")
     first_bytes, changed_bytes = json.dumps(first).encode(), json.dumps(changed).encode()
     alerts_before = len([r for r in await read_committed(hub.kafka, ["alerts.v1"]) if _is_conflict_alert(r)])
-    referrer = hub.broker.connection("referrer-gp")
+    referrer = hub.broker.connection(principals.referrer(sender("gp").id))
     for value in (first_bytes, changed_bytes, json.dumps(first, indent=2).encode()):  # one key: in this order
-        await produce(referrer, "referrals.gp.v1", value, key=referral_id.encode())
+        await produce(referrer, topics.organisation_referrals(Channel.GP, sender("gp").id), value,
+                      key=referral_id.encode())
 
     records = await read_topic(referrer, "status.gp.v1", lambda r: r.key == referral_id.encode(), 4, settle_s=2.0)
     events = [StatusEvent.model_validate_json(r.value) for r in records]

@@ -5,13 +5,15 @@ import json
 
 import pytest
 
-from services.infra import principals
+from schemas.referral import Channel
+from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
 from services.infra.provisioning import provision_hub_topics
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, start_hub, stop_hub
 from tests.kafka_client import produce, read_topic
+from tests.referrals import sender
 
 pytestmark = pytest.mark.e2e
 SPECIALIST = (REPO_ROOT / "schemas" / "examples" / "specialist" / "valid-product.hl7").read_bytes()
@@ -32,13 +34,14 @@ def test_a_referral_sent_again_after_an_intake_restart_has_one_effect(private_ka
     log_file = ARTIFACTS / "intake-restart.log"
     log_file.unlink(missing_ok=True)
     settings = private_kafka.settings()
-    referrer = private_kafka.connection(principals.referrer("specialist"))
+    referrer = private_kafka.connection(principals.referrer(sender("specialist").id))
+    topic = topics.organisation_referrals(Channel.SPECIALIST, sender("specialist").id)
     provision_hub_topics(settings, load_registry(settings.registry_dir))
 
     intake = start_hub(private_kafka, log_file, "intake")
     try:
-        asyncio.run(produce(referrer, "referrals.specialist.v1", SPECIALIST, key=REFERRAL_ID))
-        asyncio.run(produce(referrer, "referrals.specialist.v1", SPECIALIST.replace(b"\r", b"\n"), key=REFERRAL_ID))
+        asyncio.run(produce(referrer, topic, SPECIALIST, key=REFERRAL_ID))
+        asyncio.run(produce(referrer, topic, SPECIALIST.replace(b"\r", b"\n"), key=REFERRAL_ID))
         statuses, normalised, ledger = asyncio.run(_received(private_kafka.admin, settle_s=0.5))
         assert len(normalised) == 1 and len(ledger) == 1
     finally:
@@ -46,7 +49,7 @@ def test_a_referral_sent_again_after_an_intake_restart_has_one_effect(private_ka
 
     intake = start_hub(private_kafka, log_file, "intake")  # a new process: only Kafka remembers
     try:
-        asyncio.run(produce(referrer, "referrals.specialist.v1", SPECIALIST, key=REFERRAL_ID))
+        asyncio.run(produce(referrer, topic, SPECIALIST, key=REFERRAL_ID))
         duplicates = 0
         for _ in range(300):  # wait until the new intake has handled it (it logs the duplicate)
             duplicates = log_file.read_text().count('"duplicate referral ignored"')

@@ -31,7 +31,7 @@ from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
 from tests.gateway_clients import mllp_send
 from tests.kafka_client import produce, read_topic
-from tests.referrals import channel_bytes, gp_bundle, random_bsn
+from tests.referrals import PLAIN_MLLP, channel_bytes, gp_bundle, random_bsn
 
 pytestmark = pytest.mark.e2e
 PARTITIONS = 6
@@ -79,7 +79,8 @@ def hub(private_kafka: TestKafka):
     mllp_port, metrics_port, log_file = _free_port(), _free_port(), directory / "hub.log"
     log_file.unlink(missing_ok=True)
     process = start_hub(private_kafka, log_file, "intake", "routing", "notifier", "gateway",
-                        env={"VERWIJSHUB_MLLP_PORT": str(mllp_port), "VERWIJSHUB_METRICS_PORT": str(metrics_port)})
+                        env={"VERWIJSHUB_MLLP_PORT": str(mllp_port), "VERWIJSHUB_METRICS_PORT": str(metrics_port),
+                             **PLAIN_MLLP})
     try:
         yield Hub(private_kafka, mllp_port, metrics_port, log_file)
     finally:

@@ -151,7 +151,7 @@ def hubs(ops) -> Hubs:
 
 async def test_lag_of_a_stopped_routing_agrees_with_kafka_and_returns_to_ok(ops, hubs: Hubs) -> None:
     kafka, directory = ops
-    gp = kafka.connection(principals.referrer(Channel.GP))
+    gp = kafka.admin
     intake_port, routing_port = hubs.intake_port, hubs.routing_port
     hubs.start_intake()
     hubs.start_routing()
@@ -227,7 +227,7 @@ def test_the_status_page_in_a_browser_shows_groups_channels_and_dead_letters(ops
     chromium = require("chromium")
     kafka, directory = ops
     hubs.start_intake()
-    asyncio.run(produce(kafka.connection(principals.referrer(Channel.GP)), topics.referrals(Channel.GP),
+    asyncio.run(produce(kafka.admin, topics.referrals(Channel.GP),
                         gp_bytes(referral_id="OPS-BAD", bsn=INVALID_BSN)))
     asyncio.run(read_topic(kafka.admin, topics.DEAD_LETTERS, lambda r: True, 2))
     port = _free_port()
@@ -336,7 +336,7 @@ def test_a_team_that_stops_reading_ages_on_the_page_and_in_lag_and_recovers_when
         assert read["status"] == "OK" and read["unread"] == 0 and read["groups"] == [group] and read["read"]
         assert page_row("OK")
 
-        asyncio.run(produce(kafka.connection(principals.referrer(Channel.GP)), topics.referrals(Channel.GP),
+        asyncio.run(produce(kafka.admin, topics.referrals(Channel.GP),
                             gp_bytes(referral_id="OPS-TEAM", bsn=random_bsn())))  # postcode 9712: WIJ Centrum
         asyncio.run(read_topic(kafka.admin, topic, lambda r: is_handover(r) and b"OPS-TEAM" in r.value, 1))
         first = recipient(lag_document(kafka, env=clock_env, samples=1))

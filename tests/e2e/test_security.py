@@ -56,11 +56,14 @@ from tests.system_tools import require
 pytestmark = pytest.mark.e2e
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
 PROVIDER_A, PROVIDER_B = sorted(REGISTRY.providers)[:2]
-PROBED = [principals.referrer("gp"), principals.referrer("gi"), principals.wij_team("centrum"),
+GP_A, GP_B = "huisartsen-centrum", "huisartsen-paddepoel"
+PROBED = [principals.referrer(GP_A), principals.referrer(GP_B), principals.wij_team("centrum"),
           principals.wij_team("selwerd"), principals.provider(PROVIDER_A), principals.provider(PROVIDER_B),
           *(principals.service(name) for name in ("intake", "routing", "notifier")), principals.OPERATIONS,
           principals.ANALYTICS]
-TOPICS = [topics.referrals("gp"), topics.referrals("gi"), topics.status("gp"), topics.status("gi"),
+TOPICS = [topics.referrals("gp"), topics.referrals("gi"), topics.organisation_referrals("gp", GP_A),
+          topics.organisation_referrals("gp", GP_B),
+          topics.status("gp"), topics.status("gi"),
           topics.NORMALISED, topics.DEAD_LETTERS, topics.DECISIONS, topics.REGISTRY, topics.INDICATIONS,
           topics.ALERTS, topics.INTAKE_ACCEPTED, topics.NOTIFIER_STATE,
           topics.wij_handovers("centrum"), topics.wij_handovers("selwerd"), topics.wij_feedback("centrum"),

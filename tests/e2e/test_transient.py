@@ -70,8 +70,9 @@ async def until(check, what: str, timeout_s: float = WAIT_S):
 
 
 async def publish(broker: TestKafka, ids: list[str]) -> dict[str, tuple[int, int]]:
-    """Send each referral as the GP's system; where each landed: (partition, offset)."""
-    producer = AIOKafkaProducer(**broker.connection(principals.referrer(Channel.GP)).client_options(), acks="all",
+    """Send each referral on the GP channel's topic (as the admin, its only writer); where each landed: (partition,
+    offset)."""
+    producer = AIOKafkaProducer(**broker.admin.client_options(), acks="all",
                                 enable_idempotence=True)
     await producer.start()
     try:

@@ -24,6 +24,7 @@ TODAY = date(2026, 11, 24)
 GRANTED = grants(REGISTRY, TODAY, timedelta(days=30))
 PERSONAL_DATA = [topics.NORMALISED, topics.DEAD_LETTERS, topics.DECISIONS, topics.NOTIFIER_STATE,
                  *(topics.referrals(c) for c in Channel),
+                 *(topics.organisation_referrals(o.channel, o.id) for o in REGISTRY.referrers.values()),
                  *(t for t in topics.all_topics(REGISTRY) if t.startswith(("handovers.", "feedback.")))]
 
 
@@ -41,11 +42,30 @@ def test_a_provider_reads_only_its_own_handovers_and_writes_only_its_own_feedbac
     assert not may(me, topics.provider_handovers(second), Operation.DESCRIBE)
 
 
-def test_a_referrer_writes_its_channel_and_reads_its_status_only() -> None:
+def test_a_referrer_organisation_writes_only_its_own_topic_and_reads_its_channels_status() -> None:
+    assert {org.channel for org in REGISTRY.referrers.values()} == set(Channel)
+    for org in REGISTRY.referrers.values():
+        me = principals.referrer(org.id)
+        assert {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.READ)} == {topics.status(org.channel)}
+        assert {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.WRITE)} == {
+            topics.organisation_referrals(org.channel, org.id)}
+
+
+def test_only_the_admin_writes_a_channels_topic_and_the_gateway_writes_every_organisations_own() -> None:
+    """The topic names who wrote a record (intake's sender check): a channel's topic has no writer but the admin (a
+    super user, no grant), an organisation's own topic only that organisation and the gateway, which intake reads
+    by prefix."""
     for channel in Channel:
-        me = principals.referrer(channel)
-        assert {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.READ)} == {topics.status(channel)}
-        assert {t for t in topics.all_topics(REGISTRY) if may(me, t, Operation.WRITE)} == {topics.referrals(channel)}
+        assert not [g for g in GRANTED if g.name == topics.referrals(channel) and g.operation is Operation.WRITE]
+        assert may(principals.service("intake"), topics.referrals(channel), Operation.READ)
+    for org in REGISTRY.referrers.values():
+        own = topics.organisation_referrals(org.channel, org.id)
+        assert {g.principal for g in GRANTED if g.name == own and g.operation is Operation.WRITE} == {
+            principals.GATEWAY, principals.referrer(org.id)}
+        assert may(principals.service("intake"), own, Operation.READ)
+        assert not may(principals.GATEWAY, own, Operation.READ)
+    assert who_may(topics.organisation_referrals(Channel.GP, "huisartsen-centrum"))["publish"] == [
+        "referrer-<org>", principals.GATEWAY]
 
 
 def test_operations_reads_no_topic_with_personal_data_but_describes_all() -> None:

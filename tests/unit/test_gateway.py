@@ -8,6 +8,7 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from schemas.errors import ErrorCode, ReferralError
@@ -21,13 +22,14 @@ from services.gateway.answers import (
     http_status,
     operation_outcome,
 )
-from services.gateway.api import RateLimit, openapi_document
-from services.gateway.mllp import Deframer, MllpListener
+from services.gateway.api import openapi_document
+from services.gateway.limits import RateLimit
+from services.gateway.mllp import Deframer, MllpListener, allowed_organisation, plain_allow_list
 from services.gateway.submission import Submissions
 from services.infra.clock import SystemClock
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
-from services.infra.tls import LocalCa
+from services.infra.tls import LocalCa, mutual_tls_context
 from services.intake.gp import parse_gp
 from services.intake.outcome import Rejection
 
@@ -99,20 +101,20 @@ def test_status_codes_split_structure_from_rules_and_size() -> None:
 def test_the_rate_limit_allows_a_burst_then_one_per_interval_per_referrer() -> None:
     clock = [0.0]
     limit = RateLimit(60, now=lambda: clock[0])
-    assert all(limit.wait_s("referrer-gp") == 0 for _ in range(60))
-    assert limit.wait_s("referrer-gp") == 1.0 and limit.wait_s("referrer-gi") == 0
+    assert all(limit.wait_s("referrer-huisartsen-centrum") == 0 for _ in range(60))
+    assert limit.wait_s("referrer-huisartsen-centrum") == 1.0 and limit.wait_s("referrer-umcg") == 0
     clock[0] = 1.0
-    assert limit.wait_s("referrer-gp") == 0
+    assert limit.wait_s("referrer-huisartsen-centrum") == 0
 
 
 def test_a_token_names_its_referrer_until_a_new_one_is_issued_and_is_stored_only_hashed(tmp_path: Path) -> None:
     store = TokenStore(tmp_path)
-    first = store.issue("referrer-gp")
-    other = store.issue("referrer-gi")
-    assert store.principal_of(first) == "referrer-gp" and store.principal_of(other) == "referrer-gi"
+    first = store.issue("referrer-huisartsen-centrum")
+    other = store.issue("referrer-umcg")
+    assert store.principal_of(first) == "referrer-huisartsen-centrum" and store.principal_of(other) == "referrer-umcg"
     assert first not in store.path.read_text() and stat.S_IMODE(store.path.stat().st_mode) == 0o600
-    second = TokenStore(tmp_path).issue("referrer-gp")
-    assert store.principal_of(first) is None and store.principal_of(second) == "referrer-gp"
+    second = TokenStore(tmp_path).issue("referrer-huisartsen-centrum")
+    assert store.principal_of(first) is None and store.principal_of(second) == "referrer-huisartsen-centrum"
     assert store.principal_of("vwh_guess") is None and TokenStore(tmp_path / "none").principal_of(first) is None
 
 
@@ -167,34 +169,106 @@ class _Broker:
         self.written.append((topic, key))
 
 
-def _listener(tmp_path: Path, broker: _Broker) -> MllpListener:
-    settings = Settings(_env_file=None, secrets_dir=tmp_path, pseudonym_key="k", gateway_kafka_timeout_s=0.5)
-    registry = load_registry(REPO_ROOT / "deploy" / "registry")
-    return MllpListener(Submissions(broker, settings, registry, SystemClock()), SystemClock(), 5.0)
+REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
+UMCG = REGISTRY.referrers["umcg"]
 
 
-async def test_mllp_over_tls_writes_before_aa_writes_a_rejected_message_before_ae_and_answers_ar_when_away(
+def _listener(tmp_path: Path, broker: _Broker, **settings: object) -> MllpListener:
+    settings = Settings(_env_file=None, secrets_dir=tmp_path, pseudonym_key="k", gateway_kafka_timeout_s=0.5,
+                        **settings)
+    return MllpListener(Submissions(broker, settings, REGISTRY, SystemClock()), SystemClock(), 5.0)
+
+
+def _client_context(tmp_path: Path, organisation: str | None) -> ssl.SSLContext:
+    """A sender's TLS context: trusting the hub's CA, with a client certificate of `organisation` (None: none)."""
+    ca = LocalCa(tmp_path)
+    context = ssl.create_default_context(cafile=str(ca.ca_cert))
+    if organisation:
+        pem = tmp_path / f"{organisation}.pem"
+        pem.write_bytes(ca.client_pem(organisation, organisation))
+        context.load_cert_chain(pem)
+    return context
+
+
+async def test_mllp_over_mutual_tls_writes_before_aa_writes_a_rejected_message_before_ae_and_answers_ar_when_away(
         tmp_path: Path) -> None:
     pem = LocalCa(tmp_path).gateway_pem("127.0.0.1")
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_context.load_cert_chain(pem, pem)
-    client_context = ssl.create_default_context(cafile=str(LocalCa(tmp_path).ca_cert))
     broker = _Broker()
     listener = _listener(tmp_path, broker)
-    port = await listener.start("127.0.0.1", 0, server_context)
+    port = await listener.start("127.0.0.1", 0, mutual_tls_context(pem, LocalCa(tmp_path).ca_cert))
     invalid = (EXAMPLES / "specialist" / "invalid-bsn-and-agb.hl7").read_bytes()
     adt = (EXAMPLES / "specialist" / "invalid-adt-message.hl7").read_bytes()
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=_client_context(tmp_path, "umcg"))
         answers = []
         for message in (MESSAGE.encode(), invalid, adt):
             writer.write(b"\x0b" + message + b"\x1c\x0d")
             answers.append(await reader.readuntil(b"\x1c\x0d"))
         writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=_client_context(tmp_path, "martini"))
+        writer.write(b"\x0b" + MESSAGE.encode() + b"\x1c\x0d")  # martini may not send as UMCG's specialist
+        answers.append(await reader.readuntil(b"\x1c\x0d"))
+        writer.close()
     finally:
         await listener.stop()
-    assert [a.split(b"MSA|")[1][:2] for a in answers] == [b"AA", b"AE", b"AR"]
-    assert broker.written == [("referrals.specialist.v1", b"UMCG-REF-2026-0042")] * 2  # the AE one for intake's DLQ
+    assert [a.split(b"MSA|")[1][:2] for a in answers] == [b"AA", b"AE", b"AR", b"AE"]
+    assert b"SENDER_NOT_ALLOWED^^VERWIJSHUB" in answers[3] and b"SENDER_NOT_ALLOWED" not in answers[1]
+    assert broker.written == [("referrals.specialist.umcg.v1", b"UMCG-REF-2026-0042")] * 2 + [
+        ("referrals.specialist.martini.v1", b"UMCG-REF-2026-0042")]  # each AE for intake's dead letters
 
     away = _listener(tmp_path, _Broker(away=True))
-    assert "MSA|AR|MSG-0001|" in await away.answer(MESSAGE.encode())
+    assert "MSA|AR|MSG-0001|" in await away.answer(MESSAGE.encode(), UMCG)
+
+
+async def test_mllp_refuses_a_sender_without_certificate_or_of_another_channel_and_past_the_cap(
+        tmp_path: Path) -> None:
+    pem = LocalCa(tmp_path).gateway_pem("127.0.0.1")
+    listener = _listener(tmp_path, _Broker(), mllp_max_connections=1)
+    port = await listener.start("127.0.0.1", 0, mutual_tls_context(pem, LocalCa(tmp_path).ca_cert))
+    frame = b"\x0b" + MESSAGE.encode() + b"\x1c\x0d"
+
+    async def answer(context: ssl.SSLContext) -> bytes:
+        """What the listener answers a message: b"" when it closed the connection (TLS 1.3: a refused certificate
+        shows at the first read)."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            writer.write(frame)
+            try:
+                return await reader.read(65536)
+            finally:
+                writer.close()
+        except (ssl.SSLError, ConnectionError):
+            return b""
+
+    try:
+        assert b"MSA|AA|" in await answer(_client_context(tmp_path, "umcg"))
+        while listener.connections:  # until the listener saw that one close
+            await asyncio.sleep(0.01)
+        assert await answer(_client_context(tmp_path, None)) == b""
+        assert await answer(_client_context(tmp_path, "huisartsen-centrum")) == b""  # a GP organisation: closed
+        held, holding = await asyncio.open_connection("127.0.0.1", port, ssl=_client_context(tmp_path, "umcg"))
+        holding.write(frame)
+        assert b"MSA|AA|" in await held.readuntil(b"\x1c\x0d")  # the listener holds this one now
+        assert await answer(_client_context(tmp_path, "umcg")) == b""  # past the cap of one
+        holding.close()
+    finally:
+        await listener.stop()
+
+
+def test_plain_mllp_is_taken_only_from_an_allowed_address_bound_to_its_organisation() -> None:
+    allowed = plain_allow_list(" 10.20.0.0/16=umcg, 127.0.0.1=martini ,::1=umcg")
+    assert [allowed_organisation(allowed, a) for a in ("10.20.3.4", "127.0.0.1", "::1", "10.21.0.1", "x")] == [
+        "umcg", "martini", "umcg", None, None]
+    assert plain_allow_list("") == []
+    with pytest.raises(ValueError):
+        plain_allow_list("10.0.0.1")
+
+
+async def test_mllp_past_the_organisations_rate_answers_ar_rate_limited_and_writes_nothing(tmp_path: Path) -> None:
+    broker = _Broker()
+    listener = _listener(tmp_path, broker, mllp_rate_per_minute=2)
+    acks = [await listener.answer(MESSAGE.encode(), UMCG) for _ in range(3)]
+    assert [a.split("MSA|")[1][:2] for a in acks] == ["AA", "AA", "AR"]
+    assert "RATE_LIMITED^^VERWIJSHUB" in acks[2] and len(broker.written) == 2
+    other = await listener.answer(MESSAGE.encode(), REGISTRY.referrers["martini"])  # a bucket of its own
+    assert "MSA|AE|" in other and "SENDER_NOT_ALLOWED" in other and len(broker.written) == 3
