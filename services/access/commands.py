@@ -178,7 +178,7 @@ def rotate_password(admin: AccessAdmin, store: CredentialStore, principal: str) 
         admin.set_passwords({principal: password})
     except (AccessError, KafkaException, TimeoutError) as exc:
         raise AccessError(f"the broker did not take a new password for {principal} ({exc}); its old password "
-                          f"stays in {store.path} and keeps working") from exc
+                          f"stays in {store.path(principal)} and keeps working") from exc
     try:
         store.store(principal, password)
     except OSError as exc:
@@ -188,8 +188,8 @@ def rotate_password(admin: AccessAdmin, store: CredentialStore, principal: str) 
                        else "it had none stored before: rotate again once the store is writable")
         except (AccessError, KafkaException, TimeoutError):
             outcome = "nor could the broker get the old one back: rotate again once the store is writable"
-        raise AccessError(f"the new password for {principal} could not be stored in {store.path} ({exc}); "
-                          f"{outcome}") from exc
+        raise AccessError(f"the new password for {principal} could not be stored in {store.path(principal)} "
+                          f"({exc}); {outcome}") from exc
 
 
 @access_app.command("rotate")
@@ -207,7 +207,7 @@ def rotate(principal: Annotated[str, typer.Argument(help="The principal whose pa
     except (AccessError, KafkaException, TimeoutError) as exc:
         console.print(f"password not rotated: {exc}", style="red", markup=False)
         raise typer.Exit(1) from exc
-    console.print(f"new password for {principal} set on the broker and stored in {store.path}")
+    console.print(f"new password for {principal} set on the broker and stored in {store.path(principal)}")
     if principal == principals.ADMIN and not settings.kafka_bootstrap:
         console.print("restart the local Kafka now (`verwijshub kafka stop`, then `start`): its own connections "
                       "still log in with the old password and fail when their session ends")
