@@ -31,6 +31,7 @@ from services.infra.registry_files import RegistryError, load_registry
 from services.infra.registry_topic import latest_registry
 from services.infra.secrets import CredentialStore, SecretsError, new_password
 from services.infra.settings import Settings, get_settings
+from services.infra.tls import LocalCa
 
 access_app = typer.Typer(help="Who may connect and what each principal may do, reconciled with the registry.",
                          no_args_is_help=True)
@@ -58,12 +59,20 @@ async def registry_in_force(settings: Settings) -> Registry:
     return await latest_registry(settings.connection(principals.ADMIN)) or load_registry(settings.registry_dir)
 
 
+def provide_gateway_certificate(settings: Settings) -> None:
+    """The gateway's TLS certificate from the local CA, made here on the admin's side so that the gateway never
+    reads the CA's key (none when one is configured, or the CA here is another's)."""
+    if not settings.gateway_cert_file:
+        LocalCa(settings.secrets).issue_gateway_pem(settings.gateway_host)
+
+
 def sync_access(settings: Settings, registry: Registry) -> SyncResult:
     """Make the broker match the registry: every principal's topics, SCRAM user and grants; a principal no
     longer in the registry loses its user and grants; a stopped provider loses write at once and read after
     the grace period (VERWIJSHUB_ACCESS_READ_GRACE_DAYS)."""
     admin_connection = settings.connection(principals.ADMIN)
     provisioned = provision_hub_topics(settings, registry)
+    provide_gateway_certificate(settings)
     people = [p.name for p in all_principals(registry)]
     passwords = CredentialStore(settings.secrets).ensure(people)
     admin = AccessAdmin(admin_connection)

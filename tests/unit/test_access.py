@@ -240,3 +240,26 @@ def test_the_local_ca_keeps_private_keys_private(tmp_path: Path) -> None:
     pem = ca.ensure("127.0.0.1")
     assert stat.S_IMODE(pem.stat().st_mode) == 0o600 and stat.S_IMODE(ca.ca_key.stat().st_mode) == 0o600
     assert pem.read_text().startswith("-----BEGIN PRIVATE KEY-----") and ca.ca_cert.read_text().count("CERTIFICATE") == 2
+    assert ca.ca_key == tmp_path / "secrets" / "ca" / "ca.key", "apart from what the services are given"
+    assert stat.S_IMODE(ca.ca_key.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
+
+
+def test_an_earlier_data_directorys_ca_key_moves_out_of_the_services_sight_and_still_signs(tmp_path: Path) -> None:
+    ca = LocalCa(tmp_path / "secrets")
+    ca.ensure("127.0.0.1")
+    key = ca.ca_key.read_bytes()
+    ca.ca_key.rename(tmp_path / "secrets" / "ca.key")  # where earlier versions kept it
+    gateway = ca.issue_gateway_pem("127.0.0.1")
+    assert gateway == ca.gateway_pem_path("127.0.0.1") and gateway.is_file()
+    assert ca.ca_key.read_bytes() == key and not (tmp_path / "secrets" / "ca.key").exists()
+
+
+def test_the_gateways_certificate_is_issued_only_by_a_ca_whose_key_is_here(tmp_path: Path) -> None:
+    ours = LocalCa(tmp_path / "ours")
+    ours.ensure("127.0.0.1")
+    theirs = LocalCa(tmp_path / "theirs")
+    theirs.directory.mkdir()
+    theirs.ca_cert.write_bytes(ours.ca_cert.read_bytes())  # an external cluster's CA: its certificate alone
+    assert theirs.issue_gateway_pem("127.0.0.1") is None
+    assert sorted(p.name for p in theirs.directory.iterdir()) == ["ca.pem"]
