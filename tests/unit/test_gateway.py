@@ -8,10 +8,11 @@ import stat
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from schemas.errors import ErrorCode, ReferralError
-from schemas.referral import Referral
+from schemas.referral import Channel, Referral
 from services.access.tokens import TokenStore
 from services.gateway.answers import (
     acknowledgement,
@@ -25,9 +26,11 @@ from services.gateway.api import RateLimit, openapi_document
 from services.gateway.mllp import Deframer, MllpListener
 from services.gateway.submission import Submissions
 from services.infra.clock import SystemClock
+from services.infra.pseudonym import NOT_COMPUTED
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.infra.tls import LocalCa
+from services.intake.adapters import read_referral
 from services.intake.gp import parse_gp
 from services.intake.outcome import Rejection
 
@@ -198,3 +201,24 @@ async def test_mllp_over_tls_writes_before_aa_writes_a_rejected_message_before_a
 
     away = _listener(tmp_path, _Broker(away=True))
     assert "MSA|AR|MSG-0001|" in await away.answer(MESSAGE.encode())
+
+
+@pytest.mark.parametrize("example", sorted(p for p in EXAMPLES.glob("*/*") if p.name != "expected.json"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_gateways_check_without_the_pseudonym_key_gives_intakes_verdict(tmp_path: Path, example: Path) -> None:
+    """The gateway validates as intake does, with no pseudonym key in the process: same referral or same errors,
+    only the pseudonym not computed."""
+    settings = Settings(_env_file=None, secrets_dir=tmp_path / "secrets")  # no key configured, none on disk
+    registry = load_registry(REPO_ROOT / "deploy" / "registry")
+    channel = Channel(example.parent.name)
+    checked = Submissions(_Broker(), settings, registry, SystemClock()).check(channel, example.read_bytes())
+    intake = read_referral(channel, example.read_bytes(), known_products=frozenset(registry.products),
+                           pseudonym_key="intake's key", received_at=checked.received_at
+                           if isinstance(checked, Referral) else NOW, max_bytes=settings.max_message_bytes)
+    assert type(checked) is type(intake)
+    if isinstance(intake, Referral):
+        assert checked.youth.pseudonym == NOT_COMPUTED and intake.youth.pseudonym != NOT_COMPUTED
+        assert checked.model_copy(update={"youth": intake.youth}) == intake
+    else:
+        assert checked.errors == intake.errors
+    assert not (tmp_path / "secrets").exists(), "no pseudonym key was read or made"
