@@ -17,7 +17,7 @@ from rich.table import Table
 from schemas.errors import ReferralError
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
-from services.access.commands import access_app, sync_access
+from services.access.commands import access_app, provide_gateway_certificate, sync_access
 from services.access.senders import organisation_sending_as
 from services.analytics import report as analytics_report
 from services.analytics import simulate as analytics_simulate
@@ -147,6 +147,7 @@ async def start_hub_and_run(settings: Settings, registry: Registry, broker: Loca
         live = None
         created = (await waiting_for("topics provisioned",
                                      asyncio.to_thread(provision_hub_topics, settings, registry))).created
+        provide_gateway_certificate(settings)
     if live is None:
         await waiting_for(f"the registry files published on {topics.REGISTRY}",
                           routing_commands.publish_registry_unless_present(settings, settings.registry_dir))

@@ -61,12 +61,20 @@ async def registry_in_force(settings: Settings) -> Registry:
     return await latest_registry(settings.connection(principals.ADMIN)) or load_registry(settings.registry_dir)
 
 
+def provide_gateway_certificate(settings: Settings) -> None:
+    """The gateway's TLS certificate from the local CA, made here on the admin's side so that the gateway never
+    reads the CA's key (none when one is configured, or the CA here is another's)."""
+    if not settings.gateway_cert_file:
+        LocalCa(settings.secrets).issue_gateway_pem(settings.gateway_host)
+
+
 def sync_access(settings: Settings, registry: Registry) -> SyncResult:
     """Make the broker match the registry: every principal's topics, SCRAM user and grants; a principal no
     longer in the registry loses its user and grants; a stopped provider loses write at once and read after
     the grace period (VERWIJSHUB_ACCESS_READ_GRACE_DAYS)."""
     admin_connection = settings.connection(principals.ADMIN)
     provisioned = provision_hub_topics(settings, registry)
+    provide_gateway_certificate(settings)
     people = [p.name for p in all_principals(registry)]
     passwords = CredentialStore(settings.secrets).ensure(people)
     admin = AccessAdmin(admin_connection)
@@ -181,7 +189,7 @@ def rotate_password(admin: AccessAdmin, store: CredentialStore, principal: str) 
         admin.set_passwords({principal: password})
     except (AccessError, KafkaException, TimeoutError) as exc:
         raise AccessError(f"the broker did not take a new password for {principal} ({exc}); its old password "
-                          f"stays in {store.path} and keeps working") from exc
+                          f"stays in {store.path(principal)} and keeps working") from exc
     try:
         store.store(principal, password)
     except OSError as exc:
@@ -191,8 +199,8 @@ def rotate_password(admin: AccessAdmin, store: CredentialStore, principal: str) 
                        else "it had none stored before: rotate again once the store is writable")
         except (AccessError, KafkaException, TimeoutError):
             outcome = "nor could the broker get the old one back: rotate again once the store is writable"
-        raise AccessError(f"the new password for {principal} could not be stored in {store.path} ({exc}); "
-                          f"{outcome}") from exc
+        raise AccessError(f"the new password for {principal} could not be stored in {store.path(principal)} "
+                          f"({exc}); {outcome}") from exc
 
 
 @access_app.command("rotate")
@@ -210,7 +218,7 @@ def rotate(principal: Annotated[str, typer.Argument(help="The principal whose pa
     except (AccessError, KafkaException, TimeoutError) as exc:
         console.print(f"password not rotated: {exc}", style="red", markup=False)
         raise typer.Exit(1) from exc
-    console.print(f"new password for {principal} set on the broker and stored in {store.path}")
+    console.print(f"new password for {principal} set on the broker and stored in {store.path(principal)}")
     if principal == principals.ADMIN and not settings.kafka_bootstrap:
         console.print("restart the local Kafka now (`verwijshub kafka stop`, then `start`): its own connections "
                       "still log in with the old password and fail when their session ends")

@@ -20,6 +20,7 @@ from services.infra import principals, topics
 from services.infra.clock import Clock
 from services.infra.kafka import make_broker
 from services.infra.logging import get_logger
+from services.infra.secrets import SecretsError
 from services.infra.settings import Settings
 from services.infra.tls import LocalCa, mutual_tls_context
 
@@ -46,7 +47,15 @@ class Gateway:
         self.serving: asyncio.Task[None] | None = None
 
     def certificate(self) -> Path:
-        return self.settings.gateway_cert_file or LocalCa(self.settings.secrets).gateway_pem(self.settings.gateway_host)
+        """The configured certificate, else the one provisioning made from the local CA (`up`, `access sync`): the
+        gateway never reads, nor needs, the CA's key."""
+        if self.settings.gateway_cert_file:
+            return self.settings.gateway_cert_file
+        pem = LocalCa(self.settings.secrets).gateway_pem_path(self.settings.gateway_host)
+        if not pem.is_file():
+            raise SecretsError(f"no certificate for the gateway at {pem}: `verwijshub up` or `verwijshub access "
+                               "sync` makes it from the local CA; or set VERWIJSHUB_GATEWAY_CERT_FILE")
+        return pem
 
     async def start(self) -> None:
         settings = self.settings

@@ -49,7 +49,6 @@ class Submissions:
     def __init__(self, broker: KafkaBroker, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.broker, self.settings, self.clock = broker, settings, clock
         self.in_force = RegistryInForce(registry, "gateway")
-        self.pseudonym_key = settings.youth_pseudonym_key()
         self._following: asyncio.Task[None] | None = None
 
     @property
@@ -75,9 +74,10 @@ class Submissions:
         return organisation_of(self.registry, principal)
 
     def check(self, channel: Channel, raw: bytes) -> ParseOutcome:
-        return read_referral(channel, raw, known_products=frozenset(self.registry.products),
-                             pseudonym_key=self.pseudonym_key, received_at=self.clock.now(),
-                             max_bytes=self.settings.max_message_bytes)
+        """The adapter's verdict, without the pseudonym key: the gateway, the face exposed to referrers, never holds
+        the key with which every BSN's pseudonym could be recomputed (intake computes the pseudonym)."""
+        return read_referral(channel, raw, known_products=frozenset(self.registry.products), pseudonym_key=None,
+                             received_at=self.clock.now(), max_bytes=self.settings.max_message_bytes)
 
     async def write(self, organisation: ReferrerOrganisation, raw: bytes, key: str | None) -> Unavailable | None:
         """Write `raw` to the organisation's own topic, keyed as a referrer's own system keys it; None once Kafka

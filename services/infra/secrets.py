@@ -1,7 +1,9 @@
 """Secrets kept on disk: the principals' passwords and the pseudonym key, generated, mode 0600, never logged.
 
 One directory (`VERWIJSHUB_SECRETS_DIR`, default `<data dir>/secrets`, mode 0700) holds them beside the local
-CA (see `tls.py`). Only `verwijshub access client-config` ever prints a password.
+CA (see `tls.py`). Each principal's password is a file of its own (`credentials/<principal>.password`), so a
+process is given its own credential and no other: `up` hands each service only the path of its file
+(VERWIJSHUB_KAFKA_CREDENTIAL_FILE). Only `verwijshub access client-config` ever prints a password.
 """
 
 import json
@@ -9,7 +11,10 @@ import os
 import secrets
 from pathlib import Path
 
-CREDENTIALS_FILE = "credentials.json"
+CREDENTIALS_DIR = "credentials"
+CREDENTIAL_SUFFIX = ".password"
+LEGACY_CREDENTIALS_FILE = "credentials.json"
+"""Where earlier versions kept every principal's password in one file; moved into one file each on first use."""
 PSEUDONYM_KEY_FILE = "pseudonym.key"
 PUBLIC_DEFAULT_PSEUDONYM_KEY = "local-development-key-change-me"
 """The key earlier versions shipped in their source: anyone can recompute its pseudonyms, so it is refused."""
@@ -36,41 +41,83 @@ def new_password() -> str:
     return secrets.token_urlsafe(24)
 
 
+def credential_file(directory: Path, principal: str) -> Path:
+    """Where `principal`'s password lives in the secrets directory `directory`."""
+    return directory / CREDENTIALS_DIR / f"{principal}{CREDENTIAL_SUFFIX}"
+
+
+def principal_of(path: Path) -> str:
+    """The principal a credential file belongs to: its name without `.password`."""
+    if not path.name.endswith(CREDENTIAL_SUFFIX):
+        raise SecretsError(f"{path} is no credential file (<principal>{CREDENTIAL_SUFFIX})")
+    return path.name.removesuffix(CREDENTIAL_SUFFIX)
+
+
+def write_credential(directory: Path, principal: str, password: str) -> Path:
+    """Store one principal's password in its own file (0600, in a 0700 directory), replacing it whole: the one
+    way the hub writes a credential (provisioning, `access rotate`)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = credential_file(directory, principal)
+    write_private(path, password.encode())
+    return path
+
+
+def read_credential(path: Path) -> str:
+    """The password in one principal's credential file: what a service loads, and nothing else."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        raise SecretsError(f"no credential file {path}; run `verwijshub access sync` (or set "
+                           "VERWIJSHUB_KAFKA_USERNAME/PASSWORD)") from None
+
+
+def migrate_legacy_credentials(directory: Path) -> None:
+    """An earlier data directory's `credentials.json` (every password in one file) becomes one file per principal,
+    then is removed: a file holding them all is what a service must not be able to read."""
+    legacy = directory / LEGACY_CREDENTIALS_FILE
+    if not legacy.is_file():
+        return
+    for principal, password in json.loads(legacy.read_text()).items():
+        if not credential_file(directory, principal).is_file():
+            write_credential(directory, principal, password)
+    legacy.unlink()
+
+
 class CredentialStore:
-    """Principal -> password, in one 0600 JSON file; read afresh on every call so `rotate` in another process
-    is seen."""
+    """Every principal's password, one 0600 file each: the admin's side (provisioning, `access`, the local broker).
+    Read afresh on every call so `rotate` in another process is seen. A service never uses it: it reads its own
+    file (`read_credential`)."""
 
     def __init__(self, directory: Path) -> None:
-        self.path = directory / CREDENTIALS_FILE
+        self.directory = directory
+
+    def path(self, principal: str) -> Path:
+        return credential_file(self.directory, principal)
 
     def all(self) -> dict[str, str]:
-        try:
-            return json.loads(self.path.read_text())
-        except FileNotFoundError:
-            return {}
+        migrate_legacy_credentials(self.directory)
+        folder = self.directory / CREDENTIALS_DIR
+        files = sorted(folder.glob(f"*{CREDENTIAL_SUFFIX}")) if folder.is_dir() else []
+        return {principal_of(path): read_credential(path) for path in files}
 
     def password(self, principal: str) -> str:
-        try:
-            return self.all()[principal]
-        except KeyError:
-            raise SecretsError(f"no password for principal {principal!r} in {self.path}; run "
-                               "`verwijshub access sync` (or set VERWIJSHUB_KAFKA_USERNAME/PASSWORD)") from None
+        migrate_legacy_credentials(self.directory)
+        return read_credential(self.path(principal))
 
     def ensure(self, principals: list[str]) -> dict[str, str]:
         """The passwords of `principals`, generating those that have none yet."""
         known = self.all()
-        missing = [p for p in principals if p not in known]
-        if missing:
-            known.update({p: new_password() for p in missing})
-            write_private(self.path, json.dumps(known, indent=1, sort_keys=True).encode())
+        for principal in principals:
+            if principal not in known:
+                known[principal] = new_password()
+                write_credential(self.directory, principal, known[principal])
         return {p: known[p] for p in principals}
 
     def store(self, principal: str, password: str) -> None:
-        """Set one principal's password (`access rotate`, once the broker took it). The file is replaced whole, so
-        a reader sees the old passwords or the new ones, never half a file."""
-        known = self.all()
-        known[principal] = password
-        write_private(self.path, json.dumps(known, indent=1, sort_keys=True).encode())
+        """Set one principal's password (`access rotate`, once the broker took it). Its file is replaced whole, so
+        a reader sees the old password or the new one, never half a file."""
+        migrate_legacy_credentials(self.directory)
+        write_credential(self.directory, principal, password)
 
 
 def pseudonym_key(directory: Path, configured: str | None) -> str:

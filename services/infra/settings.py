@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.infra.connection import PLAINTEXT, SASL_SSL, KafkaConnection
-from services.infra.secrets import CredentialStore
+from services.infra.secrets import credential_file, migrate_legacy_credentials, principal_of, read_credential
 from services.infra.secrets import pseudonym_key as stored_pseudonym_key
 from services.infra.topics import TopicClass
 
@@ -49,6 +49,10 @@ class Settings(BaseSettings):
                                        "unset: each service, command and tool its own, with passwords from the "
                                        "secrets directory.")
     kafka_password: SecretStr | None = Field(default=None, description="Password of VERWIJSHUB_KAFKA_USERNAME.")
+    kafka_credential_file: Path | None = Field(
+        default=None, description="This process's own credential: one principal's password file "
+        "(`<secrets>/credentials/<principal>.password`); the process connects as that principal and reads no "
+        "other password. `up` gives each service its own; unset: the file of the principal asked for.")
     kafka_ca_file: Path | None = Field(default=None, description="CA certificate(s) that sign the brokers' "
                                        "certificates; unset: the local CA in the secrets directory.")
     kafka_client_config: Path | None = Field(
@@ -172,11 +176,20 @@ class Settings(BaseSettings):
         """How this process connects as `principal` (or as VERWIJSHUB_KAFKA_USERNAME when that is set)."""
         if not self.secured:
             return KafkaConnection(self.bootstrap, PLAINTEXT)
-        username = self.kafka_username or principal
-        password = (self.kafka_password.get_secret_value() if self.kafka_password and self.kafka_username
-                    else CredentialStore(self.secrets).password(username))
+        username, password = self._credential(principal)
         return KafkaConnection(self.bootstrap, SASL_SSL, self.kafka_sasl_mechanism, username, password,
                                self.kafka_ca_file or self.secrets / "ca.pem")
+
+    def _credential(self, principal: str) -> tuple[str, str]:
+        """Who this process connects as and its password, from one credential alone: the username and password
+        set, else the credential file given, else `principal`'s file in the secrets directory."""
+        if self.kafka_username and self.kafka_password:
+            return self.kafka_username, self.kafka_password.get_secret_value()
+        if self.kafka_credential_file:
+            return principal_of(self.kafka_credential_file), read_credential(self.kafka_credential_file)
+        username = self.kafka_username or principal
+        migrate_legacy_credentials(self.secrets)  # a data directory of an earlier version
+        return username, read_credential(credential_file(self.secrets, username))
 
     def retention_days(self, kind: TopicClass) -> float | None:
         """How long records of a topic class live; None: compacted, kept while their key lives."""

@@ -2,10 +2,14 @@
 
 On first start the project makes a CA and a broker certificate for the broker's address with the
 `cryptography` library; private keys are kept 0600 in the secrets directory. Clients trust `ca.pem`
-(a public certificate). Production replaces all of this with certificates from a real CA (docs/security.md).
+(a public certificate). The CA's key lives apart, in `ca/ca.key` (a 0700 directory), and only the admin's side
+reads it: `kafka start`, `up` before it starts the services, `access sync`. They issue the gateway's certificate
+too, so no service ever needs the key. Production replaces all of this with certificates from a real CA
+(docs/security.md).
 """
 
 import ipaddress
+import os
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -31,7 +35,15 @@ class LocalCa:
 
     @property
     def ca_key(self) -> Path:
-        return self.directory / "ca.key"
+        """The CA's private key, in a directory of its own that only the admin's commands read."""
+        return self.directory / "ca" / "ca.key"
+
+    def _adopt_legacy_key(self) -> None:
+        """An earlier data directory kept the key beside the certificates, where every process looked: moved."""
+        legacy = self.directory / "ca.key"
+        if legacy.is_file() and not self.ca_key.is_file():
+            self.ca_key.parent.mkdir(mode=0o700, exist_ok=True)
+            os.replace(legacy, self.ca_key)
 
     def broker_pem(self, host: str) -> Path:
         """Private key (PKCS#8) and certificate chain of the broker on `host`, in the PEM file Kafka reads."""
@@ -39,6 +51,7 @@ class LocalCa:
 
     def ensure(self, host: str) -> Path:
         """The CA (made once) and a broker certificate for `host` and localhost; returns the broker's PEM file."""
+        self._adopt_legacy_key()
         if not self.ca_cert.is_file() or not self.ca_key.is_file():
             self._make_ca()
         pem = self.broker_pem(host)
@@ -46,9 +59,15 @@ class LocalCa:
             self._make_broker(host, pem)
         return pem
 
+    def gateway_pem_path(self, host: str) -> Path:
+        """Where the referrer gateway's key and certificate chain for `host` are (`gateway_pem` makes them)."""
+        return self.directory / f"gateway-{host}.pem"
+
     def gateway_pem(self, host: str) -> Path:
-        """Key and certificate chain of the referrer gateway on `host` (made once; the CA must be this one's)."""
-        pem = self.directory / f"gateway-{host}.pem"
+        """Key and certificate chain of the referrer gateway on `host` (made once; the CA must be this one's): the
+        admin's side, which reads the CA key."""
+        self._adopt_legacy_key()
+        pem = self.gateway_pem_path(host)
         if not pem.is_file():
             if self.ca_cert.is_file() and not self.ca_key.is_file():  # another CA's certificate: never replace it
                 raise SecretsError(f"{self.ca_cert} is a CA without its key here; give the gateway a certificate "
@@ -62,6 +81,7 @@ class LocalCa:
         """A new key and client certificate (PEM: key, certificate, CA) for a referrer organisation's MLLP sender,
         its organisation (O) the registry id the gateway binds the sender to. Nothing is kept here: the
         organisation holds the only copy of the key."""
+        self._adopt_legacy_key()
         if not self.ca_key.is_file():
             raise SecretsError(f"no CA key in {self.directory}: client certificates come from the hub's own CA")
         ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
@@ -79,6 +99,14 @@ class LocalCa:
         return (_pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM)
                 + ca_cert.public_bytes(serialization.Encoding.PEM))
 
+    def issue_gateway_pem(self, host: str) -> Path | None:
+        """The gateway's certificate, made now if this CA can sign it (provisioning: `up`, `access sync`); None
+        where the CA here is another's, without its key (the gateway then needs VERWIJSHUB_GATEWAY_CERT_FILE)."""
+        self._adopt_legacy_key()
+        if self.ca_cert.is_file() and not self.ca_key.is_file() and not self.gateway_pem_path(host).is_file():
+            return None
+        return self.gateway_pem(host)
+
     def _make_ca(self) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Verwijshub local CA")])
@@ -93,6 +121,8 @@ class LocalCa:
                                              decipher_only=False), critical=True)
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                 .sign(key, hashes.SHA256()))
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ca_key.parent.mkdir(mode=0o700, exist_ok=True)
         write_private(self.ca_key, _pkcs8(key))
         self.ca_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 

@@ -15,12 +15,14 @@ PARSERS = {Channel.GP: parse_gp, Channel.GI: parse_gi, Channel.GGD: parse_ggd, C
 """The channels whose adapter exists."""
 
 
-def read_referral(channel: Channel, raw: bytes, *, known_products: frozenset[str], pseudonym_key: str,
+def read_referral(channel: Channel, raw: bytes, *, known_products: frozenset[str], pseudonym_key: str | None,
                   received_at: datetime, max_bytes: int) -> ParseOutcome:
-    """The channel's adapter on `raw`. The adapters do not raise (the fuzz test holds them to it); should one
-    still, on an input nobody foresaw, the message is refused as UNPARSEABLE rather than the intake partition
-    stopped or the command line ending in a traceback, and `failure` names the exception for the log. A referral
-    id too long to be one (TOO_LONG) is not kept to tell the referrer by: it would be a status's key."""
+    """The channel's adapter on `raw`. Without a pseudonym key (the gateway, which only validates) the youth's
+    pseudonym is left NOT_COMPUTED: the checks are the same, and intake computes it. The adapters do not raise
+    (the fuzz test holds them to it); should one still, on an input nobody foresaw, the message is refused as
+    UNPARSEABLE rather than the intake partition stopped or the command line ending in a traceback, and `failure`
+    names the exception for the log. A referral id too long to be one (TOO_LONG) is not kept to tell the referrer
+    by: it would be a status's key."""
     try:
         outcome = PARSERS[channel](raw, known_products=known_products, pseudonym_key=pseudonym_key,
                                    received_at=received_at, max_bytes=max_bytes)

@@ -23,7 +23,7 @@ from schemas.referral import (
     Youth,
     hub_referral_id,
 )
-from services.infra.pseudonym import youth_pseudonym
+from services.infra.pseudonym import youth_pseudonym_if_keyed
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection, schema_message
 from services.intake.reading import clean_text, cleaned_document, read_json, reject, too_large
@@ -47,7 +47,7 @@ def parse_court(raw: bytes, **options: Any) -> ParseOutcome:
     return parse_document(Channel.COURT, raw, **options)
 
 
-def parse_document(channel: Channel, raw: bytes, *, known_products: frozenset[str], pseudonym_key: str,
+def parse_document(channel: Channel, raw: bytes, *, known_products: frozenset[str], pseudonym_key: str | None,
                    received_at: datetime, max_bytes: int = 1024 * 1024) -> ParseOutcome:
     if rejection := too_large(raw, max_bytes):
         return rejection
@@ -128,7 +128,7 @@ def _field_checks(channel: Channel, doc: dict[str, Any], known_products: frozens
     return values
 
 
-def _referral(channel: Channel, model: Any, values: dict[str, str | None], pseudonym_key: str,
+def _referral(channel: Channel, model: Any, values: dict[str, str | None], pseudonym_key: str | None,
               received_at: datetime) -> Referral:
     bsn, postcode = values["bsn"], values["postcode"]
     assert bsn and postcode
@@ -151,7 +151,8 @@ def _referral(channel: Channel, model: Any, values: dict[str, str | None], pseud
         referrer=referrer,
         referrer_referral_id=referral_id,
         referral_date=model.referral_date,
-        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, pseudonym_key), birth_date=model.youth.birth_date,
+        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym_if_keyed(bsn, pseudonym_key),
+                    birth_date=model.youth.birth_date,
                     postcode=postcode, given_name=model.youth.given_name, family_name=model.youth.family_name),
         product=model.product.strip() if model.product else None,
         specialist_asked=model.specialist_care_asked,

@@ -23,7 +23,7 @@ from schemas.referral import (
     Youth,
     hub_referral_id,
 )
-from services.infra.pseudonym import youth_pseudonym
+from services.infra.pseudonym import youth_pseudonym_if_keyed
 from services.intake import validation as v
 from services.intake.fhir_versions import REQUEST_TYPE, Entry, ReadBundle, detect_version, read_bundle
 from services.intake.gp_requests import RequestedCare, identifier_value, requested_care
@@ -42,7 +42,7 @@ _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
 
 
-def parse_gp(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str, received_at: datetime,
+def parse_gp(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str | None, received_at: datetime,
              max_bytes: int = 1024 * 1024) -> ParseOutcome:
     if rejection := too_large(raw, max_bytes):
         return rejection
@@ -73,7 +73,7 @@ class _Parts:
     free_text: str | None
 
 
-def _map_bundle(bundle: ReadBundle, known_products: frozenset[str], pseudonym_key: str,
+def _map_bundle(bundle: ReadBundle, known_products: frozenset[str], pseudonym_key: str | None,
                 received_at: datetime) -> ParseOutcome:
     errors = ErrorList()
     parts = _document_parts(bundle, errors) if bundle.type == "document" else _message_parts(bundle, errors)
@@ -121,7 +121,8 @@ def _map_bundle(bundle: ReadBundle, known_products: frozenset[str], pseudonym_ke
         referrer_referral_id=referrer_referral_id,
         referral_date=referral_date,
         youth=Youth(
-            bsn=bsn, pseudonym=youth_pseudonym(bsn, pseudonym_key), birth_date=birth_date, postcode=postcode,
+            bsn=bsn, pseudonym=youth_pseudonym_if_keyed(bsn, pseudonym_key), birth_date=birth_date,
+            postcode=postcode,
             given_name=given,
             family_name=name.family if name else None,
         ),

@@ -32,7 +32,7 @@ from schemas.referral import (
     Youth,
     hub_referral_id,
 )
-from services.infra.pseudonym import youth_pseudonym
+from services.infra.pseudonym import youth_pseudonym_if_keyed
 from services.intake import validation as v
 from services.intake.outcome import ErrorList, ParseOutcome, Rejection
 from services.intake.reading import clean_text, has_control_character, reject, too_large
@@ -45,7 +45,7 @@ MAX_PIECES = 5_000
 some microseconds each: a megabyte of `~` would hold a partition for seconds. A REF^I12 has a few hundred."""
 
 
-def parse_specialist(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str, received_at: datetime,
+def parse_specialist(raw: bytes, *, known_products: frozenset[str], pseudonym_key: str | None, received_at: datetime,
                      max_bytes: int = 1024 * 1024) -> ParseOutcome:
     if rejection := too_large(raw, max_bytes):
         return rejection
@@ -73,7 +73,7 @@ def parse_specialist(raw: bytes, *, known_products: frozenset[str], pseudonym_ke
     return _map_message(message, known_products, pseudonym_key, received_at)
 
 
-def _map_message(message: Any, known_products: frozenset[str], pseudonym_key: str,
+def _map_message(message: Any, known_products: frozenset[str], pseudonym_key: str | None,
                  received_at: datetime) -> ParseOutcome:
     errors = ErrorList()
     kind = (_get(message, "MSH.F9.R1.C1"), _get(message, "MSH.F9.R1.C2"))
@@ -134,7 +134,7 @@ def _map_message(message: Any, known_products: frozenset[str], pseudonym_key: st
                           identifier=agb, display=display),
         referrer_referral_id=referrer_referral_id,
         referral_date=referral_date,
-        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym(bsn, pseudonym_key), birth_date=birth_date,
+        youth=Youth(bsn=bsn, pseudonym=youth_pseudonym_if_keyed(bsn, pseudonym_key), birth_date=birth_date,
                     postcode=postcode, given_name=given or None, family_name=family or None),
         product=product,
         specialist_asked=specialist_asked,

@@ -392,17 +392,17 @@ def test_a_rotation_cuts_a_live_consumer_off_and_only_the_new_password_logs_in(
     assert other_fetched, "a consumer whose password did not change carries on past its sessions' ends"
     assert not rotated_fetched, "the consumer of the old password fetches nothing more"
     assert logs_in(new) and not logs_in(old)
-    assert stat.S_IMODE(CredentialStore(broker.secrets).path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(CredentialStore(broker.secrets).path(ROTATED).stat().st_mode) == 0o600
 
 
 def test_a_refused_rotation_keeps_the_stored_password_and_it_keeps_working(broker: TestKafka) -> None:
     store = CredentialStore(broker.secrets)
-    content, before = store.path.read_bytes(), broker.connection(ROTATED)
+    content, before = store.path(ROTATED).read_bytes(), broker.connection(ROTATED)
     operations = broker.connection(principals.OPERATIONS)  # reads the registry, may not alter a SCRAM user
     run = access(broker, "rotate", ROTATED, env={"VERWIJSHUB_KAFKA_USERNAME": operations.username or "",
                                                  "VERWIJSHUB_KAFKA_PASSWORD": operations.password or ""})
     assert run.returncode == 1, run.stdout + run.stderr
     assert "password not rotated" in run.stderr and "keeps working" in run.stderr, run.stderr
-    assert store.path.read_bytes() == content
+    assert store.path(ROTATED).read_bytes() == content
     assert before.password not in run.stdout + run.stderr
     assert logs_in(before)

@@ -15,8 +15,8 @@ from services.access.strimzi import grants_of, manifests
 from services.infra import principals, topics
 from services.infra.connection import KafkaConnection
 from services.infra.registry_files import load_registry
-from services.infra.secrets import CredentialStore, SecretsError, pseudonym_key
-from services.infra.settings import REPO_ROOT
+from services.infra.secrets import CredentialStore, SecretsError, credential_file, principal_of, pseudonym_key
+from services.infra.settings import REPO_ROOT, Settings
 from services.infra.tls import LocalCa
 
 REGISTRY = load_registry(REPO_ROOT / "deploy" / "registry")
@@ -168,13 +168,44 @@ def test_secrets_are_generated_private_and_the_public_pseudonym_key_is_refused(t
     assert store.ensure(["a", "b"]) == first and first["a"] != first["b"] and len(first["a"]) >= 32
     store.store("a", "replaced")
     assert store.all() == {**first, "a": "replaced"}
-    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(store.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(store.path("a").stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.path("a").parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
     key = pseudonym_key(tmp_path / "secrets", None)
     assert len(bytes.fromhex(key)) == 32 and pseudonym_key(tmp_path / "secrets", None) == key
     assert stat.S_IMODE((tmp_path / "secrets" / "pseudonym.key").stat().st_mode) == 0o600
     with pytest.raises(SecretsError):
         pseudonym_key(tmp_path, "local-development-key-change-me")
+
+
+def test_each_principal_has_a_credential_file_of_its_own_and_a_process_loads_only_its_own(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    passwords = CredentialStore(secrets_dir).ensure([principals.ADMIN, principals.GATEWAY, principals.OPERATIONS])
+    files = sorted((secrets_dir / "credentials").iterdir())
+    assert [f.name for f in files] == sorted(f"{p}.password" for p in passwords)
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    assert [f.read_text() for f in files] == [passwords[principal_of(f)] for f in files]
+    given = Settings(_env_file=None, kafka_bootstrap="127.0.0.1:1", secrets_dir=tmp_path / "elsewhere",
+                     kafka_credential_file=credential_file(secrets_dir, principals.GATEWAY))
+    gateway = given.connection(principals.GATEWAY)
+    assert (gateway.username, gateway.password) == (principals.GATEWAY, passwords[principals.GATEWAY])
+    assert given.connection(principals.ADMIN).password == passwords[principals.GATEWAY], "it is the gateway, always"
+    own_dir = Settings(_env_file=None, kafka_bootstrap="127.0.0.1:1", secrets_dir=secrets_dir)
+    assert own_dir.connection(principals.OPERATIONS).password == passwords[principals.OPERATIONS]
+    (secrets_dir / "credentials" / f"{principals.OPERATIONS}.password").unlink()
+    with pytest.raises(SecretsError, match="no credential file"):
+        own_dir.connection(principals.OPERATIONS)
+
+
+def test_an_earlier_data_directorys_credentials_json_becomes_one_file_per_principal(tmp_path: Path) -> None:
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir(mode=0o700)
+    (secrets_dir / "credentials.json").write_text(json.dumps({principals.ADMIN: "a" * 32, "wij-centrum": "c" * 32}))
+    settings = Settings(_env_file=None, kafka_bootstrap="127.0.0.1:1", secrets_dir=secrets_dir)
+    assert settings.connection("wij-centrum").password == "c" * 32
+    assert not (secrets_dir / "credentials.json").exists()
+    assert CredentialStore(secrets_dir).all() == {principals.ADMIN: "a" * 32, "wij-centrum": "c" * 32}
+    assert stat.S_IMODE(credential_file(secrets_dir, principals.ADMIN).stat().st_mode) == 0o600
 
 
 class FakeAdmin:
@@ -198,17 +229,17 @@ def test_a_rotation_sets_the_broker_first_and_stores_only_what_the_broker_took(t
     assert stored_then == before, "the store still held the old password while the broker was asked"
     assert set(sent) == {"provider-1"} and sent["provider-1"] != before["provider-1"]
     assert store.all() == {**before, "provider-1": sent["provider-1"]}
-    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.path("provider-1").stat().st_mode) == 0o600
 
 
 def test_a_refused_rotation_leaves_the_store_as_it_was(tmp_path: Path) -> None:
     store = CredentialStore(tmp_path / "secrets")
     store.ensure(["provider-1"])
-    content = store.path.read_bytes()
+    content = store.path("provider-1").read_bytes()
     admin = FakeAdmin(store, refuse=True)
     with pytest.raises(AccessError, match="old password stays") as refused:
         rotate_password(admin, store, "provider-1")
-    assert store.path.read_bytes() == content
+    assert store.path("provider-1").read_bytes() == content
     [(sent, _)] = admin.calls
     assert sent["provider-1"] not in str(refused.value) and store.password("provider-1") not in str(refused.value)
 
@@ -217,7 +248,7 @@ def test_a_store_that_cannot_be_written_gives_the_broker_the_old_password_back(t
     store = CredentialStore(tmp_path / "secrets")
     before = store.ensure(["provider-1"])
     admin = FakeAdmin(store)
-    store.path.with_name(store.path.name + ".tmp").mkdir()  # the new file cannot be written beside the old
+    store.path("provider-1").with_name(store.path("provider-1").name + ".tmp").mkdir()  # the new file cannot be written beside the old
     with pytest.raises(AccessError, match="old password again"):
         rotate_password(admin, store, "provider-1")
     assert store.all() == before
@@ -229,3 +260,26 @@ def test_the_local_ca_keeps_private_keys_private(tmp_path: Path) -> None:
     pem = ca.ensure("127.0.0.1")
     assert stat.S_IMODE(pem.stat().st_mode) == 0o600 and stat.S_IMODE(ca.ca_key.stat().st_mode) == 0o600
     assert pem.read_text().startswith("-----BEGIN PRIVATE KEY-----") and ca.ca_cert.read_text().count("CERTIFICATE") == 2
+    assert ca.ca_key == tmp_path / "secrets" / "ca" / "ca.key", "apart from what the services are given"
+    assert stat.S_IMODE(ca.ca_key.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
+
+
+def test_an_earlier_data_directorys_ca_key_moves_out_of_the_services_sight_and_still_signs(tmp_path: Path) -> None:
+    ca = LocalCa(tmp_path / "secrets")
+    ca.ensure("127.0.0.1")
+    key = ca.ca_key.read_bytes()
+    ca.ca_key.rename(tmp_path / "secrets" / "ca.key")  # where earlier versions kept it
+    gateway = ca.issue_gateway_pem("127.0.0.1")
+    assert gateway == ca.gateway_pem_path("127.0.0.1") and gateway.is_file()
+    assert ca.ca_key.read_bytes() == key and not (tmp_path / "secrets" / "ca.key").exists()
+
+
+def test_the_gateways_certificate_is_issued_only_by_a_ca_whose_key_is_here(tmp_path: Path) -> None:
+    ours = LocalCa(tmp_path / "ours")
+    ours.ensure("127.0.0.1")
+    theirs = LocalCa(tmp_path / "theirs")
+    theirs.directory.mkdir()
+    theirs.ca_cert.write_bytes(ours.ca_cert.read_bytes())  # an external cluster's CA: its certificate alone
+    assert theirs.issue_gateway_pem("127.0.0.1") is None
+    assert sorted(p.name for p in theirs.directory.iterdir()) == ["ca.pem"]

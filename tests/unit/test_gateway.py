@@ -12,7 +12,7 @@ import pytest
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from schemas.errors import ErrorCode, ReferralError
-from schemas.referral import Referral
+from schemas.referral import Channel, Referral
 from services.access.tokens import TokenStore
 from services.gateway.answers import (
     acknowledgement,
@@ -27,9 +27,11 @@ from services.gateway.limits import RateLimit
 from services.gateway.mllp import Deframer, MllpListener, allowed_organisation, plain_allow_list
 from services.gateway.submission import Submissions
 from services.infra.clock import SystemClock
+from services.infra.pseudonym import NOT_COMPUTED
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.infra.tls import LocalCa, mutual_tls_context
+from services.intake.adapters import read_referral
 from services.intake.gp import parse_gp
 from services.intake.outcome import Rejection
 
@@ -272,3 +274,24 @@ async def test_mllp_past_the_organisations_rate_answers_ar_rate_limited_and_writ
     assert "RATE_LIMITED^^VERWIJSHUB" in acks[2] and len(broker.written) == 2
     other = await listener.answer(MESSAGE.encode(), REGISTRY.referrers["martini"])  # a bucket of its own
     assert "MSA|AE|" in other and "SENDER_NOT_ALLOWED" in other and len(broker.written) == 3
+
+
+@pytest.mark.parametrize("example", sorted(p for p in EXAMPLES.glob("*/*") if p.name != "expected.json"),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_gateways_check_without_the_pseudonym_key_gives_intakes_verdict(tmp_path: Path, example: Path) -> None:
+    """The gateway validates as intake does, with no pseudonym key in the process: same referral or same errors,
+    only the pseudonym not computed."""
+    settings = Settings(_env_file=None, secrets_dir=tmp_path / "secrets")  # no key configured, none on disk
+    registry = load_registry(REPO_ROOT / "deploy" / "registry")
+    channel = Channel(example.parent.name)
+    checked = Submissions(_Broker(), settings, registry, SystemClock()).check(channel, example.read_bytes())
+    intake = read_referral(channel, example.read_bytes(), known_products=frozenset(registry.products),
+                           pseudonym_key="intake's key", received_at=checked.received_at
+                           if isinstance(checked, Referral) else NOW, max_bytes=settings.max_message_bytes)
+    assert type(checked) is type(intake)
+    if isinstance(intake, Referral):
+        assert checked.youth.pseudonym == NOT_COMPUTED and intake.youth.pseudonym != NOT_COMPUTED
+        assert checked.model_copy(update={"youth": intake.youth}) == intake
+    else:
+        assert checked.errors == intake.errors
+    assert not (tmp_path / "secrets").exists(), "no pseudonym key was read or made"

@@ -223,7 +223,7 @@ def test_lag_and_the_page_mark_a_recipient_at_risk_of_loss_first() -> None:
                            (10 * DAY_MS, "broker"))]
     page = render([], {}, [], 0, now, both)
     assert page.index("recipient-wij-haren") < page.index("recipient-wij-centrum")  # both LATE; haren at risk
-    assert f"1 of 2 recipients {AT_RISK_OF_LOSS}" in page and f": wij-haren." in page
+    assert f"1 of 2 recipients {AT_RISK_OF_LOSS}" in page and ": wij-haren." in page
     haren_row = re.search(r'<tr class="recipient-LATE" id="recipient-wij-haren">(.*?)</tr>', page).group(1)
     centrum_row = re.search(r'<tr class="recipient-LATE" id="recipient-wij-centrum">(.*?)</tr>', page).group(1)
     assert AT_RISK_OF_LOSS in haren_row and "10.0 d" in haren_row and AT_RISK_OF_LOSS not in centrum_row
