@@ -103,7 +103,7 @@ async def test_wijs_specialist_needed_moves_the_referral_to_an_open_house_provid
     specialist family guidance (45A56): a provider gets the handover, the team a notice, the referrer `rerouted`."""
     referral_id = f"ZD-{uuid.uuid4()}"
     bundle = gp_bundle(referral_id=referral_id, bsn=random_bsn(), postcode="9712 HB", authored_on="2025-03-10")
-    await produce(hub.broker.connection("referrer-gp"), "referrals.gp.v1", json.dumps(bundle).encode(),
+    await produce(hub.broker.connection(GP), topics.organisation_referrals(Channel.GP, sender("gp").id), json.dumps(bundle).encode(),
                   key=referral_id.encode())
     centrum = hub.broker.connection(principals.wij_team("centrum"))
     (handover,) = await read_topic(centrum, topics.wij_handovers("centrum"), _is_handover_for(referral_id), 1)
@@ -111,7 +111,7 @@ async def test_wijs_specialist_needed_moves_the_referral_to_an_open_house_provid
     asked = Feedback(referral_id=hub_id, kind=FeedbackKind.SPECIALIST_NEEDED, at=datetime.now(UTC), product="45A56")
     await produce(centrum, topics.wij_feedback("centrum"), asked.model_dump_json().encode(), key=handover.key)
 
-    records = await read_topic(hub.broker.connection("referrer-gp"), "status.gp.v1",
+    records = await read_topic(hub.broker.connection(GP), "status.gp.v1",
                                lambda r: r.key == referral_id.encode(), 5)
     events = [StatusEvent.model_validate_json(r.value) for r in records]
     assert [e.status for e in events] == [ReferralStatus.RECEIVED, ReferralStatus.ROUTED, ReferralStatus.HANDED_OVER,
@@ -143,7 +143,7 @@ async def test_an_stu3_message_is_routed_and_handed_over_as_its_r4_twin(hub, gp_
     resources["ReferralRequest"]["identifier"][0]["value"] = referral_id
     resources["Patient"].update({key: _resources(r4_sent)["Patient"][key] for key in ("birthDate", "address")},
                                 identifier=[{"system": "http://fhir.nl/fhir/NamingSystem/bsn", "value": random_bsn()}])
-    await produce(hub.broker.connection("referrer-gp"), "referrals.gp.v1", json.dumps(stu3).encode(),
+    await produce(hub.broker.connection(GP), topics.organisation_referrals(Channel.GP, sender("gp").id), json.dumps(stu3).encode(),
                   key=referral_id.encode())
     team = hub.broker.connection("wij-centrum")
     stu3_handover, r4_handover = [
@@ -154,7 +154,7 @@ async def test_an_stu3_message_is_routed_and_handed_over_as_its_r4_twin(hub, gp_
     assert list(handed) == list(twin) == ["MessageHeader", "Task", "ServiceRequest", "Patient"]
     assert (handed["Task"]["owner"], handed["Task"]["note"]) == (twin["Task"]["owner"], twin["Task"]["note"])
     assert handed["ServiceRequest"]["note"] == twin["ServiceRequest"]["note"]  # the reason and the note
-    statuses = await read_topic(hub.broker.connection("referrer-gp"), "status.gp.v1",
+    statuses = await read_topic(hub.broker.connection(GP), "status.gp.v1",
                                 lambda r: r.key == referral_id.encode(), 3)
     assert [StatusEvent.model_validate_json(r.value).status for r in statuses] == [
         ReferralStatus.RECEIVED, ReferralStatus.ROUTED, ReferralStatus.HANDED_OVER]
