@@ -146,7 +146,8 @@ def test_a_gp_practices_kafka_credential_cannot_send_as_another_practices_gp(gat
     asyncio.run(produce(gateway.kafka.connection(principals.referrer(CENTRUM)),
                            topics.organisation_referrals(Channel.GP, CENTRUM),
                            gp_bytes(referral_id=referral_id, bsn=random_bsn()), key=referral_id.encode()))
-    assert [e.status.value for e in statuses(gateway.kafka, referral_id, 2)] == ["rejected", "received"]  # its own
+    # its own is received (and goes on: routed and handed over may already follow it)
+    assert [e.status.value for e in statuses(gateway.kafka, referral_id, 2)][:2] == ["rejected", "received"]
 
 
 def _sender_alerts(kafka: TestKafka) -> int:
