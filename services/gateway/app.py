@@ -115,7 +115,7 @@ def create_gateway(settings: Settings, registry: Registry, clock: Clock) -> Kafk
     broker = make_broker(settings, SERVICE, GatewayBroker)
     broker.gateway = Gateway(broker, settings, registry, clock)
     for channel in Channel:
-        broker.publisher(topics.organisation_referrals(channel, "[a-z0-9-]+"), title=f"gateway:{channel}",
+        broker.publisher(topics.organisation_referrals(channel, "{organisation}"), title=f"gateway:{channel}",
                          schema=bytes, description=f"Referrals the {channel} referrer organisations handed to the "
                          "gateway (HTTPS or MLLP), unchanged, keyed by the referrer's referral id, after the adapter's "
                          "and the sender check, each on its organisation's own topic.")
