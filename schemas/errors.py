@@ -34,6 +34,15 @@ class ErrorCode(StrEnum):
     SENDER_NOT_ALLOWED = "SENDER_NOT_ALLOWED"
     """The referrer the message names (its AGB, BIG or issuer id) is not one the organisation whose credential,
     token or certificate sent it may send as (`referrers.json`, `services/access/senders.py`)."""
+    REFERRAL_UNKNOWN = "REFERRAL_UNKNOWN"
+    """An amendment (a ZorgDomein supplement) or a cancellation of a referral the hub never accepted from that
+    sender (channel, referrer, referral id): there is nothing to change."""
+    REFERRAL_CLOSED = "REFERRAL_CLOSED"
+    """A change of a referral that is no longer open: cancelled, closed by its recipient, or rejected by routing."""
+    AMENDMENT_REROUTES = "AMENDMENT_REROUTES"
+    """An amendment that would change the routing (another youth, referral date, product, specialist or continued
+    care, preferred provider): refused, the referral stands as it was; the referrer sends a new referral (and may
+    cancel this one)."""
     RATE_LIMITED = "RATE_LIMITED"
     """More messages from one organisation than the gateway takes per minute (MLLP: an AR; HTTPS answers 429)."""
 

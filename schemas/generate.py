@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from schemas.errors import ReferralError
 from schemas.feedback import Feedback
 from schemas.inbound import CourtReferral, GgdReferral, GiReferral
+from schemas.lifecycle import ReferralChange, RoutedChange, Withdrawal
 from schemas.notices import RecipientClocks, RecipientNotice
 from schemas.referral import Referral
 from schemas.routing import RoutingAlert
@@ -37,7 +38,8 @@ JSON_SCHEMAS: dict[str, type[BaseModel]] = {
     "gi-referral": GiReferral, "ggd-referral": GgdReferral, "court-referral": CourtReferral,
     "referral": Referral, "status-event": StatusEvent, "referral-error": ReferralError,
     "feedback": Feedback, "recipient-notice": RecipientNotice, "alert": RoutingAlert,
-    "recipient-clocks": RecipientClocks,
+    "recipient-clocks": RecipientClocks, "withdrawal": Withdrawal, "referral-change": ReferralChange,
+    "routed-change": RoutedChange,
 }
 PLACEHOLDER_BOOTSTRAP = "kafka:9092"
 """The server named in the AsyncAPI document: a placeholder, so the file does not depend on this machine."""

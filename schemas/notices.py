@@ -25,6 +25,9 @@ class NoticeKind(StrEnum):
     KEPT = "kept"
     """To the recipient a re-decision left the referral with, and why (WIJ's request for specialist care when no
     Open House provider may take it: flagged for its behavioural scientist)."""
+    CANCELLED = "cancelled"
+    """To the recipient holding a referral its referrer cancelled: the referral is closed, its contact clock
+    stopped."""
     EVALUATION_DUE = "evaluation-due"
     EVALUATION_REMINDER = "evaluation-reminder"
     RETRIAGE_EXPECTED = "retriage-expected"

@@ -157,3 +157,12 @@ class AcceptedReferral(BaseModel):
         "SHA-256 (hex) of the referral's content as the referrer stated it (`services/intake/repeats.py`): a "
         "later referral with this id and another digest is refused (`REFERRAL_ID_CONFLICT`). None on records "
         "written before intake recorded it."))
+    organisation: str | None = Field(default=None, description=(
+        "The referrer organisation whose topic brought the referral (`referrals.<channel>.<organisation>.v1`); "
+        "empty for the channel's own topic; None on records written before it. Only it may amend or cancel."))
+    pseudonym: str | None = Field(default=None, description=(
+        "The youth pseudonym of the referral (not the BSN), so that a cancellation, which need not name the youth, "
+        "follows the referral into its partition."))
+    digests: list[str] = Field(default=[], description=(
+        "The digests of the later documents of this referral (amendments), so each has one effect."))
+    cancelled: bool = Field(default=False, description="Cancelled by its referrer: nothing more is taken for it.")

@@ -22,6 +22,9 @@ class ReferralStatus(StrEnum):
     SLA_BREACHED = "sla-breached"
     REROUTED = "rerouted"
     CLOSED = "closed"
+    AMENDED = "amended"
+    CANCELLED = "cancelled"
+    CHANGE_REFUSED = "change-refused"
 
 
 FHIR_TASK_STATUS: dict[ReferralStatus, str] = {
@@ -36,6 +39,9 @@ FHIR_TASK_STATUS: dict[ReferralStatus, str] = {
     ReferralStatus.SLA_BREACHED: "in-progress",
     ReferralStatus.REROUTED: "requested",
     ReferralStatus.CLOSED: "completed",
+    ReferralStatus.AMENDED: "requested",
+    ReferralStatus.CANCELLED: "cancelled",
+    ReferralStatus.CHANGE_REFUSED: "requested",
 }
 """The FHIR R4 Task.status each hub status corresponds to; the hub status itself is the businessStatus."""
 

@@ -41,3 +41,14 @@ def sender_errors(organisation: ReferrerOrganisation, referral: Referral) -> lis
     return [ReferralError(code=ErrorCode.SENDER_NOT_ALLOWED, location=REFERRER_LOCATION[referral.channel],
                           message="The referrer this message names is not one the sending organisation may send "
                                   "as; the hub's registry lists who may send for whom.")]
+
+
+def cancellation_sender_errors(organisation: ReferrerOrganisation, channel: Channel,
+                               referrer_identifier: str | None) -> list[ReferralError]:
+    """As `sender_errors`, for a cancellation naming `referrer_identifier` (None: a Task, which names the referral by
+    its hub id only; intake then checks the organisation against the one that sent the referral)."""
+    if channel is organisation.channel and (referrer_identifier is None or referrer_identifier in organisation.senders):
+        return []
+    return [ReferralError(code=ErrorCode.SENDER_NOT_ALLOWED, location=REFERRER_LOCATION[channel],
+                          message="The referrer this message names is not one the sending organisation may send "
+                                  "as; the hub's registry lists who may send for whom.")]

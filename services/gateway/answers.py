@@ -96,6 +96,15 @@ def accepted_outcome(referral_id: str, referrer_referral_id: str) -> dict[str, A
                             f"at {task_location(referral_id)}."}}]}
 
 
+def cancelled_outcome(referral_id: str, referrer_referral_id: str) -> dict[str, Any]:
+    """The 202 body of a cancellation: an informational OperationOutcome naming the referral."""
+    return {"resourceType": "OperationOutcome", "id": referral_id, "issue": [{
+        "severity": "information", "code": IssueType.INFORMATIONAL.value,
+        "details": {"coding": [{"system": REFERRAL_ID_SYSTEM, "code": referral_id}],
+                    "text": f"Cancellation of referral {referrer_referral_id} submitted; the Task at "
+                            f"{task_location(referral_id)} shows 'cancelled' once the hub closed it."}}]}
+
+
 def problem_outcome(problem: GatewayProblem) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": [{
         "severity": "error", "code": PROBLEM_ISSUE_TYPE[problem.error], "diagnostics": problem.detail}]}

@@ -9,6 +9,7 @@ paths in the hub's own shapes (`schemas/openapi.json`).
 """
 
 import asyncio
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -20,13 +21,15 @@ from pydantic import BaseModel
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.inbound import CourtReferral, GgdReferral, GiReferral
+from schemas.lifecycle import Withdrawal
 from schemas.referral import Channel, Referral
-from services.access.senders import sender_errors
+from services.access.senders import cancellation_sender_errors, sender_errors
 from services.access.tokens import TokenStore
 from services.gateway import answers
 from services.gateway.answers import GatewayProblem, Rejected, Submitted
 from services.gateway.limits import RateLimit
 from services.gateway.submission import SUBMISSIONS, Submissions
+from services.intake.lifecycle import Cancellation
 from services.intake.outcome import Rejection
 from services.gateway.tasks import StatusBook, task_resource
 from services.infra.logging import get_logger
@@ -95,8 +98,8 @@ class GatewayApi:
                                                   message=f"The message is {size}+ bytes; at most {self.max_bytes}.")])
 
     async def submit(self, channel: Channel, request: Request, credentials: HTTPAuthorizationCredentials | None
-                     ) -> Referral:
-        """The referral, once Kafka confirmed it; a `Refusal` otherwise."""
+                     ) -> Referral | Cancellation:
+        """The referral (or cancellation), once Kafka confirmed it; a `Refusal` otherwise."""
         who = self.principal(credentials)
         organisation = self.submissions.organisation(who)
         if organisation is None or organisation.channel is not channel:
@@ -105,22 +108,83 @@ class GatewayApi:
         outcome = self.submissions.check(channel, raw)
         if isinstance(outcome, Referral) and (refused := sender_errors(organisation, outcome)):
             outcome = Rejection(refused, outcome.referrer_referral_id)
-        if not isinstance(outcome, Referral):
+        if isinstance(outcome, Cancellation) and (refused := cancellation_sender_errors(
+                organisation, outcome.channel, outcome.referrer_identifier)):
+            outcome = Rejection(refused, outcome.referrer_referral_id)
+        if not isinstance(outcome, (Referral, Cancellation)):
             SUBMISSIONS.labels("http", channel.value, "rejected").inc()
             get_logger().info("submission rejected", channel=channel.value, principal=who,
                               referrer_referral_id=outcome.referrer_referral_id,
                               codes=[e.code.value for e in outcome.errors])
             raise Refusal(answers.http_status(outcome.errors), errors=outcome.errors)
-        unavailable = await self.submissions.write(organisation, raw, outcome.referrer_referral_id)
+        await self.store(organisation, raw, outcome.referrer_referral_id, channel)
+        SUBMISSIONS.labels("http", channel.value, "submitted").inc()
+        get_logger().info("submission stored", channel=channel.value, principal=who,
+                          correlation_id=outcome.referral_id, referrer_referral_id=outcome.referrer_referral_id)
+        return outcome
+
+    async def store(self, organisation, raw: bytes, key: str | None, channel: Channel) -> None:
+        """Written to the organisation's topic; a 503 `Refusal` when Kafka did not confirm it."""
+        unavailable = await self.submissions.write(organisation, raw, key)
         if unavailable:
             SUBMISSIONS.labels("http", channel.value, "unavailable").inc()
             get_logger().warning("submission not stored", channel=channel.value, error_type=unavailable.reason)
             raise _problem(503, "unavailable", "The hub cannot store referrals just now; send it again after "
                                                "Retry-After seconds.", RETRY_AFTER_S)
-        SUBMISSIONS.labels("http", channel.value, "submitted").inc()
-        get_logger().info("submission stored", channel=channel.value, principal=who,
-                          correlation_id=outcome.referral_id, referrer_referral_id=outcome.referrer_referral_id)
-        return outcome
+
+    async def cancel(self, referral_id: str, request: Request, credentials: HTTPAuthorizationCredentials | None,
+                     patch: bool) -> str:
+        """A referrer's FHIR update of its referral's Task to `cancelled` (PUT: the Task; PATCH: a JSON Patch
+        replacing `/status`), written to its organisation's topic as a Task intake reads as a cancellation
+        (services/intake/lifecycle.py); the referrer's referral id, once Kafka confirmed it."""
+        who = self.principal(credentials)
+        progress, organisation = self.book.progress.get(referral_id), self.submissions.organisation(who)
+        if progress is None or organisation is None or organisation.channel is not progress.channel:  # as unknown
+            raise _problem(404, "not-found", f"No referral {referral_id} of {who} (yet).")
+        raw = await self.body(request)
+        reason = cancel_request(raw, referral_id, patch)
+        if isinstance(reason, list):
+            SUBMISSIONS.labels("http", progress.channel.value, "rejected").inc()
+            raise Refusal(400, errors=reason)
+        task = {"resourceType": "Task", "id": referral_id, "status": "cancelled", "intent": "order",
+                "identifier": [{"system": f"urn:verwijshub:referrer-referral-id:{progress.channel.value}",
+                                "value": progress.referrer_referral_id}]}
+        if reason:
+            task["statusReason"] = {"text": reason}
+        await self.store(organisation, json.dumps(task).encode(), progress.referrer_referral_id, progress.channel)
+        SUBMISSIONS.labels("http", progress.channel.value, "submitted").inc()
+        get_logger().info("cancellation stored", channel=progress.channel.value, principal=who,
+                          correlation_id=referral_id, referrer_referral_id=progress.referrer_referral_id)
+        return progress.referrer_referral_id
+
+
+def cancel_request(raw: bytes, referral_id: str, patch: bool) -> str | None | list[ReferralError]:
+    """A Task update's body: the reason given (or None) when it sets the status to `cancelled` and nothing else the
+    hub would have to keep, else its errors. Pure."""
+    def refused(location: str, message: str) -> list[ReferralError]:
+        return [ReferralError(code=ErrorCode.SCHEMA_INVALID, location=location, message=message)]
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return [ReferralError(code=ErrorCode.UNPARSEABLE, location="", message="The body is not JSON.")]
+    if patch:
+        operations = body if isinstance(body, list) else []
+        if not any(isinstance(o, dict) and o.get("op") == "replace" and o.get("path") == "/status"
+                   and o.get("value") == "cancelled" for o in operations):
+            return refused("/status", "A referrer may only replace its Task's /status with 'cancelled' (JSON Patch).")
+        reason = next((o.get("value") for o in operations if isinstance(o, dict)
+                       and o.get("path") in ("/statusReason/text", "/statusReason")), None)
+        reason = reason.get("text") if isinstance(reason, dict) else reason
+        return reason[:2000] if isinstance(reason, str) and reason.strip() else None
+    if not isinstance(body, dict) or body.get("resourceType") != "Task":
+        return refused("Task", "The body must be a FHIR Task.")
+    if body.get("id") not in (None, referral_id):
+        return refused("Task.id", "The Task's id must be the id in the path.")
+    if body.get("status") != "cancelled":
+        return refused("Task.status", "A referrer may only set its referral's Task to 'cancelled'.")
+    reason = body.get("statusReason") if isinstance(body.get("statusReason"), dict) else {}
+    text = reason.get("text")
+    return text[:2000] if isinstance(text, str) and text.strip() else None
 
 
 def _headers(refusal: Refusal) -> dict[str, str]:
@@ -188,9 +252,10 @@ def create_api(gateway: GatewayApi) -> FastAPI:
 
     for channel, model in JSON_CHANNELS.items():
         app.post(f"/referrals/{channel.value}", status_code=202, response_model=Submitted,
-                 responses=JSON_REFUSALS, summary=f"A {channel.value} referral document",
+                 responses=JSON_REFUSALS, summary=f"A {channel.value} referral document, or a withdrawal of one",
                  openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                     "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}},
+                     "schema": {"oneOf": [{"$ref": f"#/components/schemas/{model.__name__}"},
+                                          {"$ref": "#/components/schemas/Withdrawal"}]}}}}},
                  name=f"submit_{channel.value}")(_json_route(gateway, channel))
 
     @app.get("/fhir/Task/{referral_id}", response_class=Response,
@@ -207,6 +272,21 @@ def create_api(gateway: GatewayApi) -> FastAPI:
         if progress is None or organisation is None or organisation.channel is not progress.channel:  # as unknown
             return fhir_refusal(_problem(404, "not-found", f"No referral {referral_id} of {who} (yet)."))
         return JSONResponse(task_resource(referral_id, progress), media_type=FHIR_JSON)
+
+    for method, patch in (("put", False), ("patch", True)):
+        getattr(app, method)(
+            "/fhir/Task/{referral_id}", response_class=Response, status_code=202, name=f"cancel_task_{method}",
+            summary="Cancel the referral: its Task's status set to 'cancelled' by the referrer that sent it"
+                    + (" (JSON Patch replacing /status)" if patch else " (the Task with status 'cancelled')"),
+            openapi_extra={"requestBody": {"required": True, "content": {
+                ("application/json-patch+json" if patch else FHIR_JSON): {"schema": {"type": "array"} if patch
+                                                                          else answers.TASK_SCHEMA}}}},
+            responses={202: _fhir(OUTCOME, "The cancellation is stored on Kafka; the Task shows 'cancelled' once "
+                                           "the hub closed the referral."),
+                       400: _fhir(OUTCOME, "Not a Task update to 'cancelled'."),
+                       404: _fhir(OUTCOME, "No referral of this referrer with this id (yet)."),
+                       **{k: v for k, v in FHIR_REFUSALS.items() if k != 403}},
+        )(_cancel_route(gateway, patch))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -237,6 +317,19 @@ def _fhir_route(gateway: GatewayApi, status: int):
     return submit
 
 
+def _cancel_route(gateway: GatewayApi, patch: bool):
+    async def cancel(referral_id: str, request: Request,
+                     credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        try:
+            referrer_referral_id = await gateway.cancel(referral_id, request, credentials, patch)
+        except Refusal as refusal:
+            return fhir_refusal(refusal)
+        return JSONResponse(answers.cancelled_outcome(referral_id, referrer_referral_id), 202,
+                            {"Location": answers.task_location(referral_id)}, media_type=FHIR_JSON)
+
+    return cancel
+
+
 def _json_route(gateway: GatewayApi, channel: Channel):
     async def submit(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
                      ) -> Response:
@@ -262,7 +355,7 @@ def openapi_document(app: FastAPI | None = None) -> dict[str, Any]:
     document["paths"]["/fhir/Task/{referral_id}"]["get"]["responses"].pop("422", None)  # any id is well-formed
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
-    for model in JSON_CHANNELS.values():
+    for model in (*JSON_CHANNELS.values(), Withdrawal):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema

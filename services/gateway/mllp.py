@@ -30,8 +30,9 @@ import uuid
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import Channel, Referral
+from services.intake.lifecycle import Cancellation
 from schemas.registry import ReferrerOrganisation
-from services.access.senders import sender_errors
+from services.access.senders import cancellation_sender_errors, sender_errors
 from services.gateway.answers import AckCode, acknowledgement, header_fields
 from services.gateway.limits import RateLimit
 from services.gateway.submission import SUBMISSIONS, Submissions
@@ -179,6 +180,9 @@ class MllpListener:
             code, errors, key = "AE", refused, outcome.referrer_referral_id
         elif isinstance(outcome, Referral):
             code, errors, key = "AA", [], outcome.referrer_referral_id
+        elif isinstance(outcome, Cancellation):  # REF^I14: cancel patient referral
+            refused = cancellation_sender_errors(organisation, outcome.channel, outcome.referrer_identifier)
+            code, errors, key = ("AE" if refused else "AA"), refused, outcome.referrer_referral_id
         elif {e.code for e in outcome.errors} & UNSUPPORTED:
             code, errors, key = "AR", outcome.errors, None
         else:

@@ -27,8 +27,7 @@ from services.infra.following import follow
 from services.infra.registry_topic import RegistryInForce
 from services.infra.settings import Settings
 from services.infra.starting import waiting_for
-from services.intake.adapters import read_referral
-from services.intake.outcome import ParseOutcome
+from services.intake.lifecycle import Outcome, read_message
 
 SUBMISSIONS = Counter("verwijshub_gateway_submissions_total", "Referrals handed to the gateway, by interface "
                       "(http, mllp), channel and outcome (submitted; rejected: 4xx or AE; refused: AR for "
@@ -73,10 +72,11 @@ class Submissions:
     def organisation(self, principal: str) -> ReferrerOrganisation | None:
         return organisation_of(self.registry, principal)
 
-    def check(self, channel: Channel, raw: bytes) -> ParseOutcome:
+    def check(self, channel: Channel, raw: bytes) -> Outcome:
         """The adapter's verdict, without the pseudonym key: the gateway, the face exposed to referrers, never holds
-        the key with which every BSN's pseudonym could be recomputed (intake computes the pseudonym)."""
-        return read_referral(channel, raw, known_products=frozenset(self.registry.products), pseudonym_key=None,
+        the key with which every BSN's pseudonym could be recomputed (intake computes the pseudonym). A cancellation
+(services/intake/lifecycle.py) is checked as far as the message goes; whether the referral exists is intake's."""
+        return read_message(channel, raw, known_products=frozenset(self.registry.products), pseudonym_key=None,
                              received_at=self.clock.now(), max_bytes=self.settings.max_message_bytes)
 
     async def write(self, organisation: ReferrerOrganisation, raw: bytes, key: str | None) -> Unavailable | None:

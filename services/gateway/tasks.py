@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from schemas.referral import Channel
-from schemas.status import StatusEvent
+from schemas.status import ReferralStatus, StatusEvent
 from services.gateway.answers import REFERRAL_ID_SYSTEM
 from services.infra import topics
 from services.infra.connection import KafkaConnection
@@ -24,6 +24,8 @@ from services.infra.kafka import partitions_of
 from services.infra.logging import get_logger
 
 STATUS_SYSTEM = "urn:verwijshub:referral-status"
+NOT_A_STATE = frozenset({ReferralStatus.AMENDED, ReferralStatus.CHANGE_REFUSED})
+"""Statuses about a later document of the referral, not about the referral's own state: the Task keeps its status."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ class StatusBook:
             event = StatusEvent.model_validate_json(value or b"")
         except ValidationError:
             return
-        if not event.referral_id:
+        if not event.referral_id or event.status in NOT_A_STATE:
             return
         known = self.progress.get(event.referral_id)
         self.progress[event.referral_id] = Progress(event.channel, event.referrer_referral_id,

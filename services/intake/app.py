@@ -7,7 +7,10 @@ id is known, the `rejected` status. `received` comes before the normalised refer
 overtake it on the referrer's status topic. A referral with a known id is a repeat or a conflict (`repeats.py`
 decides): a repeat gives nothing, a conflict is rejected (`REFERRAL_ID_CONFLICT`) and alerted on `alerts.v1`. A
 referral from a referrer organisation's own topic must name a referrer that organisation may send as (`senders.py`;
-else `SENDER_NOT_ALLOWED`, alerted).
+else `SENDER_NOT_ALLOWED`, alerted). A changed message of a referral from its own sender is an amendment, a
+cancellation (`lifecycle.py`) closes it: either is a `ReferralChange` on `referrals.normalised.v1`, keyed by the
+referral's youth pseudonym, with the ledger record updated; a change of a referral intake does not hold from that
+sender is rejected (`REFERRAL_UNKNOWN`).
 """
 
 import asyncio
@@ -16,6 +19,7 @@ from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ReferralError
+from schemas.lifecycle import ChangeKind, ReferralChange
 from schemas.referral import AcceptedReferral, Channel, Referral
 from schemas.registry import Registry, RegistrySnapshot
 from schemas.routing import RoutingAlert
@@ -30,20 +34,40 @@ from services.infra.logging import get_logger
 from services.infra.processing import Processor, Runtime, document_input
 from services.infra.settings import Settings
 from services.infra.starting import StartTimeout, waiting_for
-from services.intake.adapters import PARSERS, read_referral
+from services.intake.adapters import PARSERS
+from services.intake.lifecycle import Cancellation, Outcome, document_kind, read_message
 from services.intake.ledger import ACCEPTED, AcceptedLedger
-from services.intake.outcome import ParseOutcome, Rejection
+from services.intake.outcome import Rejection
 from services.intake.products import ProductTable
-from services.intake.repeats import Seen, conflict_alert, conflict_rejection, referral_digest, seen
-from services.intake.senders import sender_alert, sender_rejection
+from services.intake.repeats import (
+    Cancelled,
+    Seen,
+    cancellation_verdict,
+    closed_rejection,
+    conflict_alert,
+    conflict_rejection,
+    referral_digest,
+    seen,
+    unknown_rejection,
+)
+from services.intake.senders import cancellation_sender_rejection, sender_alert, sender_rejection
 
 SERVICE = "intake"
 STATUS = Output("status", topics.status("{channel}"), StatusEvent,
                 "`received`, or `rejected` with its errors, to the channel's referrers; keyed by their referral id.")
 NORMALISED = Output("normalised", topics.NORMALISED, Referral, "Canonical referrals, keyed by youth pseudonym.")
+CHANGES = Output("changes", topics.NORMALISED, ReferralChange, (
+    "Amendments and cancellations of referrals accepted before, keyed by the referral's youth pseudonym "
+    "(so each follows its referral in its partition)."))
 ALERTS = Output("alerts", topics.ALERTS, RoutingAlert, (
     "`referral-id-conflict` alerts (a referral id sent again with other content) and `sender-not-allowed` alerts, "
     "keyed by channel; no personal data."))
+
+
+def organisation_of(topic: str) -> str:
+    """The referrer organisation whose own topic this is; "" for the channel's own (the admin's)."""
+    found = topics.inbound(topic)
+    return (found[1] or "") if found else ""
 
 
 def channel_of(topic: str) -> Channel:
@@ -59,7 +83,7 @@ class Intake(Processor):
     service = SERVICE
     inputs = r"referrals\.(" + "|".join(PARSERS) + r")(\.[a-z0-9-]+)?\.v1"
     """Each channel's topic (the admin's) and every referrer organisation's own (`referrals.<channel>.<id>.v1`)."""
-    writes = (STATUS, NORMALISED, ACCEPTED, ALERTS)
+    writes = (STATUS, NORMALISED, CHANGES, ACCEPTED, ALERTS)
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.settings, self.clock = settings, clock
@@ -90,8 +114,8 @@ class Intake(Processor):
     def committed(self, partition: int, produced: list[tuple[Outbound, int]]) -> None:
         self.ledger.committed(partition)
 
-    def parse(self, channel: Channel, raw: bytes) -> ParseOutcome:
-        return read_referral(channel, raw, known_products=self.products.products, received_at=self.clock.now(),
+    def parse(self, channel: Channel, raw: bytes) -> Outcome:
+        return read_message(channel, raw, known_products=self.products.products, received_at=self.clock.now(),
                              pseudonym_key=self.pseudonym_key, max_bytes=self.settings.max_message_bytes)
 
     async def handle(self, record: ConsumerRecord) -> list[Outbound]:
@@ -105,6 +129,8 @@ class Intake(Processor):
         if isinstance(outcome, Referral):
             refused = await self.check_sender(record, outcome)
             return refused if refused is not None else self.on_referral(record, outcome)
+        if isinstance(outcome, Cancellation):
+            return self.on_cancellation(record, outcome)
         return self.reject(record, channel, outcome)
 
     async def check_sender(self, record: ConsumerRecord, referral: Referral) -> list[Outbound] | None:
@@ -124,7 +150,8 @@ class Intake(Processor):
     def on_referral(self, record: ConsumerRecord, referral: Referral) -> list[Outbound]:
         """A valid referral: new (accepted), a repeat (nothing), or a conflict (rejected, and an alert)."""
         channel, digest = referral.channel, referral_digest(referral)
-        match seen(self.ledger.digest(referral.referral_id), digest):
+        recorded = self.ledger.entry(referral.referral_id)
+        match seen(recorded, digest, referral.youth.pseudonym, organisation_of(record.topic)):
             case Seen.REPEAT:
                 self.log.info("duplicate referral ignored", channel=channel.value, correlation_id=referral.referral_id,
                               referrer_referral_id=referral.referrer_referral_id)
@@ -135,6 +162,19 @@ class Intake(Processor):
                                  referrer_referral_id=referral.referrer_referral_id)
                 return [*self.reject(record, channel, conflict_rejection(referral)),
                         self.alert(conflict_alert(channel, self.clock.now()))]
+            case Seen.CLOSED:
+                return self.reject(record, channel, closed_rejection(referral))
+            case Seen.AMENDMENT:
+                assert recorded is not None
+                self.log.info("referral amended", channel=channel.value, correlation_id=referral.referral_id,
+                              referrer_referral_id=referral.referrer_referral_id)
+                change = ReferralChange(kind=ChangeKind.AMENDMENT, referral_id=referral.referral_id, channel=channel,
+                                        referrer_referral_id=referral.referrer_referral_id,
+                                        pseudonym=referral.youth.pseudonym, at=self.clock.now(),
+                                        document=document_kind(record.value or b""), referral=referral,
+                                        text=referral.free_text)
+                updated = recorded.model_copy(update={"digests": [*recorded.digests, digest]})
+                return [self.change_record(change), self.ledger.accept(record.partition, updated)]
         metrics.REFERRALS_ACCEPTED.labels(channel.value).inc()
         self.log.info("referral accepted", channel=channel.value, correlation_id=referral.referral_id,
                       referrer_referral_id=referral.referrer_referral_id, pseudonym=referral.youth.pseudonym)
@@ -146,12 +186,43 @@ class Intake(Processor):
                                 ReferralStatus.RECEIVED, now)
         accepted = AcceptedReferral(referral_id=referral.referral_id, channel=referral.channel,
                                     referrer_referral_id=referral.referrer_referral_id, accepted_at=now,
-                                    origin=f"{record.topic}/{record.partition}/{record.offset}", digest=digest)
+                                    origin=f"{record.topic}/{record.partition}/{record.offset}", digest=digest,
+                                    organisation=organisation_of(record.topic), pseudonym=referral.youth.pseudonym)
         return [STATUS.record(status, referral.referrer_referral_id, topic=topics.status(referral.channel),
                               correlation_id=referral.referral_id, channel=referral.channel),
                 NORMALISED.record(referral, referral.youth.pseudonym, correlation_id=referral.referral_id,
                                   channel=referral.channel),
                 self.ledger.accept(record.partition, accepted)]
+
+    def on_cancellation(self, record: ConsumerRecord, cancellation: Cancellation) -> list[Outbound]:
+        """A referrer's cancellation: of a referral its organisation sent, the change and the ledger record marked
+        cancelled; once more, nothing; of any other, `REFERRAL_UNKNOWN` (or `SENDER_NOT_ALLOWED` when it names a
+        referrer the organisation may not send as)."""
+        channel = cancellation.channel
+        refused = cancellation_sender_rejection(self.products.registry, record.topic, cancellation)
+        if refused is not None:
+            return self.reject(record, channel, refused)
+        recorded = self.ledger.entry(cancellation.referral_id)
+        match cancellation_verdict(recorded, organisation_of(record.topic)):
+            case Cancelled.UNKNOWN:
+                return self.reject(record, channel, unknown_rejection(channel, cancellation.referrer_referral_id,
+                                                                      cancellation.location))
+            case Cancelled.REPEAT:
+                self.log.info("duplicate cancellation ignored", channel=channel.value,
+                              correlation_id=cancellation.referral_id)
+                return []
+        assert recorded is not None and recorded.pseudonym is not None
+        self.log.info("referral cancelled", channel=channel.value, correlation_id=cancellation.referral_id,
+                      document=cancellation.document)
+        change = ReferralChange(kind=ChangeKind.CANCELLATION, referral_id=recorded.referral_id, channel=channel,
+                                referrer_referral_id=recorded.referrer_referral_id, pseudonym=recorded.pseudonym,
+                                at=self.clock.now(), document=cancellation.document, reason=cancellation.reason)
+        return [self.change_record(change),
+                self.ledger.accept(record.partition, recorded.model_copy(update={"cancelled": True}))]
+
+    @staticmethod
+    def change_record(change: ReferralChange) -> Outbound:
+        return CHANGES.record(change, change.pseudonym, correlation_id=change.referral_id, channel=change.channel)
 
     def reject(self, record: ConsumerRecord, channel: Channel, rejection: Rejection) -> list[Outbound]:
         for code in {e.code.value for e in rejection.errors}:
@@ -172,7 +243,7 @@ class Intake(Processor):
         referrer is told `rejected`, as for a rejection."""
         channel = channel_of(record.topic)
         outcome = self.parse(channel, record.value or b"")
-        referral_id = outcome.referral_id if isinstance(outcome, Referral) else None
+        referral_id = outcome.referral_id if isinstance(outcome, (Referral, Cancellation)) else None
         return self.rejected(channel, outcome.referrer_referral_id, referral_id, errors)
 
     def rejected(self, channel: Channel, referrer_referral_id: str | None, referral_id: str | None,

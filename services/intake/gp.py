@@ -33,10 +33,12 @@ from services.intake.reading import clean_text, cleaned_document, read_json, rej
 ZD_DOCUMENT_TYPE_SYSTEM = "http://zorgdomein.nl/terminology/code-system/document-type"
 LOINC = "http://loinc.org"
 DOCUMENT_TYPE_SYSTEMS = {ZD_DOCUMENT_TYPE_SYSTEM, LOINC}
-REFERRAL_DOCUMENT_TYPES = {"appointment-request", "referral-letter", "57133-1"}
-"""ZorgDomein's appointment request (Afspraakbericht) and referral letter (Verwijsbrief) of one transaction share
-its ZD number, so either makes the referral and the other is the same referral again; LOINC 57133-1 is the
-generic "Referral note". Cancellations, supplements and questionnaires are no referral (CHANNEL_MISMATCH)."""
+REFERRAL_DOCUMENT_TYPES = {"appointment-request", "referral-letter", "supplement", "57133-1"}
+"""ZorgDomein's appointment request (Afspraakbericht), referral letter (Verwijsbrief) and supplement (Nazending) of
+one referral share its ZD number: whichever comes first makes the referral, each other one (its own content) is an
+amendment of it (services/intake/repeats.py); LOINC 57133-1 is the generic "Referral note". A cancellation
+(Annuleringsbericht) is read by services/intake/lifecycle.py; questionnaires and other kinds are no referral
+(CHANNEL_MISMATCH)."""
 ZD_SENDER_EXTENSION = "http://zorgdomein.nl/fhir/StructureDefinition/zd-sender"
 _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
@@ -174,8 +176,8 @@ def _document_parts(bundle: ReadBundle, errors: ErrorList) -> _Parts | None:
     kinds = {c.code for c in composition.type.coding or [] if c.system in DOCUMENT_TYPE_SYSTEMS}
     if not kinds & REFERRAL_DOCUMENT_TYPES:
         errors.add(ErrorCode.CHANNEL_MISMATCH, "Composition.type",
-                   "The gp channel takes referrals: a document of type appointment-request or referral-letter "
-                   "(ZorgDomein) or LOINC 57133-1.")
+                   "The gp channel takes referrals: a document of type appointment-request, referral-letter, "
+                   "supplement or cancellation (ZorgDomein) or LOINC 57133-1.")
         return None
     found = _resolver(entries)
     patient = found(composition.subject, "Patient")

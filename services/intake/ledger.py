@@ -11,7 +11,10 @@ record holds no personal data: ids, channel, time, the origin offset and the dig
 The ids and their digests are kept in an SQLite file of the process, not in memory: the ledger grows with every
 referral ever accepted, intake's memory must not (the file is rebuilt from the topic at each start, so it holds
 nothing the topic does not). Ids of a transaction not yet committed are pending in memory, per partition, until
-it commits. Only the first record of an id counts: intake writes one per id, and a repeat or a conflict none.
+it commits. The latest record of an id counts, as compaction keeps it: intake writes one when it accepts a referral
+and one more for each amendment (its digest added) and for a cancellation (`cancelled`); a repeat or a conflict
+none. Each record is the whole of what intake knows of the referral: sender organisation, youth pseudonym (never
+the BSN), digests.
 
 Left open: the same referral re-sent under another Kafka key can land in another partition, owned by another
 instance; if both copies arrive within the ledger's follow latency (milliseconds), both are accepted.
@@ -24,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from aiokafka import ConsumerRecord
-from pydantic_core import from_json
+from datetime import UTC, datetime
 
 from schemas.referral import AcceptedReferral
 from services.infra import topics
@@ -35,6 +38,8 @@ from services.infra.kafka import Outbound
 from services.infra.logging import get_logger
 from services.infra.starting import waiting_for
 from services.intake.repeats import NO_DIGEST
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ACCEPTED = Output("accepted-ledger", topics.INTAKE_ACCEPTED, AcceptedReferral, (
     "Internal, compacted: one record per accepted referral, keyed by hub referral id, with its content's digest; "
     "read back at start to drop re-sent referrals and refuse an id sent again with other content."))
@@ -47,26 +52,31 @@ class AcceptedLedger:
     def __init__(self, kafka: KafkaConnection) -> None:
         self.kafka = kafka
         self.ready = asyncio.Event()
-        self.pending: dict[int, dict[str, str]] = {}
-        """partition -> id -> digest of the referrals accepted in its open transaction."""
+        self.pending: dict[int, dict[str, AcceptedReferral]] = {}
+        """partition -> id -> the ledger records written in its open transaction."""
         self._directory = self._db = None
         self._task: asyncio.Task[None] | None = None
 
-    def digest(self, referral_id: str) -> str | None:
-        """The digest recorded with an accepted id (`NO_DIGEST` for a record without one); None: not accepted."""
+    def entry(self, referral_id: str) -> AcceptedReferral | None:
+        """What intake knows of an accepted id (the latest record); None: not accepted."""
         for accepted in self.pending.values():
             if referral_id in accepted:
                 return accepted[referral_id]
-        row = self._db.execute("SELECT digest FROM accepted WHERE referral_id = ?", (referral_id,)).fetchone()
-        return row[0] if row else None
+        row = self._db.execute("SELECT record FROM accepted WHERE referral_id = ?", (referral_id,)).fetchone()
+        return _record_in(referral_id, row[0]) if row else None
+
+    def digest(self, referral_id: str) -> str | None:
+        """The digest recorded with an accepted id (`NO_DIGEST` for a record without one); None: not accepted."""
+        entry = self.entry(referral_id)
+        return None if entry is None else entry.digest or NO_DIGEST
 
     def __len__(self) -> int:
         return self._db.execute("SELECT count(*) FROM accepted").fetchone()[0]
 
     def accept(self, partition: int, accepted: AcceptedReferral) -> Outbound:
-        """The ledger record of an accepted referral; its id counts as accepted from now on (pending until the
-        partition's transaction commits)."""
-        self.pending.setdefault(partition, {})[accepted.referral_id] = accepted.digest or NO_DIGEST
+        """The ledger record of an accepted (or amended, or cancelled) referral; it counts from now on (pending
+        until the partition's transaction commits)."""
+        self.pending.setdefault(partition, {})[accepted.referral_id] = accepted
         return ACCEPTED.record(accepted, accepted.referral_id, correlation_id=accepted.referral_id,
                                channel=accepted.channel)
 
@@ -77,13 +87,15 @@ class AcceptedLedger:
         self.pending.pop(partition, None)
 
     def apply(self, record: ConsumerRecord) -> None:
-        """One record of `intake.accepted.v1`, another instance's or this one's (the first of an id counts)."""
+        """One record of `intake.accepted.v1`, another instance's or this one's (the latest of an id counts)."""
         if record.key:
-            self._add({record.key.decode(errors="replace"): _digest_in(record.value)})
+            self._db.execute("INSERT OR REPLACE INTO accepted VALUES (?, ?)",
+                             (record.key.decode(errors="replace"), (record.value or b"").decode(errors="replace")))
 
-    def _add(self, accepted: dict[str, str]) -> None:
+    def _add(self, accepted: dict[str, AcceptedReferral]) -> None:
         if accepted:
-            self._db.executemany("INSERT OR IGNORE INTO accepted VALUES (?, ?)", accepted.items())
+            self._db.executemany("INSERT OR REPLACE INTO accepted VALUES (?, ?)",
+                                 [(rid, entry.model_dump_json()) for rid, entry in accepted.items()])
 
     async def start(self) -> None:
         """Follow the ledger; returns once it is read to its end."""
@@ -101,7 +113,7 @@ class AcceptedLedger:
         # sync cost a quarter of intake's time under load).
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
-        self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY, digest TEXT NOT NULL) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE accepted (referral_id TEXT PRIMARY KEY, record TEXT NOT NULL) WITHOUT ROWID")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -113,12 +125,11 @@ class AcceptedLedger:
             self._directory.cleanup()
 
 
-def _digest_in(value: bytes | None) -> str:
-    """The digest in a ledger record's value; `NO_DIGEST` for one written before digests, or not readable (the
-    id counts as accepted either way, as it always did)."""
+def _record_in(referral_id: str, value: str) -> AcceptedReferral:
+    """A ledger record's value; one not readable (or written before digests) counts as accepted with `NO_DIGEST`,
+    as it always did: a referral with its id is a repeat, a change of it unknown."""
     try:
-        parsed = from_json(value or b"null")
+        return AcceptedReferral.model_validate_json(value)
     except ValueError:
-        return NO_DIGEST
-    digest = parsed.get("digest") if isinstance(parsed, dict) else None
-    return digest if isinstance(digest, str) else NO_DIGEST
+        return AcceptedReferral(referral_id=referral_id, channel="gp", referrer_referral_id="", accepted_at=EPOCH,
+                                origin="", digest=NO_DIGEST)

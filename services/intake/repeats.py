@@ -13,8 +13,11 @@ was referred (`intake.accepted.v1`, `services/intake/ledger.py`), and a later me
 - **conflict**: another digest: refused with `REFERRAL_ID_CONFLICT` (a dead letter and the `rejected` status,
   as every rejection) and an alert, never dropped in silence. The first referral stands unchanged.
 
-Issue 21 will turn a conflict from the referrer that sent the first message into an amendment; it plugs in here,
-as a fourth verdict.
+Since issue 21 a changed message is an **amendment** when it is of the same referral: the same organisation's topic
+brought it and it names the same youth (the referral id stays bound to its youth: the youth's pseudonym keys the
+referral's partition, and another youth is another referral). Every later document's digest is recorded too, so
+each has one effect; once cancelled, a referral takes nothing more (`REFERRAL_CLOSED`). Whether an amendment would
+change the routing is routing's to judge (`services/routing/core.py`, `on_change`).
 """
 
 import hashlib
@@ -23,7 +26,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from schemas.errors import ErrorCode, ReferralError
-from schemas.referral import Channel, Referral
+from schemas.referral import AcceptedReferral, Channel, Referral
 from schemas.routing import RoutingAlert
 from services.intake.outcome import Rejection
 
@@ -48,7 +51,10 @@ identifier, which the canonical referral no longer tells apart)."""
 class Seen(StrEnum):
     NEW = "new"
     REPEAT = "repeat"
+    AMENDMENT = "amendment"
     CONFLICT = "conflict"
+    CLOSED = "closed"
+    """Of a referral its referrer cancelled."""
 
 
 def referral_digest(referral: Referral) -> str:
@@ -73,13 +79,48 @@ def referral_digest(referral: Referral) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def seen(recorded: str | None, digest: str) -> Seen:
-    """What a referral with `digest` is, given the digest the ledger holds for its id (None: the id is unknown)."""
+def seen(recorded: AcceptedReferral | None, digest: str, pseudonym: str | None = None,
+         organisation: str = "") -> Seen:
+    """What a referral with `digest` (of youth `pseudonym`, from `organisation`'s topic; "" the channel's own) is,
+    given what the ledger holds for its id (None: the id is unknown)."""
     if recorded is None:
         return Seen.NEW
-    if recorded in (digest, NO_DIGEST):
+    if recorded.digest in (None, NO_DIGEST) or digest == recorded.digest or digest in recorded.digests:
         return Seen.REPEAT
-    return Seen.CONFLICT
+    if recorded.cancelled:
+        return Seen.CLOSED
+    if recorded.pseudonym is None or recorded.pseudonym != pseudonym or (recorded.organisation or "") != organisation:
+        return Seen.CONFLICT  # another youth, or another writer, or a record from before amendments: bound as before
+    return Seen.AMENDMENT
+
+
+class Cancelled(StrEnum):
+    CANCEL = "cancel"
+    REPEAT = "repeat"
+    UNKNOWN = "unknown"
+
+
+def cancellation_verdict(recorded: AcceptedReferral | None, organisation: str) -> Cancelled:
+    """A cancellation of the referral the ledger holds as `recorded`, from `organisation`'s topic: only the
+    organisation that sent the referral may cancel it; to any other it is unknown (nothing tells it what exists)."""
+    if recorded is None or recorded.pseudonym is None or (recorded.organisation or "") != organisation:
+        return Cancelled.UNKNOWN
+    return Cancelled.REPEAT if recorded.cancelled else Cancelled.CANCEL
+
+
+def unknown_rejection(channel: Channel, referrer_referral_id: str | None, location: str) -> Rejection:
+    """A change (cancellation, ZorgDomein supplement) of a referral the hub does not hold from this sender."""
+    return Rejection([ReferralError(
+        code=ErrorCode.REFERRAL_UNKNOWN, location=location,
+        message="No referral with this referral id was received from this sender; nothing was changed.")],
+        referrer_referral_id)
+
+
+def closed_rejection(referral: Referral) -> Rejection:
+    return Rejection([ReferralError(
+        code=ErrorCode.REFERRAL_CLOSED, location=REFERRAL_ID_LOCATION[referral.channel],
+        message="This referral was cancelled; it takes no more documents. Send a new referral under a new "
+                "referral id.")], referral.referrer_referral_id)
 
 
 def conflict_rejection(referral: Referral) -> Rejection:

@@ -8,12 +8,13 @@ trusts: its records are not bound to an organisation.
 """
 
 from datetime import datetime
+from typing import Any
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import Channel, Referral
 from schemas.registry import Registry
 from schemas.routing import RoutingAlert
-from services.access.senders import REFERRER_LOCATION, sender_errors
+from services.access.senders import REFERRER_LOCATION, cancellation_sender_errors, sender_errors
 from services.infra import topics
 from services.intake.outcome import Rejection
 
@@ -32,6 +33,24 @@ def sender_rejection(registry: Registry, topic: str, referral: Referral) -> Reje
                                   message="The organisation of this topic is not a referrer of this channel in "
                                           "the hub's registry.")])
     return Rejection(errors, referral.referrer_referral_id) if errors else None
+
+
+def cancellation_sender_rejection(registry: Registry, topic: str, cancellation: Any) -> Rejection | None:
+    """None when the writer of `topic` may send a cancellation naming its referrer (a Task names none: the ledger's
+    sender decides), else its rejection (`SENDER_NOT_ALLOWED`)."""
+    channel, organisation_id = topics.inbound(topic) or (cancellation.channel, None)
+    if organisation_id is None:
+        return None
+    organisation = registry.referrers.get(organisation_id)
+    errors = (cancellation_sender_errors(organisation, channel, cancellation.referrer_identifier)
+              if organisation is not None else sender_errors_unknown(channel))
+    return Rejection(errors, cancellation.referrer_referral_id) if errors else None
+
+
+def sender_errors_unknown(channel: Channel) -> list[ReferralError]:
+    return [ReferralError(code=ErrorCode.SENDER_NOT_ALLOWED, location=REFERRER_LOCATION[channel],
+                          message="The organisation of this topic is not a referrer of this channel in the hub's "
+                                  "registry.")]
 
 
 def sender_alert(channel: Channel, organisation_id: str, now: datetime) -> RoutingAlert:

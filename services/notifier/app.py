@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback
 from schemas.indications import Indication, YouthIndications
+from schemas.lifecycle import RoutedChange
 from schemas.notices import RecipientClocks, RecipientNotice, YouthFollowUp
 from schemas.registry import Registry, RegistrySnapshot
 from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision
@@ -42,10 +43,12 @@ from services.infra.starting import waiting_for
 from services.notifier.calendar import GoodFriday, LiberationDay, WorkingCalendar
 from services.notifier.followup import (
     Alert,
+    Amend,
     Effect,
     FeedbackRefused,
     HandOver,
     Notify,
+    apply_change,
     apply_decision,
     apply_feedback,
     apply_indications,
@@ -54,7 +57,7 @@ from services.notifier.followup import (
     next_due,
     partition_clocks,
 )
-from services.notifier.handover import handover_bytes
+from services.notifier.handover import AMENDMENT_SCHEMA, amendment_bytes, handover_bytes
 
 SERVICE = "notifier"
 FHIR_JSON = "application/fhir+json"
@@ -68,12 +71,18 @@ HANDOVERS = {kind: Output(f"handovers-{kind}", address, Bundle, (
     "The FHIR R4 message Bundle of a handover (MessageHeader, Task, ServiceRequest, Patient; docs/fhir-bser.md), "
     "keyed by youth pseudonym; the only place the BSN goes."), schema=HANDOVER_SCHEMA, content_type=FHIR_JSON)
     for kind, address in RECIPIENTS.items()}
+AMENDMENTS = {kind: Output(f"amendments-{kind}", address, Bundle, (
+    "An amendment of a referral handed over: a FHIR R4 message Bundle (MessageHeader event I13, a Communication "
+    "with the new document's text, basedOn the referral's Task by its hub referral id), header `schema: "
+    "verwijshub.Amendment/1`, keyed by youth pseudonym."), schema=AMENDMENT_SCHEMA, content_type=FHIR_JSON)
+    for kind, address in RECIPIENTS.items()}
 NOTICES = {kind: Output(f"notices-{kind}", address, RecipientNotice, (
-    "Notices beside the handovers (contact clock, expiry reminders, re-triage, handed over elsewhere, kept), "
+    "Notices beside the handovers (contact clock, expiry reminders, re-triage, handed over elsewhere, kept, "
+    "cancelled), "
     "header `schema: verwijshub.Notice/1`; never the youth.")) for kind, address in RECIPIENTS.items()}
 STATUS = Output("status", topics.status("{channel}"), StatusEvent, (
     "The referrer's statuses after intake's: routed, handed-over, accepted, declined, contact-made, sla-at-risk, "
-    "sla-breached, rerouted, closed, and routing's rejections; keyed by the referrer's referral id."))
+    "sla-breached, rerouted, closed, amended, cancelled, change-refused, and routing's rejections; keyed by the referrer's referral id."))
 ALERTS = Output("alerts", topics.ALERTS, RoutingAlert, "`sla-breached` alerts, keyed by youth pseudonym.")
 STATE = Output("state", topics.NOTIFIER_STATE, YouthFollowUp, (
     "Internal, compacted: one youth's follow-up (open handovers, contact clocks, expiry reminders), in the "
@@ -155,7 +164,7 @@ class Notifier(Processor):
     service = SERVICE
     inputs = INPUT_PATTERN
     state_topic = topics.NOTIFIER_STATE
-    writes = (*HANDOVERS.values(), *NOTICES.values(), STATUS, ALERTS, STATE, CLOCKS)
+    writes = (*HANDOVERS.values(), *AMENDMENTS.values(), *NOTICES.values(), STATUS, ALERTS, STATE, CLOCKS)
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.settings, self.clock = settings, clock
@@ -204,7 +213,11 @@ class Notifier(Processor):
         besides the transaction against a record applied twice)."""
         topic, partition, value = record.topic, record.partition, record.value or b""
         try:
-            if topic == topics.DECISIONS:
+            routed = None
+            if topic == topics.DECISIONS and _schema(record) == RoutedChange.SCHEMA:
+                routed = RoutedChange.model_validate_json(value)
+                pseudonym = routed.change.pseudonym
+            elif topic == topics.DECISIONS:
                 decision = RoutingDecision.model_validate_json(value)
                 pseudonym = decision.referral.youth.pseudonym
             elif record.key is None:
@@ -217,7 +230,10 @@ class Notifier(Processor):
             if before.seen.get(position, -1) >= record.offset:
                 return []
             now, correlation_id = self.clock.now(), ""
-            if topic == topics.DECISIONS:
+            if routed is not None:
+                after, effects = apply_change(before, routed, now)
+                correlation_id, outcome = routed.change.referral_id, f"change {routed.change.kind.value}"
+            elif topic == topics.DECISIONS:
                 after, effects = apply_decision(before, decision, now, self.calendar, self.team_of(decision))
                 correlation_id, outcome = decision.referral_id, f"decision {decision.rule}"
             elif topic == topics.INDICATIONS:
@@ -244,6 +260,11 @@ class Notifier(Processor):
         told `rejected`, as for routing's rejections; feedback and indications have no referrer to tell."""
         if record.topic != topics.DECISIONS:
             return []
+        if _schema(record) == RoutedChange.SCHEMA:
+            change = RoutedChange.model_validate_json(record.value or b"").change
+            status = StatusEvent.of(change.channel, change.referrer_referral_id, change.referral_id,
+                                    ReferralStatus.CHANGE_REFUSED, self.clock.now(), errors=errors)
+            return [self.record(status, change.pseudonym, change.referral_id)]
         referral = RoutingDecision.model_validate_json(record.value or b"").referral
         status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
                                 ReferralStatus.REJECTED, self.clock.now(), errors=errors)
@@ -271,6 +292,10 @@ class Notifier(Processor):
                 return HANDOVERS[recipient_kind(decision.recipient.topic)].record(
                     handover_bytes(decision, self.clock.now()), pseudonym, topic=decision.recipient.topic,
                     correlation_id=decision.referral_id, channel=decision.referral.channel)
+            case Amend(routed=routed):
+                return AMENDMENTS[recipient_kind(routed.recipient.topic)].record(
+                    amendment_bytes(routed, self.clock.now()), pseudonym, topic=routed.recipient.topic,
+                    correlation_id=routed.change.referral_id, channel=routed.change.channel)
             case Notify(topic=topic, notice=notice):
                 return NOTICES[recipient_kind(topic)].record(notice, pseudonym, topic=topic,
                                                               correlation_id=notice.referral_id or correlation_id)
@@ -308,6 +333,9 @@ class Notifier(Processor):
         """What the notifier reads (one group, by the pattern INPUT_PATTERN), all keyed by youth pseudonym."""
         document_input(broker, "notifier:decisions", "Routing decisions, handed over to their recipient.",
                        topic=topics.DECISIONS, schema=RoutingDecision)
+        document_input(broker, "notifier:changes", "Amendments and cancellations routed to the recipient holding "
+                       "the referral (header `schema: verwijshub.RoutedChange/1`).", topic=topics.DECISIONS,
+                       schema=RoutedChange)
         for kind, address in (("wij", topics.wij_feedback("{team}")), ("provider", topics.provider_feedback("{agb}"))):
             document_input(broker, f"notifier:feedback-{kind}", "Recipients' feedback: the status lifecycle, "
                            "ownership checked (`NOT_RECIPIENT`).", topic=address, schema=Feedback)
@@ -315,6 +343,11 @@ class Notifier(Processor):
                        topic=topics.INDICATIONS, schema=YouthIndications)
         document_input(broker, "notifier:registry", "The registry in force (teams for re-triage notices), followed "
                        "from the start (no group).", topic=topics.REGISTRY, schema=RegistrySnapshot)
+
+
+def _schema(record: ConsumerRecord) -> str:
+    """The record's `schema` header ('' without one)."""
+    return dict(record.headers or ()).get("schema", b"").decode(errors="replace")
 
 
 _KIND = {"wij": RecipientKind.WIJ_TEAM, "provider": RecipientKind.PROVIDER}

@@ -14,6 +14,7 @@ from dateutil.relativedelta import relativedelta
 from schemas.errors import ReferralError
 from schemas.feedback import NOT_RECIPIENT_MESSAGE, Feedback, FeedbackKind, not_recipient
 from schemas.indications import Indication
+from schemas.lifecycle import ChangeKind, RoutedChange
 from schemas.notices import (
     ClockCounts,
     ContactClock,
@@ -43,6 +44,13 @@ class HandOver:
 
 
 @dataclass(frozen=True)
+class Amend:
+    """An amendment for the recipient holding the referral: a FHIR message pointing at its Task (handover.py)."""
+
+    routed: RoutedChange
+
+
+@dataclass(frozen=True)
 class Notify:
     topic: str
     notice: RecipientNotice
@@ -53,7 +61,7 @@ class Alert:
     alert: RoutingAlert
 
 
-Effect = StatusEvent | HandOver | Notify | Alert
+Effect = StatusEvent | HandOver | Amend | Notify | Alert
 
 
 class FeedbackRefused(Exception):
@@ -112,6 +120,37 @@ def apply_decision(state: YouthFollowUp, decision: RoutingDecision, now: datetim
     team_id = recipient.id if recipient.kind is RecipientKind.WIJ_TEAM else team_of_youth or state.team_id
     return state.model_copy(update={"handovers": {**state.handovers, decision.referral_id: handover},
                                     "team_id": team_id}), effects
+
+
+# -- amendments and cancellations --------------------------------------------------------------------
+def apply_change(state: YouthFollowUp, routed: RoutedChange, now: datetime) -> tuple[YouthFollowUp, list[Effect]]:
+    """Routing's answer to a referral's amendment or cancellation.
+
+    Refused (`errors`): the referrer is told `change-refused` with the codes, nothing else changes. An amendment:
+    delivered to the recipient holding the referral, the referrer told `amended`. A cancellation closes the
+    referral: the recipient gets a `cancelled` notice, the referrer `cancelled`, and the follow-up is dropped, so
+    its contact clock and reminders stop (no at-risk or breach afterwards). A change whose referral the notifier no
+    longer follows (closed meanwhile) is told to the referrer the same way, without a recipient."""
+    change = routed.change
+    if routed.errors or routed.recipient is None:
+        return state, [StatusEvent.of(change.channel, change.referrer_referral_id, change.referral_id,
+                                      ReferralStatus.CHANGE_REFUSED, now, errors=routed.errors,
+                                      detail=f"{change.kind.value} not applied")]
+    recipient, handover = routed.recipient, state.handovers.get(change.referral_id)
+    if change.kind is ChangeKind.AMENDMENT:
+        what = change.document or "amended referral"
+        return state, [Amend(routed), StatusEvent.of(change.channel, change.referrer_referral_id, change.referral_id,
+                                                     ReferralStatus.AMENDED, now, f"{what} delivered to {recipient.name}")]
+    handovers = {rid: h for rid, h in state.handovers.items() if rid != change.referral_id}
+    effects: list[Effect] = [
+        Notify(recipient.topic, RecipientNotice(
+            kind=NoticeKind.CANCELLED, at=now, referral_id=change.referral_id,
+            message="The referrer cancelled this referral: it is closed, no contact is expected any more.")),
+        StatusEvent.of(change.channel, change.referrer_referral_id, change.referral_id, ReferralStatus.CANCELLED,
+                       now, f"closed; {recipient.name} told")]
+    if handover is None:
+        return state, effects
+    return state.model_copy(update={"handovers": handovers}), effects
 
 
 # -- feedback ----------------------------------------------------------------------------------------

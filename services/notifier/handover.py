@@ -16,6 +16,7 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 
 from schemas.referral import AGB_SYSTEM, BSN_SYSTEM, CATEGORY_SYSTEM, PRODUCT_SYSTEM, Referral
+from schemas.lifecycle import RoutedChange
 from schemas.routing import RecipientKind, RoutingDecision
 
 HUB_REFERRAL_ID_SYSTEM = "urn:verwijshub:referral-id"
@@ -176,3 +177,53 @@ def patient(referral: Referral) -> dict[str, Any]:
             name["given"] = youth.given_name.split()
         resource["name"] = [name]
     return resource
+
+
+# -- amendments --------------------------------------------------------------------------------------
+AMENDMENT_EVENT = {"system": "http://terminology.hl7.org/CodeSystem/v2-0003", "code": "I13",
+                   "display": "REF/RRI - Modify patient referral"}
+"""The event of an amendment: v2's "modify patient referral", as I12 is the referral itself."""
+AMENDMENT_SCHEMA = "verwijshub.Amendment/1"
+
+
+def amendment_message(routed: RoutedChange, now: datetime) -> dict[str, Any]:
+    """An amendment for the recipient holding the referral, as a FHIR R4 message Bundle: a MessageHeader (event
+    I13) focused on a Communication whose payload is the new document's text, `basedOn` the referral's Task and
+    `about` its ServiceRequest, both by the hub referral id their handover carries as identifier (the same Task,
+    whichever handover created it). Ids derive from the change (the same change published again: the same ids)."""
+    change, recipient = routed.change, routed.recipient
+    assert recipient is not None and change.referral is not None
+    message = uuid.uuid5(uuid.UUID(change.referral_id), "|".join(("amendment", change.at.isoformat(),
+                                                                   change.document or "")))
+    ids = {"bundle": str(message)} | {part: str(uuid.uuid5(message, part)) for part in ("header", "communication")}
+    referral_identifier = {"system": HUB_REFERRAL_ID_SYSTEM, "value": change.referral_id}
+    owner_system = WIJ_TEAM_SYSTEM if recipient.kind is RecipientKind.WIJ_TEAM else AGB_SYSTEM
+    owner = {"identifier": {"system": owner_system, "value": recipient.id}, "display": recipient.name}
+    referrer = change.referral.referrer
+    text = change.text or "The referrer sent a new version of the referral without free text."
+    communication: dict[str, Any] = {
+        "resourceType": "Communication", "id": ids["communication"],
+        "identifier": [{"system": HANDOVER_ID_SYSTEM, "value": ids["bundle"]}],
+        "basedOn": [{"type": "Task", "identifier": referral_identifier}],
+        "about": [{"type": "ServiceRequest", "identifier": referral_identifier}],
+        "status": "completed",
+        "category": [{"coding": [{"system": "urn:verwijshub:amendment", "code": change.document or "amendment"}]}],
+        "sent": now.isoformat(),
+        "recipient": [owner],
+        "sender": {"identifier": {"system": referrer.identifier_system, "value": referrer.identifier},
+                   "display": referrer.display or f"referrer type {referrer.type.value}"},
+        "payload": [{"contentString": text}],
+    }
+    header = {
+        "resourceType": "MessageHeader", "id": ids["header"], "eventCoding": AMENDMENT_EVENT,
+        "destination": [{"name": recipient.name, "endpoint": f"kafka:{recipient.topic}", "receiver": owner}],
+        "sender": {"display": "Verwijshub"}, "source": {"name": "Verwijshub", "endpoint": "urn:verwijshub"},
+        "focus": [{"reference": f"urn:uuid:{ids['communication']}"}],
+    }
+    return {"resourceType": "Bundle", "id": ids["bundle"], "type": "message", "timestamp": now.isoformat(),
+            "entry": [{"fullUrl": f"urn:uuid:{ids['header']}", "resource": header},
+                      {"fullUrl": f"urn:uuid:{ids['communication']}", "resource": communication}]}
+
+
+def amendment_bytes(routed: RoutedChange, now: datetime) -> bytes:
+    return json.dumps(amendment_message(routed, now), separators=(",", ":"), ensure_ascii=False).encode()

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback
 from schemas.indications import Indication, YouthIndications
+from schemas.lifecycle import ReferralChange, RoutedChange
 from schemas.referral import Referral
 from schemas.registry import Registry, RegistrySnapshot
 from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision, RoutingLoad, YouthRouting
@@ -34,6 +35,7 @@ from services.routing.core import (
     Alerted,
     Decided,
     Effect,
+    Forwarded,
     IndicationsChanged,
     Position,
     Refused,
@@ -41,6 +43,7 @@ from services.routing.core import (
     count_refusal,
     is_empty,
     merge_indication,
+    on_change,
     on_feedback,
     on_indications,
     on_referral,
@@ -62,6 +65,9 @@ STOP_BATCH = 100
 """Youths re-routed per partition per tick at most, so one transaction stays small; the next tick goes on."""
 DECISIONS = Output("decisions", topics.DECISIONS, RoutingDecision,
                    "Each decision with its trace, keyed by youth pseudonym (the audit trail).")
+CHANGES = Output("changes", topics.DECISIONS, RoutedChange, (
+    "A referral's amendment or cancellation, with the recipient holding it (or why it was refused: "
+    "`AMENDMENT_REROUTES`, `REFERRAL_CLOSED`), keyed by youth pseudonym, header `schema: verwijshub.RoutedChange/1`."))
 ALERTS = Output("alerts", topics.ALERTS, RoutingAlert,
                 "`provider-stopped` and `feedback-refused` alerts, keyed by youth pseudonym.")
 INDICATIONS = Output("indications-written", topics.INDICATIONS, YouthIndications,
@@ -74,7 +80,7 @@ class Routing(Processor):
     service = SERVICE
     inputs = "|".join([re.escape(topics.NORMALISED), FEEDBACK_TOPIC.pattern, re.escape(topics.INDICATIONS)])
     state_topic = topics.ROUTING_STATE
-    writes = (DECISIONS, ALERTS, INDICATIONS, STATE, LOAD)
+    writes = (DECISIONS, CHANGES, ALERTS, INDICATIONS, STATE, LOAD)
 
     def __init__(self, settings: Settings, registry: Registry, clock: Clock) -> None:
         self.clock = clock
@@ -182,6 +188,10 @@ class Routing(Processor):
                                          else "rejected").inc()
                 return DECISIONS.record(decision, referral.youth.pseudonym, correlation_id=referral.referral_id,
                                         channel=referral.channel)
+            case Forwarded(routed):
+                change = routed.change
+                return CHANGES.record(routed, change.pseudonym, correlation_id=change.referral_id,
+                                      channel=change.channel)
             case Alerted(alert):
                 return ALERTS.record(alert, alert.pseudonym, correlation_id=alert.referral_id or "")
             case IndicationsChanged(value):  # an empty list rather than a tombstone
@@ -191,6 +201,8 @@ class Routing(Processor):
     # -- inputs ----------------------------------------------------------------------------------------
     async def handle(self, record: ConsumerRecord) -> list[Outbound]:
         if record.topic == topics.NORMALISED:
+            if dict(record.headers or ()).get("schema") == ReferralChange.SCHEMA.encode():
+                return await self.on_change(record)
             return await self.on_referral(record)
         if record.topic == topics.INDICATIONS:
             return await self.on_indications(record)
@@ -211,6 +223,21 @@ class Routing(Processor):
         self.log.info("referral decided", correlation_id=referral.referral_id, rule=decision.rule,
                       recipient=decision.recipient.id if decision.recipient else None, flags=decision.flags,
                       registry_version=decision.registry_version)
+        return self.records(record.partition, before, step)
+
+    async def on_change(self, record: ConsumerRecord) -> list[Outbound]:
+        """A referral's amendment or cancellation (intake's `ReferralChange`): forwarded to its recipient by the core."""
+        try:
+            change = ReferralChange.model_validate_json(record.value or b"")
+        except ValidationError:
+            raise Poison([ReferralError(code=ErrorCode.SCHEMA_INVALID, location="",
+                                        message="Not a ReferralChange.")]) from None
+        before = await self.youth(record.partition, change.pseudonym) \
+            if self.knows(record.partition, change.pseudonym, change.referral_id) \
+            else YouthRouting(pseudonym=change.pseudonym)
+        step = on_change(before, change, self.clock.now())
+        self.log.info("referral change handled", correlation_id=change.referral_id, kind=change.kind.value,
+                      outcome=step.outcome)
         return self.records(record.partition, before, step)
 
     async def on_feedback(self, record: ConsumerRecord) -> list[Outbound]:
@@ -307,6 +334,9 @@ class Routing(Processor):
         """What routing reads and writes, for the AsyncAPI document."""
         document_input(broker, "routing:normalised", "Canonical referrals from intake, to be decided.",
                        topic=topics.NORMALISED, schema=Referral)
+        document_input(broker, "routing:referral-changes", "Amendments and cancellations from intake (header `schema: "
+                       "verwijshub.ReferralChange/1`), forwarded to the recipient holding the referral.",
+                       topic=topics.NORMALISED, schema=ReferralChange)
         for kind, address in (("wij", topics.wij_feedback("{team}")), ("provider", topics.provider_feedback("{agb}"))):
             document_input(broker, f"routing:feedback-{kind}", "Recipients' feedback (every recipient's topic, by "
                            "pattern): declines re-route, closures end the referral, started indications are kept, "

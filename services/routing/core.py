@@ -13,6 +13,7 @@ from typing import NamedTuple
 from schemas.errors import ErrorCode, ReferralError
 from schemas.feedback import Feedback, FeedbackKind, not_recipient
 from schemas.indications import Indication, YouthIndications
+from schemas.lifecycle import ChangeKind, ReferralChange, RoutedChange
 from schemas.referral import Referral
 from schemas.registry import Provider, Registry
 from schemas.routing import OpenReferral, RecipientKind, RoutingAlert, RoutingDecision, YouthRouting
@@ -30,6 +31,14 @@ class Decided:
     """A decision for `routing.decisions.v1` (the notifier hands over from it)."""
 
     decision: RoutingDecision
+
+
+@dataclass(frozen=True)
+class Forwarded:
+    """A referral's change for `routing.decisions.v1`, to the recipient holding it or refused (the notifier tells
+    whom it concerns)."""
+
+    routed: RoutedChange
 
 
 @dataclass(frozen=True)
@@ -54,7 +63,7 @@ class Refused:
     error: ReferralError
 
 
-Effect = Decided | Alerted | IndicationsChanged | Refused
+Effect = Decided | Forwarded | Alerted | IndicationsChanged | Refused
 
 
 class Step(NamedTuple):
@@ -86,6 +95,59 @@ def on_referral(state: YouthRouting, referral: Referral, registry: Registry, now
     decision = decide(referral, registry, now, indications=state.indications, load=load)
     before = state.referrals.get(referral.referral_id)
     return Step(_with_decision(state, decision, before.declined if before else ()), [Decided(decision)], "decided")
+
+
+# -- amendments and cancellations --------------------------------------------------------------------
+AMENDMENT_REROUTES = ReferralError(
+    code=ErrorCode.AMENDMENT_REROUTES, location="",
+    message="This document would change how the referral is routed (its referral date, product, specialist or "
+            "continued care, or preferred provider); the referral stands as it was. Send a new referral under a new "
+            "referral id, and cancel this one if it no longer holds.")
+NOT_OPEN = ReferralError(
+    code=ErrorCode.REFERRAL_CLOSED, location="",
+    message="This referral is no longer open (closed by its recipient, or rejected); nothing was changed.")
+
+
+def rerouting_facts(held: Referral, amended: Referral) -> list[str]:
+    """What the amendment states differently from the referral held of what routing decides on: the referral date,
+    and the product, specialist or continued care and preferred provider where the amendment states them (a
+    ZorgDomein letter or supplement carries no ServiceRequest, so it names none of them: that is no change). The
+    youth is intake's to bind (another youth is another referral: `REFERRAL_ID_CONFLICT`)."""
+    changed = []
+    if amended.referral_date != held.referral_date:
+        changed.append("referral date")
+    if amended.product is not None and amended.product != held.product:
+        changed.append("product")
+    if amended.specialist_asked and not held.specialist_asked:
+        changed.append("specialist care")
+    if amended.continuation and not held.continuation:
+        changed.append("continued care")
+    if amended.preferred_provider is not None and amended.preferred_provider != held.preferred_provider:
+        changed.append("preferred provider")
+    return changed
+
+
+def on_change(state: YouthRouting, change: ReferralChange, now: datetime) -> Step:
+    """A referral's amendment or cancellation. Forwarded to the recipient of the referral's latest decision while
+    it is open; a cancellation also ends the referral here (as `closed` feedback does). The rule for an amendment
+    that would change the routing (docs/domain.md, "One referral, several documents"): refused with
+    `AMENDMENT_REROUTES`, the referral left as it was, never re-routed on it: its recipient may be in contact with the
+    family already, and a referrer who means another referral says so with a new one."""
+    found = state.referrals.get(change.referral_id)
+    if found is None or found.decision.recipient is None:
+        return Step(state, [Forwarded(RoutedChange(change=change, errors=[NOT_OPEN], decided_at=now))],
+                    f"{change.kind.value} of a referral not open: refused")
+    recipient = found.decision.recipient
+    if change.kind is ChangeKind.CANCELLATION:
+        referrals = {rid: r for rid, r in state.referrals.items() if rid != change.referral_id}
+        return Step(state.model_copy(update={"referrals": referrals}),
+                    [Forwarded(RoutedChange(change=change, recipient=recipient, decided_at=now))], "cancelled")
+    assert change.referral is not None
+    if changed := rerouting_facts(found.decision.referral, change.referral):
+        return Step(state, [Forwarded(RoutedChange(change=change, errors=[AMENDMENT_REROUTES], decided_at=now))],
+                    f"amendment changing {', '.join(changed)}: refused")
+    return Step(state, [Forwarded(RoutedChange(change=change, recipient=recipient, decided_at=now))],
+                f"amendment forwarded to {recipient.id}")
 
 
 # -- feedback ----------------------------------------------------------------------------------------

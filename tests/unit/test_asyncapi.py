@@ -63,7 +63,7 @@ def test_every_topic_of_the_hub_has_a_channel_with_its_message(topic):
 
 def test_a_recipients_topic_carries_the_fhir_handover_and_the_notices_with_their_headers():
     topic = topics.wij_handovers("centrum")
-    assert sorted(channels_of(topic)) == ["notifier:handovers-wij", "notifier:notices-wij"]
+    assert sorted(channels_of(topic)) == ["notifier:amendments-wij", "notifier:handovers-wij", "notifier:notices-wij"]
     assert payload_of("notifier:handovers-wij") == {"$ref": "#/components/schemas/Bundle"}
     assert payload_of("notifier:notices-wij") == {"$ref": "#/components/schemas/RecipientNotice"}
     (reference,) = DOCUMENT["channels"]["notifier:handovers-wij"]["messages"].values()

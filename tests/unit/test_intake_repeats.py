@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 import pytest
 
 from schemas.errors import ErrorCode
-from schemas.referral import Channel, Referral
+from schemas.referral import AcceptedReferral, Channel, Referral
 from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from services.intake.adapters import read_referral
@@ -71,15 +71,23 @@ def test_the_digest_is_of_the_whole_referral_id_included():
     assert referral_digest(other) != referral_digest(gp())
 
 
+def recorded(digest: str | None, **more) -> AcceptedReferral:
+    return AcceptedReferral(referral_id="r", channel=Channel.GP, referrer_referral_id="ZD-1", accepted_at=RECEIVED,
+                            origin="t/0/0", digest=digest, **more)
+
+
 def test_an_unknown_id_is_new_the_same_digest_a_repeat_another_a_conflict():
+    """A record without sender and youth (written before amendments existed) binds its id as before; amendments:
+    tests/unit/test_lifecycle.py."""
     digest = referral_digest(gp())
     assert seen(None, digest) is Seen.NEW
-    assert seen(digest, digest) is Seen.REPEAT
-    assert seen(referral_digest(gp(note="changed")), digest) is Seen.CONFLICT
+    assert seen(recorded(digest), digest) is Seen.REPEAT
+    assert seen(recorded(referral_digest(gp(note="changed"))), digest) is Seen.CONFLICT
 
 
 def test_an_id_recorded_before_digests_counts_as_a_repeat_as_every_known_id_did():
-    assert seen(NO_DIGEST, referral_digest(gp())) is Seen.REPEAT
+    assert seen(recorded(NO_DIGEST), referral_digest(gp())) is Seen.REPEAT
+    assert seen(recorded(None), referral_digest(gp())) is Seen.REPEAT
 
 
 @pytest.mark.parametrize(("channel", "location"), [
