@@ -127,6 +127,8 @@ def contacts(data: Dataset) -> list[ContactFact]:
                                         item["contact_at"] or item["at"])
     found = []
     for referral_id, chain in decisions.items():
+        if any(s["status"] == "cancelled" for s in statuses[referral_id]):
+            continue  # withdrawn by its referrer: the contact promise no longer applies (its clock was stopped)
         for index, decision in enumerate(chain):
             if decision["recipient_kind"] != "wij-team":
                 continue
@@ -233,6 +235,10 @@ def build(data: Dataset, month: date, calendar: WorkingCalendar, team_names: dic
         "requests for specialist care by WIJ's triage": feedback_in_month("specialist-needed"),
         "re-routes after a provider stopped": sum(1 for d in month_decisions if d["rule"] == "provider-stopped"),
         "warm handovers": sum(1 for d in month_decisions if warm(d)),
+        "cancellations by the referrer": sum(1 for st in data.statuses if st["status"] == "cancelled"
+                                             and in_month(local_day(st["at"]), month)),
+        "amendments delivered (later documents of a referral)": sum(
+            1 for st in data.statuses if st["status"] == "amended" and in_month(local_day(st["at"]), month)),
         "provider-stopped alerts": sum(1 for a in data.alerts if a["kind"] == "provider-stopped"
                                        and in_month(local_day(a["at"]), month)),
     })

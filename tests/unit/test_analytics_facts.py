@@ -71,3 +71,23 @@ def test_the_figures_count_a_referral_once_by_its_first_decision() -> None:
     sections = build(data, date(2025, 3, 1), WorkingCalendar())
     per_channel = sections[0].tables[0]
     assert per_channel.counts == [[1, 0, 0, 0, 0]]
+
+
+def test_a_cancelled_referral_is_counted_and_left_out_of_the_contact_promise() -> None:
+    """A referral handed to its WIJ team, then cancelled by its referrer: one cancellation in the month, and no
+    contact fact (its clock was stopped, so it is neither met nor missed)."""
+    decision = _decision(random_bsn())
+    facts = facts_of("routing.decisions.v1", 0, 0, b"p", decision.model_dump_json().encode(), TEAMS)
+    def status(kind: ReferralStatus, offset: int):
+        event = StatusEvent.of(Channel.GP, "ext", decision.referral_id, kind, NOW)
+        return facts_of("status.gp.v1", 0, offset, b"ext", event.model_dump_json().encode(), TEAMS)[0].row
+    handed = status(ReferralStatus.HANDED_OVER, 1)
+    kept = build(Dataset([facts[0].row], [facts[1].row], [handed], [], [], 0), date(2025, 3, 1), WorkingCalendar())
+    cancelled = build(Dataset([facts[0].row], [facts[1].row], [handed, status(ReferralStatus.CANCELLED, 2)], [], [],
+                              0), date(2025, 3, 1), WorkingCalendar())
+    def movement(sections) -> dict[str, int]:
+        table = next(s for s in sections if s.title.startswith("Re-referrals")).tables[0]
+        return dict(zip(table.rows, (row[0] for row in table.counts)))
+    assert (movement(kept)["cancellations by the referrer"], movement(cancelled)["cancellations by the referrer"]) \
+        == (0, 1)
+    assert kept[1].tables != cancelled[1].tables, "the contact promise leaves the cancelled referral out"
