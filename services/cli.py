@@ -35,6 +35,7 @@ from services.infra.secrets import SecretsError
 from services.infra.settings import Settings, get_settings
 from services.infra.starting import StartTimeout, waiting_for
 from services.intake.adapters import PARSERS, read_referral
+from services.intake.lifecycle import Cancellation, cancellation
 from services.intake.outcome import ParseOutcome, Rejection
 from services.ops import commands as ops_commands
 from services.routing import commands as routing_commands
@@ -168,11 +169,14 @@ def run(services: Annotated[list[Service], typer.Argument(help="The service(s) t
         raise typer.Exit(1) from exc
 
 
-def sending_organisation(registry: Registry, channel: Channel, outcome: ParseOutcome, chosen: str | None) -> str:
-    """The organisation `send` writes as: the one chosen, else the channel's one that lists the referral's
-    referrer, else (a file the adapter refuses, which is sent all the same) the channel's first; '' for none."""
-    found = organisation_sending_as(registry, channel, outcome.referrer.identifier) \
-        if isinstance(outcome, Referral) else None
+def sending_organisation(registry: Registry, channel: Channel, outcome: ParseOutcome | Cancellation,
+                         chosen: str | None) -> str:
+    """The organisation `send` writes as: the one chosen, else the channel's one that lists the referral's (or the
+    cancellation's) referrer, else (a file the adapter refuses, which is sent all the same) the channel's first; ''
+    for none."""
+    identifier = outcome.referrer.identifier if isinstance(outcome, Referral) else \
+        outcome.referrer_identifier if isinstance(outcome, Cancellation) else None
+    found = organisation_sending_as(registry, channel, identifier) if identifier else None
     first = min((org.id for org in registry.referrers.values() if org.channel is channel), default="")
     return chosen or (found.id if found else first)
 
@@ -183,12 +187,12 @@ def send(channel: ChannelOption, file: FileArgument,
                                                       "as; default: the one that lists the file's referrer, else the "
                                                       "channel's first.")] = None
          ) -> None:
-    """Publish a referral file on a referrer organisation's own topic, as its system would, connected as its
-    principal (`referrer-<organisation>`)."""
+    """Publish a referral file (or a cancellation: schemas/examples/cancellations/) on a referrer organisation's own
+    topic, as its system would, connected as its principal (`referrer-<organisation>`)."""
     settings = get_settings()
     raw = _read(file)
     registry = _registry(settings)
-    outcome = _parse(channel, raw, settings, registry)
+    outcome = cancellation(channel, raw) or _parse(channel, raw, settings, registry)  # a cancellation is sent too
     organisation = sending_organisation(registry, channel, outcome, referrer)
     if organisation not in registry.referrers or registry.referrers[organisation].channel is not channel:
         console.print(f"[red]no {channel.value} referrer organisation to send as: name one of "

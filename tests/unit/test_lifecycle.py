@@ -276,3 +276,12 @@ def test_a_task_update_to_cancelled_is_taken_by_put_and_by_json_patch():
 def test_any_other_task_update_is_refused(body, patch, location):
     [error] = cancel_request(body, "r-1", patch=patch)
     assert error.location == location
+
+
+def test_send_writes_a_cancellation_as_the_organisation_that_lists_its_referrer():
+    from services.cli import sending_organisation
+    found = read(Channel.GP, EXAMPLES / "cancellations" / "gp-zorgdomein-cancellation.json")
+    referral = letter()
+    assert sending_organisation(REGISTRY, Channel.GP, found, None) == \
+        sending_organisation(REGISTRY, Channel.GP, referral, None)
+    assert REGISTRY.referrers[sending_organisation(REGISTRY, Channel.GP, found, None)].senders >= {"01054321"}
