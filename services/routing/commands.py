@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from schemas.indications import Indication, YouthIndications
+from schemas.lifecycle import ReferralChange
 from schemas.referral import Referral
 from schemas.registry import REGISTRY_KEY, Registry, RegistrySnapshot
 from schemas.routing import RoutingDecision
@@ -251,7 +252,8 @@ def whatif(
             try:
                 referrals.append(Referral.model_validate_json(value or b""))
             except ValidationError:
-                console.print("skipped an unreadable record on the topic (routing dead-lettered it)")
+                if not _is_change(value):  # an amendment or cancellation (ReferralChange) decides nothing anew
+                    console.print("skipped an unreadable record on the topic (routing dead-lettered it)")
         current = current or asyncio.run(latest_registry(_admin(settings)))
     else:
         referrals = referrals_from_lines(from_file.read_text(encoding="utf-8").splitlines())
@@ -275,3 +277,11 @@ def whatif(
                       escape(describe(c.before)), escape(describe(c.after)),
                       escape(c.after.trace[-1].reason))
     Console(width=200).print(table)
+
+
+def _is_change(value: bytes | None) -> bool:
+    try:
+        ReferralChange.model_validate_json(value or b"")
+    except ValidationError:
+        return False
+    return True
