@@ -4,6 +4,7 @@ Reading (services/intake/lifecycle.py), intake's verdict (repeats.py), routing's
 `apply_change` and the amendment's FHIR message, and the gateway's Task update.
 """
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -285,3 +286,80 @@ def test_send_writes_a_cancellation_as_the_organisation_that_lists_its_referrer(
     assert sending_organisation(REGISTRY, Channel.GP, found, None) == \
         sending_organisation(REGISTRY, Channel.GP, referral, None)
     assert REGISTRY.referrers[sending_organisation(REGISTRY, Channel.GP, found, None)].senders >= {"01054321"}
+
+
+# -- intake's processor, without a broker ------------------------------------------------------------
+class _Record:
+    def __init__(self, topic: str, value: bytes, offset: int) -> None:
+        self.topic, self.value, self.offset, self.partition, self.key, self.headers = topic, value, offset, 0, b"k", []
+        self.timestamp = 0
+
+
+@pytest.fixture
+def intake(tmp_path):
+    from services.infra.clock import SystemClock
+    from services.infra.settings import Settings
+    from services.intake.app import Intake
+    settings = Settings(_env_file=None, secrets_dir=tmp_path / "secrets", pseudonym_key="a test key" * 4,
+                        kafka_username="verwijshub-intake", kafka_password="unused: nothing connects")
+    processor = Intake(settings, REGISTRY, SystemClock())
+    processor.ledger.open()
+    yield processor
+    processor.ledger._db.close()
+    processor.ledger._directory.cleanup()
+
+
+def _handle(intake, channel: Channel, path: Path, offset: int, organisation: str | None = None):
+    from services.infra import topics as names
+    org = organisation or next(o.id for o in REGISTRY.referrers.values()
+                               if o.channel is channel and "01054321" in o.senders)
+    outputs = asyncio.run(intake.handle(_Record(names.organisation_referrals(channel, org), path.read_bytes(),
+                                                offset)))
+    intake.ledger.committed(0)
+    return [(o.topic, o.headers.get("schema", ""), _json_or_raw(o.value)) for o in outputs]
+
+
+def _json_or_raw(value: bytes):
+    try:
+        return json.loads(value)
+    except ValueError:
+        return {"raw": True}  # a dead letter: the message as received
+
+
+def test_intake_takes_the_documents_of_one_zd_number_as_one_referral_and_its_cancellation_once(intake):
+    """Letter, the letter again, a supplement, a cancellation, the cancellation again, then another supplement."""
+    gp = EXAMPLES / "gp"
+    first = _handle(intake, Channel.GP, gp / "zorgdomein-document-basis-jeugdhulp.json", 1)
+    assert [schema for _, schema, _ in first] == ["verwijshub.StatusEvent/1", "verwijshub.Referral/1",
+                                                  "verwijshub.Accepted/1"]
+    assert _handle(intake, Channel.GP, gp / "zorgdomein-document-basis-jeugdhulp.json", 2) == []
+    amended = _handle(intake, Channel.GP, gp / "zorgdomein-supplement.json", 3)
+    assert [schema for _, schema, _ in amended] == ["verwijshub.ReferralChange/1", "verwijshub.Accepted/1"]
+    assert (amended[0][2]["kind"], amended[0][2]["document"]) == ("amendment", "supplement")
+    assert "slaapdagboek" in amended[0][2]["text"]
+    assert amended[0][2]["pseudonym"] == first[1][2]["youth"]["pseudonym"]
+    cancel = EXAMPLES / "cancellations" / "gp-zorgdomein-cancellation.json"
+    cancelled = _handle(intake, Channel.GP, cancel, 4)
+    assert [(schema, value.get("kind")) for _, schema, value in cancelled] == [
+        ("verwijshub.ReferralChange/1", "cancellation"), ("verwijshub.Accepted/1", None)]
+    assert cancelled[1][2]["cancelled"] is True
+    assert _handle(intake, Channel.GP, cancel, 5) == [], "the same cancellation again: no second effect"
+    late = _handle(intake, Channel.GP, gp / "zorgdomein-appointment-request.json", 6)
+    assert [e["code"] for e in late[-1][2]["errors"]] == ["REFERRAL_CLOSED"]
+
+
+def test_intake_answers_a_cancellation_of_an_unknown_referral_or_from_another_organisation_with_a_code(intake):
+    cancel = EXAMPLES / "cancellations" / "gp-zorgdomein-cancellation.json"
+    unknown = _handle(intake, Channel.GP, cancel, 1)
+    assert [e["code"] for e in unknown[-1][2]["errors"]] == ["REFERRAL_UNKNOWN"]
+    assert unknown[0][0] == "referrals.dlq.v1"
+    _handle(intake, Channel.GP, EXAMPLES / "gp" / "zorgdomein-document-basis-jeugdhulp.json", 2)
+    others = [o.id for o in REGISTRY.referrers.values() if o.channel is Channel.GP and "01054321" not in o.senders]
+    task = EXAMPLES / "cancellations" / "task-cancelled.json"
+    assert others, "the shipped registry has a second GP organisation"
+    # a Task names no referrer: only the ledger's organisation may cancel by hub id
+    refused = asyncio.run(intake.handle(_Record(f"referrals.gp.{others[0]}.v1", task.read_bytes(), 3)))
+    [dead] = refused  # no status: the Task names no referral id of the referrer to key one by
+    assert dead.topic == "referrals.dlq.v1" and "REFERRAL_UNKNOWN" in dead.headers["errors"]
+    taken = _handle(intake, Channel.GP, task, 4)
+    assert taken[0][2]["kind"] == "cancellation" and taken[0][2]["document"] == "Task"
