@@ -244,3 +244,18 @@ def test_the_tasks_are_rebuilt_from_the_state_topic_when_the_hub_starts_again(hu
     assert [f["kind"] for f in feedback] == ["accepted", "closed"]
     assert hub.statuses(referral_id, 5) == ["received", "routed", "handed-over", "accepted", "closed"]
 
+
+def test_schemathesis_finds_no_server_error_and_every_answer_conforms(hub: Hub) -> None:
+    """Driven by the committed schemas/openapi-recipients.json, with a provider's token (its Tasks, if any, and
+    every made-up id)."""
+    token = hub.token(principals.provider("98000167"))
+    run = subprocess.run([str(Path(sys.executable).parent / "schemathesis"), "run",
+                          str(REPO_ROOT / "schemas" / "openapi-recipients.json"), "--url", hub.api.removesuffix("/fhir"),
+                          "--tls-verify", str(hub.ca), "-H", f"Authorization: Bearer {token}",
+                          "--max-examples", "5", "--phases", "examples,fuzzing",
+                          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                          "response_schema_conformance", "--no-color"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    (ARTIFACTS / "recipient-api" / "schemathesis.txt").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "generated" in run.stdout and " 0 generated" not in run.stdout, run.stdout[-2000:]
