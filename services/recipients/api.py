@@ -156,7 +156,7 @@ def create_api(api: RecipientApi | None) -> FastAPI:
             query.append(("_cursor", f"{cursor[0].isoformat()}|{cursor[1]}"))
             links.append({"relation": "next", "url": f"{base}?{urlencode(query)}"})
         get_logger().info("tasks listed", principal=owner, tasks=[task.id for task in shown])
-        return fhir({"resourceType": "Bundle", "type": "searchset", "total": len(shown), "link": links,
+        return fhir({"resourceType": "Bundle", "type": "searchset", "link": links,
                      "entry": [{"fullUrl": f"{base}/{task.id}", "resource": core.task_resource(task),
                                 "search": {"mode": "match"}} for task in shown]})
 
