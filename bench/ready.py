@@ -50,7 +50,7 @@ def main() -> None:
     data = Path(tempfile.mkdtemp(prefix="verwijshub-bench-ready-"))
     ports = {"VERWIJSHUB_KAFKA_PORT": free_port(), "VERWIJSHUB_KAFKA_CONTROLLER_PORT": free_port(),
              "VERWIJSHUB_METRICS_PORT": free_port(), "VERWIJSHUB_GATEWAY_PORT": free_port(),
-             "VERWIJSHUB_MLLP_PORT": free_port()}
+             "VERWIJSHUB_MLLP_PORT": free_port(), "VERWIJSHUB_RECIPIENTS_PORT": free_port()}
     env = {**os.environ, "VERWIJSHUB_DATA_DIR": str(data), "VERWIJSHUB_LOG_FILE": str(data / "hub.log"),
            **{name: str(port) for name, port in ports.items()}}
     try:

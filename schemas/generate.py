@@ -8,6 +8,7 @@
   what the hub writes;
 - `schemas/openapi.json`: the OpenAPI document of the referrer gateway's HTTPS interface, from its FastAPI app
   (the JSON channels' bodies from the same pydantic models);
+- `schemas/openapi-recipients.json`: the OpenAPI document of the recipient API (services/recipients/api.py);
 - the ACL matrix table in `docs/security.md`, from `services/access/matrix.py`.
 
 `python -m schemas.generate` (or `verwijshub schemas`) writes them; `--check` exits 1 if any committed
@@ -27,6 +28,7 @@ from schemas.feedback import Feedback
 from schemas.inbound import CourtReferral, GgdReferral, GiReferral
 from schemas.lifecycle import ReferralChange, RoutedChange, Withdrawal
 from schemas.notices import RecipientClocks, RecipientNotice
+from schemas.recipients import RecipientTasks
 from schemas.referral import Referral
 from schemas.routing import RoutingAlert
 from schemas.status import StatusEvent
@@ -39,7 +41,7 @@ JSON_SCHEMAS: dict[str, type[BaseModel]] = {
     "referral": Referral, "status-event": StatusEvent, "referral-error": ReferralError,
     "feedback": Feedback, "recipient-notice": RecipientNotice, "alert": RoutingAlert,
     "recipient-clocks": RecipientClocks, "withdrawal": Withdrawal, "referral-change": ReferralChange,
-    "routed-change": RoutedChange,
+    "routed-change": RoutedChange, "recipient-tasks": RecipientTasks,
 }
 PLACEHOLDER_BOOTSTRAP = "kafka:9092"
 """The server named in the AsyncAPI document: a placeholder, so the file does not depend on this machine."""
@@ -145,11 +147,18 @@ def openapi_document() -> dict[str, Any]:
     return gateway_openapi()
 
 
+def recipients_openapi_document() -> dict[str, Any]:
+    from services.recipients.api import openapi_document as recipients_openapi
+
+    return recipients_openapi()
+
+
 def rendered() -> dict[Path, str]:
     files = {SCHEMAS_DIR / "json" / f"{name}.schema.json": _dump(json_schema(model, name))
              for name, model in JSON_SCHEMAS.items()}
     files[SCHEMAS_DIR / "asyncapi.json"] = _dump(asyncapi_document())
     files[SCHEMAS_DIR / "openapi.json"] = _dump(openapi_document())
+    files[SCHEMAS_DIR / "openapi-recipients.json"] = _dump(recipients_openapi_document())
     files[SECURITY_DOC] = security_doc()
     return files
 

@@ -71,6 +71,14 @@ class OpenHandover(BaseModel):
     channel: Channel
     recipient: Recipient
     clock: ContactClock | None = None
+    declined: bool = False
+    """This recipient declined it; the hub re-decides (the referrer was told `declined`)."""
+    previous: Recipient | None = None
+    """Who held it before this re-decision. The notifier reads decisions and feedback from different topics, so
+    the feedback that caused the re-decision (a decline, WIJ's request for specialist care) can arrive after it:
+    from `previous` it is taken for what it was, not refused."""
+    previous_declined: bool = False
+    """`previous` declined and the referrer was told, so its decline arriving again has no effect."""
 
 
 class IndicationWatch(BaseModel):

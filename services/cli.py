@@ -92,7 +92,8 @@ def _print_rejection(errors: list[ReferralError], **extra: object) -> None:
 @app.command()
 def up() -> None:
     """Run the whole hub: start the local Kafka unless VERWIJSHUB_KAFKA_BOOTSTRAP is set, create the topics,
-    principals and ACLs, and run intake, routing, notifier, the gateway and the analytics sink until Ctrl-C."""
+    principals and ACLs, and run intake, routing, notifier, the gateway, the analytics sink and the recipient API
+    until Ctrl-C."""
     settings = get_settings()
     log_file = settings.log_file or settings.data_dir / "hub.log"
     configure_logging("hub", settings.log_level, log_file)

@@ -32,10 +32,11 @@ SERVICES: dict[str, str] = {
     "notifier": "services.notifier.app:create_notifier",
     "gateway": "services.gateway.app:create_gateway",
     "analytics": "services.analytics.sink:create_analytics",
+    "recipients": "services.recipients.app:create_recipients",
 }
 """Each service's create function, imported only by a process that runs it (so `verwijshub lag`, or `run intake`,
-loads neither FastAPI nor DuckDB): intake, routing and notifier run on the transactional runtime
-(services/infra/processing.py); the gateway's and the analytics sink's FastStream brokers also run the HTTPS and
+loads neither FastAPI nor DuckDB): intake, routing, notifier and the recipient API run on the transactional runtime
+(services/infra/processing.py; the recipient API also serves HTTPS); the gateway's and the analytics sink's FastStream brokers also run the HTTPS and
 MLLP servers and the DuckDB store."""
 
 

@@ -198,7 +198,8 @@ def hub_env(kafka: TestKafka, log_file: Path, env: dict[str, str] | None = None)
     """A hub process's environment: `kafka`, logging to `log_file`, ports of its own, and `env` on top."""
     return {**os.environ, **kafka.env(), "VERWIJSHUB_LOG_FILE": str(log_file),
             "VERWIJSHUB_DATA_DIR": str(log_file.parent), "VERWIJSHUB_METRICS_PORT": str(_free_port()),
-            "VERWIJSHUB_GATEWAY_PORT": str(_free_port()), "VERWIJSHUB_MLLP_PORT": str(_free_port()), **(env or {})}
+            "VERWIJSHUB_GATEWAY_PORT": str(_free_port()), "VERWIJSHUB_MLLP_PORT": str(_free_port()),
+            "VERWIJSHUB_RECIPIENTS_PORT": str(_free_port()), **(env or {})}
 
 
 def start_hub(kafka: TestKafka, log_file: Path, *services: str,

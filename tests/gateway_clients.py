@@ -26,11 +26,14 @@ class HttpAnswer:
 
 
 def curl(url: str, ca_file: Path, token: str | None = None, body: bytes | None = None,
-         content_type: str = "application/fhir+json", method: str | None = None) -> HttpAnswer:
-    """One request with curl, verifying the gateway's certificate against the local CA."""
+         content_type: str = "application/fhir+json", method: str | None = None,
+         headers: dict[str, str] | None = None) -> HttpAnswer:
+    """One request with curl, verifying the gateway's (or the recipient API's) certificate against the local CA."""
     args = ["curl", "-sS", "--cacert", str(ca_file), "-D", "-", "--max-time", "30"]
     if token:
         args += ["-H", f"Authorization: Bearer {token}"]
+    for name, value in (headers or {}).items():
+        args += ["-H", f"{name}: {value}"]
     if body is not None:
         args += ["-H", f"Content-Type: {content_type}", "--data-binary", "@-"]
     if method:

@@ -66,6 +66,8 @@ def provide_gateway_certificate(settings: Settings) -> None:
     reads the CA's key (none when one is configured, or the CA here is another's)."""
     if not settings.gateway_cert_file:
         LocalCa(settings.secrets).issue_gateway_pem(settings.gateway_host)
+    if not settings.recipients_cert_file and settings.recipients_host != settings.gateway_host:
+        LocalCa(settings.secrets).issue_gateway_pem(settings.recipients_host)  # the recipient API's, on its host
 
 
 def sync_access(settings: Settings, registry: Registry) -> SyncResult:
@@ -234,12 +236,15 @@ def _referrer(registry: Registry, principal: str) -> ReferrerOrganisation:
 
 @access_app.command("token")
 def token(principal: Annotated[str, typer.Argument(help="A referrer organisation's principal, e.g. "
-                                                        "referrer-huisartsen-centrum.")]) -> None:
-    """Issue a bearer token for PRINCIPAL to submit referrals through the gateway (HTTPS), as the referrers its
-    organisation lists. Replaces its previous token, which stops working at once; only a hash is stored, so the token
-    is printed this once."""
+                                                        "referrer-huisartsen-centrum, or a recipient's, e.g. "
+                                                        "wij-centrum or provider-12345678.")]) -> None:
+    """Issue a bearer token for PRINCIPAL: a referrer organisation's submits referrals through the gateway (HTTPS), as
+    the referrers its organisation lists; a WIJ team's or provider's reads and moves its own handovers' Tasks at the
+    recipient API. Replaces its previous token, which stops working at once; only a hash is stored, so the token is
+    printed this once."""
     settings, registry = _settings_and_registry()
-    _referrer(registry, principal)
+    if _principal(registry, principal).kind != "recipient":
+        _referrer(registry, principal)
     print(TokenStore(settings.secrets).issue(principal))
 
 

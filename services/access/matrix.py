@@ -146,6 +146,18 @@ def gateway_grants(organisations: list[tuple[str, str]]) -> list[Grant]:
             *_topics(gateway, Operation.READ, topics.REGISTRY)]
 
 
+def recipients_grants() -> list[Grant]:
+    """The recipient API (services/recipients/): reads every handover topic and writes every feedback topic (by
+    prefix: a recipient added later is served at once; the API lets a recipient's token move only its own Tasks, and
+    the feedback goes to that recipient's own topic), and its compacted state, with its own group and transactional
+    ids. Nothing else: no decision, inbound, status or other state topic."""
+    who = principals.RECIPIENTS
+    return [*_topics(who, Operation.READ, "handovers.", pattern=Pattern.PREFIXED),
+            *_topics(who, Operation.WRITE, "feedback.", pattern=Pattern.PREFIXED),
+            *_topics(who, Operation.READ, topics.RECIPIENTS_STATE), *_topics(who, Operation.WRITE, topics.RECIPIENTS_STATE),
+            _group(who, principals.RECIPIENTS), _transactions(who)]
+
+
 def operations_grants() -> list[Grant]:
     """Lag, the exporter and the status page: describe every topic and group (offsets and timestamps, never
     records), and read what carries no BSN, name, address or free text: the status topics, the registry (teams
@@ -175,7 +187,8 @@ def analytics_grants() -> list[Grant]:
 def all_principals(registry: Registry) -> list[Principal]:
     return [Principal(principals.ADMIN, "admin"),
             *(Principal(principals.service(name), "service") for name in ("intake", "routing", "notifier")),
-            Principal(principals.GATEWAY, "service"), Principal(principals.OPERATIONS, "operations"), Principal(principals.ANALYTICS, "analytics"),
+            Principal(principals.GATEWAY, "service"), Principal(principals.RECIPIENTS, "service"),
+            Principal(principals.OPERATIONS, "operations"), Principal(principals.ANALYTICS, "analytics"),
             *(Principal(principals.referrer(org), "referrer") for org in sorted(registry.referrers)),
             *(Principal(principals.wij_team(team), "recipient") for team in sorted(registry.teams)),
             *(Principal(principals.provider(agb), "recipient") for agb in sorted(registry.providers))]
@@ -184,7 +197,8 @@ def all_principals(registry: Registry) -> list[Principal]:
 def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
     """Every grant the registry implies on `today`; a provider that stopped keeps reading for `grace`."""
     organisations = [(org.channel.value, org.id) for org in registry.referrers.values()]
-    result = [*service_grants(), *gateway_grants(organisations), *operations_grants(), *analytics_grants()]
+    result = [*service_grants(), *gateway_grants(organisations), *recipients_grants(), *operations_grants(),
+              *analytics_grants()]
     for channel, org in organisations:
         result += referrer_grants(channel, org)
     for team in sorted(registry.teams):
@@ -198,7 +212,8 @@ def grants(registry: Registry, today: date, grace: timedelta) -> list[Grant]:
 
 def generic_grants() -> list[Grant]:
     """The matrix with placeholders for referrers' channels and recipients' ids (for documents)."""
-    return [*service_grants(), *gateway_grants([("<channel>", "<org>")]), *operations_grants(), *analytics_grants(),
+    return [*service_grants(), *gateway_grants([("<channel>", "<org>")]), *recipients_grants(), *operations_grants(),
+            *analytics_grants(),
             *referrer_grants("<channel>", "<org>"),
             *recipient_grants("wij", "<id>"), *recipient_grants("provider", "<agb>")]
 

@@ -9,6 +9,9 @@ ADMIN = "verwijshub-admin"
 OPERATIONS = "verwijshub-ops"
 GATEWAY = "verwijshub-gateway"
 """The referrer gateway (HTTPS and MLLP): writes what referrers hand it over HTTP or MLLP, reads their statuses."""
+RECIPIENTS = "verwijshub-recipients"
+"""The recipient API (HTTPS, FHIR): reads the handover topics, writes the feedback topics for the recipients it
+authenticated, and its own state."""
 ANALYTICS = "verwijshub-analytics"
 """The analytics sink: reads decisions, statuses, feedback and alerts; describes the dead-letter topic."""
 

@@ -579,6 +579,13 @@ class Runtime:
             await asyncio.sleep(self.settings.notifier_tick_seconds)
             await asyncio.gather(*(self.tick(number, owned) for number, owned in list(self.owned.items())))
 
+    async def tick_now(self, number: int) -> None:
+        """Partition N's tick at once, if this instance owns N: for work that waits on it (the recipient API's Task
+        updates, decided in their partition's tick so that they commit with their state)."""
+        owned = self.owned.get(number)
+        if owned is not None:
+            await self.tick(number, owned)
+
     async def tick(self, number: int, owned: Owned) -> None:
         """What came due in partition N, in a transaction of its own when there is anything (most ticks have
         nothing: no transaction then), or when the partition is retrying after a failed tick: a committed tick ends

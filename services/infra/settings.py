@@ -138,6 +138,19 @@ class Settings(BaseSettings):
     gateway_read_timeout_s: float = Field(default=10.0, gt=0, description="How long a referrer may take to send "
                                           "its request body or MLLP frame.")
     mllp_port: int = Field(default=2575, ge=0, description="Port of the gateway's MLLP listener (HL7 v2); 0: none.")
+    recipients_host: str = Field(default="127.0.0.1", description="Address the recipient API (HTTPS, FHIR R4) "
+                                 "listens on.")
+    recipients_port: int = Field(default=8444, ge=0, description="HTTPS port of the recipient API.")
+    recipients_tls: bool = Field(default=True, description="HTTPS (the default) or, for debugging behind a "
+                                 "TLS-terminating proxy only, plain HTTP.")
+    recipients_cert_file: Path | None = Field(default=None, description="PEM with the recipient API's private key "
+                                              "and certificate chain; unset: a certificate for "
+                                              "VERWIJSHUB_RECIPIENTS_HOST from the local CA.")
+    recipients_keep_closed_days: float = Field(default=7.0, ge=0, description="How long a completed or rejected "
+                                               "Task stays readable (and its last update answerable again) before "
+                                               "the recipient API forgets it.")
+    recipients_update_timeout_s: float = Field(default=15.0, gt=0, description="How long a Task update waits for "
+                                               "Kafka to store its feedback before it is answered 503.")
     mllp_tls: bool = Field(default=True, description="MLLP over mutual TLS: each sender presents a client "
                            "certificate from `verwijshub access certificate` (the hub's CA), whose organisation binds "
                            "the referrers it may send as. false: plain MLLP, only from MLLP_PLAIN_ALLOW.")

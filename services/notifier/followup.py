@@ -25,7 +25,7 @@ from schemas.notices import (
     RecipientNotice,
     YouthFollowUp,
 )
-from schemas.routing import RecipientKind, RoutingAlert, RoutingDecision
+from schemas.routing import Recipient, RecipientKind, RoutingAlert, RoutingDecision
 from schemas.status import ReferralStatus, StatusEvent
 from services.infra import principals, topics
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
@@ -100,11 +100,12 @@ def apply_decision(state: YouthFollowUp, decision: RoutingDecision, now: datetim
                 message=f"Decided again by rule '{decision.rule}': the referral stays with you"
                         + (f", flagged {', '.join(decision.flags)}." if decision.flags else ".")))]
         return state, []  # already handed to this recipient: a repeated decision
+    previous = decision.previous_recipient or (before.recipient if before else None)
     handover = OpenHandover(
         referral_id=decision.referral_id, referrer_referral_id=referral.referrer_referral_id,
         channel=referral.channel, recipient=recipient,
-        clock=start_clock(now, calendar) if recipient.kind is RecipientKind.WIJ_TEAM else None)
-    previous = decision.previous_recipient or (before.recipient if before else None)
+        clock=start_clock(now, calendar) if recipient.kind is RecipientKind.WIJ_TEAM else None, previous=previous,
+        previous_declined=before is not None and before.recipient == previous and before.declined)
     effects: list[Effect] = []
     if previous is None:
         effects.append(status(handover, ReferralStatus.ROUTED, now, f"to {recipient.name} ({recipient.kind.value})"))
@@ -167,14 +168,16 @@ def apply_feedback(state: YouthFollowUp, kind: RecipientKind, source_id: str, fe
     if feedback.kind is FeedbackKind.EVALUATION_DONE:
         return _evaluation_done(state, kind, source_id, feedback)
     handover = state.handovers.get(feedback.referral_id)
-    if handover is None or handover.recipient.kind is not kind or handover.recipient.id != source_id:
+    if handover is None or not _is(handover.recipient, kind, source_id):
+        if handover is not None and _is(handover.previous, kind, source_id) and feedback.kind in _REDECIDING:
+            return _after_its_redecision(state, handover, feedback, now)
         raise _refuse()
     handovers = dict(state.handovers)
     match feedback.kind:
         case FeedbackKind.ACCEPTED:
             effects = [status(handover, ReferralStatus.ACCEPTED, now, f"by {handover.recipient.name}")]
         case FeedbackKind.DECLINED:  # routing re-routes; the clock of this recipient stops
-            handovers[feedback.referral_id] = handover.model_copy(update={"clock": None})
+            handovers[feedback.referral_id] = handover.model_copy(update={"clock": None, "declined": True})
             effects = [status(handover, ReferralStatus.DECLINED, now, f"by {handover.recipient.name}; the hub "
                               "looks for another recipient")]
         case FeedbackKind.CONTACT_MADE:
@@ -188,6 +191,28 @@ def apply_feedback(state: YouthFollowUp, kind: RecipientKind, source_id: str, fe
         case _:  # indication-started, specialist-needed: routing acts (its decision brings the statuses)
             effects = []
     return state.model_copy(update={"handovers": handovers}), effects
+
+
+_REDECIDING = frozenset({FeedbackKind.DECLINED, FeedbackKind.SPECIALIST_NEEDED})
+"""Feedback on which routing decides the referral again, so it may reach the notifier after that decision."""
+
+
+def _is(recipient: Recipient | None, kind: RecipientKind, source_id: str) -> bool:
+    return recipient is not None and recipient.kind is kind and recipient.id == source_id
+
+
+def _after_its_redecision(state: YouthFollowUp, handover: OpenHandover, feedback: Feedback,
+                          now: datetime) -> tuple[YouthFollowUp, list[Effect]]:
+    """Feedback of the previous recipient that routing has already acted on: a decline still tells the referrer
+    (once); a request for specialist care brought its statuses with the decision."""
+    if feedback.kind is not FeedbackKind.DECLINED or handover.previous_declined:
+        return state, []
+    previous = handover.previous
+    assert previous is not None
+    told = handover.model_copy(update={"previous_declined": True})
+    return (state.model_copy(update={"handovers": {**state.handovers, handover.referral_id: told}}),
+            [status(handover, ReferralStatus.DECLINED, now, f"by {previous.name}; the referral went on to "
+                                                            f"{handover.recipient.name}")])
 
 
 def _evaluation_done(state: YouthFollowUp, kind: RecipientKind, agb: str,

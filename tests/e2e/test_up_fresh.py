@@ -31,7 +31,7 @@ def test_up_from_an_empty_data_directory_is_secured_and_serves_a_recipient_over_
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("VERWIJSHUB_")},
            "VERWIJSHUB_DATA_DIR": str(data), "VERWIJSHUB_CACHE_DIR": str(cache_dir()),
            "VERWIJSHUB_KAFKA_PORT": str(_free_port()), "VERWIJSHUB_KAFKA_CONTROLLER_PORT": str(_free_port()),
-           "VERWIJSHUB_METRICS_PORT": str(_free_port())}
+           "VERWIJSHUB_METRICS_PORT": str(_free_port()), "VERWIJSHUB_RECIPIENTS_PORT": str(_free_port())}
     SECRETS_SEEN.append(data / "secrets")  # its passwords, key and logs join the scan at the end of the run
     ARTIFACTS.mkdir(exist_ok=True)
     with (ARTIFACTS / "up-fresh.out").open("wb") as out:

@@ -144,7 +144,9 @@ def test_the_strimzi_users_grant_exactly_the_matrix_and_topics_are_replicated_th
 
 
 def test_the_asyncapi_access_names_who_may_publish_and_subscribe() -> None:
-    assert who_may("handovers.wij.centrum.v1") == {"publish": ["verwijshub-notifier"], "subscribe": ["wij-<id>"]}
+    assert who_may("handovers.wij.centrum.v1") == {"publish": ["verwijshub-notifier"],
+                                                   "subscribe": ["verwijshub-recipients", "wij-<id>"]}
+    assert who_may("feedback.provider.12345678.v1")["publish"] == ["provider-<agb>", "verwijshub-recipients"]
     assert who_may("referrals.dlq.v1")["subscribe"] == []
     asyncapi = json.loads((REPO_ROOT / "schemas" / "asyncapi.json").read_text())
     assert asyncapi["servers"]["development"]["protocol"] == "kafka-secure"

@@ -63,7 +63,8 @@ def test_every_topic_of_the_hub_has_a_channel_with_its_message(topic):
 
 def test_a_recipients_topic_carries_the_fhir_handover_and_the_notices_with_their_headers():
     topic = topics.wij_handovers("centrum")
-    assert sorted(channels_of(topic)) == ["notifier:amendments-wij", "notifier:handovers-wij", "notifier:notices-wij"]
+    assert sorted(channels_of(topic)) == ["notifier:amendments-wij", "notifier:handovers-wij", "notifier:notices-wij",
+                                          "recipients:handovers-wij"]
     assert payload_of("notifier:handovers-wij") == {"$ref": "#/components/schemas/Bundle"}
     assert payload_of("notifier:notices-wij") == {"$ref": "#/components/schemas/RecipientNotice"}
     (reference,) = DOCUMENT["channels"]["notifier:handovers-wij"]["messages"].values()
@@ -73,7 +74,8 @@ def test_a_recipients_topic_carries_the_fhir_handover_and_the_notices_with_their
     assert DOCUMENT["channels"]["notifier:handovers-wij"]["parameters"] == {
         "team": {"description": "A WIJ team's id (`deploy/registry/teams.json`)."}}
     assert DOCUMENT["channels"]["notifier:handovers-wij"]["x-access"] == {
-        "publish": ["verwijshub-notifier"], "subscribe": ["wij-<id>"]}, "the team of its name alone reads it"
+        "publish": ["verwijshub-notifier"], "subscribe": ["verwijshub-recipients", "wij-<id>"]}, \
+        "the team of its name alone reads it, and the recipient API that serves it"
 
 
 def test_state_topics_are_tagged_internal_and_no_other():

@@ -235,3 +235,43 @@ def test_rerouted_and_ended_indications_are_not_watched() -> None:
     rerouted = indication(date(2026, 12, 31)).model_copy(update={"rerouted_on": date(2026, 3, 1)})
     state = apply_indications(YouthFollowUp(pseudonym="p"), [rerouted, indication(date(2026, 2, 1))], date(2026, 3, 2))
     assert state.watches == {}
+
+
+def test_a_decline_that_arrives_after_its_redecision_still_tells_the_referrer_once() -> None:
+    """Decisions and feedback come on different topics: routing's new decision can be read first."""
+    decision = team_decision()
+    state = handed_over(decision)
+    again = decision.model_copy(update={"recipient": PROVIDER, "rule": "declined",
+                                        "previous_recipient": decision.recipient})
+    state, effects = apply_decision(state, again, FRIDAY, CALENDAR, "centrum")
+    assert statuses(effects) == [ReferralStatus.REROUTED, ReferralStatus.HANDED_OVER]
+    decline = feedback(decision, FeedbackKind.DECLINED)
+    state, effects = apply_feedback(state, *source_of(decision), decline, FRIDAY)
+    assert statuses(effects) == [ReferralStatus.DECLINED] and decision.recipient.name in effects[0].detail
+    assert apply_feedback(state, *source_of(decision), decline, FRIDAY)[1] == []  # told once
+    assert state.handovers[decision.referral_id].recipient == PROVIDER
+    with pytest.raises(FeedbackRefused):  # only the feedback routing re-decides on is taken from the one before
+        apply_feedback(state, *source_of(decision), feedback(decision, FeedbackKind.CONTACT_MADE), FRIDAY)
+
+
+def test_a_decline_read_before_its_redecision_is_not_told_twice() -> None:
+    decision = team_decision()
+    state = handed_over(decision)
+    decline = feedback(decision, FeedbackKind.DECLINED)
+    state, effects = apply_feedback(state, *source_of(decision), decline, FRIDAY)
+    assert statuses(effects) == [ReferralStatus.DECLINED]
+    again = decision.model_copy(update={"recipient": PROVIDER, "rule": "declined",
+                                        "previous_recipient": decision.recipient})
+    state, _ = apply_decision(state, again, FRIDAY, CALENDAR, "centrum")
+    assert apply_feedback(state, *source_of(decision), decline, FRIDAY)[1] == []
+
+
+def test_a_request_for_specialist_care_read_after_its_redecision_is_no_dead_letter() -> None:
+    first = team_decision()
+    first = first.model_copy(update={"referral": first.referral.model_copy(update={"referral_date": date(2025, 6, 1)})})
+    state = handed_over(first)
+    moved = first.model_copy(update={"recipient": PROVIDER, "rule": "specialist-care",
+                                     "previous_recipient": first.recipient, "flags": ["warm-handover"]})
+    state, _ = apply_decision(state, moved, FRIDAY, CALENDAR, None)
+    request = Feedback(referral_id=first.referral_id, kind=FeedbackKind.SPECIALIST_NEEDED, at=FRIDAY, product="54B01")
+    assert apply_feedback(state, *source_of(first), request, FRIDAY) == (state, [])

@@ -1,0 +1,261 @@
+"""The recipient API on a real secured broker, under the real `verwijshub up`, spoken to by curl only: a GP referral
+handed over to a provider shows in that provider's poll and nowhere else; the provider reads the handover, accepts
+it and reports first contact with PUT and PATCH; each move is one feedback record, the referrer's statuses move,
+a retry has no second effect and a stale If-Match gets 412; a WIJ team's report of contact stops its contact
+clock."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from schemas.referral import Channel
+from services.access.tokens import TokenStore
+from services.infra import principals, topics
+from services.infra.settings import REPO_ROOT
+from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
+from tests.gateway_clients import HttpAnswer, curl
+from tests.kafka_client import read_topic
+from tests.referrals import EXAMPLE_BSN, random_bsn, sender
+
+pytestmark = pytest.mark.e2e
+EXAMPLES = REPO_ROOT / "schemas" / "examples" / "gp"
+FOR_A_PROVIDER = EXAMPLES / "zorgdomein-r4-servicerequest-coverage.json"
+FOR_A_TEAM = EXAMPLES / "zorgdomein-document-basis-jeugdhulp.json"
+BUSINESS = "urn:verwijshub:task-business-status"
+FHIR_JSON = "application/fhir+json"
+
+
+@dataclass
+class Hub:
+    kafka: TestKafka
+    gateway: str
+    api: str
+    ca: Path
+    log: Path
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = start_hub(self.kafka, self.log, env=self.env)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_hub(self.process)
+            self.process = None
+
+    def token(self, principal: str) -> str:
+        """As an operator issues it: `verwijshub access token <principal>`."""
+        run = subprocess.run([sys.executable, "-m", "services.cli", "access", "token", principal],
+                             env={**os.environ, **self.kafka.env()}, capture_output=True, text=True, cwd=REPO_ROOT,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        return run.stdout.strip()
+
+    def get(self, path: str, token: str | None) -> HttpAnswer:
+        return curl(self.api + path, self.ca, token)
+
+    def send(self, method: str, path: str, token: str, body: Any, if_match: str | None,
+             content_type: str = FHIR_JSON) -> HttpAnswer:
+        return curl(self.api + path, self.ca, token, json.dumps(body).encode(), content_type, method=method,
+                    headers={"If-Match": if_match} if if_match else None)
+
+    def refer(self, document: Path) -> tuple[str, dict]:
+        """A ZorgDomein document of a youth and ZD number of its own, through the gateway: the hub referral id and
+        the routing decision's recipient."""
+        text = document.read_text()
+        zd_number = json.loads(text)["entry"][0]["resource"]["identifier"]["value"]
+        body = text.replace(zd_number, f"ZD{uuid.uuid4().int % 10**9:09d}").replace(EXAMPLE_BSN, random_bsn())
+        answer = curl(self.gateway + "/fhir/Bundle", self.ca,
+                      TokenStore(self.kafka.secrets).issue(principals.referrer(sender(Channel.GP).id)), body.encode())
+        assert answer.status == 201, answer.body
+        referral_id = answer.headers["location"].rsplit("/", 1)[1]
+        (decision,) = asyncio.run(read_topic(self.kafka.admin, topics.DECISIONS,
+                                             lambda r: json.loads(r.value)["referral_id"] == referral_id, 1))
+        return referral_id, json.loads(decision.value)["recipient"]
+
+    def statuses(self, referral_id: str, count: int, settle_s: float = 0.0) -> list[str]:
+        records = asyncio.run(read_topic(self.kafka.admin, topics.status(Channel.GP),
+                                         lambda r: json.loads(r.value).get("referral_id") == referral_id, count,
+                                         timeout_s=60, settle_s=settle_s))
+        return [json.loads(r.value)["status"] for r in records]
+
+    def feedback(self, topic: str, referral_id: str, count: int, settle_s: float = 0.0) -> list[dict]:
+        records = asyncio.run(read_topic(self.kafka.admin, topic,
+                                         lambda r: json.loads(r.value).get("referral_id") == referral_id, count,
+                                         timeout_s=60, settle_s=settle_s))
+        return [json.loads(r.value) for r in records]
+
+
+def eventually(check: Callable[[], Any], what: str, timeout_s: float = 90.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"not within {timeout_s:.0f}s: {what}")
+
+
+@pytest.fixture(scope="module")
+def hub(kafka: TestKafka) -> Iterator[Hub]:
+    directory = ARTIFACTS / "recipient-api"
+    directory.mkdir(parents=True, exist_ok=True)
+    gateway_port, api_port = _free_port(), _free_port()
+    running = Hub(kafka, f"https://127.0.0.1:{gateway_port}", f"https://127.0.0.1:{api_port}/fhir",
+                  kafka.secrets / "ca.pem", directory / "hub.log",
+                  {"VERWIJSHUB_GATEWAY_PORT": str(gateway_port), "VERWIJSHUB_RECIPIENTS_PORT": str(api_port)})
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def task_of(hub: Hub, token: str, owner: str, referral_id: str, query: str = "") -> dict | None:
+    """The referral's Task in the recipient's poll, following `next` links."""
+    url = f"/Task?owner={owner}&_count=2{query}"
+    while url:
+        answer = hub.get(url, token)
+        assert answer.status == 200, answer.body
+        page = answer.json()
+        assert page["resourceType"] == "Bundle" and page["type"] == "searchset"
+        for entry in page.get("entry", []):
+            if entry["resource"]["groupIdentifier"]["value"] == referral_id:
+                return entry["resource"]
+        url = next((link["url"].split("/fhir", 1)[1] for link in page["link"] if link["relation"] == "next"), "")
+    return None
+
+
+def code_of(answer: HttpAnswer) -> str:
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome" and answer.headers["content-type"].startswith(FHIR_JSON)
+    return outcome["issue"][0]["details"]["coding"][0]["code"]
+
+
+def test_a_provider_polls_reads_accepts_and_reports_contact_and_another_sees_none_of_it(hub: Hub) -> None:
+    for _ in range(3):  # more handovers than one page, so the poll pages
+        hub.refer(FOR_A_PROVIDER)
+    referral_id, recipient = hub.refer(FOR_A_PROVIDER)
+    assert recipient["kind"] == "provider"
+    owner = principals.provider(recipient["id"])
+    other = next(principals.provider(agb) for agb in ("98000011", "98000022") if agb != recipient["id"])
+    token, other_token = hub.token(owner), hub.token(other)
+    started = datetime.now(UTC).isoformat()
+
+    task = eventually(lambda: task_of(hub, token, owner, referral_id, "&status=requested"), "the Task in the poll")
+    assert task["status"] == "requested" and task["meta"]["versionId"] == "1"
+    path = f"/Task/{task['id']}"
+    assert task_of(hub, other_token, other, referral_id) is None, "another provider's poll does not show it"
+    assert task_of(hub, other_token, owner, referral_id) is None, "nor when it asks for the owner's"
+    for asked in (path, "/" + task["focus"]["reference"]):
+        refused = hub.get(asked, other_token)
+        assert refused.status == 404 and code_of(refused) == "NOT_FOUND", asked
+    assert hub.get(path, None).status == 401
+
+    bundle = hub.get("/" + task["focus"]["reference"], token)
+    assert bundle.status == 200 and bundle.headers["cache-control"] == "no-store"
+    message = bundle.json()["entry"][0]["resource"]
+    assert message["type"] == "message" and task["id"] in {e["resource"]["id"] for e in message["entry"]}
+    assert hub.get("/metadata", None).json()["resourceType"] == "CapabilityStatement"
+
+    read = hub.get(path, token)
+    assert read.headers["etag"] == 'W/"1"'
+    accepted = hub.send("PUT", path, token, {**read.json(), "status": "accepted"}, 'W/"1"')
+    assert accepted.status == 200 and accepted.headers["etag"] == 'W/"2"', accepted.body
+    again = hub.send("PUT", path, token, {**read.json(), "status": "accepted"}, 'W/"1"')
+    assert (again.status, again.headers["etag"]) == (200, 'W/"2"'), "the retry is answered, not applied again"
+    stale = hub.send("PUT", path, token, {**read.json(), "status": "rejected", "statusReason": {"text": "full"}},
+                     'W/"1"')
+    assert stale.status == 412 and code_of(stale) == "VERSION_CONFLICT"
+    missing = hub.send("PUT", path, token, {**accepted.json(), "status": "completed"}, None)
+    assert missing.status == 428 and code_of(missing) == "IF_MATCH_REQUIRED"
+    by_another = hub.send("PUT", path, other_token, {**accepted.json(), "status": "completed"}, 'W/"2"')
+    assert by_another.status == 404 and code_of(by_another) == "NOT_FOUND"
+
+    contact = [{"op": "replace", "path": "/status", "value": "in-progress"},
+               {"op": "add", "path": "/businessStatus", "value": {"coding": [{"system": BUSINESS,
+                                                                              "code": "contact-made"}]}},
+               {"op": "add", "path": "/executionPeriod", "value": {"start": started}}]
+    made = hub.send("PATCH", path, token, contact, 'W/"2"', "application/json-patch+json")
+    assert made.status == 200 and made.json()["status"] == "in-progress", made.body
+    assert hub.send("PATCH", path, token, contact, 'W/"2"', "application/json-patch+json").status == 200
+
+    feedback = hub.feedback(topics.provider_feedback(recipient["id"]), referral_id, 2, settle_s=3.0)
+    assert [f["kind"] for f in feedback] == ["accepted", "contact-made"], "one record per move, retries none"
+    assert datetime.fromisoformat(feedback[1]["contact_at"]) == datetime.fromisoformat(started)
+    assert hub.statuses(referral_id, 5) == ["received", "routed", "handed-over", "accepted", "contact-made"]
+    polled = eventually(lambda: task_of(hub, token, owner, referral_id, f"&status=in-progress&_lastUpdated=gt"
+                                                                         f"{quote(started)}"), "the moved Task")
+    assert polled["meta"]["versionId"] == "3"
+
+
+def open_clocks(hub: Hub, owner: str) -> int | None:
+    """The team's open contact clocks, summed over the notifier partitions' latest counts (ops.recipients.v1)."""
+    records = asyncio.run(read_topic(hub.kafka.admin, topics.OPS_RECIPIENTS, lambda r: True, 10**6, timeout_s=3))
+    latest = {r.key: json.loads(r.value) for r in records if r.value}
+    counts = [value["recipients"].get(owner, {}).get("open", 0) for value in latest.values()]
+    return sum(counts) if latest else None
+
+
+def test_a_wij_teams_contact_made_stops_its_contact_clock(hub: Hub) -> None:
+    referral_id, recipient = hub.refer(FOR_A_TEAM)
+    assert recipient["kind"] == "wij-team"
+    owner = principals.wij_team(recipient["id"])
+    token = hub.token(owner)
+    eventually(lambda: open_clocks(hub, owner) == 1, "the team's contact clock running")
+    task = eventually(lambda: task_of(hub, token, owner, referral_id), "the Task in the team's poll")
+    moved = hub.send("PUT", f"/Task/{task['id']}", token, {
+        **task, "status": "in-progress", "businessStatus": {"coding": [{"system": BUSINESS, "code": "contact-made"}]},
+        "executionPeriod": {"start": datetime.now(UTC).isoformat()}}, 'W/"1"')
+    assert moved.status == 200, moved.body
+    assert hub.statuses(referral_id, 4) == ["received", "routed", "handed-over", "contact-made"]
+    eventually(lambda: open_clocks(hub, owner) == 0, "the team's contact clock stopped", timeout_s=120)
+
+
+def test_the_tasks_are_rebuilt_from_the_state_topic_when_the_hub_starts_again(hub: Hub) -> None:
+    """Accepted, then `up` stopped and started: the Task is at its version, the accept sent again still has no
+    second effect, and the next move goes through."""
+    referral_id, recipient = hub.refer(FOR_A_PROVIDER)
+    owner = principals.provider(recipient["id"])
+    token = hub.token(owner)
+    task = eventually(lambda: task_of(hub, token, owner, referral_id), "the Task in the poll")
+    path = f"/Task/{task['id']}"
+    assert hub.send("PUT", path, token, {**task, "status": "accepted"}, 'W/"1"').status == 200
+    hub.stop()
+    hub.start()
+    read = eventually(lambda: (answer := hub.get(path, token)).status == 200 and answer, "the Task after the start")
+    assert (read.json()["status"], read.headers["etag"]) == ("accepted", 'W/"2"')
+    again = hub.send("PUT", path, token, {**task, "status": "accepted"}, 'W/"1"')
+    assert (again.status, again.headers["etag"]) == (200, 'W/"2"')
+    closed = hub.send("PUT", path, token, {**read.json(), "status": "completed"}, 'W/"2"')
+    assert closed.status == 200 and closed.json()["status"] == "completed", closed.body
+    feedback = hub.feedback(topics.provider_feedback(recipient["id"]), referral_id, 2, settle_s=3.0)
+    assert [f["kind"] for f in feedback] == ["accepted", "closed"]
+    assert hub.statuses(referral_id, 5) == ["received", "routed", "handed-over", "accepted", "closed"]
+
+
+def test_schemathesis_finds_no_server_error_and_every_answer_conforms(hub: Hub) -> None:
+    """Driven by the committed schemas/openapi-recipients.json, with a provider's token (its Tasks, if any, and
+    every made-up id)."""
+    token = hub.token(principals.provider("98000167"))
+    run = subprocess.run([str(Path(sys.executable).parent / "schemathesis"), "run",
+                          str(REPO_ROOT / "schemas" / "openapi-recipients.json"), "--url", hub.api.removesuffix("/fhir"),
+                          "--tls-verify", str(hub.ca), "-H", f"Authorization: Bearer {token}",
+                          "--max-examples", "5", "--phases", "examples,fuzzing",
+                          "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                          "response_schema_conformance", "--no-color"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    (ARTIFACTS / "recipient-api" / "schemathesis.txt").write_text(run.stdout + run.stderr)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "generated" in run.stdout and " 0 generated" not in run.stdout, run.stdout[-2000:]
