@@ -186,7 +186,10 @@ class Recipients(Processor):
             after = core.on_handover(before, content, owner, ref, now)
         else:
             referral_id = content.get("referral_id")
-            after = core.on_notice(before, referral_id if isinstance(referral_id, str) else None, owner, ref, now)
+            if not isinstance(referral_id, str):  # an amendment (a FHIR Bundle) names it in its correlation-id
+                referral_id = next((value.decode(errors="replace") for name, value in record.headers or ()
+                                    if name == "correlation-id"), None) or None
+            after = core.on_notice(before, referral_id, owner, ref, now)
         return self.put(record.partition, before, after)
 
     async def tick(self, partition: int) -> list[Outbound]:
