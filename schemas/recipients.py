@@ -23,6 +23,8 @@ class TaskStatus(StrEnum):
     REJECTED = "rejected"
     IN_PROGRESS = "in-progress"
     COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    """The referral left this recipient: its referrer cancelled it, or the hub handed it over elsewhere."""
 
 
 class RecordRef(BaseModel):

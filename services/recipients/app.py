@@ -189,7 +189,8 @@ class Recipients(Processor):
             if not isinstance(referral_id, str):  # an amendment (a FHIR Bundle) names it in its correlation-id
                 referral_id = next((value.decode(errors="replace") for name, value in record.headers or ()
                                     if name == "correlation-id"), None) or None
-            after = core.on_notice(before, referral_id, owner, ref, now)
+            kind = content.get("kind")
+            after = core.on_notice(before, referral_id, owner, ref, now, kind if isinstance(kind, str) else None)
         return self.put(record.partition, before, after)
 
     async def tick(self, partition: int) -> list[Outbound]:

@@ -27,7 +27,9 @@ OUTPUT_SYSTEM = "urn:verwijshub:task-output"
 (valueDate)."""
 REFUSAL_SYSTEM = "urn:verwijshub:recipient-api-error"
 CONTACT_MADE, INDICATION_STARTED = "contact-made", "indication-started"
-TERMINAL = frozenset({TaskStatus.REJECTED, TaskStatus.COMPLETED})
+TERMINAL = frozenset({TaskStatus.REJECTED, TaskStatus.COMPLETED, TaskStatus.CANCELLED})
+ENDING_NOTICES = frozenset({"cancelled", "handed-over-elsewhere"})
+"""Notice kinds after which the referral is no longer this recipient's to move on: its Task becomes cancelled."""
 
 
 class RefusalCode(StrEnum):
@@ -127,17 +129,19 @@ def on_handover(state: RecipientTasks, bundle: dict[str, Any], owner: str, ref: 
     return state.model_copy(update={"tasks": {**state.tasks, new.id: new}})
 
 
-def on_notice(state: RecipientTasks, referral_id: str | None, owner: str, ref: RecordRef, now: datetime
-              ) -> RecipientTasks:
-    """Any later record about a referral on its recipient's topic (a notice of any kind, an amendment): listed with
-    the referral's latest Task of that recipient, whose version and lastUpdated move so that polling finds it.
-    Whatever its kind: a new kind needs no change here."""
+def on_notice(state: RecipientTasks, referral_id: str | None, owner: str, ref: RecordRef, now: datetime,
+              kind: str | None = None) -> RecipientTasks:
+    """Any later record about a referral on its recipient's topic (a notice of any `kind`, an amendment): listed
+    with the referral's latest Task of that recipient, whose version and lastUpdated move so that polling finds it;
+    a notice that ends the referral here (ENDING_NOTICES) cancels an open Task. Any other kind needs no change here."""
     mine = [task for task in state.tasks.values() if task.referral_id == referral_id and task.owner == owner]
     if not mine or any(ref in task.notices for task in mine):
         return state
     task = max(mine, key=lambda task: (task.handed_over_at, task.id))
+    ends = kind in ENDING_NOTICES and task.status not in TERMINAL
     changed = task.model_copy(update={"notices": [*task.notices, ref], "version": task.version + 1,
-                                      "last_updated": now, "last_change": None})
+                                      "last_updated": now, "last_change": None,
+                                      **({"status": TaskStatus.CANCELLED} if ends else {})})
     return state.model_copy(update={"tasks": {**state.tasks, task.id: changed}})
 
 

@@ -69,6 +69,20 @@ def test_a_notice_of_any_kind_is_listed_with_its_referrals_task_and_moves_its_ve
     assert core.on_notice(state, "r1", "provider-87654321", notice, NOW) == state, "another's topic"
 
 
+@pytest.mark.parametrize("kind", ["cancelled", "handed-over-elsewhere"])
+def test_a_notice_that_ends_the_referral_here_cancels_its_task_which_then_moves_no_more(kind):
+    state = core.on_handover(RecipientTasks(pseudonym="p"), bundle(), "provider-12345678", REF, NOW)
+    ref = RecordRef(topic=REF.topic, partition=0, offset=11, schema="verwijshub.Notice/1")
+    later = core.on_notice(state, "r1", "provider-12345678", ref, NOW, kind)
+    task = later.tasks["t1"]
+    assert task.status is TaskStatus.CANCELLED
+    refused = core.update(task, core.read_change("t1", {"resourceType": "Task", "id": "t1", "status": "accepted"}),
+                          task.version, NOW)
+    assert isinstance(refused, core.Refusal) and refused.status == 409
+    kept = core.on_notice(state, "r1", "provider-12345678", ref, NOW, "sla-at-risk")
+    assert kept.tasks["t1"].status is TaskStatus.REQUESTED
+
+
 @pytest.mark.parametrize(("status", "fields", "kind"), [
     ("accepted", {}, FeedbackKind.ACCEPTED),
     ("rejected", {"statusReason": {"text": "no capacity"}}, FeedbackKind.DECLINED),
