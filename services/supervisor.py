@@ -227,8 +227,13 @@ class Supervisor:
         try:
             for name in self.names:  # spawned at once: their imports and starts run side by side
                 self.children.append(await self.spawn(name))
-            await asyncio.gather(*(waiting_for(f"the {child.name} process (pid {child.process.pid}) ready",
-                                               child.started()) for child in self.children))
+            waits = [asyncio.ensure_future(waiting_for(f"the {child.name} process (pid {child.process.pid}) ready",
+                                                       child.started())) for child in self.children]
+            try:
+                await asyncio.gather(*waits)
+            finally:  # one child ended or timed out: the others' waits end here too
+                for wait in waits:
+                    wait.cancel()
             self.all_ready = True
             log.info("services ready", services=self.names, pids={c.name: c.process.pid for c in self.children},
                      bootstrap=self.settings.bootstrap,
