@@ -31,6 +31,7 @@ from services.infra.starting import waiting_for
 from services.ops.lag import LagMonitor, export
 
 LAG_EVERY_S = 15.0
+ORPHAN_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,16 @@ def tell_supervisor(**message: object) -> None:
 
 def watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
     """Stop when stdin ends: the supervisor holds its other end, so a supervisor that died (even by SIGKILL, which
-    forwards nothing) leaves no service running on."""
+    forwards nothing) leaves no service running on; one whose clean stop hangs (a broker gone too) ends
+    ORPHAN_GRACE_S later all the same, as the supervisor that would have killed it is gone."""
     def wait_for_end() -> None:
         while os.read(0, 4096):  # not sys.stdin's buffered reader: its lock, held here, aborts the interpreter's end
             pass
         loop.call_soon_threadsafe(stopping.set)
+        time.sleep(ORPHAN_GRACE_S)  # a daemon thread: a clean stop ends the process before this
+        get_logger().error("supervisor gone and the services not stopped in time: exiting",
+                           grace_s=ORPHAN_GRACE_S)
+        os._exit(1)
 
     threading.Thread(target=wait_for_end, name="supervisor-pipe", daemon=True).start()
 

@@ -14,7 +14,7 @@ of its own. The supervisor:
 - when a child dies, stops the others and exits 1, naming it in the log ("service exited").
 
 A child reports on its stdout (JSON lines: its metrics port, then `ready`) and stops when its stdin ends, so no
-child outlives a supervisor killed outright. Children are in process groups of their own: a Ctrl-C reaches the
+child outlives a supervisor killed outright (one whose stop hangs exits ORPHAN_GRACE_S later, services/hub.py). Children are in process groups of their own: a Ctrl-C reaches the
 supervisor, which stops them in order, not every process at once.
 """
 
@@ -41,7 +41,9 @@ from services.infra.secrets import credential_file
 from services.infra.settings import REPO_ROOT, Settings
 from services.infra.starting import waiting_for
 
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+"""How long a child may take to stop before it is killed: within the 30 s `stop_process` (and an operator's
+`kill`, then `kill -9`, habits) give `up` itself."""
 SCRAPE_TIMEOUT_S = 2.0
 NOT_FOR_CHILDREN = frozenset({"VERWIJSHUB_KAFKA_USERNAME", "VERWIJSHUB_KAFKA_PASSWORD",
                               "VERWIJSHUB_KAFKA_CLIENT_CONFIG", "VERWIJSHUB_KAFKA_CREDENTIAL_FILE",
