@@ -6,7 +6,11 @@ Runs the real `verwijshub up` as a process in a data directory and on ports of i
 times it from the process's start to its "services ready" log line, and lists the steps the start logged as
 `ready` (`services/infra/starting.py`) with the seconds each took; steps overlap where they run concurrently. The
 first start formats and provisions the broker; the warm ones find it running with its data and stop only the hub.
-There is no baseline to pair it with: this is a latency of one process's start, not a throughput.
+`up` starts each service as a process of its own (services/supervisor.py): "the <service> process (pid N) ready"
+is the supervisor's wait for one, from its spawn; the service's own "<service> started" begins after its
+interpreter started and imported its modules, so the difference between the two is that start and those imports
+(five processes at once on the machine's cores). There is no baseline to pair it with: this is a latency of a
+start, not a throughput.
 """
 
 import argparse

@@ -40,6 +40,7 @@ from services.intake.outcome import ParseOutcome, Rejection
 from services.ops import commands as ops_commands
 from services.routing import commands as routing_commands
 from services.routing.policy import decide
+from services.supervisor import ServiceExited, Supervisor
 
 app = typer.Typer(help="Verwijshub: the youth-care referral hub of Groningen, on Apache Kafka.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -92,10 +93,11 @@ def _print_rejection(errors: list[ReferralError], **extra: object) -> None:
 @app.command()
 def up() -> None:
     """Run the whole hub: start the local Kafka unless VERWIJSHUB_KAFKA_BOOTSTRAP is set, create the topics,
-    principals and ACLs, and run intake, routing, notifier, the gateway, the analytics sink and the recipient API
-    until Ctrl-C."""
+    principals and ACLs, and run intake, routing, notifier, the gateway, the analytics sink and the recipient API,
+    each as its own process with only its own credential, until Ctrl-C (a service that dies stops the hub: exit 1)."""
     settings = get_settings()
     log_file = settings.log_file or settings.data_dir / "hub.log"
+    settings = settings.model_copy(update={"log_file": log_file})  # the services' processes log there too
     configure_logging("hub", settings.log_level, log_file)
     dump_stacks_on_sigusr1()
     registry = _registry(settings)
@@ -123,7 +125,7 @@ def up() -> None:
     except SecretsError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    except (LocalKafkaError, StartTimeout) as exc:
+    except (LocalKafkaError, StartTimeout, ServiceExited) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
 
@@ -132,7 +134,8 @@ async def start_hub_and_run(settings: Settings, registry: Registry, broker: Loca
                             ready: Callable[[list[str]], None]) -> None:
     """`up` after its checks: the broker answering, the topics, principals and ACLs of the registry in force (a
     live one, else the files), the registry published unless one is, then the services; each step logged with
-    its time, and given up at VERWIJSHUB_START_TIMEOUT_S."""
+    its time, and given up at VERWIJSHUB_START_TIMEOUT_S; then each service as a process of its own
+    (services/supervisor.py)."""
     dump_tasks_on_sigusr1(asyncio.get_running_loop())
     if broker is not None:
         await waiting_for(f"the local Kafka at {broker.bootstrap} to answer", asyncio.to_thread(broker.start))
@@ -153,18 +156,21 @@ async def start_hub_and_run(settings: Settings, registry: Registry, broker: Loca
     if live is None:
         await waiting_for(f"the registry files published on {topics.REGISTRY}",
                           routing_commands.publish_registry_unless_present(settings, settings.registry_dir))
-    await run_services(list(SERVICES), settings, registry, on_ready=lambda: ready(created))
+    await Supervisor(list(SERVICES), settings).run(on_ready=lambda: ready(created))
 
 
 @app.command()
-def run(services: Annotated[list[Service], typer.Argument(help="The service(s) to run in this process.")]) -> None:
+def run(services: Annotated[list[Service], typer.Argument(help="The service(s) to run in this process.")],
+        supervised: Annotated[bool, typer.Option("--supervised", hidden=True, help="As a child of `up`: reports "
+                                                 "its metrics port and readiness on stdout, stops when stdin "
+                                                 "ends.")] = False) -> None:
     """Run services against the configured Kafka, e.g. `run routing` (start more processes to scale out)."""
     settings = get_settings()
     names = [service.value for service in services]
     configure_logging("+".join(names), settings.log_level, settings.log_file)
     dump_stacks_on_sigusr1()
     try:
-        asyncio.run(run_services(names, settings, _registry(settings)))
+        asyncio.run(run_services(names, settings, _registry(settings), supervised=supervised))
     except StartTimeout as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc

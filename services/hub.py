@@ -1,14 +1,19 @@
-"""Running services: each alone (`verwijshub run X`) or all three in one process (`verwijshub up`)."""
+"""Running services: one or more in one process (`verwijshub run X [Y]`), or all of them, each as its own OS process
+under one supervisor (`verwijshub up`, services/supervisor.py)."""
 
 import asyncio
 import contextlib
 import faulthandler
 import importlib
+import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -26,22 +31,36 @@ from services.infra.starting import waiting_for
 from services.ops.lag import LagMonitor, export
 
 LAG_EVERY_S = 15.0
-SERVICES: dict[str, str] = {
-    "intake": "services.intake.app:create_intake",
-    "routing": "services.routing.app:create_routing",
-    "notifier": "services.notifier.app:create_notifier",
-    "gateway": "services.gateway.app:create_gateway",
-    "analytics": "services.analytics.sink:create_analytics",
-    "recipients": "services.recipients.app:create_recipients",
+ORPHAN_GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service `up` runs: its create function ("module:function", imported only by a process that runs it, so
+    `verwijshub lag`, or `run intake`, loads neither FastAPI nor DuckDB), the principal it connects as (its process
+    is given that credential file and no other) and whether it needs the pseudonym key (only intake computes
+    pseudonyms; the gateway, exposed to referrers, must not hold it)."""
+
+    create: str
+    principal: str
+    pseudonym_key: bool = False
+
+
+SERVICES: dict[str, ServiceSpec] = {
+    "intake": ServiceSpec("services.intake.app:create_intake", principals.service("intake"), pseudonym_key=True),
+    "routing": ServiceSpec("services.routing.app:create_routing", principals.service("routing")),
+    "notifier": ServiceSpec("services.notifier.app:create_notifier", principals.service("notifier")),
+    "gateway": ServiceSpec("services.gateway.app:create_gateway", principals.GATEWAY),
+    "analytics": ServiceSpec("services.analytics.sink:create_analytics", principals.ANALYTICS),
+    "recipients": ServiceSpec("services.recipients.app:create_recipients", principals.RECIPIENTS),
 }
-"""Each service's create function, imported only by a process that runs it (so `verwijshub lag`, or `run intake`,
-loads neither FastAPI nor DuckDB): intake, routing, notifier and the recipient API run on the transactional runtime
-(services/infra/processing.py; the recipient API also serves HTTPS); the gateway's and the analytics sink's FastStream brokers also run the HTTPS and
-MLLP servers and the DuckDB store."""
+"""Every service of the hub, the one list `up` starts (one line each): intake, routing, notifier and the recipient API
+run on the transactional runtime (services/infra/processing.py; the recipient API also serves HTTPS); the gateway's and the analytics sink's FastStream brokers
+also run the HTTPS and MLLP servers and the DuckDB store."""
 
 
 def create_service(name: str, settings: Settings, registry: Registry, clock: Clock) -> KafkaBroker | Runtime:
-    module, function = SERVICES[name].split(":")
+    module, function = SERVICES[name].create.split(":")
     return getattr(importlib.import_module(module), function)(settings, registry, clock)
 
 
@@ -51,8 +70,11 @@ def healthy(service: KafkaBroker | Runtime) -> bool:
 
 
 async def run_services(names: list[str], settings: Settings, registry: Registry,
-                       on_ready: Callable[[], None] | None = None) -> None:
-    """Start the named services on one event loop and run them until SIGINT or SIGTERM."""
+                       on_ready: Callable[[], None] | None = None, supervised: bool = False) -> None:
+    """Start the named services on one event loop and run them until SIGINT or SIGTERM. `supervised` (a child of
+    `up`, services/supervisor.py): the metrics endpoint on a free port, which, and then readiness, are told to the
+    supervisor as JSON lines on stdout; the end of stdin (the supervisor gone) stops the services too; the
+    supervisor exports the consumer lag, so this process needs no operations credential."""
     clock: Clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
     brokers = [create_service(name, settings, registry, clock) for name in names]
     stopping, ready = asyncio.Event(), asyncio.Event()
@@ -61,29 +83,63 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
         loop.add_signal_handler(signum, stopping.set)
     dump_tasks_on_sigusr1(loop)
     log = get_logger()
-    endpoint = start_metrics(settings, lambda: ready.is_set() and all(map(healthy, brokers)))
-    lag = asyncio.create_task(export_own_lag(settings, names))
+    is_ready = lambda: ready.is_set() and all(map(healthy, brokers))  # noqa: E731
+    if supervised:
+        endpoint = start_metrics(settings.model_copy(update={"metrics_port": 0}), is_ready, free_port=True)
+        tell_supervisor(metrics_port=endpoint.server_port if endpoint else None)
+        watch_stdin(loop, stopping)
+        lag = None
+    else:
+        endpoint = start_metrics(settings, is_ready)
+        lag = asyncio.create_task(export_own_lag(settings, names))
     try:
         await asyncio.gather(*(waiting_for(f"{name} started", broker.start())  # the round trips overlap
                                for name, broker in zip(names, brokers, strict=True)))
         ready.set()
-        log.info("services ready", services=names, bootstrap=settings.bootstrap,
+        log.info("service ready" if supervised else "services ready", services=names, bootstrap=settings.bootstrap,
                  metrics=f"http://{settings.metrics_host}:{endpoint.server_port}/metrics" if endpoint else None)
+        if supervised:
+            tell_supervisor(ready=True)
         if on_ready:
             on_ready()
         await stopping.wait()
     finally:
         log.info("services stopping", services=names)
-        lag.cancel()
+        if lag:
+            lag.cancel()
         for broker in brokers:
             await broker.stop()
         if endpoint:
             endpoint.shutdown()
 
 
-def start_metrics(settings: Settings, ready: Callable[[], bool]) -> ThreadingHTTPServer | None:
-    """The process's /metrics, /healthz and /readyz; a port in use is logged, not fatal (the services matter more)."""
-    if not settings.metrics_port:
+def tell_supervisor(**message: object) -> None:
+    """One JSON line to the supervising `up` (this process's stdout is its pipe)."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+    """Stop when stdin ends: the supervisor holds its other end, so a supervisor that died (even by SIGKILL, which
+    forwards nothing) leaves no service running on; one whose clean stop hangs (a broker gone too) ends
+    ORPHAN_GRACE_S later all the same, as the supervisor that would have killed it is gone."""
+    def wait_for_end() -> None:
+        while os.read(0, 4096):  # not sys.stdin's buffered reader: its lock, held here, aborts the interpreter's end
+            pass
+        loop.call_soon_threadsafe(stopping.set)
+        time.sleep(ORPHAN_GRACE_S)  # a daemon thread: a clean stop ends the process before this
+        get_logger().error("supervisor gone and the services not stopped in time: exiting",
+                           grace_s=ORPHAN_GRACE_S)
+        os._exit(1)
+
+    threading.Thread(target=wait_for_end, name="supervisor-pipe", daemon=True).start()
+
+
+def start_metrics(settings: Settings, ready: Callable[[], bool], free_port: bool = False
+                  ) -> ThreadingHTTPServer | None:
+    """The process's /metrics, /healthz and /readyz; a port in use is logged, not fatal (the services matter more).
+    `free_port`: on a port the system picks (a supervised child's); else none when the port is 0."""
+    if not settings.metrics_port and not free_port:
         return None
     try:
         return serve_metrics(settings.metrics_host, settings.metrics_port, ready)
@@ -114,11 +170,11 @@ def dump_stacks_on_sigusr1() -> None:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
-def dump_tasks_on_sigusr1(loop: asyncio.AbstractEventLoop) -> None:
+def dump_tasks_on_sigusr1(loop: asyncio.AbstractEventLoop, also: Callable[[], None] | None = None) -> None:
     """SIGUSR1 also writes every asyncio task's stack to stderr, from the loop itself: a thread dump of an idle loop
-    does not say which coroutine waits for what."""
+    does not say which coroutine waits for what. `also`: run after that (the supervisor passes the signal on)."""
     faulthandler.unregister(signal.SIGUSR1)  # to chain to the loop's handler, registered after it
-    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: (dump_tasks(), also and also()))
     faulthandler.register(signal.SIGUSR1, all_threads=True, chain=True)
 
 

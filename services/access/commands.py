@@ -63,11 +63,14 @@ async def registry_in_force(settings: Settings) -> Registry:
 
 def provide_gateway_certificate(settings: Settings) -> None:
     """The gateway's TLS certificate from the local CA, made here on the admin's side so that the gateway never
-    reads the CA's key (none when one is configured, or the CA here is another's)."""
+    reads the CA's key (none when one is configured, or the CA here is another's); and the MLLP revocation list
+    signed anew, so that it never expires."""
+    ca = LocalCa(settings.secrets)
     if not settings.gateway_cert_file:
-        LocalCa(settings.secrets).issue_gateway_pem(settings.gateway_host)
+        ca.issue_gateway_pem(settings.gateway_host)
     if not settings.recipients_cert_file and settings.recipients_host != settings.gateway_host:
-        LocalCa(settings.secrets).issue_gateway_pem(settings.recipients_host)  # the recipient API's, on its host
+        ca.issue_gateway_pem(settings.recipients_host)  # the recipient API's, on its host
+    ca.provide_crl()
 
 
 def sync_access(settings: Settings, registry: Registry) -> SyncResult:
@@ -256,7 +259,7 @@ def certificate(
 ) -> None:
     """Issue an MLLP client certificate for PRINCIPAL from the hub's CA: its key, its certificate (organisation = the
     registry id, which binds the referrers it may send as) and the CA, in one PEM for the HL7 engine. Only this file
-    holds the key; a new one does not revoke an old one (docs/security.md)."""
+    holds the key; a new one does not revoke an old one: `access revoke-certificate` does."""
     settings, registry = _settings_and_registry()
     organisation = _referrer(registry, principal)
     if organisation.channel is not Channel.SPECIALIST:
@@ -269,6 +272,31 @@ def certificate(
         console.print(f"[red]no certificate issued: {exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"MLLP client certificate for {principal} written to {out}")
+
+
+@access_app.command("revoke-certificate")
+def revoke_certificate(
+    principal: Annotated[str, typer.Argument(help="A specialist referrer organisation's principal, e.g. "
+                                                  "referrer-umcg.")],
+    serial: Annotated[str | None, typer.Option("--serial", help="Only this certificate (hex serial, as "
+                                               "`openssl x509 -serial` prints it); default: every one issued to "
+                                               "the organisation.")] = None,
+) -> None:
+    """Revoke PRINCIPAL's MLLP client certificates: on the hub CA's revocation list, which the gateway reloads
+    within seconds; from then on a connection with one is refused at the TLS handshake, and one already open is
+    closed. Another organisation's certificates keep working; `access certificate` issues a new one."""
+    settings, registry = _settings_and_registry()
+    organisation = _referrer(registry, principal)
+    try:
+        revoked = LocalCa(settings.secrets).revoke(organisation.id, serial.upper() if serial else None)
+    except (SecretsError, OSError) as exc:
+        console.print(f"[red]nothing revoked: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if not revoked:
+        console.print(f"[red]no certificate of {principal}{f' with serial {serial}' if serial else ''} to revoke "
+                      "(none issued by this hub's CA, or all revoked already)[/red]")
+        raise typer.Exit(1)
+    console.print(f"revoked {len(revoked)} MLLP client certificate(s) of {principal}: {', '.join(revoked)}")
 
 
 class ExportFormat(StrEnum):

@@ -75,12 +75,12 @@ class Gateway:
             await asyncio.sleep(0.05)
         mllp_port = None
         if settings.mllp_port:
-            context = mutual_tls_context(Path(pem), LocalCa(settings.secrets).ca_cert) if settings.mllp_tls and pem \
-                else None
+            ca = LocalCa(settings.secrets)
+            context = mutual_tls_context(Path(pem), ca.ca_cert) if settings.mllp_tls and pem else None
             if context is None and not self.mllp.plain_allowed:
                 get_logger().warning("plain MLLP with no address allowed: every connection is refused",
                                      setting="VERWIJSHUB_MLLP_PLAIN_ALLOW")
-            mllp_port = await self.mllp.start(settings.gateway_host, settings.mllp_port, context)
+            mllp_port = await self.mllp.start(settings.gateway_host, settings.mllp_port, context, ca.crl)
         self.started = True
         scheme = "https" if settings.gateway_tls else "http"
         get_logger().info("gateway listening", url=f"{scheme}://{settings.gateway_host}:{settings.gateway_port}",

@@ -20,6 +20,9 @@ Who sends: by default every connection is mutual TLS, and the client certificate
 organisation. A connection of no specialist organisation, or one past `VERWIJSHUB_MLLP_MAX_CONNECTIONS`, is closed
 at once, before a byte is read. A referral naming a referrer its organisation may not send as is answered AE
 `SENDER_NOT_ALLOWED` and written to the organisation's topic like any AE, where intake refuses it the same way.
+A certificate revoked with `verwijshub access revoke-certificate` is refused at the handshake once the listener
+has reloaded the CA's revocation list (it looks for a change every CRL_RELOAD_S), and a connection open with it
+is closed then.
 """
 
 import asyncio
@@ -27,6 +30,7 @@ import contextlib
 import ipaddress
 import ssl
 import uuid
+from pathlib import Path
 
 from schemas.errors import ErrorCode, ReferralError
 from schemas.referral import Channel, Referral
@@ -38,9 +42,10 @@ from services.gateway.limits import RateLimit
 from services.gateway.submission import SUBMISSIONS, Submissions
 from services.infra.clock import Clock
 from services.infra.logging import get_logger
-from services.infra.tls import certificate_organisation
+from services.infra.tls import certificate_organisation, certificate_serial, load_crl
 
 START, END = b"\x0b", b"\x1c\x0d"
+CRL_RELOAD_S = 1.0
 UNSUPPORTED = {ErrorCode.CHANNEL_MISMATCH, ErrorCode.UNPARSEABLE}
 AllowList = list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]
 RATE_LIMITED = ReferralError(code=ErrorCode.RATE_LIMITED, location="", message="More messages than the hub takes "
@@ -109,12 +114,47 @@ class MllpListener:
         self.plain_allowed = plain_allow_list(settings.mllp_plain_allow)
         self.server: asyncio.Server | None = None
         self.connections: set[asyncio.Task] = set()
+        self.serials: dict[asyncio.Task, int] = {}
+        self.watching: asyncio.Task | None = None
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None, crl: Path | None = None) -> int:
+        """Listen (`tls`: mutual TLS; `crl`: the revocation list it follows, loaded into `tls` before the first
+        connection and again whenever it changes)."""
+        seen = self.reload_crl(tls, crl, None) if tls is not None and crl is not None else None
         self.server = await asyncio.start_server(self._connection, host, port, ssl=tls)
+        if tls is not None and crl is not None:
+            self.watching = asyncio.create_task(self.follow_crl(tls, crl, seen), name="mllp revocation list")
         return self.server.sockets[0].getsockname()[1]
 
+    async def follow_crl(self, tls: ssl.SSLContext, crl: Path, seen: tuple[int, int] | None) -> None:
+        while True:
+            await asyncio.sleep(CRL_RELOAD_S)
+            seen = self.reload_crl(tls, crl, seen)
+
+    def reload_crl(self, tls: ssl.SSLContext, crl: Path, seen: tuple[int, int] | None) -> tuple[int, int] | None:
+        """Load the revocation list into `tls` if it was replaced since `seen` (a new file each time: `access
+        revoke-certificate`, provisioning) and close the connections open with a certificate it revokes; returns
+        the version now loaded."""
+        try:
+            found = crl.stat()
+            version = (found.st_ino, found.st_mtime_ns)
+            if version == seen:
+                return seen
+            revoked = load_crl(tls, crl)
+        except FileNotFoundError:
+            return seen
+        except (OSError, ssl.SSLError, ValueError) as exc:  # not a CRL: the one loaded before holds
+            get_logger().error("mllp revocation list not loaded", error_type=type(exc).__name__)
+            return seen
+        cut = [task for task, serial in self.serials.items() if serial in revoked]
+        for task in cut:
+            task.cancel()
+        get_logger().info("mllp revocation list loaded", revoked=len(revoked), connections_closed=len(cut))
+        return version
+
     async def stop(self) -> None:
+        if self.watching:
+            self.watching.cancel()
         if self.server:
             self.server.close()
             for task in list(self.connections):
@@ -143,6 +183,8 @@ class MllpListener:
         task = asyncio.current_task()
         if task:
             self.connections.add(task)
+            if (serial := certificate_serial(writer.get_extra_info("peercert"))) is not None:
+                self.serials[task] = serial
         deframer = Deframer(2 * self.submissions.settings.max_message_bytes)  # a little too large: AE TOO_LARGE
         try:
             while True:
@@ -154,11 +196,12 @@ class MllpListener:
                 for frame in deframer.feed(data):
                     writer.write(START + (await self.answer(frame, organisation)).encode() + END)
                     await writer.drain()
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
-            pass
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            pass  # cancelled: its certificate was revoked, or the listener stops
         finally:
             if task:
                 self.connections.discard(task)
+                self.serials.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

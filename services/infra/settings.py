@@ -98,7 +98,7 @@ class Settings(BaseSettings):
     log_file: Path | None = Field(default=None, description="Also write the JSON log lines to this file.")
     metrics_host: str = Field(default="127.0.0.1", description="Address of a service process's metrics endpoint.")
     metrics_port: int = Field(default=9300, ge=0, description="Port of /metrics, /healthz and /readyz of a service "
-                              "process (`up` serves all three services on it); 0: no endpoint.")
+                              "process; `up` serves all its services' on it, merged from their processes; 0: no endpoint.")
     liberation_day: Literal["lustrum", "always", "never"] = Field(
         default="lustrum", description="Whether Liberation Day (5 May) stops the contact clock: in lustrum "
         "years (2025, 2030), every year, or never.")

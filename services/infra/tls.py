@@ -6,11 +6,18 @@ On first start the project makes a CA and a broker certificate for the broker's 
 reads it: `kafka start`, `up` before it starts the services, `access sync`. They issue the gateway's certificate
 too, so no service ever needs the key. Production replaces all of this with certificates from a real CA
 (docs/security.md).
+
+MLLP client certificates (`verwijshub access certificate`) are listed as issued (`ca/issued.json`: serial,
+organisation, validity; never a key) so that `verwijshub access revoke-certificate` can revoke an organisation's:
+they go on a certificate revocation list signed by the CA (`mllp-crl.pem`, public), which the gateway's MLLP
+listener checks every client certificate against and reloads when it changes.
 """
 
 import ipaddress
+import json
 import os
 import ssl
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +30,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from services.infra.secrets import SecretsError, write_private
 
 VALID_DAYS = 825
+CRL_VALID_DAYS = VALID_DAYS
+"""A revocation list past its next update makes OpenSSL refuse every certificate it covers: it is signed anew
+on every revocation and every `up` and `access sync`, and valid as long as a certificate."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,59 @@ class LocalCa:
         if legacy.is_file() and not self.ca_key.is_file():
             self.ca_key.parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(legacy, self.ca_key)
+
+    @property
+    def crl(self) -> Path:
+        """The revocation list of MLLP client certificates (public: the gateway reads it)."""
+        return self.directory / "mllp-crl.pem"
+
+    @property
+    def issued_file(self) -> Path:
+        return self.directory / "ca" / "issued.json"
+
+    def issued(self) -> list[dict[str, str]]:
+        """Every MLLP client certificate issued: serial (hex), organisation, not_after, revoked_at (when revoked)."""
+        return json.loads(self.issued_file.read_text()) if self.issued_file.is_file() else []
+
+    def revoke(self, organisation_id: str, serial: str | None = None) -> list[str]:
+        """Revoke `organisation_id`'s client certificates (only `serial`, when given) not revoked yet, and sign the
+        revocation list anew; returns the serials revoked now."""
+        issued, now = self.issued(), datetime.now(UTC)
+        revoked = []
+        for entry in issued:
+            if entry["organisation"] == organisation_id and "revoked_at" not in entry \
+                    and (serial is None or int(serial, 16) == int(entry["serial"], 16)):
+                entry["revoked_at"] = now.isoformat()
+                revoked.append(entry["serial"])
+        write_private(self.issued_file, json.dumps(issued, indent=1).encode())
+        self.write_crl()
+        return revoked
+
+    def write_crl(self) -> Path:
+        """Sign the revocation list of every revoked client certificate (empty: none), replacing it atomically."""
+        ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        ca_cert = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
+        if self.crl.is_file():  # OpenSSL takes the list updated last; its times are whole seconds
+            before = x509.load_pem_x509_crl(self.crl.read_bytes()).last_update_utc
+            time.sleep(max(0.0, (before + timedelta(seconds=1) - datetime.now(UTC)).total_seconds()))
+        now = datetime.now(UTC).replace(microsecond=0)
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
+                   .last_update(now).next_update(now + timedelta(days=CRL_VALID_DAYS))
+                   .add_extension(x509.CRLNumber(int(now.timestamp() * 1000)), critical=False))
+        for entry in self.issued():
+            if "revoked_at" in entry:
+                builder = builder.add_revoked_certificate(
+                    x509.RevokedCertificateBuilder().serial_number(int(entry["serial"], 16))
+                    .revocation_date(datetime.fromisoformat(entry["revoked_at"])).build())
+        crl = builder.sign(ca_key, hashes.SHA256())
+        write_private(self.crl, crl.public_bytes(serialization.Encoding.PEM))
+        return self.crl
+
+    def provide_crl(self) -> None:
+        """The revocation list re-signed (provisioning: `up`, `access sync`) where this CA's key is, so it never
+        expires while the hub is kept running; nothing where the CA is another's."""
+        if self.ca_key.is_file() and self.ca_cert.is_file():
+            self.write_crl()
 
     def broker_pem(self, host: str) -> Path:
         """Private key (PKCS#8) and certificate chain of the broker on `host`, in the PEM file Kafka reads."""
@@ -96,6 +159,9 @@ class LocalCa:
                 .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .sign(ca_key, hashes.SHA256()))
+        issued = [*self.issued(), {"serial": format(cert.serial_number, "X"), "organisation": organisation_id,
+                                   "not_after": cert.not_valid_after_utc.isoformat()}]
+        write_private(self.issued_file, json.dumps(issued, indent=1).encode())
         return (_pkcs8(key) + cert.public_bytes(serialization.Encoding.PEM)
                 + ca_cert.public_bytes(serialization.Encoding.PEM))
 
@@ -157,12 +223,30 @@ def _pkcs8(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def mutual_tls_context(server_pem: Path, client_ca: Path) -> ssl.SSLContext:
-    """A server context that requires a client certificate signed by `client_ca` (MLLP's senders)."""
+def mutual_tls_context(server_pem: Path, client_ca: Path, crl: Path | None = None) -> ssl.SSLContext:
+    """A server context that requires a client certificate signed by `client_ca` (MLLP's senders), and, once
+    `crl` exists, not revoked on it (`load_crl`)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(client_ca))
     context.load_cert_chain(server_pem, server_pem)
     context.verify_mode = ssl.CERT_REQUIRED
+    if crl is not None and crl.is_file():
+        load_crl(context, crl)
     return context
+
+
+def load_crl(context: ssl.SSLContext, crl: Path) -> frozenset[int]:
+    """Check client certificates against the revocation list `crl` from now on; returns its revoked serials.
+    Loaded again after a change, the list joins the earlier ones in the context's store, and OpenSSL uses the
+    one updated last (each is a superset of those before it)."""
+    context.load_verify_locations(cafile=str(crl))
+    context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return frozenset(entry.serial_number for entry in x509.load_pem_x509_crl(crl.read_bytes()))
+
+
+def certificate_serial(peercert: dict | None) -> int | None:
+    """The serial number of a verified peer certificate as `ssl` gives it (hex), or None."""
+    serial = (peercert or {}).get("serialNumber")
+    return int(serial, 16) if serial else None
 
 
 def certificate_organisation(peercert: dict | None) -> str | None:

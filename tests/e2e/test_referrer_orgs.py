@@ -3,7 +3,8 @@
 third-party clients only: curl (HTTPS), kcat (Kafka, through deploy/kcat), openssl s_client (MLLP over TLS).
 
 A GP practice's credential cannot send as another practice's GP, on HTTPS or Kafka; MLLP takes no connection
-without a client certificate of the hub's CA, none past the cap, and answers a sender past its rate with a code;
+without a client certificate of the hub's CA, none with a revoked one, none past the cap, and answers a sender past
+its rate with a code;
 a product published to `registry.v1` is accepted by the running gateway."""
 
 import asyncio
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from fhir.resources.R4B.operationoutcome import OperationOutcome
 
 from schemas.referral import Channel
@@ -210,6 +212,28 @@ def test_past_the_connection_cap_a_new_connection_is_refused(gateway: Gateway, u
     finally:
         for connection in holding:
             connection.close()
+
+
+def test_a_revoked_mllp_certificate_is_refused_and_another_still_answered(gateway: Gateway, umcg_pem: Path,
+                                                                          tmp_path: Path) -> None:
+    """A second UMCG certificate revoked by its serial (`access revoke-certificate --serial`): once the gateway
+    reloaded the CA's revocation list, openssl s_client with it gets no answer; UMCG's other certificate and
+    Martini's are still answered (an answer of any code: the rate of three a minute may make it AR)."""
+    pems = {name: tmp_path / f"{name}.pem" for name in ("umcg-2", "martini")}
+    for name, organisation in (("umcg-2", "umcg"), ("martini", "martini")):
+        issued = cli(gateway.kafka, "access", "certificate", principals.referrer(organisation), "--out",
+                     str(pems[name]))
+        assert issued.returncode == 0, issued.stderr
+    serial = format(x509.load_pem_x509_certificates(pems["umcg-2"].read_bytes())[0].serial_number, "X")
+    revoked = cli(gateway.kafka, "access", "revoke-certificate", principals.referrer("umcg"), "--serial", serial)
+    assert revoked.returncode == 0 and serial in "".join(revoked.stderr.split()), revoked.stderr  # rich wraps it
+    deadline, answers = time.monotonic() + 60, [None]
+    while answers and time.monotonic() < deadline:  # the gateway looks for a new list every second
+        answers = openssl_mllp(gateway.mllp_port, gateway.ca, [_specialist(40)], pems["umcg-2"], timeout_s=10)
+    assert answers == []
+    assert '"event": "mllp revocation list loaded"' in gateway.log.read_text()
+    assert len(openssl_mllp(gateway.mllp_port, gateway.ca, [_specialist(41)], umcg_pem)) == 1
+    assert len(openssl_mllp(gateway.mllp_port, gateway.ca, [_specialist(42)], pems["martini"])) == 1
 
 
 def test_past_the_senders_rate_mllp_answers_ar_rate_limited_and_stores_nothing(gateway: Gateway, umcg_pem: Path

@@ -257,6 +257,46 @@ async def test_mllp_refuses_a_sender_without_certificate_or_of_another_channel_a
         await listener.stop()
 
 
+async def test_a_revoked_client_certificate_is_refused_once_the_list_is_reloaded_another_still_answered(
+        tmp_path: Path) -> None:
+    ca = LocalCa(tmp_path)
+    pem = ca.gateway_pem("127.0.0.1")
+    ca.provide_crl()  # as provisioning signs it: empty
+    listener = _listener(tmp_path, _Broker())
+    umcg, martini = _client_context(tmp_path, "umcg"), _client_context(tmp_path, "martini")
+    port = await listener.start("127.0.0.1", 0, mutual_tls_context(pem, ca.ca_cert), ca.crl)
+    frame = b"\x0b" + MESSAGE.encode() + b"\x1c\x0d"
+
+    async def answered(context: ssl.SSLContext) -> bool:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+            writer.write(frame)
+            try:
+                return b"MSA|" in await reader.read(65536)
+            finally:
+                writer.close()
+        except (ssl.SSLError, ConnectionError):
+            return False
+
+    try:
+        assert await answered(umcg) and await answered(martini)
+        held, holding = await asyncio.open_connection("127.0.0.1", port, ssl=umcg)
+        holding.write(frame)
+        await held.readuntil(b"\x1c\x0d")  # the listener holds this one
+        (serial,) = [entry["serial"] for entry in ca.issued() if entry["organisation"] == "umcg"]
+        assert ca.revoke("umcg") == [serial] and ca.revoke("umcg") == []  # once
+        while await held.read(65536):  # closed by the listener once it reloaded the list
+            pass
+        assert not await answered(umcg)
+        assert await answered(martini)  # another organisation's certificate: still answered
+        fresh = _client_context(tmp_path, "umcg")  # a new certificate for UMCG works again
+        assert await answered(fresh)
+    finally:
+        await listener.stop()
+    assert [entry["organisation"] for entry in ca.issued()] == ["umcg", "martini", "umcg"]
+    assert {entry["organisation"] for entry in ca.issued() if "revoked_at" in entry} == {"umcg"}
+
+
 def test_plain_mllp_is_taken_only_from_an_allowed_address_bound_to_its_organisation() -> None:
     allowed = plain_allow_list(" 10.20.0.0/16=umcg, 127.0.0.1=martini ,::1=umcg")
     assert [allowed_organisation(allowed, a) for a in ("10.20.3.4", "127.0.0.1", "::1", "10.21.0.1", "x")] == [
