@@ -3,7 +3,6 @@
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -20,18 +19,11 @@ from services.infra import principals, topics
 from services.infra.clock import Clock
 from services.infra.kafka import make_broker
 from services.infra.logging import get_logger
-from services.infra.secrets import SecretsError
 from services.infra.settings import Settings
 from services.infra.tls import LocalCa, mutual_tls_context
+from services.infra.web import HubServer, server_certificate
 
 SERVICE = "gateway"
-
-
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM are the hub's (`run_services` stops every service), not uvicorn's."""
-        yield
 
 
 class Gateway:
@@ -43,19 +35,12 @@ class Gateway:
         self.app = create_api(GatewayApi(self.submissions, self.book, TokenStore(settings.secrets),
                                          lambda: self.started))
         self.mllp = MllpListener(self.submissions, clock, settings.gateway_read_timeout_s)
-        self.server: _Server | None = None
+        self.server: HubServer | None = None
         self.serving: asyncio.Task[None] | None = None
 
     def certificate(self) -> Path:
-        """The configured certificate, else the one provisioning made from the local CA (`up`, `access sync`): the
-        gateway never reads, nor needs, the CA's key."""
-        if self.settings.gateway_cert_file:
-            return self.settings.gateway_cert_file
-        pem = LocalCa(self.settings.secrets).gateway_pem_path(self.settings.gateway_host)
-        if not pem.is_file():
-            raise SecretsError(f"no certificate for the gateway at {pem}: `verwijshub up` or `verwijshub access "
-                               "sync` makes it from the local CA; or set VERWIJSHUB_GATEWAY_CERT_FILE")
-        return pem
+        return server_certificate(self.settings.gateway_cert_file, self.settings.secrets, self.settings.gateway_host,
+                                  "the gateway", "VERWIJSHUB_GATEWAY_CERT_FILE")
 
     async def start(self) -> None:
         settings = self.settings
@@ -67,7 +52,7 @@ class Gateway:
                                 ssl_keyfile=pem if settings.gateway_tls else None,
                                 log_config=None, access_log=False, timeout_keep_alive=15,
                                 timeout_graceful_shutdown=5, limit_concurrency=200)
-        self.server = _Server(config)
+        self.server = HubServer(config)
         self.serving = asyncio.create_task(self.server.serve())
         while not self.server.started:
             if self.serving.done():

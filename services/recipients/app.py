@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,9 +33,8 @@ from services.infra.contract import Output
 from services.infra.kafka import Outbound, encode
 from services.infra.logging import get_logger
 from services.infra.processing import Processor, Runtime, document_input
-from services.infra.secrets import SecretsError
 from services.infra.settings import Settings
-from services.infra.tls import LocalCa
+from services.infra.web import HubServer, server_certificate
 from services.recipients import tasks as core
 from services.recipients.reading import RecordReader
 
@@ -231,13 +229,6 @@ class Recipients(Processor):
                            topic=address)
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """SIGINT and SIGTERM are the hub's (`run_services` stops every service), not uvicorn's."""
-        yield
-
-
 class RecipientsRuntime(Runtime):
     """The runtime of `Recipients`, which also serves the HTTPS API once its partitions are taken."""
 
@@ -251,7 +242,7 @@ class RecipientsRuntime(Runtime):
         self.reader = RecordReader(self.kafka)
         self.started = False
         self.app = create_api(RecipientApi(self, TokenStore(settings.secrets)))
-        self.server: _Server | None = None
+        self.server: HubServer | None = None
         self.serving: asyncio.Task[None] | None = None
 
     async def submit(self, owner: str, task_id: str, change: core.Change, if_match: int | None
@@ -270,13 +261,8 @@ class RecipientsRuntime(Runtime):
             return UNAVAILABLE
 
     def certificate(self) -> Path:
-        if self.settings.recipients_cert_file:
-            return self.settings.recipients_cert_file
-        pem = LocalCa(self.settings.secrets).gateway_pem_path(self.settings.recipients_host)
-        if not pem.is_file():
-            raise SecretsError(f"no certificate for the recipient API at {pem}: `verwijshub up` or `verwijshub access "
-                               "sync` makes it from the local CA; or set VERWIJSHUB_RECIPIENTS_CERT_FILE")
-        return pem
+        return server_certificate(self.settings.recipients_cert_file, self.settings.secrets,
+                                  self.settings.recipients_host, "the recipient API", "VERWIJSHUB_RECIPIENTS_CERT_FILE")
 
     async def start(self) -> None:
         settings = self.settings
@@ -285,7 +271,7 @@ class RecipientsRuntime(Runtime):
         config = uvicorn.Config(self.app, host=settings.recipients_host, port=settings.recipients_port,
                                 lifespan="off", ssl_certfile=pem, ssl_keyfile=pem, log_config=None, access_log=False,
                                 timeout_keep_alive=15, timeout_graceful_shutdown=5, limit_concurrency=200)
-        self.server = _Server(config)
+        self.server = HubServer(config)
         self.serving = asyncio.create_task(self.server.serve())
         while not self.server.started:
             if self.serving.done():

@@ -8,7 +8,7 @@ read from its own topic, what the referrer hears from its status topic."""
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest

@@ -6,7 +6,7 @@ Reading (services/intake/lifecycle.py), intake's verdict (repeats.py), routing's
 
 import asyncio
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
