@@ -87,22 +87,23 @@ def operation_outcome(errors: list[ReferralError]) -> dict[str, Any]:
     return {"resourceType": "OperationOutcome", "issue": issues}
 
 
-def accepted_outcome(referral_id: str, referrer_referral_id: str) -> dict[str, Any]:
-    """The 2xx body: an informational OperationOutcome naming the hub referral id (also in Location)."""
+def _informational(referral_id: str, text: str) -> dict[str, Any]:
+    """An informational OperationOutcome naming the hub referral id."""
     return {"resourceType": "OperationOutcome", "id": referral_id, "issue": [{
         "severity": "information", "code": IssueType.INFORMATIONAL.value,
-        "details": {"coding": [{"system": REFERRAL_ID_SYSTEM, "code": referral_id}],
-                    "text": f"Referral {referrer_referral_id} submitted as hub referral {referral_id}; follow it "
-                            f"at {task_location(referral_id)}."}}]}
+        "details": {"coding": [{"system": REFERRAL_ID_SYSTEM, "code": referral_id}], "text": text}}]}
+
+
+def accepted_outcome(referral_id: str, referrer_referral_id: str) -> dict[str, Any]:
+    """The 2xx body of a referral (its hub id also in Location)."""
+    return _informational(referral_id, f"Referral {referrer_referral_id} submitted as hub referral {referral_id}; "
+                                       f"follow it at {task_location(referral_id)}.")
 
 
 def cancelled_outcome(referral_id: str, referrer_referral_id: str) -> dict[str, Any]:
-    """The 202 body of a cancellation: an informational OperationOutcome naming the referral."""
-    return {"resourceType": "OperationOutcome", "id": referral_id, "issue": [{
-        "severity": "information", "code": IssueType.INFORMATIONAL.value,
-        "details": {"coding": [{"system": REFERRAL_ID_SYSTEM, "code": referral_id}],
-                    "text": f"Cancellation of referral {referrer_referral_id} submitted; the Task at "
-                            f"{task_location(referral_id)} shows 'cancelled' once the hub closed it."}}]}
+    """The 202 body of a cancellation."""
+    return _informational(referral_id, f"Cancellation of referral {referrer_referral_id} submitted; the Task at "
+                                       f"{task_location(referral_id)} shows 'cancelled' once the hub closed it.")
 
 
 def problem_outcome(problem: GatewayProblem) -> dict[str, Any]:
