@@ -9,7 +9,7 @@ first start formats and provisions the broker; the warm ones find it running wit
 `up` starts each service as a process of its own (services/supervisor.py): "the <service> process (pid N) ready"
 is the supervisor's wait for one, from its spawn; the service's own "<service> started" begins after its
 interpreter started and imported its modules, so the difference between the two is that start and those imports
-(five processes at once on the machine's cores). There is no baseline to pair it with: this is a latency of a
+(six processes at once on the machine's cores). There is no baseline to pair it with: this is a latency of a
 start, not a throughput.
 """
 
