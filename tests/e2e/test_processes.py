@@ -24,7 +24,7 @@ from tests.kafka_client import produce
 from tests.referrals import gp_bundle, random_bsn, sender
 
 pytestmark = pytest.mark.e2e
-SERVICES = ("intake", "routing", "notifier", "gateway", "analytics")
+SERVICES = ("intake", "routing", "notifier", "gateway", "analytics", "recipients")
 
 
 class Up:
@@ -123,7 +123,7 @@ def test_each_service_process_holds_its_own_credential_and_no_other_secret(up: U
     pids = up.children()
     own = {"intake": principals.service("intake"), "routing": principals.service("routing"),
            "notifier": principals.service("notifier"), "gateway": principals.GATEWAY,
-           "analytics": principals.ANALYTICS}
+           "analytics": principals.ANALYTICS, "recipients": principals.RECIPIENTS}
     for service, pid in pids.items():
         env = environ(pid)
         assert env["VERWIJSHUB_KAFKA_CREDENTIAL_FILE"] == str(credential_file(secrets, own[service]))
