@@ -32,7 +32,7 @@ RESOURCES = {Resource.TOPIC: ResourceType.TOPIC, Resource.GROUP: ResourceType.GR
 PATTERNS = {Pattern.LITERAL: ResourcePatternType.LITERAL, Pattern.PREFIXED: ResourcePatternType.PREFIXED}
 OPERATIONS = {Operation.READ: AclOperation.READ, Operation.WRITE: AclOperation.WRITE,
               Operation.DESCRIBE: AclOperation.DESCRIBE, Operation.DESCRIBE_CONFIGS: AclOperation.DESCRIBE_CONFIGS}
-TIMEOUT_S = 30.0
+TIMEOUT_S = 90.0
 
 
 class AccessError(RuntimeError):

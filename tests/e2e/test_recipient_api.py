@@ -98,7 +98,7 @@ class Hub:
         return [json.loads(r.value) for r in records]
 
 
-def eventually(check: Callable[[], Any], what: str, timeout_s: float = 90.0) -> Any:
+def eventually(check: Callable[[], Any], what: str, timeout_s: float = 240.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if found := check():
