@@ -108,7 +108,11 @@ def eventually(check: Callable[[], Any], what: str, timeout_s: float = 240.0) ->
 
 
 @pytest.fixture(scope="module")
-def hub(kafka: TestKafka) -> Iterator[Hub]:
+def hub(private_kafka: TestKafka) -> Iterator[Hub]:
+    """The whole hub as `up` runs it, on a broker of this module's own: on the session's broker, a worker's session
+    hub would run a second recipient API in the same consumer group, holding half of the handover partitions (and
+    so half of the Tasks), and this module restarts its hub."""
+    kafka = private_kafka
     directory = ARTIFACTS / "recipient-api"
     directory.mkdir(parents=True, exist_ok=True)
     gateway_port, api_port = _free_port(), _free_port()
