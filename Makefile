@@ -42,11 +42,11 @@ $(ASYNCAPI_PARSER): $(ASYNCAPI)/package-lock.json
 
 asyncapi-parser: $(ASYNCAPI_PARSER)
 
-# Three workers, each taking whole test modules (a module's broker and hub stay with it): the end-to-end tests
-# spend much of their time waiting on brokers and processes (two workers kept 1.2 of the 2 cores busy), so three
-# share the machine's two cores: a fresh clone's run took 13 min with two, 10.5 with three.
+# Three workers, each taking whole test modules (a module's broker and hub stay with it; the modules of the shared
+# hub together, tests/conftest.py): the end-to-end tests spend much of their time waiting on brokers and processes
+# (two workers kept 1.2 of the 2 cores busy), so three share the machine's two cores.
 test: kafka-jars tools asyncapi-parser
-	$(BIN)/pytest -n 3 --dist loadfile
+	$(BIN)/pytest -n 3 --dist loadgroup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts $(ASYNCAPI)/node_modules

@@ -213,16 +213,64 @@ def stop_hub(process: subprocess.Popen[bytes]) -> None:
     stop_process(process)
 
 
-@pytest.fixture(scope="session")
+SESSION_HUB = "session-hub"
+"""The xdist group of the modules that use the shared `hub`: one worker runs them one after another, so the run
+starts that hub once, and no other worker keeps one idling (an idle hub costs the broker and itself about a fifth of
+a core each: on two cores, three of them slowed every other test)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test`'s `--dist loadgroup`: a module is one unit of work (its broker and hub stay with it, as
+    `loadfile` had it), and the modules that use the shared `hub` are one unit together."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            group = SESSION_HUB if _uses_shared_hub(item) else item.nodeid.split("::", 1)[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _uses_shared_hub(item: pytest.Item | None) -> bool:
+    """Whether `item`'s `hub` is this file's (a module may define a hub of its own)."""
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}).get("hub", ())
+    return bool(definitions) and definitions[-1].func.__module__ == __name__
+
+
+_NEXT_ITEM: list[pytest.Item | None] = [None]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    _NEXT_ITEM[0] = nextitem  # read by `hub`'s teardown, which runs after this hook starts
+
+
+@dataclass
+class _SharedHub:
+    running: RunningHub | None = None
+
+    def start(self, kafka: TestKafka) -> RunningHub:
+        if self.running is None:
+            log_file = ARTIFACTS / f"hub-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}" / "hub.log"
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.unlink(missing_ok=True)
+            self.running = RunningHub(kafka, log_file, start_hub(kafka, log_file))
+        return self.running
+
+    def stop(self) -> None:
+        if self.running is not None:
+            stop_hub(self.running.process)
+            self.running = None
+
+
+_SHARED_HUB = _SharedHub()
+
+
+@pytest.fixture(scope="module")
 def hub(kafka: TestKafka) -> Iterator[RunningHub]:
-    """The whole hub, running as `verwijshub up` does, logging to test-artifacts/hub-<worker>/hub.log: each pytest
-    worker (`make test` runs two) has its own session broker and hub, and their data directories must differ (the
-    analytics store is a file only one process may hold)."""
-    log_file = ARTIFACTS / f"hub-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}" / "hub.log"
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    log_file.unlink(missing_ok=True)
-    process = start_hub(kafka, log_file)
+    """The whole hub, running as `verwijshub up` does on the session's broker, logging to
+    test-artifacts/hub-<worker>/hub.log; shared by consecutive modules that use it (one xdist group, SESSION_HUB)
+    and stopped after the last of them."""
     try:
-        yield RunningHub(kafka, log_file, process)
+        yield _SHARED_HUB.start(kafka)
     finally:
-        stop_hub(process)
+        if not _uses_shared_hub(_NEXT_ITEM[0]):
+            _SHARED_HUB.stop()
