@@ -305,7 +305,7 @@ def create_api(api: RecipientApi | None) -> FastAPI:
             return refused(core.Refusal(503, core.RefusalCode.UNAVAILABLE, "The Subscription could not be stored "
                                                                            "just now; send it again."))
         get_logger().info("subscription created", principal=owner, subscription=subscription.id,
-                          payload=subscription.payload.value, heartbeat_s=subscription.heartbeat_s)
+                          content=subscription.payload.value, heartbeat_s=subscription.heartbeat_s)
         return fhir(subs.subscription_resource(subscription), 201,
                     {"Location": f"{api.runtime.base}/Subscription/{subscription.id}"})
 

@@ -17,6 +17,7 @@ a second one would number the same subscription's events as well.
 import asyncio
 import contextlib
 import json
+import logging
 import ssl
 import uuid
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from services.recipients import subscriptions as core
 SUBSCRIPTIONS = Output("subscriptions", topics.RECIPIENTS_SUBSCRIPTIONS, Subscription, (
     "Internal, compacted: one recipient's FHIR Subscription at the recipient API and where its delivery stands "
     "(event counter, events not yet delivered), keyed by subscription id; an empty value once it is deleted."))
+logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request otherwise: ours says what matters
 LOOK_EVERY_S = 1.0
 """The longest a subscription sleeps: a heartbeat or a retry is never later than this (a FileClock may jump)."""
 
