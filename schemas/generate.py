@@ -28,7 +28,7 @@ from schemas.feedback import Feedback
 from schemas.inbound import CourtReferral, GgdReferral, GiReferral
 from schemas.lifecycle import ReferralChange, RoutedChange, Withdrawal
 from schemas.notices import RecipientClocks, RecipientNotice
-from schemas.recipients import RecipientTasks
+from schemas.recipients import RecipientTasks, Subscription
 from schemas.referral import Referral
 from schemas.routing import RoutingAlert
 from schemas.status import StatusEvent
@@ -42,6 +42,7 @@ JSON_SCHEMAS: dict[str, type[BaseModel]] = {
     "feedback": Feedback, "recipient-notice": RecipientNotice, "alert": RoutingAlert,
     "recipient-clocks": RecipientClocks, "withdrawal": Withdrawal, "referral-change": ReferralChange,
     "routed-change": RoutedChange, "recipient-tasks": RecipientTasks,
+    "recipient-subscription": Subscription,
 }
 PLACEHOLDER_BOOTSTRAP = "kafka:9092"
 """The server named in the AsyncAPI document: a placeholder, so the file does not depend on this machine."""

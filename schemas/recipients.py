@@ -67,3 +67,71 @@ class RecipientTasks(BaseModel):
 
     pseudonym: str
     tasks: dict[str, RecipientTask] = {}
+
+
+class SubscriptionStatus(StrEnum):
+    """FHIR R4 Subscription.status: requested until the handshake succeeds, error while the hook fails."""
+
+    REQUESTED = "requested"
+    ACTIVE = "active"
+    ERROR = "error"
+    OFF = "off"
+
+
+class PayloadContent(StrEnum):
+    """The backport IG's payload content codes (extension backport-payload-content)."""
+
+    EMPTY = "empty"
+    ID_ONLY = "id-only"
+    FULL_RESOURCE = "full-resource"
+
+
+class SubscriptionEvent(BaseModel):
+    """One numbered event: a Task of the subscriber new or changed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: int
+    task_id: str
+    at: datetime
+
+
+class SeenTask(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    version: int
+    last_updated: datetime
+
+
+class Subscription(BaseModel):
+    """A recipient's FHIR Subscription (Subscriptions Backport IG, R4) and where its delivery stands: the value of the
+    compacted `recipients.subscriptions.v1` (key: the subscription id). Written before a notification is sent (so an
+    event number, once sent, is never given to another Task) and after it was delivered. No personal data: Task ids,
+    versions and times only; the endpoint and reason are the recipient's own."""
+
+    model_config = ConfigDict(frozen=True)
+    SCHEMA: ClassVar[str] = "verwijshub.Subscription/1"
+
+    id: str
+    owner: str = Field(description="The recipient's principal: `wij-<team>` or `provider-<agb>`.")
+    endpoint: str = Field(description="The recipient's https rest-hook.")
+    headers: list[str] = Field(default=[], description="Subscription.channel.header, sent with every notification.")
+    payload: PayloadContent = PayloadContent.ID_ONLY
+    heartbeat_s: int | None = None
+    timeout_s: int = 10
+    reason: str = ""
+    end: datetime | None = None
+    status: SubscriptionStatus = SubscriptionStatus.REQUESTED
+    created_at: datetime
+    handshaken: bool = False
+    events: int = Field(default=0, description="eventsSinceSubscriptionStart: the last event number given.")
+    pending: list[SubscriptionEvent] = Field(default=[], description="Numbered, not yet delivered, oldest first.")
+    dropped: int = Field(default=0, description="Events given up undelivered (more pending than kept): the receiver "
+                         "sees the gap in the numbers and polls.")
+    seen: dict[str, SeenTask] = Field(default={}, description="The Task versions already numbered, of Tasks changed "
+                                      "since the horizon (watermark - grace).")
+    watermark: datetime
+    attempts: int = 0
+    next_attempt: datetime | None = None
+    last_sent: datetime | None = None
+    error: str | None = None

@@ -150,11 +150,12 @@ def recipients_grants() -> list[Grant]:
     """The recipient API (services/recipients/): reads every handover topic and writes every feedback topic (by
     prefix: a recipient added later is served at once; the API lets a recipient's token move only its own Tasks, and
     the feedback goes to that recipient's own topic), and its compacted state, with its own group and transactional
-    ids. Nothing else: no decision, inbound, status or other state topic."""
+    ids, and its compacted subscriptions (the FHIR Subscriptions it delivers to the recipients' hooks). Nothing else: no decision, inbound, status or other state topic."""
     who = principals.RECIPIENTS
     return [*_topics(who, Operation.READ, "handovers.", pattern=Pattern.PREFIXED),
             *_topics(who, Operation.WRITE, "feedback.", pattern=Pattern.PREFIXED),
-            *_topics(who, Operation.READ, topics.RECIPIENTS_STATE), *_topics(who, Operation.WRITE, topics.RECIPIENTS_STATE),
+            *_topics(who, Operation.READ, topics.RECIPIENTS_STATE, topics.RECIPIENTS_SUBSCRIPTIONS),
+            *_topics(who, Operation.WRITE, topics.RECIPIENTS_STATE, topics.RECIPIENTS_SUBSCRIPTIONS),
             _group(who, principals.RECIPIENTS), _transactions(who)]
 
 

@@ -149,6 +149,15 @@ class Settings(BaseSettings):
     recipients_keep_closed_days: float = Field(default=7.0, ge=0, description="How long a completed or rejected "
                                                "Task stays readable (and its last update answerable again) before "
                                                "the recipient API forgets it.")
+    recipients_hook_ca_file: Path | None = Field(default=None, description="CA certificate(s) a recipient's "
+                                                 "Subscription rest-hook certificate is verified against; unset: the "
+                                                 "system's trust store and the local CA.")
+    recipients_hook_retry_max_s: float = Field(default=300.0, gt=0, description="The longest wait between two "
+                                               "attempts at a Subscription notification the hook did not take "
+                                               "(doubling from 1 s).")
+    recipients_public_url: str | None = Field(default=None, description="The recipient API's base as recipients "
+                                              "reach it (the references in notifications); unset: "
+                                              "https://<RECIPIENTS_HOST>:<RECIPIENTS_PORT>/fhir.")
     recipients_update_timeout_s: float = Field(default=15.0, gt=0, description="How long a Task update waits for "
                                                "Kafka to store its feedback before it is answered 503.")
     mllp_tls: bool = Field(default=True, description="MLLP over mutual TLS: each sender presents a client "

@@ -35,6 +35,10 @@ RECIPIENTS_STATE = "recipients.state.v1"
 keyed by youth pseudonym and in the same partition as the youth's handovers; written with the feedback a Task update
 becomes."""
 
+RECIPIENTS_SUBSCRIPTIONS = "recipients.subscriptions.v1"
+"""Internal, compacted: the recipient API's FHIR Subscriptions (one record per subscription, keyed by its id: the
+subscriber, its rest-hook, its event counter and the events it has yet to deliver)."""
+
 DLQ_REPLAYS = "dlq.replays.v1"
 """Internal, compacted, no personal data: one marker per dead letter that `verwijshub dlq replay` re-submitted
 or tried (key: the dead letter's id `<partition>-<offset>`; value: when, by whom, the outcome, the attempts)."""
@@ -44,11 +48,12 @@ OPS_DEAD_LETTERS = "ops.deadletters.v1"
 (one record, key `summary`), written by the admin's `dlq` commands so operations can show them without reading
 the dead letters."""
 
-INTERNAL = frozenset({INTAKE_ACCEPTED, NOTIFIER_STATE, ROUTING_STATE, ROUTING_LOAD, RECIPIENTS_STATE, DLQ_REPLAYS})
+INTERNAL = frozenset({INTAKE_ACCEPTED, NOTIFIER_STATE, ROUTING_STATE, ROUTING_LOAD, RECIPIENTS_STATE,
+                      RECIPIENTS_SUBSCRIPTIONS, DLQ_REPLAYS})
 """The hub's own state: written and read only by its services and the admin's commands, no outside party's contract
 (the AsyncAPI document tags them `internal`)."""
 COMPACTED = frozenset({REGISTRY, INDICATIONS, INTAKE_ACCEPTED, NOTIFIER_STATE, ROUTING_STATE, ROUTING_LOAD,
-                       RECIPIENTS_STATE, OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS})
+                       RECIPIENTS_STATE, RECIPIENTS_SUBSCRIPTIONS, OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS})
 
 
 class TopicClass(StrEnum):
@@ -128,7 +133,8 @@ def provider_feedback(agb: str) -> str:
 def all_topics(registry: Registry) -> list[str]:
     """Every topic the hub uses, recipients' included, so each exists before its first message."""
     names = [NORMALISED, DEAD_LETTERS, DECISIONS, REGISTRY, INDICATIONS, ALERTS, INTAKE_ACCEPTED, NOTIFIER_STATE,
-             ROUTING_STATE, ROUTING_LOAD, RECIPIENTS_STATE, OPS_RECIPIENTS, DLQ_REPLAYS, OPS_DEAD_LETTERS]
+             ROUTING_STATE, ROUTING_LOAD, RECIPIENTS_STATE, RECIPIENTS_SUBSCRIPTIONS, OPS_RECIPIENTS, DLQ_REPLAYS,
+             OPS_DEAD_LETTERS]
     for channel in Channel:
         names += [referrals(channel), status(channel)]
     for team_id in registry.teams:

@@ -1,12 +1,14 @@
 """The recipient API's HTTPS interface (FastAPI): FHIR R4 Tasks a recipient polls, reads and moves on.
 
 Every request but `/fhir/metadata` carries the bearer token of one recipient (`verwijshub access token wij-<team>` or
-`provider-<agb>`), and sees that recipient's Tasks only: another recipient's Task or Bundle is answered 404 exactly
-as one that does not exist. Every read of a handover is an audit line (who, which Task, when; no content). Every
-refusal is an OperationOutcome with a code (`urn:verwijshub:recipient-api-error`).
+`provider-<agb>`), and sees that recipient's Tasks only: another recipient's Task, Bundle or Subscription is
+answered 404 exactly as one that does not exist. Every read of a handover is an audit line (who, which Task, when;
+no content). Every refusal is an OperationOutcome with a code (`urn:verwijshub:recipient-api-error`).
 """
 
+import asyncio
 import json
+import uuid
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -18,6 +20,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.access.tokens import TokenStore
 from services.infra.logging import get_logger
+from services.recipients import subscriptions as subs
 from services.recipients import tasks as core
 
 if TYPE_CHECKING:
@@ -29,6 +32,8 @@ MAX_BODY_BYTES = 256 * 1024
 bearer = HTTPBearer(auto_error=False, description="A recipient's token from `verwijshub access token wij-<team>` or "
                                                   "`verwijshub access token provider-<agb>`.")
 RECIPIENT_PREFIXES = ("wij-", "provider-")
+MAX_SUBSCRIPTIONS = 10
+"""Per recipient: each is a task of the hub's and a record on its topic."""
 
 
 class RecipientApi:
@@ -75,8 +80,18 @@ TASK = {"type": "object", "required": ["resourceType", "id", "status", "intent",
 BUNDLE = {"type": "object", "required": ["resourceType", "type"],
           "properties": {"resourceType": {"const": "Bundle"}, "type": {"type": "string"},
                          "entry": {"type": "array"}, "link": {"type": "array"}}, "description": "A FHIR R4 Bundle."}
+SUBSCRIPTION = {"type": "object", "required": ["resourceType", "criteria", "channel"],
+                "properties": {"resourceType": {"const": "Subscription"}, "id": {"type": "string"},
+                               "status": {"type": "string"}, "criteria": {"type": "string"},
+                               "channel": {"type": "object"}},
+                "description": "A FHIR R4 Subscription of the Subscriptions Backport IG (profile backport-subscription):"
+                               f" criteria the topic {subs.TOPIC}, channel.type rest-hook to an https endpoint, "
+                               "channel._payload's backport-payload-content id-only (the default), empty or "
+                               "full-resource, optionally the backport-heartbeat-period and backport-timeout "
+                               "extensions on channel."}
 UNAUTHENTICATED = _fhir(OUTCOME, "No recipient's bearer token (UNAUTHENTICATED).")
-NOT_FOUND = _fhir(OUTCOME, "No such Task or Bundle of this recipient (NOT_FOUND): another's is not found either.")
+NOT_FOUND = _fhir(OUTCOME, "No such Task, Bundle or Subscription of this recipient (NOT_FOUND): another's is not "
+                           "found either.")
 UNAVAILABLE = _fhir(OUTCOME, "Kafka did not store it in time (UNAVAILABLE): send it again, it has one effect.")
 UPDATE_ANSWERS = {
     200: {"description": "The Task as it is now (also for the same update sent again: one effect).",
@@ -94,7 +109,8 @@ IF_MATCH = {"name": "If-Match", "in": "header", "required": True, "schema": {"ty
 
 def capability_statement(base: str) -> dict[str, Any]:
     return {
-        "resourceType": "CapabilityStatement", "status": "active", "date": "2026-12-02", "kind": "instance",
+        "resourceType": "CapabilityStatement", "status": "active",
+        "instantiates": [f"{subs.BACKPORT}/CapabilityStatement/backport-subscription-server-r4"], "date": "2026-12-02", "kind": "instance",
         "software": {"name": "Verwijshub recipient API"}, "implementation": {"description": "Verwijshub recipient "
                                                                                              "API", "url": base},
         "fhirVersion": "4.0.1", "format": ["application/fhir+json"],
@@ -106,7 +122,14 @@ def capability_statement(base: str) -> dict[str, Any]:
                                        {"code": "patch"}],
                        "searchParam": [{"name": "owner", "type": "reference"}, {"name": "status", "type": "token"},
                                        {"name": "_lastUpdated", "type": "date"}, {"name": "_count", "type": "number"}]},
-                      {"type": "Bundle", "interaction": [{"code": "read"}]}]}]}
+                      {"type": "Bundle", "interaction": [{"code": "read"}]},
+                      {"type": "Subscription", "supportedProfile": [subs.SUBSCRIPTION_PROFILE],
+                       "extension": [{"url": f"{subs.BACKPORT}/StructureDefinition/"
+                                             "capabilitystatement-subscriptiontopic-canonical",
+                                      "valueCanonical": subs.TOPIC}],
+                       "interaction": [{"code": "create"}, {"code": "read"}, {"code": "delete"}],
+                       "operation": [{"name": "status", "definition": f"{subs.BACKPORT}/OperationDefinition/"
+                                                                      "backport-subscription-status"}]}]}]}
 
 
 def create_api(api: RecipientApi | None) -> FastAPI:
@@ -114,7 +137,9 @@ def create_api(api: RecipientApi | None) -> FastAPI:
                   redoc_url=None, description="For WIJ teams and providers that do not run Kafka: each handover as "
                   "a FHIR R4 Task, polled (`GET /fhir/Task`), read with its message (`GET /fhir/Bundle/{id}`) and "
                   "moved on with PUT or PATCH and If-Match; each move is one feedback record on the recipient's "
-                  "feedback topic. A recipient sees its own Tasks only.")
+                  "feedback topic. A recipient sees its own Tasks only. A recipient may instead be told of each new or "
+                  "changed Task: a FHIR Subscription (Subscriptions Backport IG, rest-hook), whose `$status` gives "
+                  "eventsSinceSubscriptionStart.")
 
     def who(credentials: HTTPAuthorizationCredentials | None) -> str | core.Refusal:
         assert api is not None
@@ -241,6 +266,98 @@ def create_api(api: RecipientApi | None) -> FastAPI:
                                                                          "topic's retention."))
         get_logger().info("handover read", principal=owner, task=task.id)
         return fhir(core.handover_collection(task, [r.value if r else None for r in records]))
+
+    @app.post("/fhir/Subscription", response_class=Response, summary="Subscribe to the recipient's handovers "
+              "(Subscriptions Backport IG, rest-hook)",
+              openapi_extra={"requestBody": {"required": True, "content": {FHIR_JSON: {"schema": SUBSCRIPTION}}}},
+              responses={201: _fhir(SUBSCRIPTION, "The Subscription as kept, status requested: the handshake "
+                                                  "follows (active once the hook took it, error while it does not)."),
+                         400: _fhir(OUTCOME, "Not a Subscription in JSON (SUBSCRIPTION_INVALID)."),
+                         401: UNAUTHENTICATED, 413: _fhir(OUTCOME, "The body is larger than 256 KiB."),
+                         422: _fhir(OUTCOME, "Not a Subscription the hub serves (SUBSCRIPTION_INVALID)."),
+                         503: UNAVAILABLE})
+    async def subscribe(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+                        ) -> Response:
+        owner = who(credentials)
+        if isinstance(owner, core.Refusal):
+            return refused(owner)
+        assert api is not None
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return refused(core.Refusal(413, core.RefusalCode.SUBSCRIPTION_INVALID, "The body is larger than "
+                                                                                    "256 KiB."))
+        try:
+            resource = json.loads(body)
+        except ValueError:
+            resource = None
+        deliveries = api.runtime.deliveries
+        subscription = subs.read_subscription(resource, owner, uuid.uuid4().hex, api.runtime.processor.clock.now(),
+                                              api.runtime.processor.settled_tasks(owner))
+        if isinstance(subscription, core.Refusal):
+            return refused(subscription)
+        if sum(1 for s in deliveries.subscriptions.values() if s.owner == owner) >= MAX_SUBSCRIPTIONS:
+            return refused(core.Refusal(422, core.RefusalCode.SUBSCRIPTION_INVALID, f"At most {MAX_SUBSCRIPTIONS} "
+                                        "Subscriptions per recipient: delete one first."))
+        try:
+            await asyncio.wait_for(deliveries.create(subscription), api.runtime.settings.recipients_update_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            get_logger().warning("subscription not stored", principal=owner, error_type=type(exc).__name__)
+            return refused(core.Refusal(503, core.RefusalCode.UNAVAILABLE, "The Subscription could not be stored "
+                                                                           "just now; send it again."))
+        get_logger().info("subscription created", principal=owner, subscription=subscription.id,
+                          content=subscription.payload.value, heartbeat_s=subscription.heartbeat_s)
+        return fhir(subs.subscription_resource(subscription), 201,
+                    {"Location": f"{api.runtime.base}/Subscription/{subscription.id}"})
+
+    @app.get("/fhir/Subscription/{subscription_id}", response_class=Response, summary="One Subscription of the "
+             "recipient", responses={200: _fhir(SUBSCRIPTION, "The Subscription, with its status now."),
+                                     401: UNAUTHENTICATED, 404: NOT_FOUND})
+    async def subscription(subscription_id: str, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
+                           ) -> Response:
+        owner = who(credentials)
+        if isinstance(owner, core.Refusal):
+            return refused(owner)
+        assert api is not None
+        found = api.runtime.deliveries.of(owner, subscription_id)
+        if found is None:
+            return refused(core.not_found("Subscription", subscription_id))
+        return fhir(subs.subscription_resource(found))
+
+    @app.delete("/fhir/Subscription/{subscription_id}", response_class=Response, summary="End a Subscription",
+                responses={204: {"description": "Deleted: no notification follows."}, 401: UNAUTHENTICATED,
+                           404: NOT_FOUND, 503: UNAVAILABLE})
+    async def unsubscribe(subscription_id: str,
+                          credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        owner = who(credentials)
+        if isinstance(owner, core.Refusal):
+            return refused(owner)
+        assert api is not None
+        try:
+            gone = await asyncio.wait_for(api.runtime.deliveries.delete(owner, subscription_id),
+                                          api.runtime.settings.recipients_update_timeout_s)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            get_logger().warning("subscription not deleted", principal=owner, error_type=type(exc).__name__)
+            return refused(core.Refusal(503, core.RefusalCode.UNAVAILABLE, "The Subscription could not be deleted "
+                                                                           "just now; send it again."))
+        if not gone:
+            return refused(core.not_found("Subscription", subscription_id))
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+    @app.get("/fhir/Subscription/{subscription_id}/$status", response_class=Response,
+             summary="The Subscription's status (backport $status): eventsSinceSubscriptionStart",
+             responses={200: _fhir(BUNDLE, "A searchset Bundle of one SubscriptionStatus Parameters (type "
+                                           "query-status): status, events-since-subscription-start, error."),
+                        401: UNAUTHENTICATED, 404: NOT_FOUND})
+    async def subscription_status(subscription_id: str,
+                                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
+        owner = who(credentials)
+        if isinstance(owner, core.Refusal):
+            return refused(owner)
+        assert api is not None
+        found = api.runtime.deliveries.of(owner, subscription_id)
+        if found is None:
+            return refused(core.not_found("Subscription", subscription_id))
+        return fhir(subs.status_bundle(found, api.runtime.base, api.runtime.processor.clock.now()))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

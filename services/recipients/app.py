@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from services.infra.processing import Processor, Runtime, document_input
 from services.infra.settings import Settings
 from services.infra.web import HubServer, server_certificate
 from services.recipients import tasks as core
+from services.recipients.delivery import SUBSCRIPTIONS, Deliveries, hook_context
 from services.recipients.reading import RecordReader
 
 SERVICE = "recipients"
@@ -84,7 +86,7 @@ class Recipients(Processor):
     service = SERVICE
     inputs = INPUTS
     state_topic = topics.RECIPIENTS_STATE
-    writes = (*FEEDBACK.values(), STATE)
+    writes = (*FEEDBACK.values(), STATE, SUBSCRIPTIONS)
 
     def __init__(self, settings: Settings, clock: Clock) -> None:
         self.clock = clock
@@ -97,6 +99,12 @@ class Recipients(Processor):
         self.queued: dict[int, list[Pending]] = {}
         self.inflight: dict[int, list[Pending]] = {}
         self.swept: dict[int, float] = {}
+        self.settled: dict[str, dict[str, RecipientTask]] = {}
+        """Recipient principal -> its Tasks as committed (what a Subscription numbers events of: a change that
+        might still abort is never an event)."""
+        self.unsettled: dict[int, list[tuple[RecipientTasks, RecipientTasks]]] = {}
+        """The youths' state changes of a partition's open transaction, settled when it commits."""
+        self.on_settled: Callable[[set[str]], None] | None = None
         self.log = get_logger(service=SERVICE)
 
     # -- memory ------------------------------------------------------------------------------------------
@@ -109,10 +117,22 @@ class Recipients(Processor):
                 self.where.pop(task.id, None)
                 self.by_owner.get(task.owner, set()).discard(task.id)
 
+    def _settle(self, before: RecipientTasks, after: RecipientTasks) -> set[str]:
+        for task in before.tasks.values():
+            if task.id not in after.tasks:
+                self.settled.get(task.owner, {}).pop(task.id, None)
+        for task in after.tasks.values():
+            self.settled.setdefault(task.owner, {})[task.id] = task
+        return {task.owner for task in [*before.tasks.values(), *after.tasks.values()]}
+
+    def settled_tasks(self, owner: str) -> list[RecipientTask]:
+        return list(self.settled.get(owner, {}).values())
+
     def put(self, partition: int, before: RecipientTasks, after: RecipientTasks) -> list[Outbound]:
         """The youth's state record when it changed, memory changed with it (the last step of a handling)."""
         if after == before:
             return []
+        self.unsettled.setdefault(partition, []).append((before, after))
         youths = self.youths.setdefault(partition, {})
         self._index(partition, before, present=False)
         if after.tasks:
@@ -146,10 +166,12 @@ class Recipients(Processor):
                 youth = RecipientTasks.model_validate_json(value)
                 self.youths[partition][pseudonym] = youth
                 self._index(partition, youth, present=True)
+                self._settle(RecipientTasks(pseudonym=pseudonym), youth)
         self.log.info("recipient tasks loaded", partition=partition,
                       tasks=sum(len(y.tasks) for y in self.youths[partition].values()))
 
     def unload(self, partition: int) -> None:
+        self.unsettled.pop(partition, None)
         for youth in self.youths.pop(partition, {}).values():
             self._index(partition, youth, present=False)
         for pending in [*self.inflight.pop(partition, []), *self.queued.pop(partition, [])]:
@@ -157,6 +179,11 @@ class Recipients(Processor):
                 pending.future.set_result(UNAVAILABLE)
 
     def committed(self, partition: int, produced: list[tuple[Outbound, int]]) -> None:
+        owners: set[str] = set()
+        for before, after in self.unsettled.pop(partition, []):
+            owners |= self._settle(before, after)
+        if owners and self.on_settled is not None:
+            self.on_settled(owners)
         for pending in self.inflight.pop(partition, []):
             if not pending.future.done():
                 pending.future.set_result(pending.result)
@@ -244,6 +271,17 @@ class RecipientsRuntime(Runtime):
         self.app = create_api(RecipientApi(self, TokenStore(settings.secrets)))
         self.server: HubServer | None = None
         self.serving: asyncio.Task[None] | None = None
+        scheme = "https" if settings.recipients_tls else "http"
+        self.base = settings.recipients_public_url or \
+            f"{scheme}://{settings.recipients_host}:{settings.recipients_port}/fhir"
+        self.deliveries = Deliveries(
+            self.kafka, processor.clock, hook_context(settings.recipients_hook_ca_file, settings.secrets / "ca.pem"),
+            self.base, processor.settled_tasks, self.task_resource, retry_longest_s=settings.recipients_hook_retry_max_s)
+        processor.on_settled = self.deliveries.changed
+
+    def task_resource(self, owner: str, task_id: str) -> dict | None:
+        task = self.processor.task(owner, task_id)
+        return core.task_resource(task) if task is not None else None
 
     async def submit(self, owner: str, task_id: str, change: core.Change, if_match: int | None
                      ) -> core.Updated | core.Unchanged | core.Refusal:
@@ -268,6 +306,7 @@ class RecipientsRuntime(Runtime):
         settings = self.settings
         pem = str(self.certificate()) if settings.recipients_tls else None
         await super().start()
+        await self.deliveries.start()  # the Tasks are loaded: what changed while the hub was down is numbered now
         config = uvicorn.Config(self.app, host=settings.recipients_host, port=settings.recipients_port,
                                 lifespan="off", ssl_certfile=pem, ssl_keyfile=pem, log_config=None, access_log=False,
                                 timeout_keep_alive=15, timeout_graceful_shutdown=5, limit_concurrency=200)
@@ -289,6 +328,7 @@ class RecipientsRuntime(Runtime):
             self.server.should_exit = True
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.serving, 10)
+        await self.deliveries.stop()
         await self.reader.stop()
         await super().stop()
 

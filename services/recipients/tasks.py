@@ -46,13 +46,15 @@ class RefusalCode(StrEnum):
     CONTACT_TIME_REQUIRED = "CONTACT_TIME_REQUIRED"
     INDICATION_INVALID = "INDICATION_INVALID"
     SEARCH_INVALID = "SEARCH_INVALID"
+    SUBSCRIPTION_INVALID = "SUBSCRIPTION_INVALID"
     UNAVAILABLE = "UNAVAILABLE"
 
 
 ISSUE_TYPE = {RefusalCode.NOT_FOUND: "not-found", RefusalCode.UNAUTHENTICATED: "login",
               RefusalCode.IF_MATCH_REQUIRED: "required", RefusalCode.VERSION_CONFLICT: "conflict",
               RefusalCode.NOT_A_TASK: "structure", RefusalCode.STATUS_UNKNOWN: "code-invalid",
-              RefusalCode.SEARCH_INVALID: "invalid", RefusalCode.UNAVAILABLE: "transient"}
+              RefusalCode.SEARCH_INVALID: "invalid",
+              RefusalCode.SUBSCRIPTION_INVALID: "invalid", RefusalCode.UNAVAILABLE: "transient"}
 """FHIR's IssueType of each refusal; the others are `business-rule`."""
 
 

@@ -269,3 +269,20 @@ async def test_a_notice_on_the_topic_moves_the_task_and_an_unreadable_record_is_
     assert processor.task("wij-centrum", "t1").version == 2
     garbage = ConsumerRecord(topic, 0, 2, 0, 0, b"youth", b"not json", None, 0, 0, [])
     assert await processor.handle(garbage) == []
+
+
+async def test_subscriptions_see_a_tasks_change_only_once_its_transaction_committed(processor):
+    """The committed view `settled_tasks` (what a Subscription numbers events of): a change that aborted is none."""
+    told: list[set[str]] = []
+    processor.on_settled = told.append
+    await processor.load(0, [])
+    owner = "provider-12345678"
+    await processor.handle(record(topics.provider_handovers("12345678"), 0, bundle(), "verwijshub.Handover/1"))
+    assert processor.settled_tasks(owner) == [] and told == [], "not committed yet"
+    processor.committed(0, [])
+    assert [task.id for task in processor.settled_tasks(owner)] == ["t1"] and told == [{owner}]
+
+    processor.queued[0] = [Pending(owner, "t1", change("accepted"), 1)]
+    assert len(await processor.tick(0)) == 2
+    processor.unload(0)  # aborted
+    assert processor.settled_tasks(owner)[0].version == 1 and told == [{owner}], "the aborted change is no event"
