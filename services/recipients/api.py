@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from services.access.tokens import TokenStore
 from services.infra.logging import get_logger
 from services.recipients import tasks as core
+from services.recipients.inbox import create_inbox
 
 if TYPE_CHECKING:
     from services.recipients.app import RecipientsRuntime
@@ -115,6 +116,8 @@ def create_api(api: RecipientApi | None) -> FastAPI:
                   "a FHIR R4 Task, polled (`GET /fhir/Task`), read with its message (`GET /fhir/Bundle/{id}`) and "
                   "moved on with PUT or PATCH and If-Match; each move is one feedback record on the recipient's "
                   "feedback topic. A recipient sees its own Tasks only.")
+    if api is not None:  # the WIJ teams' web pages (inbox.py), on the same server; not part of the FHIR contract
+        app.mount("/inbox", create_inbox(api.runtime, api.tokens))
 
     def who(credentials: HTTPAuthorizationCredentials | None) -> str | core.Refusal:
         assert api is not None
