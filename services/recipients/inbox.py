@@ -45,6 +45,7 @@ SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Frame-Options": "DENY", "Ref
                                                "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"}
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 templates.env.filters["local"] = worklist.local
+templates.env.filters["label"] = worklist.LABELS.get
 
 
 def session_key(directory: Path) -> str:
@@ -152,8 +153,9 @@ def create_inbox(runtime: "RecipientsRuntime", tokens: TokenStore) -> FastAPI:
         if who is None or not who.startswith(TEAM_PREFIX):
             get_logger().info("inbox login refused")
             return page(request, "login.html", 401, error="That is no WIJ team's token.")
+        assert isinstance(token, str)
         request.session.clear()
-        request.session.update({"principal": who, "token": tokens.fingerprint(token.strip()),  # type: ignore[union-attr]
+        request.session.update({"principal": who, "token": tokens.fingerprint(token.strip()),
                                 "since": int(time.time()), "csrf": secrets.token_urlsafe(32)})
         get_logger().info("inbox login", principal=who)
         return to(request, "handovers")

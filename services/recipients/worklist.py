@@ -33,6 +33,10 @@ class Mark(StrEnum):
     """No contact is due any more (contact made, declined, closed, cancelled)."""
 
 
+LABELS = {Mark.ON_TIME: "on time", Mark.AT_RISK: "at risk", Mark.BREACHED: "breached",
+          Mark.STOPPED: "no contact due"}
+
+
 @dataclass(frozen=True)
 class Row:
     """One open handover in the team's list: no personal data, only what the Task itself holds."""
