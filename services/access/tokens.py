@@ -53,3 +53,12 @@ class TokenStore:
         if self._seen is None or self._seen[0] != version:
             self._seen = (version, {digest: who for who, digest in self._principals().items()})
         return self._seen[1].get(_digest(token))
+
+    def fingerprint(self, token: str) -> str:
+        """What a web session keeps of the token it began with (services/recipients/inbox.py): not the token."""
+        return _digest(token)[:32]
+
+    def still_issued(self, principal: str, fingerprint: str) -> bool:
+        """Whether `principal`'s token is still the one of `fingerprint`: issuing a new one ends its sessions."""
+        digest = self._principals().get(principal)
+        return digest is not None and secrets.compare_digest(digest[:32], fingerprint)

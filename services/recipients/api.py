@@ -22,6 +22,7 @@ from services.access.tokens import TokenStore
 from services.infra.logging import get_logger
 from services.recipients import subscriptions as subs
 from services.recipients import tasks as core
+from services.recipients.inbox import create_inbox
 
 if TYPE_CHECKING:
     from services.recipients.app import RecipientsRuntime
@@ -140,6 +141,8 @@ def create_api(api: RecipientApi | None) -> FastAPI:
                   "feedback topic. A recipient sees its own Tasks only. A recipient may instead be told of each new or "
                   "changed Task: a FHIR Subscription (Subscriptions Backport IG, rest-hook), whose `$status` gives "
                   "eventsSinceSubscriptionStart.")
+    if api is not None:  # the WIJ teams' web pages (inbox.py), on the same server; not part of the FHIR contract
+        app.mount("/inbox", create_inbox(api.runtime, api.tokens))
 
     def who(credentials: HTTPAuthorizationCredentials | None) -> str | core.Refusal:
         assert api is not None
