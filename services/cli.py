@@ -40,7 +40,7 @@ from services.intake.outcome import ParseOutcome, Rejection
 from services.ops import commands as ops_commands
 from services.routing import commands as routing_commands
 from services.routing.policy import decide
-from services.supervisor import ServiceExited, Supervisor
+from services.supervisor import ServiceExited, Supervisor, start_forkserver
 
 app = typer.Typer(help="Verwijshub: the youth-care referral hub of Groningen, on Apache Kafka.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -95,6 +95,7 @@ def up() -> None:
     """Run the whole hub: start the local Kafka unless VERWIJSHUB_KAFKA_BOOTSTRAP is set, create the topics,
     principals and ACLs, and run intake, routing, notifier, the gateway, the analytics sink and the recipient API,
     each as its own process with only its own credential, until Ctrl-C (a service that dies stops the hub: exit 1)."""
+    start_forkserver()  # first: the services' imports overlap what follows, and it reads no secret of `up`'s
     settings = get_settings()
     log_file = settings.log_file or settings.data_dir / "hub.log"
     settings = settings.model_copy(update={"log_file": log_file})  # the services' processes log there too
@@ -160,17 +161,14 @@ async def start_hub_and_run(settings: Settings, registry: Registry, broker: Loca
 
 
 @app.command()
-def run(services: Annotated[list[Service], typer.Argument(help="The service(s) to run in this process.")],
-        supervised: Annotated[bool, typer.Option("--supervised", hidden=True, help="As a child of `up`: reports "
-                                                 "its metrics port and readiness on stdout, stops when stdin "
-                                                 "ends.")] = False) -> None:
+def run(services: Annotated[list[Service], typer.Argument(help="The service(s) to run in this process.")]) -> None:
     """Run services against the configured Kafka, e.g. `run routing` (start more processes to scale out)."""
     settings = get_settings()
     names = [service.value for service in services]
     configure_logging("+".join(names), settings.log_level, settings.log_file)
     dump_stacks_on_sigusr1()
     try:
-        asyncio.run(run_services(names, settings, _registry(settings), supervised=supervised))
+        asyncio.run(run_services(names, settings, _registry(settings)))
     except StartTimeout as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc

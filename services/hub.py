@@ -5,7 +5,6 @@ import asyncio
 import contextlib
 import faulthandler
 import importlib
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from faststream.kafka import KafkaBroker
@@ -70,11 +70,11 @@ def healthy(service: KafkaBroker | Runtime) -> bool:
 
 
 async def run_services(names: list[str], settings: Settings, registry: Registry,
-                       on_ready: Callable[[], None] | None = None, supervised: bool = False) -> None:
-    """Start the named services on one event loop and run them until SIGINT or SIGTERM. `supervised` (a child of
-    `up`, services/supervisor.py): the metrics endpoint on a free port, which, and then readiness, are told to the
-    supervisor as JSON lines on stdout; the end of stdin (the supervisor gone) stops the services too; the
-    supervisor exports the consumer lag, so this process needs no operations credential."""
+                       on_ready: Callable[[], None] | None = None, supervisor: Connection | None = None) -> None:
+    """Start the named services on one event loop and run them until SIGINT or SIGTERM. With `supervisor` (a child
+    of `up`, services/supervisor.py, and the pipe to it): the metrics endpoint on a free port, which, and then
+    readiness, are told to the supervisor over the pipe; the pipe's end (the supervisor gone) stops the services
+    too; the supervisor exports the consumer lag, so this process needs no operations credential."""
     clock: Clock = FileClock(settings.clock_file) if settings.clock_file else SystemClock()
     brokers = [create_service(name, settings, registry, clock) for name in names]
     stopping, ready = asyncio.Event(), asyncio.Event()
@@ -84,10 +84,10 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
     dump_tasks_on_sigusr1(loop)
     log = get_logger()
     is_ready = lambda: ready.is_set() and all(map(healthy, brokers))  # noqa: E731
-    if supervised:
+    if supervisor is not None:
         endpoint = start_metrics(settings.model_copy(update={"metrics_port": 0}), is_ready, free_port=True)
-        tell_supervisor(metrics_port=endpoint.server_port if endpoint else None)
-        watch_stdin(loop, stopping)
+        supervisor.send({"metrics_port": endpoint.server_port if endpoint else None})
+        watch_supervisor(supervisor, loop, stopping)
         lag = None
     else:
         endpoint = start_metrics(settings, is_ready)
@@ -96,10 +96,10 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
         await asyncio.gather(*(waiting_for(f"{name} started", broker.start())  # the round trips overlap
                                for name, broker in zip(names, brokers, strict=True)))
         ready.set()
-        log.info("service ready" if supervised else "services ready", services=names, bootstrap=settings.bootstrap,
+        log.info("service ready" if supervisor else "services ready", services=names, bootstrap=settings.bootstrap,
                  metrics=f"http://{settings.metrics_host}:{endpoint.server_port}/metrics" if endpoint else None)
-        if supervised:
-            tell_supervisor(ready=True)
+        if supervisor is not None:
+            supervisor.send({"ready": True})
         if on_ready:
             on_ready()
         await stopping.wait()
@@ -113,19 +113,14 @@ async def run_services(names: list[str], settings: Settings, registry: Registry,
             endpoint.shutdown()
 
 
-def tell_supervisor(**message: object) -> None:
-    """One JSON line to the supervising `up` (this process's stdout is its pipe)."""
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-def watch_stdin(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
-    """Stop when stdin ends: the supervisor holds its other end, so a supervisor that died (even by SIGKILL, which
-    forwards nothing) leaves no service running on; one whose clean stop hangs (a broker gone too) ends
-    ORPHAN_GRACE_S later all the same, as the supervisor that would have killed it is gone."""
+def watch_supervisor(supervisor: Connection, loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
+    """Stop when the pipe to the supervisor ends: only the supervisor holds its other end, so a supervisor that died
+    (even by SIGKILL, which forwards nothing) leaves no service running on; one whose clean stop hangs (a broker
+    gone too) ends ORPHAN_GRACE_S later all the same, as the supervisor that would have killed it is gone."""
     def wait_for_end() -> None:
-        while os.read(0, 4096):  # not sys.stdin's buffered reader: its lock, held here, aborts the interpreter's end
-            pass
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                supervisor.recv()  # the supervisor sends nothing: this returns at the pipe's end
         loop.call_soon_threadsafe(stopping.set)
         time.sleep(ORPHAN_GRACE_S)  # a daemon thread: a clean stop ends the process before this
         get_logger().error("supervisor gone and the services not stopped in time: exiting",

@@ -1,9 +1,13 @@
 """`verwijshub up`'s services, each as its own OS process, under one supervisor.
 
 `up` does the admin's part itself (the broker, topics, principals, ACLs, the registry), then starts every service of
-`services.hub.SERVICES` as `verwijshub run NAME --supervised`: a process with only what that service needs (its own
-credential file, the pseudonym key only for intake; never the admin's password, nor the CA key), which uses a core
-of its own. The supervisor:
+`services.hub.SERVICES` as a process with only what that service needs (its own credential file, the pseudonym key
+only for intake; never the admin's password, nor the CA key), which uses a core of its own. The processes are forked
+from a forkserver (`multiprocessing`'s) that `up` starts first thing, with a clean environment, and that imports
+every service's modules while `up` starts the broker and provisions it: six interpreters each importing the hub
+(about 2 CPU-seconds apiece) were most of `up`'s time to ready on two cores. The forkserver is a fresh
+interpreter, not a fork of `up`, so nothing `up` read (the admin's password, the CA key) is in its memory or its
+children's; a child's own settings come with its start, over its own pipe. The supervisor:
 
 - waits for each child to say it is ready (its start's steps log with deadlines of their own; this wait has one too);
 - serves the hub's one `/metrics`, `/healthz` and `/readyz` on VERWIJSHUB_METRICS_PORT, as one process did before:
@@ -13,33 +17,36 @@ of its own. The supervisor:
 - passes SIGTERM and SIGINT on to every child (each stops cleanly, then the supervisor), SIGUSR1 too (stacks);
 - when a child dies, stops the others and exits 1, naming it in the log ("service exited").
 
-A child reports on its stdout (JSON lines: its metrics port, then `ready`) and stops when its stdin ends, so no
-child outlives a supervisor killed outright (one whose stop hangs exits ORPHAN_GRACE_S later, services/hub.py). Children are in process groups of their own: a Ctrl-C reaches the
-supervisor, which stops them in order, not every process at once.
+A child reports over its pipe (its metrics port, then `ready`) and stops when the pipe ends, so no child outlives a
+supervisor killed outright (one whose stop hangs exits ORPHAN_GRACE_S later, services/hub.py). Children are in
+process groups of their own: a Ctrl-C reaches the supervisor, which stops them in order, not every process at once.
 """
 
 import asyncio
 import contextlib
-import json
+import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import sys
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
+from multiprocessing.connection import Connection
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from services.hub import SERVICES, dump_tasks_on_sigusr1, export_own_lag
+from services.hub import SERVICES, dump_stacks_on_sigusr1, dump_tasks_on_sigusr1, export_own_lag, run_services
 from services.infra.http import serve
-from services.infra.logging import get_logger
+from services.infra.logging import configure_logging, get_logger
+from services.infra.registry_files import load_registry
 from services.infra.secrets import credential_file
-from services.infra.settings import REPO_ROOT, Settings
-from services.infra.starting import waiting_for
+from services.infra.settings import Settings, get_settings
+from services.infra.starting import StartTimeout, waiting_for
 
 STOP_TIMEOUT_S = 20.0
 """How long a child may take to stop before it is killed: within the 30 s `stop_process` (and an operator's
@@ -53,6 +60,43 @@ password) and the pseudonym key; `child_environment` gives back what one child n
 PROCESS_FAMILIES = ("process_", "python_")
 """Metrics every process has of itself (prometheus-client's default collectors): a child's are labelled with its
 service, so they neither clash with the supervisor's nor with each other."""
+
+
+FORKSERVER = multiprocessing.get_context("forkserver")
+
+
+@contextlib.contextmanager
+def _environment_without(names: frozenset[str]) -> Iterator[None]:
+    kept = {name: os.environ.pop(name) for name in names if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(kept)
+
+
+def start_forkserver() -> None:
+    """Start the forkserver the services are forked from, before `up` reads any secret: its environment is `up`'s
+    less NOT_FOR_CHILDREN, and it imports every service's modules (and the hub's) while `up` goes on."""
+    modules = ["services.cli", *(spec.create.split(":")[0] for spec in SERVICES.values())]  # cli: `up`'s main
+    FORKSERVER.set_forkserver_preload(modules)
+    with _environment_without(NOT_FOR_CHILDREN):
+        multiprocessing.forkserver.ensure_running()
+
+
+def serve_as_child(name: str, env: dict[str, str], supervisor: Connection) -> None:
+    """A service process's life, forked from the forkserver (its modules already imported): its own environment
+    (child_environment's), its own process group, then the service until it is stopped or the pipe ends."""
+    os.setpgrp()
+    os.environ.clear()
+    os.environ.update(env)
+    settings = get_settings()
+    configure_logging(name, settings.log_level, settings.log_file)
+    dump_stacks_on_sigusr1()
+    try:
+        asyncio.run(run_services([name], settings, load_registry(settings.registry_dir), supervisor=supervisor))
+    except StartTimeout as exc:
+        get_logger().error("service not started", service=name, error=str(exc))
+        sys.exit(1)
 
 
 class ServiceExited(RuntimeError):
@@ -130,48 +174,78 @@ def scrape(port: int, path: str) -> tuple[int, bytes]:
 @dataclass
 class Child:
     name: str
-    process: asyncio.subprocess.Process
+    process: multiprocessing.process.BaseProcess
+    pipe: Connection
     metrics_port: int | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    reading: asyncio.Task[None] | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def read_reports(self) -> None:
-        """The child's JSON lines on stdout: its metrics port, then that it is ready."""
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            with contextlib.suppress(ValueError):
-                report = json.loads(line)
-                if "metrics_port" in report:
-                    self.metrics_port = report["metrics_port"]
-                if report.get("ready"):
-                    self.ready.set()
+    def __post_init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.pipe.fileno(), self.read_report)
+        loop.add_reader(self.process.sentinel, self.on_exit)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode
+
+    def read_report(self) -> None:
+        """One report from the child: its metrics port, or that it is ready."""
+        try:
+            report = self.pipe.recv()
+        except (EOFError, OSError):  # the child's end closed: it ended (on_exit says so)
+            asyncio.get_running_loop().remove_reader(self.pipe.fileno())
+            return
+        if "metrics_port" in report:
+            self.metrics_port = report["metrics_port"]
+        if report.get("ready"):
+            self.ready.set()
+
+    def on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.process.sentinel)
+        self.process.join()  # reads the exit code the forkserver sent
+        self.ended.set()
+
+    async def wait(self) -> int:
+        await self.ended.wait()
+        return self.process.exitcode
 
     async def started(self) -> None:
         """Once the child says it is ready; ServiceExited if it ends first."""
-        ready, ended = asyncio.ensure_future(self.ready.wait()), asyncio.ensure_future(self.process.wait())
+        ready, ended = asyncio.ensure_future(self.ready.wait()), asyncio.ensure_future(self.ended.wait())
         try:
             await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ready.cancel()
             ended.cancel()
         if not self.ready.is_set():
-            raise ServiceExited(f"the {self.name} service (pid {self.process.pid}) exited with "
-                                f"{self.process.returncode} before it was ready; see the hub's log")
+            raise ServiceExited(f"the {self.name} service (pid {self.pid}) exited with "
+                                f"{self.returncode} before it was ready; see the hub's log")
 
     def is_ready(self) -> bool:
-        return self.ready.is_set() and self.process.returncode is None and self.metrics_port is not None \
+        return self.ready.is_set() and not self.ended.is_set() and self.metrics_port is not None \
             and scrape(self.metrics_port, "/readyz")[0] == 200
 
     def metrics(self) -> str:
-        if self.metrics_port is None or self.process.returncode is not None:
+        if self.metrics_port is None or self.ended.is_set():
             return ""
         status, body = scrape(self.metrics_port, "/metrics")
         return body.decode() if status == 200 else ""
 
     def signal(self, signum: int) -> None:
-        if self.process.returncode is None:
+        if not self.ended.is_set() and self.pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signum)
+                os.kill(self.pid, signum)
+
+    def close(self) -> None:
+        """The pipe's end: a child that is still running (it was not stopped in time) ends with it."""
+        with contextlib.suppress(ValueError):
+            asyncio.get_running_loop().remove_reader(self.pipe.fileno())
+        self.pipe.close()
 
 
 class Supervisor:
@@ -181,13 +255,12 @@ class Supervisor:
         self.all_ready = False
 
     async def spawn(self, name: str) -> Child:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", "run", name, "--supervised",
-            env=child_environment(os.environ, name, self.settings), cwd=REPO_ROOT,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=None,  # stderr: the hub's
-            process_group=0)
-        child = Child(name, process)
-        child.reading = asyncio.create_task(child.read_reports(), name=f"reports of {name}")
+        ours, theirs = FORKSERVER.Pipe()
+        process = FORKSERVER.Process(target=serve_as_child, name=name, daemon=False,
+                                     args=(name, child_environment(os.environ, name, self.settings), theirs))
+        await asyncio.to_thread(process.start)  # the first start waits for the forkserver's imports
+        theirs.close()
+        child = Child(name, process, ours)
         get_logger().info("service process started", service=name, pid=process.pid)
         return child
 
@@ -229,7 +302,7 @@ class Supervisor:
         try:
             for name in self.names:  # spawned at once: their imports and starts run side by side
                 self.children.append(await self.spawn(name))
-            waits = [asyncio.ensure_future(waiting_for(f"the {child.name} process (pid {child.process.pid}) ready",
+            waits = [asyncio.ensure_future(waiting_for(f"the {child.name} process (pid {child.pid}) ready",
                                                        child.started())) for child in self.children]
             try:
                 await asyncio.gather(*waits)
@@ -237,13 +310,13 @@ class Supervisor:
                 for wait in waits:
                     wait.cancel()
             self.all_ready = True
-            log.info("services ready", services=self.names, pids={c.name: c.process.pid for c in self.children},
+            log.info("services ready", services=self.names, pids={c.name: c.pid for c in self.children},
                      bootstrap=self.settings.bootstrap,
                      metrics=f"http://{self.settings.metrics_host}:{endpoint.server_port}/metrics"
                      if endpoint else None)
             if on_ready:
                 on_ready()
-            ended = {asyncio.ensure_future(child.process.wait()): child for child in self.children}
+            ended = {asyncio.ensure_future(child.wait()): child for child in self.children}
             stop = asyncio.ensure_future(stopping.wait())
             done, _ = await asyncio.wait({stop, *ended}, return_when=asyncio.FIRST_COMPLETED)
             for task in (stop, *ended):
@@ -251,10 +324,9 @@ class Supervisor:
             dead = [ended[task] for task in done if task in ended]
             if dead and not stopping.is_set():
                 for child in dead:
-                    log.error("service exited", service=child.name, pid=child.process.pid,
-                              returncode=child.process.returncode)
+                    log.error("service exited", service=child.name, pid=child.pid, returncode=child.returncode)
                 raise ServiceExited(f"the {', '.join(c.name for c in dead)} service exited with "
-                                    f"{dead[0].process.returncode}; the hub stopped")
+                                    f"{dead[0].returncode}; the hub stopped")
         finally:
             self.all_ready = False
             log.info("services stopping", services=self.names)
@@ -270,15 +342,12 @@ class Supervisor:
 
         async def ended(child: Child) -> None:
             try:
-                await asyncio.wait_for(child.process.wait(), STOP_TIMEOUT_S)
+                await asyncio.wait_for(child.wait(), STOP_TIMEOUT_S)
             except TimeoutError:
                 get_logger().error("service not stopped in time, killed", service=child.name,
-                                   pid=child.process.pid, timeout_s=STOP_TIMEOUT_S)
+                                   pid=child.pid, timeout_s=STOP_TIMEOUT_S)
                 child.signal(signal.SIGKILL)
-                await child.process.wait()
-            if child.process.stdin:
-                child.process.stdin.close()
-            if child.reading:
-                await child.reading
+                await child.wait()
+            child.close()
 
         await asyncio.gather(*(ended(child) for child in self.children))

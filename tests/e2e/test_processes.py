@@ -1,7 +1,7 @@
 """`verwijshub up` runs each service as its own OS process (services/supervisor.py): behind the hub's one port
-`/readyz` and `/metrics` speak for them all; each process holds its own credential and no other secret (the
-gateway neither the admin's password, nor the pseudonym key, nor the CA's key: neither in its environment nor in
-its memory); a child that dies stops the hub with exit 1, naming it."""
+`/readyz` and `/metrics` speak for them all; each process holds its own credential and no other secret (none the
+admin's password, another service's or the CA's key, only intake the pseudonym key: neither in its environment nor
+in its memory); a child that dies stops the hub with exit 1, naming it."""
 
 import asyncio
 import json
@@ -17,7 +17,7 @@ import pytest
 
 from schemas.referral import Channel
 from services.infra import principals, topics
-from services.infra.secrets import PSEUDONYM_KEY_FILE, CredentialStore, credential_file
+from services.infra.secrets import PSEUDONYM_KEY_FILE, CredentialStore
 from services.infra.tls import LocalCa
 from tests.conftest import ARTIFACTS, TestKafka, hub_env, start_hub, stop_hub
 from tests.kafka_client import produce
@@ -125,19 +125,16 @@ def test_each_service_process_holds_its_own_credential_and_no_other_secret(up: U
            "notifier": principals.service("notifier"), "gateway": principals.GATEWAY,
            "analytics": principals.ANALYTICS, "recipients": principals.RECIPIENTS}
     for service, pid in pids.items():
-        env = environ(pid)
-        assert env["VERWIJSHUB_KAFKA_CREDENTIAL_FILE"] == str(credential_file(secrets, own[service]))
+        env = environ(pid)  # the forkserver's, which it was forked from: `up`'s environment less every credential
         assert not {"VERWIJSHUB_KAFKA_PASSWORD", "VERWIJSHUB_KAFKA_USERNAME", "VERWIJSHUB_PSEUDONYM_KEY",
-                    "VERWIJSHUB_KAFKA_CLIENT_CONFIG"} & env.keys(), service
+                    "VERWIJSHUB_KAFKA_CLIENT_CONFIG", "VERWIJSHUB_KAFKA_CREDENTIAL_FILE"} & env.keys(), service
         assert not any(admin in value or key in value for value in env.values()), service
-    gateway = memory_holds(pids["gateway"], {"own password": store.password(principals.GATEWAY).encode(),
-                                             "admin password": admin.encode(), "pseudonym key": key.encode(),
-                                             "CA key": ca_key})
-    intake = memory_holds(pids["intake"], {"own password": store.password(principals.service("intake")).encode(),
-                                           "admin password": admin.encode(), "pseudonym key": key.encode(),
-                                           "CA key": ca_key})
-    assert gateway == {"own password"}  # what the scan finds where it is (here and in intake) shows it can find it
-    assert intake == {"own password", "pseudonym key"}
+        others = {f"{other}'s password": store.password(principal).encode()
+                  for other, principal in own.items() if other != service}
+        held = memory_holds(pid, {"own password": store.password(own[service]).encode(), **others,
+                                  "admin password": admin.encode(), "pseudonym key": key.encode(), "CA key": ca_key})
+        # what the scan finds where it is (its own password; the key in intake) shows it can find it
+        assert held == ({"own password", "pseudonym key"} if service == "intake" else {"own password"}), service
     for path in (store.path(principals.ADMIN), secrets / PSEUDONYM_KEY_FILE, LocalCa(secrets).ca_key):
         assert path.stat().st_mode & 0o077 == 0, path  # and no other user may read them
 
