@@ -46,7 +46,7 @@ asyncapi-parser: $(ASYNCAPI_PARSER)
 # hub together, tests/conftest.py): the end-to-end tests spend much of their time waiting on brokers and processes
 # (two workers kept 1.2 of the 2 cores busy), so three share the machine's two cores.
 test: kafka-jars tools asyncapi-parser
-	$(BIN)/pytest -n 3 --dist loadgroup
+	$(BIN)/pytest -n 3 --dist loadscope
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis test-artifacts $(ASYNCAPI)/node_modules
