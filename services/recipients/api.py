@@ -18,6 +18,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from schemas.recipients import Subscription
 from services.access.tokens import TokenStore
 from services.infra.logging import get_logger
 from services.recipients import subscriptions as subs
@@ -312,19 +313,23 @@ def create_api(api: RecipientApi | None) -> FastAPI:
         return fhir(subs.subscription_resource(subscription), 201,
                     {"Location": f"{api.runtime.base}/Subscription/{subscription.id}"})
 
+    def own_subscription(subscription_id: str, credentials: HTTPAuthorizationCredentials | None
+                         ) -> Subscription | core.Refusal:
+        """The caller's Subscription of that id; another's is not found, as one that does not exist."""
+        owner = who(credentials)
+        if isinstance(owner, core.Refusal):
+            return owner
+        assert api is not None
+        found = api.runtime.deliveries.of(owner, subscription_id)
+        return core.not_found("Subscription", subscription_id) if found is None else found
+
     @app.get("/fhir/Subscription/{subscription_id}", response_class=Response, summary="One Subscription of the "
              "recipient", responses={200: _fhir(SUBSCRIPTION, "The Subscription, with its status now."),
                                      401: UNAUTHENTICATED, 404: NOT_FOUND})
     async def subscription(subscription_id: str, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
                            ) -> Response:
-        owner = who(credentials)
-        if isinstance(owner, core.Refusal):
-            return refused(owner)
-        assert api is not None
-        found = api.runtime.deliveries.of(owner, subscription_id)
-        if found is None:
-            return refused(core.not_found("Subscription", subscription_id))
-        return fhir(subs.subscription_resource(found))
+        found = own_subscription(subscription_id, credentials)
+        return refused(found) if isinstance(found, core.Refusal) else fhir(subs.subscription_resource(found))
 
     @app.delete("/fhir/Subscription/{subscription_id}", response_class=Response, summary="End a Subscription",
                 responses={204: {"description": "Deleted: no notification follows."}, 401: UNAUTHENTICATED,
@@ -353,13 +358,10 @@ def create_api(api: RecipientApi | None) -> FastAPI:
                         401: UNAUTHENTICATED, 404: NOT_FOUND})
     async def subscription_status(subscription_id: str,
                                   credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Response:
-        owner = who(credentials)
-        if isinstance(owner, core.Refusal):
-            return refused(owner)
+        found = own_subscription(subscription_id, credentials)
+        if isinstance(found, core.Refusal):
+            return refused(found)
         assert api is not None
-        found = api.runtime.deliveries.of(owner, subscription_id)
-        if found is None:
-            return refused(core.not_found("Subscription", subscription_id))
         return fhir(subs.status_bundle(found, api.runtime.base, api.runtime.processor.clock.now()))
 
     @app.get("/healthz", include_in_schema=False)

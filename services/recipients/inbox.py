@@ -194,24 +194,26 @@ def create_inbox(runtime: "RecipientsRuntime", tokens: TokenStore) -> FastAPI:
                     actions=worklist.actions(task), now_local=worklist.datetime_local(now),
                     flash=request.session.pop("flash", None))
 
-    @app.get("/tasks/{task_id}")
-    async def handover(request: Request, task_id: str) -> Response:
+    def own_task(request: Request, task_id: str) -> tuple[str, RecipientTask] | Response:
+        """The signed-in team and its Task of that id, or the answer instead: the login page, or not found (as
+        another team's Task is)."""
         team = inbox.team(request)
         if team is None:
             return to(request, "login_page")
         task = runtime.processor.task(team, task_id)
-        if task is None:
-            return page(request, "not_found.html", 404, team=team)
-        return await detail(request, team, task)
+        return page(request, "not_found.html", 404, team=team) if task is None else (team, task)
+
+    @app.get("/tasks/{task_id}")
+    async def handover(request: Request, task_id: str) -> Response:
+        found = own_task(request, task_id)
+        return found if isinstance(found, Response) else await detail(request, *found)
 
     @app.post("/tasks/{task_id}")
     async def move(request: Request, task_id: str) -> Response:
-        team = inbox.team(request)
-        if team is None:
-            return to(request, "login_page")
-        task = runtime.processor.task(team, task_id)
-        if task is None:
-            return page(request, "not_found.html", 404, team=team)
+        found = own_task(request, task_id)
+        if isinstance(found, Response):
+            return found
+        team, task = found
         form = await read_form(request)
         if form is None or not csrf_ok(request, form):
             return await detail(request, team, task, 403, "The form was out of date; please try again.")
