@@ -14,6 +14,7 @@ from schemas.status import ReferralStatus, StatusEvent
 from services.infra import principals, topics
 from services.infra.settings import REPO_ROOT
 from services.intake.validation import bsn_passes_elfproef
+from services.notifier.app import HANDOVER_SCHEMA
 from tests.kafka_client import header, produce, read_committed, read_topic
 from tests.referrals import gp_bundle, random_bsn, sender
 
@@ -105,6 +106,8 @@ def _is_conflict_alert(record) -> bool:
 
 def _handover_of(referral_id: str):
     def wanted(record) -> bool:
+        if header(record, "schema") != HANDOVER_SCHEMA:  # a notice on the team's topic (another module's, too)
+            return False
         request = next(e["resource"] for e in json.loads(record.value)["entry"]
                        if e["resource"]["resourceType"] == "ServiceRequest")
         return any(i["value"] == referral_id for i in request["identifier"])
