@@ -5,88 +5,42 @@ deadline; the team reads the referral as handed over and records contact; the re
 none of it and its detail URL is 404; every page is `no-store`; a new token ends the old sessions; the hub's log
 holds nothing of the child. Screenshots in test-artifacts/inbox/."""
 
-import asyncio
 import json
-import os
-import subprocess
-import sys
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
 from schemas.referral import Channel
-from services.access.tokens import TokenStore
 from services.infra import principals, topics
 from services.infra.settings import REPO_ROOT
 from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import start_clock
 from services.recipients.worklist import local
-from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
-from tests.gateway_clients import curl
-from tests.kafka_client import read_topic
-from tests.referrals import EXAMPLE_BSN, random_bsn, sender
+from tests.conftest import ARTIFACTS, TestKafka
+from tests.recipient_hub import Hub, eventually, topic_records
+from tests.referrals import random_bsn
 from tests.system_tools import require
 
 pytestmark = pytest.mark.e2e
 FOR_A_TEAM = REPO_ROOT / "schemas" / "examples" / "gp" / "zorgdomein-document-basis-jeugdhulp.json"
 SHOTS = ARTIFACTS / "inbox"
-
-
-@dataclass
-class Hub:
-    kafka: TestKafka
-    gateway: str
-    inbox: str
-    log: Any
-    clock: Any
-    """The hub's clock file (VERWIJSHUB_CLOCK_FILE): empty is the system time."""
-
-    def token(self, principal: str) -> str:
-        """As an operator issues it: `verwijshub access token wij-<team>`."""
-        run = subprocess.run([sys.executable, "-m", "services.cli", "access", "token", principal],
-                             env={**os.environ, **self.kafka.env()}, capture_output=True, text=True, cwd=REPO_ROOT,
-                             timeout=60)
-        assert run.returncode == 0, run.stderr
-        return run.stdout.strip()
-
-
-def topic_records(*args: Any, **options: Any) -> list:
-    """`read_topic` in a thread of its own: Playwright's sync API holds an event loop in the test's thread."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(read_topic(*args, **options))).result()
-
-
-def eventually(check: Callable[[], Any], what: str, timeout_s: float) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(1.0)
-    raise AssertionError(f"not within {timeout_s:.0f}s: {what}")
+CLOCK = SHOTS / "now.txt"
+"""The hub's clock file (VERWIJSHUB_CLOCK_FILE): empty is the system time."""
 
 
 @pytest.fixture(scope="module")
 def hub(private_kafka: TestKafka) -> Iterator[Hub]:
     """The whole hub as `up` runs it, on a broker of this module's own: on the session's broker a worker's session
     hub would run a second recipient API in the same group, holding half of the Tasks."""
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    gateway_port, api_port = _free_port(), _free_port()
-    log, clock = SHOTS / "hub.log", SHOTS / "now.txt"
-    clock.write_text("")
-    process = start_hub(private_kafka, log, env={"VERWIJSHUB_GATEWAY_PORT": str(gateway_port),
-                                                 "VERWIJSHUB_RECIPIENTS_PORT": str(api_port),
-                                                 "VERWIJSHUB_CLOCK_FILE": str(clock)})
+    CLOCK.parent.mkdir(parents=True, exist_ok=True)
+    CLOCK.write_text("")
+    running = Hub.on_own_ports(private_kafka, SHOTS, VERWIJSHUB_CLOCK_FILE=str(CLOCK))
+    running.start()
     try:
-        yield Hub(private_kafka, f"https://127.0.0.1:{gateway_port}", f"https://127.0.0.1:{api_port}/inbox/", log,
-                  clock)
+        yield running
     finally:
-        stop_hub(process)
+        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -104,17 +58,8 @@ def browser() -> Iterator:
 
 
 def refer_to_a_team(hub: Hub, bsn: str) -> tuple[str, str]:
-    """A ZorgDomein document of a youth of its own through the gateway: the hub referral id and its WIJ team."""
-    text = FOR_A_TEAM.read_text()
-    zd_number = json.loads(text)["entry"][0]["resource"]["identifier"]["value"]
-    body = text.replace(zd_number, f"ZD{uuid.uuid4().int % 10**9:09d}").replace(EXAMPLE_BSN, bsn)
-    answer = curl(hub.gateway + "/fhir/Bundle", hub.kafka.secrets / "ca.pem",
-                  TokenStore(hub.kafka.secrets).issue(principals.referrer(sender(Channel.GP).id)), body.encode())
-    assert answer.status == 201, answer.body
-    referral_id = answer.headers["location"].rsplit("/", 1)[1]
-    (decision,) = topic_records(hub.kafka.admin, topics.DECISIONS,
-                                lambda r: json.loads(r.value)["referral_id"] == referral_id, 1)
-    recipient = json.loads(decision.value)["recipient"]
+    """A ZorgDomein document of this youth through the gateway: the hub referral id and its WIJ team."""
+    referral_id, recipient = hub.refer(FOR_A_TEAM, bsn)
     assert recipient["kind"] == "wij-team"
     return referral_id, recipient["id"]
 
@@ -223,9 +168,9 @@ def test_a_handover_past_its_deadline_is_marked_breached_and_shows_the_notifiers
         page.reload()
         return page.locator(row).count() == 1 and page.locator(row).get_attribute("data-mark") == mark
     eventually(lambda: marked("on-time"), "the handover in the team's inbox, on time", timeout_s=120)
-    hub.clock.write_text((due - timedelta(hours=1)).isoformat())
+    CLOCK.write_text((due - timedelta(hours=1)).isoformat())
     eventually(lambda: marked("at-risk"), "the handover at risk, an hour before its deadline", timeout_s=30)
-    hub.clock.write_text((due + timedelta(minutes=1)).isoformat())
+    CLOCK.write_text((due + timedelta(minutes=1)).isoformat())
     eventually(lambda: marked("breached"), "the handover breached", timeout_s=30)
     page.screenshot(path=str(SHOTS / "breached.png"), full_page=True)
 

@@ -1,8 +1,8 @@
-"""The recipient API on a real secured broker, under the real `verwijshub up`, spoken to by curl only: a GP referral
-handed over to a provider shows in that provider's poll and nowhere else; the provider reads the handover, accepts
-it and reports first contact with PUT and PATCH; each move is one feedback record, the referrer's statuses move,
-a retry has no second effect and a stale If-Match gets 412; a WIJ team's report of contact stops its contact
-clock."""
+"""The recipient API on a real secured broker, under the real `verwijshub up`, spoken to by curl and by a third-party
+FHIR client (fhirpy): a GP referral handed over to a provider shows in that provider's poll and nowhere else; the
+provider reads the handover, accepts it, reports first contact and closes it with PUT and PATCH; each move is one
+feedback record, the referrer's statuses move, a retry has no second effect and a stale If-Match gets 412; a WIJ
+team's report of contact stops its contact clock."""
 
 import asyncio
 import json
@@ -11,13 +11,14 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
 
 from services.infra import principals, topics
 from services.infra.settings import REPO_ROOT
-from tests.conftest import ARTIFACTS, TestKafka, _free_port
+from tests.conftest import ARTIFACTS, TestKafka
 from tests.gateway_clients import HttpAnswer
 from tests.kafka_client import read_topic
 from tests.recipient_hub import FHIR_JSON, FOR_A_PROVIDER, FOR_A_TEAM, Hub, eventually, task_of
@@ -31,13 +32,7 @@ def hub(private_kafka: TestKafka) -> Iterator[Hub]:
     """The whole hub as `up` runs it, on a broker of this module's own: on the session's broker, a worker's session
     hub would run a second recipient API in the same consumer group, holding half of the handover partitions (and
     so half of the Tasks), and this module restarts its hub."""
-    kafka = private_kafka
-    directory = ARTIFACTS / "recipient-api"
-    directory.mkdir(parents=True, exist_ok=True)
-    gateway_port, api_port = _free_port(), _free_port()
-    running = Hub(kafka, f"https://127.0.0.1:{gateway_port}", f"https://127.0.0.1:{api_port}/fhir",
-                  kafka.secrets / "ca.pem", directory / "hub.log",
-                  {"VERWIJSHUB_GATEWAY_PORT": str(gateway_port), "VERWIJSHUB_RECIPIENTS_PORT": str(api_port)})
+    running = Hub.on_own_ports(private_kafka, ARTIFACTS / "recipient-api")
     running.start()
     try:
         yield running
@@ -106,6 +101,54 @@ def test_a_provider_polls_reads_accepts_and_reports_contact_and_another_sees_non
     polled = eventually(lambda: task_of(hub, token, owner, referral_id, f"&status=in-progress&_lastUpdated=gt"
                                                                          f"{quote(started)}"), "the moved Task")
     assert polled["meta"]["versionId"] == "3"
+
+
+def test_an_ecds_own_fhir_client_polls_reads_and_moves_its_task_to_completed(hub: Hub) -> None:
+    """A provider's record system speaking FHIR through a third-party client, fhirpy from PyPI (over requests, the
+    hub's CA as `verify`): it polls, following the `next` links itself, reads the handover Bundle by the Task's
+    focus, and PUTs the Task accepted, in progress (contact made), completed, each with the If-Match of the version
+    it holds (fhirpy's `extra_headers`: the API refuses an update without one)."""
+    from fhirpy import SyncFHIRClient
+    from fhirpy.base.exceptions import MultipleResourcesFound  # what fhirpy raises on 412
+
+    referral_id, recipient = hub.refer(FOR_A_PROVIDER)
+    owner = principals.provider(recipient["id"])
+    token = hub.token(owner)
+
+    def client(**headers: str) -> SyncFHIRClient:
+        return SyncFHIRClient(hub.api, authorization=f"Bearer {token}", extra_headers=headers or None,
+                              requests_config={"verify": str(hub.ca), "timeout": 30})
+
+    def polled():
+        found = client().resources("Task").search(owner=owner, status="requested").limit(2).fetch_all()
+        return next((task for task in found if task["groupIdentifier"]["value"] == referral_id), None)
+
+    def put(version: str, task: dict, **change: Any) -> dict:
+        return client(**{"If-Match": f'W/"{version}"'}).resource("Task", **{**task, **change}).save().serialize()
+
+    task = eventually(polled, "the Task in fhirpy's poll").serialize()
+    assert task["meta"]["versionId"] == "1"
+    bundle = client().reference(reference=task["focus"]["reference"]).to_resource().serialize()
+    message = bundle["entry"][0]["resource"]
+    assert message["type"] == "message" and task["id"] in {e["resource"]["id"] for e in message["entry"]}
+
+    accepted = put("1", task, status="accepted")
+    assert (accepted["status"], accepted["meta"]["versionId"]) == ("accepted", "2")
+    assert put("1", task, status="accepted")["meta"]["versionId"] == "2", "the same update again: no second effect"
+    with pytest.raises(MultipleResourcesFound, match="VERSION_CONFLICT"):
+        put("1", task, status="rejected", statusReason={"text": "full"})
+    contact_at = datetime.now(UTC).replace(microsecond=0).isoformat()
+    in_progress = put("2", accepted, status="in-progress", executionPeriod={"start": contact_at},
+                      businessStatus={"coding": [{"system": BUSINESS, "code": "contact-made"}]})
+    assert in_progress["meta"]["versionId"] == "3"
+    completed = put("3", in_progress, status="completed")
+    assert (completed["status"], completed["meta"]["versionId"]) == ("completed", "4")
+
+    feedback = hub.feedback(topics.provider_feedback(recipient["id"]), referral_id, 3, settle_s=3.0)
+    assert [f["kind"] for f in feedback] == ["accepted", "contact-made", "closed"], "one record per move"
+    assert datetime.fromisoformat(feedback[1]["contact_at"]) == datetime.fromisoformat(contact_at)
+    assert hub.statuses(referral_id, 6) == ["received", "routed", "handed-over", "accepted", "contact-made",
+                                            "closed"], "the referrer sees each move; contact made stops its clock"
 
 
 def open_clocks(hub: Hub, owner: str) -> int | None:

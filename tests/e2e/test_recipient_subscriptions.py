@@ -5,11 +5,8 @@ it is down the notifications are retried, and once it is back every event is del
 polling: none lost, also across a restart of the hub. Another recipient's token finds no subscription of it."""
 
 import json
-import ssl
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import quote
 
@@ -20,9 +17,9 @@ from services.infra import principals
 from services.infra.settings import REPO_ROOT
 from services.infra.tls import LocalCa
 from services.recipients.subscriptions import HEARTBEAT_PERIOD, TOPIC
-from tests.conftest import ARTIFACTS, TestKafka, _free_port
+from tests.conftest import ARTIFACTS, TestKafka
 from tests.gateway_clients import curl
-from tests.recipient_hub import FOR_A_PROVIDER, Hub, eventually, task_of
+from tests.recipient_hub import FOR_A_PROVIDER, Hub, Receiver, eventually, read_status, task_of
 
 pytestmark = pytest.mark.e2e
 PROVIDERS = [provider["agb"] for provider in json.loads((REPO_ROOT / "deploy" / "registry" / "providers.json")
@@ -32,84 +29,10 @@ BEATING = PROVIDERS[:2]
 """The providers whose subscriptions have a heartbeat (every one's would only load the machine)."""
 
 
-class Receiver:
-    """A recipient's rest-hook: HTTPS on 127.0.0.1 with a certificate from the hub's CA; keeps every notification
-    by the path it came to. `down()` closes the port (connection refused), `up()` opens it again."""
-
-    def __init__(self, pem: str) -> None:
-        self.port = _free_port()
-        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.context.load_cert_chain(pem)
-        self.lock = threading.Lock()
-        self.got: list[tuple[str, dict[str, Any]]] = []
-        self.server: ThreadingHTTPServer | None = None
-
-    def up(self) -> None:
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
-                body = self.rfile.read(int(self.headers.get("content-length", "0")))
-                with receiver.lock:
-                    receiver.got.append((self.path, json.loads(body)))
-                self.send_response(200)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        server.socket = self.context.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.server = server
-
-    def down(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def url(self, owner: str) -> str:
-        return f"https://127.0.0.1:{self.port}/hook/{owner}"
-
-    def notifications(self, owner: str, kind: str | None = None) -> list[dict[str, Any]]:
-        """The status Parameters of each notification to `owner`'s hook, as {name: value} with the events."""
-        with self.lock:
-            bundles = [bundle for path, bundle in self.got if path == f"/hook/{owner}"]
-        found = []
-        for bundle in bundles:
-            assert bundle["resourceType"] == "Bundle" and bundle["type"] == "history"
-            status = read_status(bundle["entry"][0]["resource"])
-            if kind is None or status["type"] == kind:
-                found.append({**status, "entries": len(bundle["entry"])})
-        return found
-
-
-def read_status(parameters: dict[str, Any]) -> dict[str, Any]:
-    """A backport SubscriptionStatus (Parameters) as {name: value}, its notification-events as (number, focus)."""
-    assert parameters["resourceType"] == "Parameters"
-    status: dict[str, Any] = {"events": []}
-    for parameter in parameters["parameter"]:
-        if parameter["name"] == "notification-event":
-            parts = {part["name"]: part for part in parameter["part"]}
-            status["events"].append((int(parts["event-number"]["valueString"]),
-                                     parts["focus"]["valueReference"]["reference"].rsplit("/", 1)[1]))
-        else:
-            status[parameter["name"]] = next(v for k, v in parameter.items() if k.startswith("value"))
-    return status
-
-
 @pytest.fixture(scope="module")
 def hub(private_kafka: TestKafka) -> Iterator[Hub]:
-    directory = ARTIFACTS / "recipient-subscriptions"
-    directory.mkdir(parents=True, exist_ok=True)
-    gateway_port, api_port = _free_port(), _free_port()
-    running = Hub(private_kafka, f"https://127.0.0.1:{gateway_port}", f"https://127.0.0.1:{api_port}/fhir",
-                  private_kafka.secrets / "ca.pem", directory / "hub.log",
-                  {"VERWIJSHUB_GATEWAY_PORT": str(gateway_port), "VERWIJSHUB_RECIPIENTS_PORT": str(api_port),
-                   "VERWIJSHUB_RECIPIENTS_HOOK_RETRY_MAX_S": "2"})
+    running = Hub.on_own_ports(private_kafka, ARTIFACTS / "recipient-subscriptions",
+                               VERWIJSHUB_RECIPIENTS_HOOK_RETRY_MAX_S="2")
     running.start()
     try:
         yield running
