@@ -39,6 +39,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+from setproctitle import setproctitle
 
 from services.hub import SERVICES, dump_stacks_on_sigusr1, dump_tasks_on_sigusr1, export_own_lag, run_services
 from services.infra.http import serve
@@ -85,7 +86,9 @@ def start_forkserver() -> None:
 
 def serve_as_child(name: str, env: dict[str, str], supervisor: Connection) -> None:
     """A service process's life, forked from the forkserver (its modules already imported): its own environment
-    (child_environment's), its own process group, then the service until it is stopped or the pipe ends."""
+    (child_environment's), its own process group, then the service until it is stopped or the pipe ends. Its
+    name in `ps` and /proc is `verwijshub <service>` (else each would show as multiprocessing's forkserver)."""
+    setproctitle(f"verwijshub {name}")
     os.setpgrp()
     os.environ.clear()
     os.environ.update(env)

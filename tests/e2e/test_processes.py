@@ -125,6 +125,8 @@ def test_each_service_process_holds_its_own_credential_and_no_other_secret(up: U
            "notifier": principals.service("notifier"), "gateway": principals.GATEWAY,
            "analytics": principals.ANALYTICS, "recipients": principals.RECIPIENTS}
     for service, pid in pids.items():
+        assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == f"verwijshub {service}".encode(), \
+            "named in ps as the service it runs"
         env = environ(pid)  # the forkserver's, which it was forked from: `up`'s environment less every credential
         assert not {"VERWIJSHUB_KAFKA_PASSWORD", "VERWIJSHUB_KAFKA_USERNAME", "VERWIJSHUB_PSEUDONYM_KEY",
                     "VERWIJSHUB_KAFKA_CLIENT_CONFIG", "VERWIJSHUB_KAFKA_CREDENTIAL_FILE"} & env.keys(), service
