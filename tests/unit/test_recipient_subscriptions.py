@@ -97,10 +97,21 @@ def test_the_handshake_comes_first_then_each_event_in_order_then_heartbeats() ->
     assert core.due(active, NOW + timedelta(seconds=10)) == core.Notification(core.Kind.HEARTBEAT)
     changed = core.observe(active, [task("a", 2, NOW + timedelta(seconds=1)), task("b", 2, NOW + timedelta(seconds=2))])
     first = core.due(changed, NOW + timedelta(seconds=3))
-    assert first is not None and first.kind is core.Kind.EVENT and [e.number for e in first.events] == [1]
+    assert first is not None and first.kind is core.Kind.EVENT and [e.number for e in first.events] == [1, 2]
     after = core.delivered(changed, first, NOW + timedelta(seconds=3))
-    second = core.due(after, NOW + timedelta(seconds=3))
-    assert second is not None and [e.number for e in second.events] == [2]
+    assert not after.pending and core.due(after, NOW + timedelta(seconds=4)) is None
+
+
+def test_a_backlog_goes_out_oldest_first_at_most_so_many_events_a_notification() -> None:
+    active = core.delivered(subscribed(), core.Notification(core.Kind.HANDSHAKE), NOW)
+    count = core.EVENTS_PER_NOTIFICATION * 2 + 3
+    backlog = core.observe(active, [task(f"t{i:03}", 2, NOW + timedelta(seconds=i)) for i in range(count)])
+    sent: list[list[int]] = []
+    while (notification := core.due(backlog, NOW + timedelta(hours=1))) is not None:
+        sent.append([event.number for event in notification.events])
+        backlog = core.delivered(backlog, notification, NOW + timedelta(hours=1))
+    assert [len(numbers) for numbers in sent] == [core.EVENTS_PER_NOTIFICATION] * 2 + [3]
+    assert [n for numbers in sent for n in numbers] == list(range(1, count + 1)), "in order, none twice"
 
 
 def test_a_refusing_hook_puts_the_subscription_in_error_and_is_retried_with_exponential_backoff() -> None:
