@@ -14,6 +14,11 @@ from schemas.recipients import RecordRef
 from services.infra.connection import KafkaConnection
 
 READ_TIMEOUT_S = 10.0
+FETCH_WAIT_MS = 20
+"""How long the broker may hold a fetch with nothing to return. The consumer fetches ahead of the record it
+returned; at the log's end the broker holds that fetch, and the next read (of another partition, from the same
+broker) waited for it: with the default 500 ms, every handover page took 0.5 s (bench/recipients.py). Paused after
+each read, the reader sends no such fetch while idle; this bounds the one that may be in flight."""
 
 
 class RecordReader:
@@ -34,7 +39,8 @@ class RecordReader:
         async with self._lock:
             if self._consumer is None:
                 consumer = AIOKafkaConsumer(**self.kafka.consumer_options(), enable_auto_commit=False,
-                                            auto_offset_reset="earliest", client_id="verwijshub-recipients-reader")
+                                            auto_offset_reset="earliest", client_id="verwijshub-recipients-reader",
+                                            fetch_max_wait_ms=FETCH_WAIT_MS)
                 await consumer.start()
                 self._consumer = consumer
             try:
@@ -48,7 +54,10 @@ class RecordReader:
         tp = TopicPartition(ref.topic, ref.partition)
         consumer.assign([tp])
         consumer.seek(tp, ref.offset)
-        async with asyncio.timeout(READ_TIMEOUT_S):
-            while True:
-                for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
-                    return record if record.offset == ref.offset else None  # retention took it: a later one
+        try:
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                while True:
+                    for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                        return record if record.offset == ref.offset else None  # retention took it: a later one
+        finally:
+            consumer.pause(tp)  # no prefetch behind the record: it would wait at the log's end (FETCH_WAIT_MS)
