@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from services.access.commands import sync_access
 from services.hub import start_process, stop_process
@@ -29,6 +30,7 @@ from services.infra.registry_files import load_registry
 from services.infra.secrets import PSEUDONYM_KEY_FILE, CredentialStore
 from services.infra.settings import REPO_ROOT, Settings
 from tests.referrals import BSNS_MADE
+from tests.scheduling import load_costs, unit_order
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -90,27 +92,36 @@ def _local(data_dir: Path, brokers: int = 1, kind: type[LocalKafka] = LocalKafka
 
 
 _TEMPLATE_PLACE: list[Path] = []
-"""Where a test run keeps its template (under pytest's base temporary directory); a benchmark gets a temporary one."""
+"""Where a test run keeps its template: beside the workers' base temporary directories, so the run's workers share
+one (xdist's recipe for a session fixture made once); a benchmark gets a temporary one."""
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _template_place(tmp_path_factory: pytest.TempPathFactory) -> None:
-    _TEMPLATE_PLACE[:] = [tmp_path_factory.mktemp("kafka-template")]
+    base = tmp_path_factory.getbasetemp()
+    _TEMPLATE_PLACE[:] = [(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "kafka-template"]
 
 
 @functools.cache
 def _provisioned_template() -> Path:
     """A single-node broker's directory (storage formatted, every principal, grant and topic provisioned, CA and
-    passwords), made once per process and stopped cleanly: each new broker starts from a copy of it, so it pays
-    only for its JVM's start, not for formatting (another JVM) and provisioning (about as long again)."""
-    directory = _TEMPLATE_PLACE[0] if _TEMPLATE_PLACE else Path(tempfile.mkdtemp(prefix="verwijshub-template-"))
-    template = _local(directory)
-    SECRETS_SEEN.append(template.secrets)
-    template.start()
-    try:
-        provision(TestKafka(template.bootstrap, template.secrets, 1, template))
-    finally:
-        template.stop()
+    passwords), made once per run and stopped cleanly: each new broker starts from a copy of it, so it pays only for
+    its JVM's start, not for formatting (another JVM) and provisioning (about as long again). The first worker to
+    need it makes it under a lock; the others wait for it rather than make three at once on two cores."""
+    directory = (_TEMPLATE_PLACE[0] if _TEMPLATE_PLACE
+                 else Path(tempfile.mkdtemp(prefix="verwijshub-template-")) / "kafka-template")
+    made = directory.with_name(directory.name + ".made")
+    with FileLock(directory.with_name(directory.name + ".lock")):
+        template = _local(directory)
+        SECRETS_SEEN.append(template.secrets)
+        if not made.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # what a worker that failed making it left
+            template.start()
+            try:
+                provision(TestKafka(template.bootstrap, template.secrets, 1, template))
+            finally:
+                template.stop()
+            made.touch()
     return directory
 
 
@@ -222,26 +233,39 @@ SESSION_HUB_MODULES = frozenset({"tests/e2e/test_gp_flow.py", "tests/e2e/test_in
 """Named, not found: xdist's controller schedules by node id and never sees a fixture; collection checks the list."""
 
 
+def _unit(module: str) -> str:
+    """A module's unit of work: itself, or SESSION_HUB for the modules of the shared hub."""
+    return SESSION_HUB if module in SESSION_HUB_MODULES else module
+
+
+def _module(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """`make test`'s scheduling: a module is one unit of work (its broker and hub stay with it, as `--dist loadfile`
-    has it), and SESSION_HUB_MODULES are one unit together. (xdist's `loadgroup` would do this with markers, but
-    under pytest 9.2 it cannot rename a node id, so every test was its own unit: one module's fixture ran on two
-    workers at once, writing the same files.)"""
+    has it), SESSION_HUB_MODULES are one unit together, and units are handed out in the order collection left them
+    (tests/scheduling.py), not re-sorted by their number of tests. (xdist's `loadgroup` would do the grouping with
+    markers, but under pytest 9.2 it cannot rename a node id, so every test was its own unit: one module's fixture
+    ran on two workers at once, writing the same files.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return SESSION_HUB if module in SESSION_HUB_MODULES else module
+            return _unit(nodeid.split("::", 1)[0])
 
+    config.option.loadscopereorder = False
     return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A module that uses the shared `hub` must be in SESSION_HUB_MODULES, or it would start a second one."""
-    unlisted = {i.nodeid.split("::", 1)[0] for i in items if _uses_shared_hub(i)} - SESSION_HUB_MODULES
+    """A module that uses the shared `hub` must be in SESSION_HUB_MODULES, or it would start a second one. Then the
+    units in the order of tests/scheduling.py: unit and property tests first, the costliest end-to-end unit next."""
+    unlisted = {_module(i) for i in items if _uses_shared_hub(i)} - SESSION_HUB_MODULES
     if unlisted:
         raise pytest.UsageError(f"add {sorted(unlisted)} to SESSION_HUB_MODULES in tests/conftest.py")
+    order = {unit: rank for rank, unit in enumerate(unit_order(map(_module, items), _unit, load_costs()))}
+    items.sort(key=lambda item: order[_unit(_module(item))])  # stable: a unit keeps its tests' order
 
 
 def _uses_shared_hub(item: pytest.Item | None) -> bool:
