@@ -27,6 +27,7 @@ from services.infra.registry_files import load_registry
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
 from services.routing.policy import decide
 from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub, stop_hub
+from tests.hub_logs import log_events
 from tests.kafka_client import header, produce, read_topic, records_on_topics
 from tests.referrals import random_bsn
 
@@ -71,8 +72,7 @@ class Notifiers:
 
     def owned(self, name: str) -> set[int]:
         """The partitions the named instance last said it owns (its log's ownership lines)."""
-        lines = [json.loads(line) for line in (self.directory / f"{name}.log").read_text().splitlines()
-                 if '"partitions owned"' in line]
+        lines = [line for line in log_events(self.directory / f"{name}.log") if line.get("event") == "partitions owned"]
         return set(lines[-1]["partitions"]) if lines else set()
 
     def decision(self, postcode: str = "9712 AB") -> RoutingDecision:

@@ -20,6 +20,7 @@ from services.infra import principals, topics
 from services.infra.secrets import PSEUDONYM_KEY_FILE, CredentialStore
 from services.infra.tls import LocalCa
 from tests.conftest import ARTIFACTS, TestKafka, hub_env, start_hub, stop_hub
+from tests.hub_logs import log_events
 from tests.kafka_client import produce
 from tests.referrals import gp_bundle, random_bsn, sender
 
@@ -43,11 +44,11 @@ class Up:
 
     def children(self) -> dict[str, int]:
         """Each service's process id, as `up` logged them when ready."""
-        ready = [json.loads(line) for line in self.log_file.read_text().splitlines() if '"services ready"' in line]
+        ready = [line for line in log_events(self.log_file) if line.get("event") == "services ready"]
         return ready[-1]["pids"]
 
     def log(self) -> list[dict]:
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.startswith("{")]
+        return log_events(self.log_file)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from services.infra.settings import REPO_ROOT
 from services.routing.commands import import_indications, publish_registry
 from services.routing.core import REFUSALS_PER_ALERT
 from tests.conftest import ARTIFACTS, TestKafka, start_hub, stop_hub
+from tests.hub_logs import log_events
 from tests.kafka_client import produce, read_topic
 from tests.referrals import random_bsn
 
@@ -73,8 +74,7 @@ class Routing:
         stop_hub(self.process)
 
     def log_lines(self, event: str) -> list[dict]:
-        lines = [json.loads(line) for line in self.log_file.read_text().splitlines() if line.startswith("{")]
-        return [line for line in lines if line.get("event") == event]
+        return [line for line in log_events(self.log_file) if line.get("event") == event]
 
     async def wait_for_log(self, event: str, count: int, **fields) -> None:
         for _ in range(600):

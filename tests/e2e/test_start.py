@@ -1,7 +1,6 @@
 """A start against a broker that does not answer (paused with SIGSTOP) is never silent: it logs what it waits for
 every few seconds, and becomes ready once the broker is back, or exits non-zero at its deadline naming the wait."""
 
-import json
 import os
 import signal
 import subprocess
@@ -13,13 +12,9 @@ import pytest
 
 from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, TestKafka, hub_env
+from tests.hub_logs import log_events
 
 pytestmark = pytest.mark.e2e
-
-
-def log_lines(log_file: Path) -> list[dict]:
-    lines = log_file.read_text().splitlines() if log_file.exists() else []
-    return [json.loads(line) for line in lines if line.startswith("{")]
 
 
 def up(kafka: TestKafka, name: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Path]:
@@ -64,12 +59,12 @@ def test_a_start_while_the_broker_is_paused_says_what_it_waits_for_and_is_ready_
     process, log_file = up(private_kafka, "start-paused")
     try:
         try:
-            assert until(lambda: any(line["event"] == "waiting" for line in log_lines(log_file)), 60)
+            assert until(lambda: any(line["event"] == "waiting" for line in log_events(log_file)), 60)
         finally:
             os.kill(pid, signal.SIGCONT)
         ended = until(lambda: process.poll() is not None
-                      or any(line["event"] == "services ready" for line in log_lines(log_file)), 240)
-        lines = log_lines(log_file)
+                      or any(line["event"] == "services ready" for line in log_events(log_file)), 240)
+        lines = log_events(log_file)
         waits = [line for line in lines if line["event"] == "waiting"]
         assert waits and all(line["for"] and line["elapsed_s"] > 0 for line in waits)
         assert "to answer" in waits[0]["for"]  # the broker it waited for, named
@@ -92,6 +87,6 @@ def test_a_start_past_its_deadline_exits_non_zero_naming_what_it_waited_for(priv
             stop(process)
     finally:
         os.kill(pid, signal.SIGCONT)
-    timed_out = [line for line in log_lines(log_file) if line["event"] == "start timed out"]
+    timed_out = [line for line in log_events(log_file) if line["event"] == "start timed out"]
     assert timed_out and "to answer" in timed_out[0]["for"]
     assert "still waiting for" in log_file.with_suffix(".stderr.log").read_text()
