@@ -26,6 +26,7 @@ from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT
 from services.routing.commands import publish_registry
 from tests.conftest import ARTIFACTS, TestKafka, new_broker, start_hub, stop_hub
+from tests.hub_logs import log_events
 from tests.kafka_client import produce, read_topic
 from tests.referrals import random_bsn
 
@@ -125,8 +126,7 @@ async def aged_out(kafka: TestKafka, names: list[str], timeout_s: float = 120.0)
 
 async def wait_for_log(log_file: Path, event: str, **fields) -> None:
     for _ in range(600):
-        lines = [json.loads(x) for x in log_file.read_text().splitlines() if x.startswith("{")]
-        if any(x.get("event") == event and fields.items() <= x.items() for x in lines):
+        if any(x.get("event") == event and fields.items() <= x.items() for x in log_events(log_file)):
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"routing never logged {event} {fields}")
