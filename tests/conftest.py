@@ -30,7 +30,6 @@ from services.infra.registry_files import load_registry
 from services.infra.secrets import PSEUDONYM_KEY_FILE, CredentialStore
 from services.infra.settings import REPO_ROOT, Settings
 from tests.referrals import BSNS_MADE
-from tests.scheduling import load_costs, unit_order
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
@@ -233,39 +232,26 @@ SESSION_HUB_MODULES = frozenset({"tests/e2e/test_gp_flow.py", "tests/e2e/test_in
 """Named, not found: xdist's controller schedules by node id and never sees a fixture; collection checks the list."""
 
 
-def _unit(module: str) -> str:
-    """A module's unit of work: itself, or SESSION_HUB for the modules of the shared hub."""
-    return SESSION_HUB if module in SESSION_HUB_MODULES else module
-
-
-def _module(item: pytest.Item) -> str:
-    return item.nodeid.split("::", 1)[0]
-
-
 def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """`make test`'s scheduling: a module is one unit of work (its broker and hub stay with it, as `--dist loadfile`
-    has it), SESSION_HUB_MODULES are one unit together, and units are handed out in the order collection left them
-    (tests/scheduling.py), not re-sorted by their number of tests. (xdist's `loadgroup` would do the grouping with
-    markers, but under pytest 9.2 it cannot rename a node id, so every test was its own unit: one module's fixture
-    ran on two workers at once, writing the same files.)"""
+    has it), and SESSION_HUB_MODULES are one unit together. (xdist's `loadgroup` would do this with markers, but
+    under pytest 9.2 it cannot rename a node id, so every test was its own unit: one module's fixture ran on two
+    workers at once, writing the same files.)"""
     from xdist.scheduler import LoadScopeScheduling
 
     class ModuleScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _unit(nodeid.split("::", 1)[0])
+            module = nodeid.split("::", 1)[0]
+            return SESSION_HUB if module in SESSION_HUB_MODULES else module
 
-    config.option.loadscopereorder = False
     return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A module that uses the shared `hub` must be in SESSION_HUB_MODULES, or it would start a second one. Then the
-    units in the order of tests/scheduling.py: unit and property tests first, the costliest end-to-end unit next."""
-    unlisted = {_module(i) for i in items if _uses_shared_hub(i)} - SESSION_HUB_MODULES
+    """A module that uses the shared `hub` must be in SESSION_HUB_MODULES, or it would start a second one."""
+    unlisted = {i.nodeid.split("::", 1)[0] for i in items if _uses_shared_hub(i)} - SESSION_HUB_MODULES
     if unlisted:
         raise pytest.UsageError(f"add {sorted(unlisted)} to SESSION_HUB_MODULES in tests/conftest.py")
-    order = {unit: rank for rank, unit in enumerate(unit_order(map(_module, items), _unit, load_costs()))}
-    items.sort(key=lambda item: order[_unit(_module(item))])  # stable: a unit keeps its tests' order
 
 
 def _uses_shared_hub(item: pytest.Item | None) -> bool:
