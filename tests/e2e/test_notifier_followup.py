@@ -72,7 +72,8 @@ class Notifiers:
 
     def owned(self, name: str) -> set[int]:
         """The partitions the named instance last said it owns (its log's ownership lines)."""
-        lines = [line for line in log_events(self.directory / f"{name}.log") if line.get("event") == "partitions owned"]
+        lines = [line for line in log_events(self.directory / f"{name}.log")
+                 if line.get("event") == "partitions owned"]
         return set(lines[-1]["partitions"]) if lines else set()
 
     def decision(self, postcode: str = "9712 AB") -> RoutingDecision:
