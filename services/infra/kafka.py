@@ -161,14 +161,26 @@ async def wait_until_ready(kafka: KafkaConnection, timeout_s: float = 60.0, brok
     raise TimeoutError(f"Kafka at {kafka.bootstrap} did not answer within {timeout_s:.0f}s ({last_error!r})")
 
 
+DESCRIBE_ATTEMPTS, DESCRIBE_BACKOFF_S = 10, 0.5
+
+
 async def partitions_of(kafka: KafkaConnection, names: list[str]) -> list[TopicPartition]:
-    """The partitions of existing topics (a topic that does not exist yet has none)."""
-    admin = AIOKafkaAdminClient(**kafka.client_options())
-    await admin.start()
-    try:
-        described = await admin.describe_topics(names)
-    finally:
-        await admin.close()
+    """The partitions of existing topics (a topic that does not exist yet has none). After a retriable error they
+    are asked again, up to DESCRIBE_ATTEMPTS times DESCRIBE_BACKOFF_S apart: a broker just back from a pause
+    answered a start's first metadata request without its brokers, and the `NodeNotReadyError` that followed ended
+    the start with a traceback instead of a wait."""
+    for attempt in range(1, DESCRIBE_ATTEMPTS + 1):
+        admin = AIOKafkaAdminClient(**kafka.client_options())
+        await admin.start()
+        try:
+            described = await admin.describe_topics(names)
+            break
+        except KafkaError as exc:
+            if not exc.retriable or attempt == DESCRIBE_ATTEMPTS:
+                raise
+        finally:
+            await admin.close()
+        await asyncio.sleep(DESCRIBE_BACKOFF_S)
     return [TopicPartition(d["topic"], p["partition"]) for d in described if not d.get("error_code")
             for p in sorted(d.get("partitions") or (), key=lambda p: p["partition"])]
 
