@@ -38,6 +38,7 @@ from services.access.senders import organisation_sending_as
 from services.analytics.sink import wait_until_stored
 from services.hub import start_process, stop_process
 from services.infra import principals, topics
+from services.infra.clock import FileClock
 from services.infra.kafka import partitions_of
 from services.infra.registry_files import load_registry
 from services.infra.settings import Settings, get_settings
@@ -124,12 +125,7 @@ class Simulation:
         return day
 
     def set_clock(self, day: date, hour: int) -> None:
-        """Atomically (a new file renamed over the old): a reader must never see it empty, which means the
-        system time to the hub's clock, and would breach every open contact clock at once."""
-        path = self.settings.clock_file
-        new = path.with_name(path.name + ".new")
-        new.write_text(datetime(day.year, day.month, day.day, hour, tzinfo=AMSTERDAM).isoformat())
-        os.replace(new, path)
+        FileClock(self.settings.clock_file).set(datetime(day.year, day.month, day.day, hour, tzinfo=AMSTERDAM))
 
     # -- Kafka as the hub's users ----------------------------------------------------------------
     async def producer(self, principal: str) -> AIOKafkaProducer:

@@ -1,5 +1,6 @@
 """'Now' as a dependency: the core never reads the wall clock itself, so tests can move time."""
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
@@ -27,3 +28,11 @@ class FileClock:
         except FileNotFoundError:
             text = ""
         return datetime.fromisoformat(text) if text else datetime.now(UTC)
+
+    def set(self, moment: datetime | None) -> None:
+        """Move every reader's 'now' to `moment` (None: back to the system time). Atomically, a new file renamed
+        over the old: a reader that saw the file empty halfway through a rewrite would take the system time and
+        breach every open contact clock at once (a notifier test did, once, on a loaded machine)."""
+        new = self.path.with_name(self.path.name + ".new")
+        new.write_text(moment.isoformat() if moment else "")
+        os.replace(new, self.path)

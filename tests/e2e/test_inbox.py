@@ -13,6 +13,7 @@ import pytest
 
 from schemas.referral import Channel
 from services.infra import principals, topics
+from services.infra.clock import FileClock
 from services.infra.settings import REPO_ROOT
 from services.notifier.calendar import WorkingCalendar
 from services.notifier.followup import start_clock
@@ -34,7 +35,7 @@ def hub(private_kafka: TestKafka) -> Iterator[Hub]:
     """The whole hub as `up` runs it, on a broker of this module's own: on the session's broker a worker's session
     hub would run a second recipient API in the same group, holding half of the Tasks."""
     CLOCK.parent.mkdir(parents=True, exist_ok=True)
-    CLOCK.write_text("")
+    FileClock(CLOCK).set(None)
     running = Hub.on_own_ports(private_kafka, SHOTS, VERWIJSHUB_CLOCK_FILE=str(CLOCK))
     running.start()
     try:
@@ -168,9 +169,9 @@ def test_a_handover_past_its_deadline_is_marked_breached_and_shows_the_notifiers
         page.reload()
         return page.locator(row).count() == 1 and page.locator(row).get_attribute("data-mark") == mark
     eventually(lambda: marked("on-time"), "the handover in the team's inbox, on time", timeout_s=120)
-    CLOCK.write_text((due - timedelta(hours=1)).isoformat())
+    FileClock(CLOCK).set(due - timedelta(hours=1))
     eventually(lambda: marked("at-risk"), "the handover at risk, an hour before its deadline", timeout_s=30)
-    CLOCK.write_text((due + timedelta(minutes=1)).isoformat())
+    FileClock(CLOCK).set(due + timedelta(minutes=1))
     eventually(lambda: marked("breached"), "the handover breached", timeout_s=30)
     page.screenshot(path=str(SHOTS / "breached.png"), full_page=True)
 

@@ -16,6 +16,7 @@ import pytest
 from schemas.referral import Channel
 from services.access.tokens import TokenStore
 from services.infra import principals, topics
+from services.infra.clock import FileClock
 from services.infra.settings import REPO_ROOT
 from tests.conftest import ARTIFACTS, TestKafka, _free_port, start_hub, stop_hub
 from tests.gateway_clients import curl, mllp_send
@@ -41,7 +42,7 @@ class Hub:
         self.tokens: dict[Channel, str] = {}
 
     def set_now(self, moment: datetime) -> None:
-        self.clock_file.write_text(moment.isoformat())
+        FileClock(self.clock_file).set(moment)
 
     def token(self, channel: Channel) -> str:
         if channel not in self.tokens:

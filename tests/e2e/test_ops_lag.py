@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer
 from schemas.referral import Channel
 from services.access.commands import ConfigFormat, client_config_text
 from services.infra import principals, topics
+from services.infra.clock import FileClock
 from services.infra.local_kafka import resolve_classpath
 from services.infra.provisioning import DAY_MS, TopicSpec, provision_topics, topic_config
 from services.infra.settings import REPO_ROOT
@@ -294,7 +295,7 @@ def test_a_team_that_stops_reading_ages_on_the_page_and_in_lag_and_recovers_when
     team, who = "centrum", principals.wij_team("centrum")
     topic, group = topics.wij_handovers(team), f"{who}.epd"
     moved = directory / "ops-now.txt"
-    moved.write_text("")
+    FileClock(moved).set(None)
     clock_env = {"VERWIJSHUB_CLOCK_FILE": str(moved)}
 
     def recipient(document: dict) -> dict:
@@ -347,7 +348,7 @@ def test_a_team_that_stops_reading_ages_on_the_page_and_in_lag_and_recovers_when
         assert later["oldest_unread_working_days"] <= 1 and later["clocks"]["open"] >= 1
         assert "WAITING" in page_row("WAITING")
 
-        moved.write_text((datetime.now(UTC) + timedelta(days=7)).isoformat())  # a week: at least 2 working days
+        FileClock(moved).set(datetime.now(UTC) + timedelta(days=7))  # a week: at least 2 working days
         late_row = page_row("LATE")
         subprocess.run([*browser, f"--screenshot={ARTIFACTS / 'status-page-recipients.png'}", url],
                        capture_output=True, timeout=120)
