@@ -135,7 +135,7 @@ def new_broker(data_dir: Path, brokers: int = 1, kind: type[LocalKafka] = LocalK
                         ignore=shutil.ignore_patterns("kafka.log", "kafka.pid", "server.properties"))
     kafka = _local(data_dir, brokers, kind)
     SECRETS_SEEN.append(kafka.secrets)
-    kafka.start()
+    kafka.start(timeout_s=180.0)  # a CI run's copy was still loading its 624 logs after 90 s
     try:
         broker = TestKafka(kafka.bootstrap, kafka.secrets, brokers, kafka)
         yield broker if brokers == 1 else provision(broker)
