@@ -77,6 +77,14 @@ class Notifiers:
                  if line.get("event") == "partitions owned"]
         return set(lines[-1]["partitions"]) if lines else set()
 
+    async def until_owned(self, done, timeout_s: float) -> None:
+        """Until the instances' ownership lines satisfy `done`, or `timeout_s` passed (the caller asserts): an
+        instance logs what it owns only once it took every partition, which on a loaded machine can come late."""
+        for _ in range(int(timeout_s / 0.2)):
+            if done():
+                return
+            await asyncio.sleep(0.2)
+
     def decision(self, postcode: str = "9712 AB") -> RoutingDecision:
         rid, bsn = str(uuid.uuid4()), random_bsn()
         self.bsns.append(bsn)
@@ -193,10 +201,8 @@ async def test_two_instances_send_each_notice_once_across_rebalances(notifiers: 
         await notifiers.publish_decision(decision)
     await notifiers.statuses(decisions, 24, settle_s=0)
     second = notifiers.start("notifier-b")  # a rebalance: some partitions (and their clocks) move to b
-    for _ in range(100):
-        if notifiers.owned("notifier-b") and len(notifiers.owned("notifier-a")) < notifiers.settings.partitions:
-            break
-        await asyncio.sleep(0.2)
+    await notifiers.until_owned(lambda: bool(notifiers.owned("notifier-b"))
+                                and len(notifiers.owned("notifier-a")) < notifiers.settings.partitions, timeout_s=20)
     assert notifiers.owned("notifier-a") and notifiers.owned("notifier-b")
     assert not notifiers.owned("notifier-a") & notifiers.owned("notifier-b")
     notifiers.set_now(AT_RISK)
@@ -210,10 +216,8 @@ async def test_two_instances_send_each_notice_once_across_rebalances(notifiers: 
     assert all(s == ["routed", "handed-over", "sla-at-risk", "sla-breached"] for s in statuses.values()), statuses
     notices = await notifiers.notices(decisions[0].recipient.topic, {d.referral_id for d in decisions}, 24)
     assert sorted(n["kind"] for n in notices) == [NoticeKind.SLA_AT_RISK] * 12 + [NoticeKind.SLA_BREACHED] * 12
-    for _ in range(300):  # b logs what it owns once every partition is taken: one can still be taking (loaded machine)
-        if len(notifiers.owned("notifier-b")) == notifiers.settings.partitions:
-            break
-        await asyncio.sleep(0.2)
+    await notifiers.until_owned(lambda: len(notifiers.owned("notifier-b")) == notifiers.settings.partitions,
+                                timeout_s=60)
     assert len(notifiers.owned("notifier-b")) == notifiers.settings.partitions
     notifiers.stop(second)
 

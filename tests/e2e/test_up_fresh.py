@@ -25,6 +25,11 @@ def cli(env: dict[str, str], *args: str, stdin: bytes | None = None) -> subproce
                           capture_output=True, timeout=120)
 
 
+def said() -> str:
+    """The end of what `up` printed, read only for a failure's message."""
+    return (ARTIFACTS / "up-fresh.out").read_text()[-3000:]
+
+
 def test_up_from_an_empty_data_directory_is_secured_and_serves_a_recipient_over_kcat(tmp_path: Path) -> None:
     require("kcat")
     data = tmp_path / "data"
@@ -40,9 +45,8 @@ def test_up_from_an_empty_data_directory_is_secured_and_serves_a_recipient_over_
     try:
         deadline = time.monotonic() + 300  # from nothing on a loaded machine: a CI run took over 180 s
         while not ((data / "hub.log").exists() and '"services ready"' in (data / "hub.log").read_text()):
-            said = (ARTIFACTS / "up-fresh.out").read_text()[-3000:]
-            assert up.poll() is None, said
-            assert time.monotonic() < deadline, f"up was not ready in time; it said:\n{said}"
+            assert up.poll() is None, said()
+            assert time.monotonic() < deadline, f"up was not ready in time; it said:\n{said()}"
             time.sleep(0.5)
         assert oct((data / "secrets").stat().st_mode & 0o777) == oct(0o700)
         referral_id = "ZD-UP-FRESH-1"
