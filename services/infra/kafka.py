@@ -98,6 +98,21 @@ class Outbound:
     partition: int | None = None
 
 
+@dataclass(frozen=True)
+class Record:
+    """One record as the runtime consumed it (services/infra/librdkafka.py), with the fields of aiokafka's
+    `ConsumerRecord`, which the hub's other readers return: a processor reads either the same way."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    """Milliseconds since the epoch, as the producer (or the broker) set it."""
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
 def outbound(topic: str, message: BaseModel | bytes, key: str | bytes | None, *, correlation_id: str = "",
              channel: str = "", schema: str | None = None, content_type: str = JSON, partition: int | None = None,
              extra_headers: dict[str, str] | None = None) -> Outbound:

@@ -1,49 +1,47 @@
-"""The one processing runtime of intake, routing and notifier: consume, call the core, publish, commit: at once.
+"""The one processing runtime of intake, routing, notifier and the recipient API: consume, call the core, publish,
+commit: at once.
 
-A service plugs in a `Processor` (its pure core behind `handle` and `tick`). The runtime reads its input topics
-in one consumer group and, for each batch of a partition, publishes the records the core returns and commits the
-input offsets in ONE Kafka transaction, so a record's effects and its consumption happen together or not at all
-(pyeventsourcing's process applications record outputs and position atomically in the same way).
+A service plugs in a `Processor` (its pure core behind `handle` and `tick`). The runtime reads its input topics in
+one consumer group and turns what it fetched, of every partition it owns, into ONE Kafka transaction at a time: the
+records the core returns, and the input offsets, commit together or not at all (pyeventsourcing's process
+applications record outputs and position atomically in the same way).
 
-Fencing: aiokafka 0.14 sends TxnOffsetCommit v0, which carries no group generation (KIP-447), so the broker
-cannot tell a zombie that lost its partitions from their owner by the offset commit. Instead each partition
-number has its own transactional id (`verwijshub-<service>-<N>`, the pre-KIP-447 pattern of Kafka Streams):
-the instance that is assigned N starts that producer, whose InitProducerId bumps the epoch, aborts the zombie's
-open transaction and fences its later ones, and only then reads the partition's state. Every input topic of a
-service has the same number of partitions and the same key, and the range assignor gives one instance partition
-N of every input, so one id covers all of N.
+Clients: librdkafka (services/infra/librdkafka.py), one consumer and one transactional producer per instance. Its
+transactional id is the instance's own and stable across restarts (`claim_instance`), so a restart aborts at once
+what its predecessor left open; a zombie (an instance frozen while its partitions moved) is fenced by KIP-447: the
+offsets of its transaction carry the group's generation, which the broker refuses once the group moved on. A new
+owner reads a partition's committed offset stably (it waits for any transaction holding offsets of it to end) and
+only then its state.
 
-Pipelining: one loop fetches; each owned partition number has a worker that turns what was fetched for it into
-one transaction at a time (everything that queued up meanwhile, up to `batch_max` records), so a partition's
-transaction never waits for another's and a busy partition batches more. A partition's inputs pause while its
-queue is long. A batch fetched before its inputs were last sought (a recovery, a repositioning) is stale and
-dropped; one dropped for any other reason sends its inputs back to the committed offsets, so no record is
-committed after one that was skipped.
+Batching: a transaction carries what arrives within `commit_interval_ms` of its first record (Kafka Streams'
+`commit.interval.ms`), up to `batch_max` records, and the ticks that came due: at a steady rate one transaction
+carries many referrals, and its commit markers are shared. Consuming happens only between transactions, so a
+rebalance never meets one open (a revocation drops what was fetched and not yet processed; its next owner reads it).
 
-Failures: a transient one (broker away, timeout) aborts the transaction; the partition's state is reloaded, the
-consumer goes back to the committed offsets, and the batch is retried with backoff while `/readyz` says not
-ready. Nothing is committed that was not processed. Any other exception from the core is a poison record: the
-batch is aborted and retried at once with that record dead-lettered instead (its raw bytes, why, and whence). So is
-a record whose output is larger than its topic takes (`OUTPUT_TOO_LARGE`): found before it is sent, or named by the
-broker's refusal; a refusal is a property of the record, not a passing failure, and retried it would stop its
-partition for ever.
+Failures: a transient one (broker away, timeout) aborts the transaction; the state of the partitions it touched is
+reloaded, the inputs go back to the committed offsets, and the records are retried with backoff while `/readyz` says
+not ready. Nothing is committed that was not processed. Any other exception from the core is a poison record: the
+transaction is aborted and retried at once with that record dead-lettered instead (its raw bytes, why, and whence).
+So is a record whose output is larger than its topic takes (`OUTPUT_TOO_LARGE`): found before it is sent, or named
+by the broker's refusal; a refusal is a property of the record, not a passing failure, and retried it would stop its
+partitions for ever. A tick that raises is retried on the next tick, its partition's state reloaded; the other
+partitions go on.
 """
 
 import asyncio
-import collections
 import contextlib
 import dataclasses
+import fcntl
+import itertools
+import os
 import random
+import socket
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
-from aiokafka.producer import sender as aiokafka_sender
+from aiokafka.errors import KafkaError as AIOKafkaError
+from confluent_kafka import KafkaException, TopicPartition
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ReferralError
@@ -51,47 +49,30 @@ from services.infra import principals
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import DEAD_LETTER, dead_letter_record, handling
 from services.infra.contract import Output, declare
-from services.infra.kafka import (
-    OUTBOUND_RECORD_BYTES,
-    Outbound,
-    group_id,
-    make_broker,
-    max_message_bytes,
-    read_records,
-    record_bytes,
-    request_bytes,
-)
+from services.infra.kafka import Outbound, Record, group_id, make_broker, max_message_bytes, read_records, \
+    record_bytes, request_bytes
+from services.infra.librdkafka import ConsumerThread, Delivery, Transactions, consumer_config, is_too_large, \
+    kafka_error, producer_config
 from services.infra.logging import get_logger
+from services.infra.offsets import Input, Offsets, Window
 from services.infra.settings import Settings
 from services.infra.starting import waiting_for
 
-TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError, ConnectionError)
-"""Failures that pass: the broker away, a leader moving, a timeout. Retried, never committed."""
-TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
-"""A broker's (or aiokafka's own) refusal of a record or batch larger than the topic or request takes: KafkaErrors,
-but they never pass (error codes 10 MESSAGE_TOO_LARGE and 18 RECORD_LIST_TOO_LARGE)."""
+TRANSIENT = (KafkaException, AIOKafkaError, OSError, asyncio.TimeoutError, ConnectionError)
+"""Failures that pass: the broker away, a leader moving, a timeout (the processors' own reads are aiokafka's)."""
 OUTPUT_TOO_LARGE = [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message=(
     "What the hub would write for this record is larger than its topic takes."))]
 HUB_FAILED = [ReferralError(code=ErrorCode.UNPARSEABLE, location="", message="The hub could not process this record.")]
-QUEUE_MAX_FACTOR = 4
-"""A partition's inputs pause once this many batches' worth of records wait for its worker."""
 BACKOFF_S = (0.2, 10.0)
-"""The first and the longest wait before a failed batch is tried again (doubling, with jitter)."""
-RETRY_BACKOFF_MS = 5
-"""A transactional producer's wait before it retries a request (aiokafka's default 100 ms). The common retry is a
-transaction's first AddPartitionsToTxn answered CONCURRENT_TRANSACTIONS while the broker still writes the
-previous transaction's markers (KAFKA-5477), which takes a few milliseconds here; aiokafka waits a fixed 20 ms
-for it (`BACKOFF_OVERRIDE`, set to this too below). Measured on this machine, back-to-back transactions of one
-record: 29 ms each at the defaults, 11 ms at 5 ms (brokers with KIP-890, and clients speaking it, avoid the
-retry altogether; aiokafka 0.14 does not)."""
-TRANSACTION_TIMEOUT_S = 60.0
-"""How long one batch's transaction may take before it is given up as transient."""
-
-aiokafka_sender.BACKOFF_OVERRIDE = RETRY_BACKOFF_MS / 1000  # a module constant: no setting for it
-
-
-Delivery = tuple[Outbound, asyncio.Future]
-"""A record sent in a transaction and its delivery (RecordMetadata, with the offset, once it is written)."""
+"""The first and the longest wait before a failed transaction is tried again (doubling, with jitter)."""
+TRANSACTION_TIMEOUT_S = 15.0
+"""How long one transaction may take before it is given up as transient; also the broker's `transaction.timeout.ms`,
+after which it aborts a transaction its producer left open (a frozen zombie's: its partitions' readers wait that
+long at most). Kafka Streams uses 10 s under exactly-once."""
+IDLE_WAIT_S = 0.1
+"""How long a fetch waits for a first record: how soon a tick asked for (`tick_now`) runs when nothing arrives."""
+STABLE_WAIT_S = 5.0
+"""One wait for a partition's committed offset to be stable (librdkafka asks again until no transaction holds one)."""
 
 
 class Poison(Exception):
@@ -105,7 +86,8 @@ class Poison(Exception):
 
 
 class Refused(Exception):
-    """The batch is to be retried at once without a record the runtime marked (`Owned.poison`): not transient."""
+    """The transaction is to be retried at once without a record the runtime marked (`Runtime.poison`): not
+    transient."""
 
 
 class Processor:
@@ -127,7 +109,7 @@ class Processor:
     async def stop(self) -> None:
         pass
 
-    async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
+    async def load(self, partition: int, state: list[Record]) -> None:
         """Partition N is owned now: the records of partition N of `state_topic`, in order."""
 
     def unload(self, partition: int) -> None:
@@ -137,7 +119,7 @@ class Processor:
         """The transaction of partition N committed: what `handle` kept pending is now true; `produced` are the
         records it published, each with its offset (a state record can be read back by it)."""
 
-    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+    async def handle(self, record: Record) -> list[Outbound]:
         """One input record: the records to publish, in order."""
         raise NotImplementedError
 
@@ -145,7 +127,7 @@ class Processor:
         """What the passing of time makes due in partition N (timers, sweeps)."""
         return []
 
-    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+    def refused(self, record: Record, errors: list[ReferralError]) -> list[Outbound]:
         """The records that tell a record's sender it is refused (its `rejected` status), beside the dead letter the
         runtime writes for a record that failed the hub or gave output too large for its topic. Pure: decode and
         answer, change nothing."""
@@ -156,40 +138,32 @@ class Processor:
         """Declare what the service reads (`document_input`), for AsyncAPI; what it writes is `writes`."""
 
 
-@dataclass
-class Fetched:
-    """Records of one partition number as one `getmany` returned them, waiting for its worker."""
 
-    records: list[ConsumerRecord]
-    after: dict[TopicPartition, int]
-    """Each input's position after these records: past the transaction markers that follow them, when read."""
-    generation: int
-    seeks: dict[TopicPartition, int]
-    """How often each input had been sought when fetched: sought since, the records are stale (the consumer went
-    back and fetches them again)."""
+def claim_instance(directory: Path, group: str) -> tuple[str, int]:
+    """This instance's transactional id and the lock that holds it: the group's lowest free slot on this host. The
+    lock file is held while the instance runs and freed by the OS when its process ends (kill -9 too), so a restart
+    takes its predecessor's id, whose InitProducerId aborts what that one left open (an id new at every start would
+    leave it to block the partitions' readers until its timeout), and two running instances never share one."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for slot in itertools.count():
+        fd = os.open(directory / f"{group}-{slot}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return f"{group}-{socket.gethostname()}-{slot}", fd
+    raise AssertionError("unreachable")
 
 
-@dataclass
-class Owned:
-    """A partition number this instance owns: its producer, its queue of fetched records and the worker that turns
-    them into transactions, and a lock that serialises its batches and ticks."""
+@dataclasses.dataclass
+class Given:
+    """An output of one transaction, with the partition number it belongs to and the input it answers (none for a
+    tick's)."""
 
-    producer: AIOKafkaProducer
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    queue: list[Fetched] = field(default_factory=list)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-    worker: asyncio.Task | None = None
-    failures: int = 0
-    input_failed: bool = False
-    """A failed transaction carried input: only a committed batch ends the retrying then (a tick committing says
-    the broker is back, not that the input goes through)."""
-    poison: dict[tuple[str, int], list[ReferralError]] = field(default_factory=dict)
-    """(topic, offset) of records whose handling raised a bug or whose output was too large: dead-lettered on every
-    retry, with why, until their batch commits."""
-
-    @property
-    def queued(self) -> int:
-        return sum(len(fetched.records) for fetched in self.queue)
+    number: int
+    record: Record | None
+    output: Outbound
 
 
 class Runtime:
@@ -201,22 +175,26 @@ class Runtime:
         self.kafka = kafka or settings.connection(principals.service(processor.service))
         """The service's own principal (another only in the runtime's own tests)."""
         self.group = group_id(processor.service)
-        self.owned: dict[int, Owned] = {}
-        self.retrying: set[int] = set()
+        self.owned: set[int] = set()
+        self.offsets = Offsets()
         self.generation = 0
-        """Counts rebalances: a batch fetched before one is dropped (the inputs are sought to what is committed)."""
-        self.seeks: collections.Counter[TopicPartition] = collections.Counter()
-        """How often the runtime sought each input (`Fetched.seeks`)."""
-        self.unpositioned: set[TopicPartition] = set()
-        """Inputs whose position is not known to be the first record not committed: sought there before any batch of
-        them is handled (after an assignment, and after a batch of them was dropped)."""
-        self.acquiring = False
-        """Partitions are being taken: their inputs are positioned once all of them are."""
-        self.positions: dict[TopicPartition, int] = {}
-        """The offsets this instance committed for the partitions it still owns: the group's answer may lag
-        them for a moment (a committed transaction's offsets become visible with its markers)."""
-        self.consumer: AIOKafkaConsumer | None = None
-        self.tasks: list[asyncio.Task] = []
+        """Counts assignments: what was fetched before one is dropped (the inputs start again where committed)."""
+        self.poison: dict[tuple[str, int, int], list[ReferralError]] = {}
+        """(topic, partition, offset) of records whose handling raised a bug or whose output was too large:
+        dead-lettered on every retry, with why, until their transaction commits."""
+        self.failures = 0
+        self.retrying = False
+        self.input_failed = False
+        """The failed transaction carried input: only a committed one with input ends the retrying then."""
+        self.ticks_failing: set[int] = set()
+        self.next_tick = 0.0
+        self.tick_requests: dict[int, list[asyncio.Future[None]]] = {}
+        self.consumer: ConsumerThread | None = None
+        self.producer: Transactions | None = None
+        self.transactional_id = ""
+        self.instance_lock: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task | None = None
         self.log = get_logger(service=processor.service)
         self.joined = asyncio.Event()
         """Set once the group gave this instance its first partitions (none, too, when others own them all)."""
@@ -224,34 +202,33 @@ class Runtime:
     # -- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         await self.processor.start(self.kafka)
-        self.consumer = AIOKafkaConsumer(
-            **self.kafka.consumer_options(), group_id=self.group, client_id=self.group, enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            max_partition_fetch_bytes=request_bytes(self.settings),
-            fetch_max_wait_ms=self.settings.fetch_wait_ms,
-            metadata_max_age_ms=30_000)  # a recipient's new feedback topic is followed within half a minute
-        await waiting_for(f"{self.group}: the broker to answer", self.consumer.start())
-        self.consumer.subscribe(pattern=f"^(?:{self.processor.inputs})$", listener=_Listener(self))
-        self.tasks = [asyncio.create_task(self.consume(), name=f"{self.group}-consume"),
-                      asyncio.create_task(self.tick_periodically(), name=f"{self.group}-tick")]
-        # started means working: the group joined and the partitions taken (producers fenced, state read)
+        self.loop = asyncio.get_running_loop()
+        self.transactional_id, self.instance_lock = claim_instance(self.settings.data_dir / "instances", self.group)
+        self.producer = await waiting_for(f"{self.group}: the broker to answer", self.fresh_producer())
+        self.consumer = ConsumerThread(consumer_config(
+            self.kafka, self.group, self.settings.fetch_wait_ms, request_bytes(self.settings)))
+        await self.consumer.call(self.consumer.consumer.subscribe, [f"^({self.processor.inputs})$"],
+                                 on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self.task = asyncio.create_task(self.run(), name=f"{self.group}-run")
+        # started means working: the group joined and the partitions taken (offsets stable, state read)
         await waiting_for(f"{self.group}: the group joined and its partitions taken", self.joined.wait())
 
     async def stop(self) -> None:
-        """Stop fetching and working at once: a transaction in hand is aborted (its records are processed again
-        by the partition's next owner)."""
-        workers = [owned.worker for owned in self.owned.values() if owned.worker is not None]
-        for task in [*self.tasks, *workers]:
-            task.cancel()
-        for task in [*self.tasks, *workers]:
+        """Stop at once: a transaction in hand is aborted (its records are processed again by the partitions' next
+        owner), the group left."""
+        if self.task is not None:
+            self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await self.task
         if self.consumer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.consumer.stop(), 10)
-        for number in list(self.owned):
-            await self.release(number)
+                await asyncio.wait_for(self.consumer.close(), 10)
+        await self.revoked()
+        if self.producer is not None:
+            self.producer.close()
+        if self.instance_lock is not None:
+            os.close(self.instance_lock)
+            self.instance_lock = None
         await self.processor.stop()
 
     def specification(self) -> KafkaBroker:
@@ -263,259 +240,251 @@ class Runtime:
         return broker
 
     def healthy(self) -> bool:
-        """Ready unless a partition waits to retry after a transient failure."""
-        return self.consumer is not None and not self.retrying
+        """Ready unless a transaction waits to be retried after a transient failure, or a partition's tick failed."""
+        return self.consumer is not None and not self.retrying and not self.ticks_failing
 
-    # -- ownership -----------------------------------------------------------------------------------------
-    async def acquire(self, number: int) -> None:
-        """Own partition number N: its producer first (fencing a zombie owner), then its state."""
-        producer = await self.fresh_producer(number)
-        try:
-            await self.load(number)
-        except BaseException:
-            await _close(producer)
-            raise
-        owned = self.owned[number] = Owned(producer)
-        owned.worker = asyncio.create_task(self.work(number, owned), name=f"{self.group}-{number}")
-
-    async def fresh_producer(self, number: int) -> AIOKafkaProducer:
-        """Partition N's transactional producer, started: its InitProducerId fences every earlier producer of N and
-        aborts what that one left open (the empty transaction waits for it)."""
-        producer = AIOKafkaProducer(
-            **self.kafka.client_options(), client_id=f"{self.group}-{number}", acks="all", enable_idempotence=True,
-            transactional_id=f"{self.group}-{number}", transaction_timeout_ms=int(TRANSACTION_TIMEOUT_S * 1000),
-            max_request_size=request_bytes(self.settings), max_batch_size=OUTBOUND_RECORD_BYTES, linger_ms=2,
-            retry_backoff_ms=RETRY_BACKOFF_MS)
-        await producer.start()
-        try:
-            await asyncio.wait_for(producer.begin_transaction(), TRANSACTION_TIMEOUT_S)
-            await producer.abort_transaction()
-        except BaseException:
-            await _close(producer)
-            raise
+    async def fresh_producer(self) -> Transactions:
+        """The instance's transactional producer, ready: its InitProducerId fences the id's earlier producer and
+        aborts what that one left open."""
+        producer = Transactions(producer_config(self.kafka, self.transactional_id, TRANSACTION_TIMEOUT_S,
+                                                request_bytes(self.settings)), TRANSACTION_TIMEOUT_S)
+        await producer.open()
         return producer
 
-    async def load(self, number: int) -> None:
-        topic = self.processor.state_topic
-        state = await read_partition(self.kafka, topic, number) if topic else []
-        await self.processor.load(number, state)
+    # -- ownership (the rebalance callbacks run on the consumer's thread, inside `consume`) --------------------
+    def _on_assign(self, consumer, partitions: list[TopicPartition]) -> None:
+        """Partitions given: their committed offsets once stable (KIP-447: a transaction of their previous owner
+        that holds offsets of them is committed or aborted first), then their state, then fetching from there."""
+        found = self._stable_offsets(consumer, partitions)
+        beginnings = {(tp.topic, tp.partition): self._beginning(consumer, tp) for tp in found if tp.offset < 0}
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.assigned(
+            {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in found}, beginnings),
+            self.loop).result()
+        consumer.assign([TopicPartition(topic, number, offset) for (topic, number), offset
+                         in self.offsets.committed.items()])
 
-    async def release(self, number: int) -> None:
-        owned = self.owned.pop(number, None)
-        if owned is None:
-            return
-        async with owned.lock:  # after the batch in hand
-            if owned.worker is not None:
-                owned.worker.cancel()
-            self.forget_positions(number)
-            self.processor.unload(number)
-            self.retrying.discard(number)
-            await _close(owned.producer)
+    def _on_revoke(self, consumer, partitions: list[TopicPartition]) -> None:
+        assert self.loop is not None
+        asyncio.run_coroutine_threadsafe(self.revoked(), self.loop).result()
 
-    async def revoked(self) -> None:
-        """A rebalance begins: no new batch starts, and the one in hand is committed (or aborted) before this
-        instance rejoins, so the partitions' next owners read every offset it committed."""
+    def _stable_offsets(self, consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        started = time.monotonic()
+        while True:
+            try:
+                return consumer.committed(partitions, timeout=STABLE_WAIT_S)
+            except KafkaException as exc:
+                self.log.warning("committed offsets not stable yet: asked again", error=kafka_error(exc).name(),
+                                 waited_s=round(time.monotonic() - started))
+
+    def _beginning(self, consumer, tp: TopicPartition) -> int:
+        while True:
+            try:
+                return consumer.get_watermark_offsets(tp, timeout=STABLE_WAIT_S)[0]
+            except KafkaException as exc:
+                self.log.warning("input's beginning not known yet: asked again", error=kafka_error(exc).name())
+
+    async def assigned(self, found: dict[Input, int | None], beginnings: dict[Input, int]) -> None:
+        """Own the assigned partition numbers: what they committed, and the state of each number not owned yet."""
+        numbers = {number for _, number in found}
+        await self.release(self.owned - numbers)
+        self.offsets.own(found, beginnings)
+        taken = numbers - self.owned
+        await asyncio.gather(*(self.load(number) for number in taken))
+        self.owned |= taken
         self.generation += 1
-        for owned in list(self.owned.values()):
-            async with owned.lock:
-                pass
-
-    async def assigned(self, partitions: set[TopicPartition]) -> None:
-        """Own the assigned partition numbers (releasing the others); the consume loop then starts every input
-        from its committed offset, read only now that the fencing is done, whatever aiokafka kept from before."""
-        numbers = {tp.partition for tp in partitions}
-        self.unpositioned, self.acquiring = set(partitions), True  # no batch of them before they are positioned
-        try:
-            for number in set(self.owned) - numbers:
-                await self.release(number)
-            await asyncio.gather(*(self.acquire_until_done(number) for number in numbers - set(self.owned)))
-        finally:
-            self.acquiring = False
         self.log.info("partitions owned", partitions=sorted(self.owned))
         self.joined.set()
 
-    async def acquire_until_done(self, number: int) -> None:
+    async def revoked(self) -> None:
+        """A rebalance begins (no transaction is open: consuming is only between them), or the instance stops, or
+        its membership was lost: every partition is released, as each may go to another instance."""
+        await self.release(set(self.owned))
+        self.generation += 1
+
+    async def release(self, numbers: set[int]) -> None:
+        for number in numbers:
+            self.processor.unload(number)
+            self.ticks_failing.discard(number)
+            for future in self.tick_requests.pop(number, []):
+                if not future.done():
+                    future.set_result(None)
+        self.owned -= numbers
+        self.offsets.release(numbers)
+
+    async def load(self, number: int) -> None:
+        """Partition N's state as committed, asked again until the broker answers."""
         while True:
             try:
-                return await self.acquire(number)
+                topic = self.processor.state_topic
+                return await self.processor.load(number, await read_partition(self.kafka, topic, number)
+                                                 if topic else [])
             except TRANSIENT as exc:
-                self.log.warning("partition not taken yet: retrying", partition=number, error_type=type(exc).__name__)
+                self.log.warning("partition's state not read yet: retrying", partition=number,
+                                 error_type=type(exc).__name__)
                 await asyncio.sleep(1.0)
-
-    async def position(self) -> None:
-        """Seek the inputs not positioned (newly assigned, or a batch of them dropped) to their committed offsets
-        (outside the rebalance callback, where aiokafka cannot fetch them). They count as unpositioned until the
-        seek is done, so no batch of them is handled meanwhile; what was fetched of them before is stale after."""
-        assert self.consumer is not None
-        sought = set(self.unpositioned)
-        beginnings = await self.seek_committed(sought & self.consumer.assignment())
-        self.unpositioned -= sought
-        await self.commit_beginnings(beginnings)
-
-    async def seek_committed(self, partitions: set[TopicPartition]) -> dict[TopicPartition, int]:
-        """Go back to the first record not committed: what the group says, or what this instance committed itself
-        when that is further (a partition it kept), or the beginning when nothing was ever committed (returned)."""
-        assert self.consumer is not None
-        committed = await self.committed_offsets()
-        for tp, offset in self.positions.items():
-            committed[tp] = max(committed.get(tp, 0), offset)
-        fresh = [tp for tp in partitions if tp not in committed]
-        beginnings = await self.consumer.beginning_offsets(fresh) if fresh else {}
-        for tp in partitions:
-            self.consumer.seek(tp, committed[tp] if tp in committed else beginnings[tp])
-            self.seeks[tp] += 1
-        return beginnings
-
-    async def commit_beginnings(self, beginnings: dict[TopicPartition, int]) -> None:
-        """Commit where inputs never committed begin, so that their lag shows from the start (a group's lag is
-        counted over its committed offsets: a service stopped before its first record there would show none)."""
-        for number in {tp.partition for tp in beginnings}:
-            owned = self.owned.get(number)
-            if owned is None:
-                continue
-            offsets = {tp: offset for tp, offset in beginnings.items() if tp.partition == number}
-
-            async def body(producer: AIOKafkaProducer, offsets=offsets) -> list[Delivery]:
-                await producer.send_offsets_to_transaction(offsets, self.group)
-                return []
-
-            async with owned.lock:
-                if self.owned.get(number) is owned and await self.transaction(number, owned, body):
-                    self.positions.update(offsets)
-
-    async def committed_offsets(self) -> dict[TopicPartition, int]:
-        """The group's committed offsets, in one request (the consumer's `committed` asks one partition at a time)."""
-        admin = AIOKafkaAdminClient(**self.kafka.client_options(), client_id=self.group)
-        await admin.start()
-        try:
-            found = await admin.list_consumer_group_offsets(self.group)
-        finally:
-            await admin.close()
-        return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
 
     # -- the loop --------------------------------------------------------------------------------------------
-    async def consume(self) -> None:
+    async def run(self) -> None:
         while True:
             try:
-                await self.consume_batches()
+                records = await self.collect()
+                ticks = self.ticks_due()
+                if records or ticks or self.offsets.never:
+                    await self.transact(records, ticks)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # e.g. a fetch failing while the broker is away: the positions stand
-                self.log.error("consuming failed: resumed", error_type=type(exc).__name__, error=str(exc)[:200])
+            except Exception as exc:  # a bug of the runtime: it must not stop, nor skip records
+                self.log.error("processing failed: resumed from the committed offsets", error_type=type(exc).__name__,
+                               error=str(exc)[:200])
                 await asyncio.sleep(1.0)
+                await self.recover(set(self.owned))
 
-    async def consume_batches(self) -> None:
-        """Fetch, and queue what came for each partition number to its worker: a partition's transaction does not
-        wait for another's, and the next fetch does not wait for either."""
+    async def collect(self) -> list[Record]:
+        """The records of the next transaction: fetched until its window closes, or none after a short wait.
+        Fetched before a rebalance, they are dropped: their inputs start again where committed."""
         assert self.consumer is not None
+        window = Window(self.settings.commit_interval_ms / 1000, self.batch_max)
+        records: list[Record] = []
         while True:
-            if self.unpositioned and not self.acquiring:
-                await self.position()
             generation = self.generation
-            batches = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_max)
-            for tp, records in batches.items():
-                # known after getmany, so this await does not suspend: no seek comes between
-                fetched = Fetched(records, {tp: await self.consumer.position(tp)}, generation, {tp: self.seeks[tp]})
-                owned = self.owned.get(tp.partition)
-                if self.dropped(fetched, owned=owned is not None):
-                    continue
-                assert owned is not None
-                owned.queue.append(fetched)
-                owned.arrived.set()
-                if owned.queued >= QUEUE_MAX_FACTOR * self.batch_max:
-                    self.consumer.pause(tp)  # resumed by the worker once its queue is taken
-
-    async def work(self, number: int, owned: Owned) -> None:
-        """Partition N's worker: one transaction at a time, of everything queued meanwhile (up to `batch_max`)."""
-        while True:
-            await owned.arrived.wait()
-            owned.arrived.clear()
-            while owned.queue:
-                try:
-                    batch = self.take(number, owned)
-                    if batch is not None:
-                        await self.process(number, owned, batch)
-                except Exception as exc:  # a bug of the runtime: the partition must not stop, nor skip records
-                    self.log.error("partition worker failed: resumed from the committed offsets", partition=number,
-                                   error_type=type(exc).__name__, error=str(exc)[:200])
-                    assert self.consumer is not None
-                    self.unpositioned |= {tp for tp in self.consumer.assignment() if tp.partition == number}
-                    await asyncio.sleep(1.0)
-
-    def take(self, number: int, owned: Owned) -> Fetched | None:
-        """The records next in line, of one generation, up to `batch_max` as one batch (stale ones left out); None
-        when all were stale."""
-        batch: Fetched | None = None
-        while owned.queue and (batch is None or (
-                len(batch.records) < self.batch_max and owned.queue[0].generation == batch.generation)):
-            fetched = owned.queue.pop(0)
-            if self.stale(fetched):
+            got = await self.consumer.consume(self.batch_max - len(records),
+                                              window.wait_s(time.monotonic(), IDLE_WAIT_S))
+            if self.generation != generation:  # the consumer moved past them: back to what is committed
+                records, window = [], Window(window.interval_s, window.most)
+                await self.consumer.seek(self.offsets.of(self.owned))
                 continue
-            if batch is None:
-                batch = fetched
-            else:
-                batch.records.extend(fetched.records)
-                batch.after.update(fetched.after)
-                batch.seeks.update(fetched.seeks)
-        self.resume(number, owned)
-        return batch
+            records += [record for record in got if record.partition in self.owned]
+            window.add(time.monotonic(), len(records))
+            if window.closed(time.monotonic()) or not records:
+                return records
 
-    def stale(self, fetched: Fetched) -> bool:
-        return any(self.seeks[tp] != seeks for tp, seeks in fetched.seeks.items())
+    def ticks_due(self) -> set[int]:
+        """The partitions to tick: all of them every `notifier_tick_seconds`, and those asked for (`tick_now`)."""
+        now, due = time.monotonic(), set(self.tick_requests) & self.owned
+        if now >= self.next_tick:
+            self.next_tick = now + self.settings.notifier_tick_seconds
+            due |= self.owned
+        return due
 
-    def resume(self, number: int, owned: Owned) -> None:
-        """Fetch partition N's inputs again once its queue is short."""
+    async def tick_now(self, number: int) -> None:
+        """Partition N's tick in the next transaction, if this instance owns N; returns once that ended: for work
+        that waits on it (the recipient API's Task updates, decided in their partition's tick so that they commit
+        with their state)."""
+        if number in self.owned:
+            future = asyncio.get_running_loop().create_future()
+            self.tick_requests.setdefault(number, []).append(future)
+            await future
+
+    async def transact(self, records: list[Record], ticks: set[int]) -> None:
+        """One transaction: every record's outputs, what the ticks made due, the inputs' offsets."""
+        assert self.producer is not None and self.consumer is not None
+        producer, given, deliveries, failed_ticks = self.producer, [], [], set()
+        touched = {record.partition for record in records} | ticks
+        try:
+            for record in records:
+                given += [Given(record.partition, record, output) for output in await self.handle(record)]
+            for number in sorted(ticks):
+                try:
+                    given += [Given(number, None, output) for output in await self.processor.tick(number)]
+                except Exception as exc:  # its memory may be half changed: reloaded once this one ends
+                    self.log.warning("tick failed", partition=number, error_type=type(exc).__name__)
+                    failed_ticks.add(number)
+            committed = {}
+            if given or records or self.offsets.never:  # else no transaction at all
+                producer.begin()
+                producer.send([g.output for g in given], deliveries)
+                committed = self.offsets.to_commit(await self.consumer.positions(self.offsets.committed))
+                group = await self.consumer.call(self.consumer.consumer.consumer_group_metadata)
+                await asyncio.wait_for(producer.commit(committed, group, deliveries), 2 * TRANSACTION_TIMEOUT_S)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(producer.abort())
+                raise
+            await self.aborted(exc, touched, given, deliveries, carried_input=bool(records))
+            return
+        finally:
+            self.answer_ticks(ticks)
+        self.committed(records, given, deliveries, committed)
+        if failed_ticks:
+            await self.recover(failed_ticks, seek=False)
+            self.ticks_failing |= failed_ticks
+        self.ticks_failing -= ticks - failed_ticks
+
+    def committed(self, records: list[Record], given: list[Given], deliveries: list[Delivery],
+                  offsets: dict[Input, int]) -> None:
+        """A transaction committed (or had nothing to write): what it kept pending is true now. It ends a retrying
+        that a failed transaction with input began only if it carried input (what failed has gone through)."""
+        self.offsets.done(offsets)
+        for record in records:  # kept through aborts: each retry leaves all of them out
+            self.poison.pop((record.topic, record.partition, record.offset), None)
+        if records or not self.input_failed:
+            self.failures, self.retrying, self.input_failed = 0, False, False
+        produced: dict[int, list[tuple[Outbound, int]]] = {}
+        for entry, delivery in zip(given, deliveries, strict=True):
+            produced.setdefault(entry.number, []).append((entry.output, delivery.offset if delivery.offset is not None
+                                                          else -1))
+        for number, outputs in produced.items():
+            self.processor.committed(number, outputs)
+
+    def answer_ticks(self, ticks: set[int]) -> None:
+        for number in ticks:
+            for future in self.tick_requests.pop(number, []):
+                if not future.done():
+                    future.set_result(None)
+
+    async def aborted(self, exc: BaseException, touched: set[int], given: list[Given], deliveries: list[Delivery],
+                      carried_input: bool) -> None:
+        """A transaction failed: aborted, its partitions' state reloaded and their inputs back where committed; then
+        retried at once when a record is to be left out, else after a backoff."""
+        assert self.producer is not None
+        with contextlib.suppress(Exception):
+            await self.producer.abort()
+        if isinstance(exc, Refused) or self.too_large(exc, given, deliveries):
+            self.log.warning("transaction aborted: retried without a record",
+                             error_type=type(exc.__cause__ or exc).__name__)
+            await self.recover(touched)
+            return
+        self.failures += 1
+        self.input_failed = self.input_failed or carried_input
+        self.retrying = True
+        wait = min(BACKOFF_S[0] * 2 ** (self.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
+        error = kafka_error(exc)
+        self.log.warning("transaction aborted: retried", error_type=type(exc).__name__,
+                         error=error.name() if error else "", attempt=self.failures, retry_in_s=round(wait, 2))
+        await self.recover(touched, fatal=error is None or error.fatal() or not error.txn_requires_abort())
+        await asyncio.sleep(wait)
+
+    async def recover(self, numbers: set[int], fatal: bool = False, seek: bool = True) -> None:
+        """After a failed transaction (or tick): the partitions' state as committed and their inputs from there.
+        `fatal`: the producer is replaced (its InitProducerId ends whatever the old one left), and what is committed
+        is asked of the group again (a commit whose answer was lost counts as committed)."""
         assert self.consumer is not None
-        if owned.queued < QUEUE_MAX_FACTOR * self.batch_max:
-            paused = self.consumer.paused() & self.consumer.assignment()
-            self.consumer.resume(*(tp for tp in paused if tp.partition == number))
+        numbers &= self.owned
+        for number in numbers:
+            self.processor.unload(number)
+        while fatal:
+            try:
+                if self.producer is not None:
+                    self.producer.close()
+                self.producer = await self.fresh_producer()
+                inputs = [TopicPartition(topic, n) for topic, n in self.offsets.committed]
+                found = await self.consumer.call(self.consumer.consumer.committed, inputs, timeout=STABLE_WAIT_S)
+                self.offsets.own({(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}, {})
+                fatal = False
+            except TRANSIENT as exc:
+                self.log.warning("producer not renewed yet: retrying", error_type=type(exc).__name__)
+                await asyncio.sleep(1.0)
+        for number in numbers & self.owned:
+            await self.load(number)
+        if seek:
+            await self.consumer.seek(self.offsets.of(self.owned))
 
-    async def process(self, number: int, owned: Owned, batch: Fetched) -> None:
-        """One partition's batch in one transaction; on failure back to the committed offsets, retried later."""
-        async with owned.lock:
-            if self.dropped(batch, owned=self.owned.get(number) is owned):
-                return
-            offsets: dict[TopicPartition, int] = {}
-            for record in batch.records:
-                offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
-            for tp, after in batch.after.items():
-                offsets[tp] = max(offsets.get(tp, 0), after)
-
-            given: list[tuple[ConsumerRecord, Outbound]] = []  # each output with its input, in the order sent
-            sent: list[Delivery] = []
-
-            async def body(producer: AIOKafkaProducer) -> list[Delivery]:
-                for record in batch.records:
-                    outputs = await self.handle(owned, record)
-                    given.extend((record, output) for output in outputs)
-                    sent.extend(await send(producer, outputs))
-                await producer.send_offsets_to_transaction(offsets, self.group)
-                return sent
-
-            def refused(exc: Exception) -> bool:
-                return isinstance(exc, TOO_LARGE) and self.too_large(owned, given, sent)
-
-            if await self.transaction(number, owned, body, refused, batch=True):
-                self.positions.update(offsets)
-                for record in batch.records:  # kept through aborts: each retry leaves all of them out
-                    owned.poison.pop((record.topic, record.offset), None)
-
-    def dropped(self, batch: Fetched, owned: bool) -> bool:
-        """Whether a batch is to be dropped: of a partition not owned, fetched before a rebalance or before one of
-        its inputs was sought, or of inputs not positioned yet. The consumer moved past it all the same, so its
-        inputs not sought since (those still assigned) are sought back to what is committed before their next
-        batch is handled: no record after a dropped one is committed before it."""
-        assert self.consumer is not None
-        unsought = {tp for tp, seeks in batch.seeks.items() if self.seeks[tp] == seeks}
-        if owned and batch.generation == self.generation and unsought == batch.seeks.keys() \
-                and not unsought & self.unpositioned:
-            return False
-        self.unpositioned |= unsought & self.consumer.assignment()
-        return True
-
-    async def handle(self, owned: Owned, record: ConsumerRecord) -> list[Outbound]:
+    # -- one record ------------------------------------------------------------------------------------------
+    async def handle(self, record: Record) -> list[Outbound]:
         with handling(self.processor.service, record) as log:
-            if (errors := owned.poison.get((record.topic, record.offset))) is not None:
+            if (errors := self.poison.get((record.topic, record.partition, record.offset))) is not None:
                 log.error("record put aside: dead-lettered", codes=[e.code.value for e in errors])
                 return [self.fitting(dead_letter_record(record, errors)), *self.tell_refused(record, errors)]
             try:
@@ -527,7 +496,7 @@ class Runtime:
                 raise
             except Exception as exc:
                 log.error("record failed the hub: retried without it", error_type=type(exc).__name__)
-                owned.poison[(record.topic, record.offset)] = HUB_FAILED
+                self.poison[(record.topic, record.partition, record.offset)] = HUB_FAILED
                 raise Refused from exc
             for output in outputs:
                 size, limit = record_bytes(output.key, output.value, output.headers), \
@@ -535,24 +504,28 @@ class Runtime:
                 if size > limit:  # the broker would refuse it: the record is poison, and its state may be half kept
                     log.error("record's output too large for its topic: retried without it", output_topic=output.topic,
                               size=size, limit=limit)
-                    owned.poison[(record.topic, record.offset)] = OUTPUT_TOO_LARGE
+                    self.poison[(record.topic, record.partition, record.offset)] = OUTPUT_TOO_LARGE
                     raise Refused
             return outputs
 
-    def too_large(self, owned: Owned, given: list[tuple[ConsumerRecord, Outbound]], sent: list[Delivery]) -> bool:
-        """The broker (or aiokafka) refused a record or batch as too large (a topic set lower than the hub thinks,
-        by hand): the input whose output it was (of those refused, the largest; of all, when none says) is
-        dead-lettered on the retry; True when one is. `sent` are the deliveries of `given`, in order, maybe fewer."""
-        refused = [pair for pair, (_, delivery) in zip(given, sent, strict=False)
-                   if delivery.done() and not delivery.cancelled() and isinstance(delivery.exception(), TOO_LARGE)]
-        if not (refused := refused or given):
+    def too_large(self, exc: BaseException, given: list[Given], deliveries: list[Delivery]) -> bool:
+        """The broker (or librdkafka) refused a record as too large (a topic set lower than the hub thinks, by
+        hand): the input whose output it was (of those refused, the largest; the one librdkafka refused to queue,
+        when none was delivered with that error) is dead-lettered on the retry; True when one is."""
+        refused = [entry for entry, delivery in zip(given, deliveries, strict=False) if is_too_large(delivery.error)]
+        if not refused and is_too_large(exc) and len(deliveries) < len(given):
+            refused = [given[len(deliveries)]]
+        refused = [entry for entry in refused if entry.record is not None]
+        if not refused:
             return False
-        record, output = max(refused, key=lambda pair: record_bytes(pair[1].key, pair[1].value, pair[1].headers))
-        if (record.topic, record.offset) in owned.poison:
+        entry = max(refused, key=lambda e: record_bytes(e.output.key, e.output.value, e.output.headers))
+        record = entry.record
+        assert record is not None
+        if (record.topic, record.partition, record.offset) in self.poison:
             return False  # even its dead letter was refused: retried with backoff, not in a loop without one
         self.log.error("record's output refused as too large: retried without it", topic=record.topic,
-                       partition=record.partition, offset=record.offset, output_topic=output.topic)
-        owned.poison[(record.topic, record.offset)] = OUTPUT_TOO_LARGE
+                       partition=record.partition, offset=record.offset, output_topic=entry.output.topic)
+        self.poison[(record.topic, record.partition, record.offset)] = OUTPUT_TOO_LARGE
         return True
 
     def fitting(self, letter: Outbound) -> Outbound:
@@ -563,7 +536,7 @@ class Runtime:
         self.log.error("dead letter too large: written without its value", size=len(letter.value))
         return dataclasses.replace(letter, value=b"", headers={**letter.headers, "value-dropped": "too large"})
 
-    def tell_refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+    def tell_refused(self, record: Record, errors: list[ReferralError]) -> list[Outbound]:
         """The processor's answer to the sender of a record the runtime refused; none if even that fails."""
         try:
             return self.processor.refused(record, errors)
@@ -572,150 +545,10 @@ class Runtime:
                              error_type=type(exc).__name__)
             return []
 
-    async def tick_periodically(self) -> None:
-        """Tick every owned partition, also for a processor that has no timers: a tick is how a partition that
-        failed a transaction and has no input coming is tried again (after the failure's backoff)."""
-        while True:
-            await asyncio.sleep(self.settings.notifier_tick_seconds)
-            await asyncio.gather(*(self.tick(number, owned) for number, owned in list(self.owned.items())))
 
-    async def tick_now(self, number: int) -> None:
-        """Partition N's tick at once, if this instance owns N: for work that waits on it (the recipient API's Task
-        updates, decided in their partition's tick so that they commit with their state)."""
-        owned = self.owned.get(number)
-        if owned is not None:
-            await self.tick(number, owned)
-
-    async def tick(self, number: int, owned: Owned) -> None:
-        """What came due in partition N, in a transaction of its own when there is anything (most ticks have
-        nothing: no transaction then), or when the partition is retrying after a failed tick: a committed tick ends
-        that retrying, so a quiet partition recovers (and `/readyz` with it) without new input. After a failed
-        batch only a committed batch does: its input, sought again, is what has to go through."""
-        async with owned.lock:
-            if self.owned.get(number) is not owned:
-                return
-            try:
-                records = await self.processor.tick(number)
-            except Exception as exc:  # memory may be half changed: recovered as after a failed transaction
-                self.log.warning("tick failed", partition=number, error_type=type(exc).__name__)
-                records = None
-            if records == [] and (number not in self.retrying or owned.input_failed):
-                return  # nothing due; a failed batch is retried by its input, fetched again
-
-            async def body(producer: AIOKafkaProducer) -> list[Delivery]:
-                if records is None:
-                    raise KafkaError("the tick failed")  # to recover as any failed transaction does
-                return await send(producer, records)
-
-            await self.transaction(number, owned, body)
-
-    async def transaction(self, number: int, owned: Owned, body, refused=None, batch: bool = False) -> bool:
-        """Run `body(producer)` in one transaction of partition N (its lock held); True when it committed. Failed:
-        the state reloaded, the inputs back at the committed offsets, a retry after backoff (nothing of it is
-        visible to read_committed); at once when a record is to be left out (`Refused`, or `refused(exc)` says
-        it marked one). `batch`: it carries input, which only a committed batch then shows to go through; any
-        other (a tick, the first commit of where inputs begin) ends a retrying no batch caused."""
-        producer = owned.producer
-        try:
-            deliveries = await asyncio.wait_for(self._commit(producer, body), TRANSACTION_TIMEOUT_S)
-        except Exception as exc:
-            if isinstance(exc, Refused) or (refused is not None and refused(exc)):
-                self.log.warning("transaction aborted: retried without a record", partition=number,
-                                 error_type=type(exc.__cause__ or exc).__name__)
-                await self.recover(number, owned)
-                return False
-            owned.failures += 1
-            owned.input_failed = owned.input_failed or batch
-            self.retrying.add(number)
-            wait = min(BACKOFF_S[0] * 2 ** (owned.failures - 1), BACKOFF_S[1]) * random.uniform(0.8, 1.2)
-            # ProducerFenced too: another instance took the partition's id (one that lost the partition in a
-            # rebalance it has not noticed, or its new owner); taking it back is safe, as every taking waits for
-            # the other's transaction, reloads the state and resumes at the committed offsets.
-            self.log.warning("transaction aborted: retried", partition=number, error_type=type(exc).__name__,
-                             attempt=owned.failures, retry_in_s=round(wait, 2))
-            await self.recover(number, owned)
-            await asyncio.sleep(wait)
-            return False
-        if batch or not owned.input_failed:
-            owned.failures, owned.input_failed = 0, False
-            self.retrying.discard(number)
-        self.processor.committed(number, [(record, delivery.result().offset) for record, delivery in deliveries])
-        return True
-
-    async def _commit(self, producer: AIOKafkaProducer, body) -> list[Delivery]:
-        await producer.begin_transaction()
-        try:
-            deliveries = await body(producer)
-            await producer.flush()  # aiokafka commits a transaction whose record the broker refused: not this one
-            if failed := next((d.exception() for _, d in deliveries if d.done() and not d.cancelled()
-                               and d.exception()), None):
-                raise failed
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(producer.abort_transaction(), 10)
-            raise
-        await producer.commit_transaction()  # every delivery is done once it returns
-        return deliveries
-
-    async def recover(self, number: int, owned: Owned) -> None:
-        """After a failed transaction: a fresh producer (its InitProducerId completes or aborts whatever the old
-        one left, so the group's offsets are settled), the state as committed, and the inputs from the first
-        record not committed (a commit whose answer was lost counts as committed)."""
-        self.processor.unload(number)
-        self.forget_positions(number)
-        await _close(owned.producer)
-        started = time.monotonic()
-        while self.owned.get(number) is owned:
-            try:
-                producer = await self.fresh_producer(number)
-                try:
-                    await self.load(number)
-                    assert self.consumer is not None
-                    await self.seek_committed({tp for tp in self.consumer.assignment() if tp.partition == number})
-                except BaseException:
-                    await _close(producer)
-                    raise
-                if self.owned.get(number) is not owned:  # released meanwhile
-                    await _close(producer)
-                    return
-                owned.producer = producer
-                return
-            except TRANSIENT as exc:
-                self.log.warning("partition not recovered yet", partition=number, error_type=type(exc).__name__,
-                                 waited_s=round(time.monotonic() - started))
-                await asyncio.sleep(min(BACKOFF_S[1], 1.0 + time.monotonic() - started))
-
-    def forget_positions(self, number: int) -> None:
-        for tp in [tp for tp in self.positions if tp.partition == number]:
-            del self.positions[tp]
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.runtime.revoked()  # which numbers stay is known on assignment; the others are released there
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.runtime.assigned(assigned)
-
-
-async def send(producer: AIOKafkaProducer, records: Iterable[Outbound]) -> list[Delivery]:
-    """Send records in order inside the open transaction; `commit_transaction` waits for their delivery."""
-    return [(record, await producer.send(record.topic, record.value, key=record.key, partition=record.partition,
-                                         headers=[(name, value.encode()) for name, value in record.headers.items()]))
-            for record in records]
-
-
-async def read_partition(kafka: KafkaConnection, topic: str, number: int) -> list[ConsumerRecord]:
+async def read_partition(kafka: KafkaConnection, topic: str, number: int) -> list[Record]:
     """Every committed record of one partition, from its beginning to its last stable offset."""
     return await read_records(kafka, [topic], only={number})
-
-
-async def _close(producer: AIOKafkaProducer) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(producer.stop(), 10)
 
 
 def document_input(broker: KafkaBroker, title: str, description: str, *, topic: str | None = None,

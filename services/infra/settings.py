@@ -114,6 +114,11 @@ class Settings(BaseSettings):
                                "records were just handed out joins the next fetch, up to this later (aiokafka "
                                "keeps one fetch in flight per broker). Measured idle (`up`, warm broker): 50 ms "
                                "costs the hub and the broker 30 CPU-seconds a minute, 500 ms 8.")
+    commit_interval_ms: int = Field(default=20, ge=0, description="How long a processing service gathers "
+                                    "records after the first before it commits them in one transaction (Kafka "
+                                    "Streams' commit.interval.ms): one transaction carries the referrals of that "
+                                    "time, so at a steady rate the commit markers per referral fall; a referral "
+                                    "waits this much longer. 0: what one fetch returned.")
     notifier_tick_seconds: float = Field(default=1.0, gt=0, description="How often the notifier looks for "
                                          "contact clocks and reminders that came due.")
     dlq_auto_retries: int = Field(default=3, ge=0, description="How often a dead letter of a transient cause "

@@ -6,13 +6,13 @@ import asyncio
 import json
 
 import pytest
-from aiokafka import ConsumerRecord
-from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from confluent_kafka import KafkaError, KafkaException
 
 from schemas.errors import ErrorCode, ReferralError
 from services.infra import topics
-from services.infra.kafka import OUTBOUND_RECORD_BYTES, Outbound, outbound
-from services.infra.processing import Owned, Processor, Refused, Runtime
+from services.infra.kafka import OUTBOUND_RECORD_BYTES, Outbound, Record, outbound
+from services.infra.librdkafka import Delivery, Transactions
+from services.infra.processing import Given, Processor, Refused, Runtime
 from services.infra.settings import Settings
 
 
@@ -22,105 +22,113 @@ class Echo(Processor):
     service = "size-test"
     inputs = "echo"
 
-    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+    async def handle(self, record: Record) -> list[Outbound]:
         return [outbound("echo.out", record.value * int(record.key), record.key, schema="test/1")]
 
-    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+    def refused(self, record: Record, errors: list[ReferralError]) -> list[Outbound]:
         return [outbound("told.v1", json.dumps([e.code.value for e in errors]).encode(), record.key, schema="t/1")]
 
 
-def record(value: bytes, times: int, offset: int = 7) -> ConsumerRecord:
-    return ConsumerRecord(topic="echo", partition=0, offset=offset, timestamp=0, timestamp_type=0,
-                          key=str(times).encode(), value=value, checksum=None, serialized_key_size=1, serialized_value_size=len(value),
-                          headers=())
+def record(value: bytes, times: int, offset: int = 7) -> Record:
+    return Record("echo", 0, offset, 0, str(times).encode(), value)
 
 
 def runtime() -> Runtime:
     return Runtime(Echo(), Settings(_env_file=None), kafka=object())  # type: ignore[arg-type]  # never connects
 
 
+def too_large() -> KafkaError:
+    return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large")
+
+
 def test_an_output_over_its_topics_limit_is_found_before_sending_and_dead_lettered_on_the_retry() -> None:
-    run, owned = runtime(), Owned(producer=None)  # type: ignore[arg-type]
+    run = runtime()
     big = record(b"x" * 1024, OUTBOUND_RECORD_BYTES // 1024 + 1)
     with pytest.raises(Refused):
-        asyncio.run(run.handle(owned, big))
-    assert owned.poison == {("echo", 7): [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message=(
+        asyncio.run(run.handle(big))
+    assert run.poison == {("echo", 0, 7): [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message=(
         "What the hub would write for this record is larger than its topic takes."))]}
-    letter, told = asyncio.run(run.handle(owned, big))
+    letter, told = asyncio.run(run.handle(big))
     assert letter.topic == topics.DEAD_LETTERS and letter.value == big.value
     assert json.loads(letter.headers["errors"])[0]["code"] == "OUTPUT_TOO_LARGE"
     assert (told.topic, json.loads(told.value)) == ("told.v1", ["OUTPUT_TOO_LARGE"])
-    assert asyncio.run(run.handle(owned, big))[0].topic == topics.DEAD_LETTERS  # until its batch commits
+    assert asyncio.run(run.handle(big))[0].topic == topics.DEAD_LETTERS  # until its batch commits
 
 
 def test_an_output_just_under_the_limit_is_sent() -> None:
-    (out,) = asyncio.run(runtime().handle(Owned(producer=None), record(b"x" * 1024, 1000)))  # type: ignore[arg-type]
+    (out,) = asyncio.run(runtime().handle(record(b"x" * 1024, 1000)))
     assert out.topic == "echo.out"
 
 
 def test_a_broker_refusal_names_the_input_whose_output_it_refused() -> None:
-    run, owned = runtime(), Owned(producer=None)  # type: ignore[arg-type]
-    loop = asyncio.new_event_loop()
-    small, refused = loop.create_future(), loop.create_future()
-    small.set_result(None)
-    refused.set_exception(MessageSizeTooLargeError())
-    given = [(record(b"a", 1, offset=1), outbound("echo.out", b"a", b"1", schema="t")),
-             (record(b"b", 1, offset=2), outbound("echo.out", b"b", b"1", schema="t"))]
-    sent = [(output, delivery) for (_, output), delivery in zip(given, (small, refused), strict=True)]
-    assert run.too_large(owned, given, sent)
-    assert list(owned.poison) == [("echo", 2)]
-    assert owned.poison[("echo", 2)][0].code is ErrorCode.OUTPUT_TOO_LARGE
-    loop.close()
+    run = runtime()
+    given = [Given(0, record(b"a", 1, offset=1), outbound("echo.out", b"a", b"1", schema="t")),
+             Given(0, record(b"b", 1, offset=2), outbound("echo.out", b"b", b"1", schema="t"))]
+    deliveries = [Delivery(offset=10), Delivery(error=too_large())]
+    assert run.too_large(KafkaException(too_large()), given, deliveries)
+    assert list(run.poison) == [("echo", 0, 2)]
+    assert run.poison[("echo", 0, 2)][0].code is ErrorCode.OUTPUT_TOO_LARGE
 
 
-def test_a_refusal_no_delivery_names_puts_aside_the_input_of_the_largest_output() -> None:
-    """aiokafka refuses a record over `max_request_size` in `send` itself: no delivery for it."""
-    run, owned = runtime(), Owned(producer=None)  # type: ignore[arg-type]
-    given = [(record(b"a", 1, offset=1), outbound("echo.out", b"a" * 10, b"1", schema="t")),
-             (record(b"b", 1, offset=2), outbound("echo.out", b"b" * 1000, b"1", schema="t")),
-             (record(b"c", 1, offset=3), outbound("echo.out", b"c" * 100, b"1", schema="t"))]
-    assert run.too_large(owned, given, [])
-    assert list(owned.poison) == [("echo", 2)]
+def test_a_record_librdkafka_refused_to_queue_is_the_one_after_the_queued_ones() -> None:
+    """librdkafka refuses a record over `message.max.bytes` in `produce` itself: no delivery for it."""
+    run = runtime()
+    given = [Given(0, record(b"a", 1, offset=1), outbound("echo.out", b"a" * 10, b"1", schema="t")),
+             Given(0, record(b"b", 1, offset=2), outbound("echo.out", b"b" * 1000, b"1", schema="t")),
+             Given(0, record(b"c", 1, offset=3), outbound("echo.out", b"c" * 100, b"1", schema="t"))]
+    assert run.too_large(KafkaException(too_large()), given, [Delivery()])
+    assert list(run.poison) == [("echo", 0, 2)]
 
 
-class _Producer:
-    """Enough of a transactional producer for `_commit`: every record it sends fails as `error`."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error, self.aborted, self.committed = error, False, False
-
-    async def begin_transaction(self) -> None:
-        pass
-
-    async def flush(self) -> None:
-        pass
-
-    async def abort_transaction(self) -> None:
-        self.aborted = True
-
-    async def commit_transaction(self) -> None:
-        self.committed = True
+def test_a_transient_failure_puts_no_record_aside() -> None:
+    run = runtime()
+    given = [Given(0, record(b"a", 1, offset=1), outbound("echo.out", b"a", b"1", schema="t"))]
+    timed_out = KafkaError(KafkaError._MSG_TIMED_OUT, "records not delivered in time")
+    assert not run.too_large(KafkaException(timed_out), given, [Delivery(error=timed_out)])
+    assert not run.poison
 
 
-@pytest.mark.parametrize("error", [MessageSizeTooLargeError(), KafkaConnectionError()])
-def test_a_transaction_with_a_refused_record_is_aborted_not_committed(error: Exception) -> None:
-    """aiokafka would commit it: the input's offset without its output."""
-    producer = _Producer(error)
-
-    async def body(_producer):
-        delivery = asyncio.get_running_loop().create_future()
-        delivery.set_exception(error)
-        return [(outbound("echo.out", b"x", b"1", schema="t"), delivery)]
-
-    with pytest.raises(type(error)):
-        asyncio.run(runtime()._commit(producer, body))  # type: ignore[arg-type]
-    assert producer.aborted and not producer.committed
+def test_a_tick_output_refused_puts_no_input_aside() -> None:
+    """A tick's output has no input to dead-letter: retried with backoff (and logged), never a hot loop."""
+    run = runtime()
+    given = [Given(0, None, outbound("echo.out", b"a", b"1", schema="t"))]
+    assert not run.too_large(KafkaException(too_large()), given, [Delivery(error=too_large())])
 
 
 def test_a_dead_letter_too_large_for_its_topic_is_written_without_its_value() -> None:
-    run, owned = runtime(), Owned(producer=None)  # type: ignore[arg-type]
+    run = runtime()
     huge = record(b"x" * (run.settings.max_message_bytes + 200 * 1024), 1)
-    owned.poison[("echo", 7)] = [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message="m")]
-    letter, _told = asyncio.run(run.handle(owned, huge))
+    run.poison[("echo", 0, 7)] = [ReferralError(code=ErrorCode.OUTPUT_TOO_LARGE, location="", message="m")]
+    letter, _told = asyncio.run(run.handle(huge))
     assert (letter.topic, letter.value, letter.headers["value-dropped"]) == (topics.DEAD_LETTERS, b"", "too large")
-    assert not run.too_large(owned, [(huge, letter)], [])  # refused again all the same: backoff, no hot loop
+    refused = [Given(0, huge, letter)]
+    assert not run.too_large(KafkaException(too_large()), refused, [Delivery(error=too_large())])  # backoff, no loop
+
+
+class _Producer:
+    """Enough of a librdkafka producer for `Transactions.commit`: records what was called."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def flush(self, timeout: float) -> int:
+        self.calls.append("flush")
+        return 0
+
+    def send_offsets_to_transaction(self, offsets, group, timeout: float) -> None:
+        self.calls.append("offsets")
+
+    def commit_transaction(self, timeout: float) -> None:
+        self.calls.append("commit")
+
+
+@pytest.mark.parametrize("error", [too_large(), KafkaError(KafkaError._TRANSPORT, "broker away")])
+def test_a_transaction_with_a_record_not_delivered_sends_no_offsets_and_does_not_commit(error: KafkaError) -> None:
+    transactions = Transactions.__new__(Transactions)
+    transactions.producer, transactions.timeout_s = _Producer(), 1.0
+    with pytest.raises(KafkaException):
+        asyncio.run(transactions.commit({("echo", 0): 8}, object(), [Delivery(offset=3), Delivery(error=error)]))
+    assert transactions.producer.calls == ["flush"]
+    transactions.producer.calls.clear()
+    asyncio.run(transactions.commit({("echo", 0): 8}, object(), [Delivery(offset=3)]))
+    assert transactions.producer.calls == ["flush", "offsets", "commit"]
