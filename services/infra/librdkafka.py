@@ -83,12 +83,18 @@ class ConsumerThread:
     async def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.thread, lambda: function(*args, **kwargs))
 
-    async def consume(self, most: int, timeout_s: float) -> list[Record]:
-        """Up to `most` records, waiting at most `timeout_s` for the first. Errors librdkafka reports in-band (a
-        broker away, a topic gone) are logged: it retries them itself."""
-        messages = await self.call(self.consumer.consume, most, timeout_s)
+    async def consume(self, most: int, timeout_s: float, first: bool = False) -> list[Record]:
+        """Up to `most` records within `timeout_s` (librdkafka's `consume` waits for all of them or the time); with
+        `first`, as soon as there is one, with what else has arrived. Errors librdkafka reports in-band (a broker
+        away, a topic gone) are logged: it retries them itself."""
+        def take() -> list[Message]:
+            if not first:
+                return self.consumer.consume(most, timeout_s)
+            one = self.consumer.poll(timeout_s)
+            return [] if one is None else [one, *self.consumer.consume(most - 1, 0)] if most > 1 else [one]
+
         records = []
-        for message in messages:
+        for message in await self.call(take):
             if (error := message.error()) is not None:
                 LIBRDKAFKA_LOG.warning("consumer error: %s", error.name())
             else:

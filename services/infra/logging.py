@@ -24,6 +24,18 @@ def drop_personal_data(_logger: Any, _method: str, event: dict[str, Any]) -> dic
     return event
 
 
+class RenderedOnce(structlog.stdlib.ProcessorFormatter):
+    """Renders a line once however many handlers write it (stderr and the log file): rendering is most of a log
+    line's cost, and the services log one line per record they handle."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        rendered = getattr(record, "verwijshub_rendered", None)
+        if rendered is None:
+            rendered = super().format(record)
+            record.verwijshub_rendered = rendered
+        return rendered
+
+
 def configure_logging(service: str, level: str = "INFO", log_file: Path | None = None) -> None:
     """JSON lines on stderr (and `log_file`), for structlog and for the stdlib loggers of libraries."""
     shared: list[Any] = [
@@ -38,7 +50,7 @@ def configure_logging(service: str, level: str = "INFO", log_file: Path | None =
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = RenderedOnce(
         foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,

@@ -349,7 +349,7 @@ class Runtime:
         while True:
             generation = self.generation
             got = await self.consumer.consume(self.batch_max - len(records),
-                                              window.wait_s(time.monotonic(), IDLE_WAIT_S))
+                                              window.wait_s(time.monotonic(), IDLE_WAIT_S), first=not records)
             if self.generation != generation:  # the consumer moved past them: back to what is committed
                 records, window = [], Window(window.interval_s, window.most)
                 await self.consumer.seek(self.offsets.of(self.owned))

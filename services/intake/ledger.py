@@ -54,6 +54,8 @@ class AcceptedLedger:
         self.ready = asyncio.Event()
         self.pending: dict[int, dict[str, AcceptedReferral]] = {}
         """partition -> id -> the ledger records written in its open transaction."""
+        self.echoes: dict[str, str] = {}
+        """id -> the record this instance committed and has not read back yet: as many as the follower lags."""
         self._directory = self._db = None
         self._task: asyncio.Task[None] | None = None
 
@@ -87,15 +89,20 @@ class AcceptedLedger:
         self.pending.pop(partition, None)
 
     def apply(self, record: ConsumerRecord) -> None:
-        """One record of `intake.accepted.v1`, another instance's or this one's (the latest of an id counts)."""
-        if record.key:
-            self._db.execute("INSERT OR REPLACE INTO accepted VALUES (?, ?)",
-                             (record.key.decode(errors="replace"), (record.value or b"").decode(errors="replace")))
+        """One record of `intake.accepted.v1`, another instance's or this one's (the latest of an id counts). This
+        instance's own, read back as it wrote them, are in the file already (`_add`, at commit): not written twice."""
+        if not record.key:
+            return
+        referral_id, value = record.key.decode(errors="replace"), (record.value or b"").decode(errors="replace")
+        if self.echoes.pop(referral_id, None) == value:
+            return
+        self._db.execute("INSERT OR REPLACE INTO accepted VALUES (?, ?)", (referral_id, value))
 
     def _add(self, accepted: dict[str, AcceptedReferral]) -> None:
         if accepted:
-            self._db.executemany("INSERT OR REPLACE INTO accepted VALUES (?, ?)",
-                                 [(rid, entry.model_dump_json()) for rid, entry in accepted.items()])
+            rows = [(rid, entry.model_dump_json()) for rid, entry in accepted.items()]
+            self._db.executemany("INSERT OR REPLACE INTO accepted VALUES (?, ?)", rows)
+            self.echoes.update(rows)
 
     async def start(self) -> None:
         """Follow the ledger; returns once it is read to its end."""

@@ -48,6 +48,7 @@ from services.notifier.followup import (
     FeedbackRefused,
     HandOver,
     Notify,
+    YouthClocks,
     apply_change,
     apply_decision,
     apply_feedback,
@@ -56,6 +57,7 @@ from services.notifier.followup import (
     is_empty,
     next_due,
     partition_clocks,
+    youth_clocks,
 )
 from services.notifier.handover import AMENDMENT_SCHEMA, amendment_bytes, handover_bytes
 
@@ -94,11 +96,9 @@ CLOCKS = Output("recipient-clocks", topics.OPS_RECIPIENTS, RecipientClocks, (
 CLOCK_STATES = ("open", "at_risk", "breached")
 
 
-def clock_states(state: YouthFollowUp) -> tuple[int, int, int]:
-    """How many of the youth's contact clocks run, have had their at-risk notice, have been breached."""
-    clocks = [h.clock for h in state.handovers.values() if h.clock is not None]
-    return (sum(not c.breached_sent for c in clocks), sum(c.at_risk_sent and not c.breached_sent for c in clocks),
-            sum(c.breached_sent for c in clocks))
+def clock_totals(clocks: YouthClocks) -> tuple[int, int, int]:
+    """How many of a youth's contact clocks run, have had their at-risk notice, have been breached."""
+    return (sum(c[1] for c in clocks), sum(c[2] for c in clocks), sum(c[3] for c in clocks))
 
 
 class FollowUps:
@@ -108,8 +108,9 @@ class FollowUps:
     the memory of the parsed models, which matters with 100,000 open clocks (bench/memory.py)."""
 
     def __init__(self) -> None:
-        self.clocks: dict[str, tuple[int, int, int]] = {}
-        """pseudonym -> its clocks (open, at risk, breached), summed into the CONTACT_CLOCKS gauge."""
+        self.clocks: dict[str, YouthClocks] = {}
+        """pseudonym -> its clocks per recipient, summed into the CONTACT_CLOCKS gauge and, per partition, into
+        its clocks per recipient on `ops.recipients.v1`."""
         self.by_partition: dict[int, dict[str, bytes]] = {}
         self.due: dict[int, dict[str, datetime]] = {}
         """partition -> pseudonym -> next due moment, for the youths with something pending (a partition's tick
@@ -133,13 +134,13 @@ class FollowUps:
             due.pop(state.pseudonym, None)
         else:
             due[state.pseudonym] = moment
-        self.count_clocks(state.pseudonym, clock_states(state))
+        self.count_clocks(state.pseudonym, youth_clocks(state))
 
-    def count_clocks(self, pseudonym: str, counts: tuple[int, int, int]) -> None:
-        before = self.clocks.pop(pseudonym, (0, 0, 0))
-        if any(counts):
-            self.clocks[pseudonym] = counts
-        for label, old, new in zip(CLOCK_STATES, before, counts):
+    def count_clocks(self, pseudonym: str, clocks: YouthClocks) -> None:
+        before = clock_totals(self.clocks.pop(pseudonym, ()))
+        if clocks:
+            self.clocks[pseudonym] = clocks
+        for label, old, new in zip(CLOCK_STATES, before, clock_totals(clocks)):
             if new != old:
                 metrics.CONTACT_CLOCKS.labels(label).inc(new - old)
 
@@ -154,7 +155,7 @@ class FollowUps:
         for partition in partitions:
             self.due.pop(partition, None)
             for pseudonym in self.by_partition.pop(partition, {}):
-                self.count_clocks(pseudonym, (0, 0, 0))
+                self.count_clocks(pseudonym, ())
 
 
 class Notifier(Processor):
@@ -324,8 +325,9 @@ class Notifier(Processor):
             return []
         self.clocks_published[partition] = time.monotonic()
         youths = self.followups.by_partition.get(partition, {})
-        key, value = partition_clocks(partition, [self.followups.get(partition, pseudonym) for pseudonym in youths
-                                                  if pseudonym in self.followups.clocks], self.clock.now())
+        clocks = self.followups.clocks
+        key, value = partition_clocks(partition, [clocks[pseudonym] for pseudonym in youths if pseudonym in clocks],
+                                      self.clock.now())
         return [CLOCKS.record(value, key)]
 
     @staticmethod

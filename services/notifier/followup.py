@@ -5,6 +5,7 @@ the referrer, handovers, notices to recipients, alerts) in the order they are to
 service around it only decodes, calls these, publishes the effects and stores the state.
 """
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -332,22 +333,40 @@ def recipient_principal(kind: RecipientKind, recipient_id: str) -> str:
     return principals.wij_team(recipient_id) if kind is RecipientKind.WIJ_TEAM else principals.provider(recipient_id)
 
 
-def recipient_clocks(states: Iterable[YouthFollowUp]) -> dict[str, ClockCounts]:
-    """The contact clocks of the youths' open handovers per recipient principal: open (not breached, at risk
+YouthClocks = tuple[tuple[str, int, int, int], ...]
+"""One youth's contact clocks per recipient principal: (principal, open, at risk, breached). The notifier keeps
+this per youth, so that a partition's summary sums small tuples instead of parsing every open youth's state."""
+
+
+def youth_clocks(state: YouthFollowUp) -> YouthClocks:
+    """The contact clocks of the youth's open handovers per recipient principal: open (not breached, at risk
     included), at risk (at-risk notice sent, not breached), breached. Recipients without a clock are absent."""
-    counts: dict[str, ClockCounts] = {}
-    for state in states:
-        for handover in state.handovers.values():
-            clock = handover.clock
-            if clock is None:
-                continue
-            who = recipient_principal(handover.recipient.kind, handover.recipient.id)
-            counts[who] = counts.get(who, ClockCounts()) + ClockCounts(
-                open=int(not clock.breached_sent), at_risk=int(clock.at_risk_sent and not clock.breached_sent),
-                breached=int(clock.breached_sent))
-    return dict(sorted(counts.items()))
+    counts: dict[str, tuple[int, int, int]] = {}
+    for handover in state.handovers.values():
+        if (clock := handover.clock) is None:
+            continue
+        who = sys.intern(recipient_principal(handover.recipient.kind, handover.recipient.id))
+        running, at_risk, breached = counts.get(who, (0, 0, 0))
+        counts[who] = (running + (not clock.breached_sent), at_risk + (clock.at_risk_sent and not clock.breached_sent),
+                       breached + clock.breached_sent)
+    return tuple((who, *map(int, counted)) for who, counted in sorted(counts.items()))
 
 
-def partition_clocks(partition: int, states: Iterable[YouthFollowUp], now: datetime) -> tuple[bytes, RecipientClocks]:
+def summed_clocks(youths: Iterable[YouthClocks]) -> dict[str, ClockCounts]:
+    """The clocks of many youths per recipient principal."""
+    totals: dict[str, tuple[int, int, int]] = {}
+    for clocks in youths:
+        for who, running, at_risk, breached in clocks:
+            before = totals.get(who, (0, 0, 0))
+            totals[who] = (before[0] + running, before[1] + at_risk, before[2] + breached)
+    return {who: ClockCounts(open=running, at_risk=at_risk, breached=breached)
+            for who, (running, at_risk, breached) in sorted(totals.items())}
+
+
+def recipient_clocks(states: Iterable[YouthFollowUp]) -> dict[str, ClockCounts]:
+    return summed_clocks(youth_clocks(state) for state in states)
+
+
+def partition_clocks(partition: int, youths: Iterable[YouthClocks], now: datetime) -> tuple[bytes, RecipientClocks]:
     """The `ops.recipients.v1` record (key, value) of one owned notifier partition."""
-    return str(partition).encode(), RecipientClocks(partition=partition, at=now, recipients=recipient_clocks(states))
+    return str(partition).encode(), RecipientClocks(partition=partition, at=now, recipients=summed_clocks(youths))

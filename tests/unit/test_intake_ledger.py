@@ -51,3 +51,39 @@ def test_records_read_back_give_their_digest_and_an_old_record_without_one_no_di
     ledger.apply(SimpleNamespace(key=None, value=b"{}"))
     assert [ledger.digest(i) for i in ("new", "old", "unreadable")] == ["d1", NO_DIGEST, NO_DIGEST]
     assert len(ledger) == 3
+
+
+class Counting:
+    """The ledger's SQLite connection, counting its writes."""
+
+    def __init__(self, db) -> None:
+        self.db, self.writes = db, 0
+
+    def execute(self, sql: str, *args):
+        self.writes += sql.startswith("INSERT")
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, *args):
+        self.writes += 1
+        return self.db.executemany(sql, *args)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def test_its_own_records_read_back_are_not_written_again_and_the_topics_order_still_decides(ledger):
+    ledger._db = Counting(ledger._db)
+    ours = accepted("a", "d1")
+    ledger.accept(0, ours)
+    ledger.committed(0)
+    ledger.apply(SimpleNamespace(key=b"a", value=ours.model_dump_json().encode()))  # read back as written
+    assert ledger._db.writes == 1 and not ledger.echoes
+    theirs = ours.model_copy(update={"cancelled": True})  # another instance's, after ours on the topic
+    ledger.apply(SimpleNamespace(key=b"a", value=theirs.model_dump_json().encode()))
+    assert ledger._db.writes == 2 and ledger.entry("a") == theirs
+
+    ledger.accept(0, ours)  # ours again, but theirs comes first on the topic: ours, read back last, counts
+    ledger.committed(0)
+    ledger.apply(SimpleNamespace(key=b"a", value=theirs.model_dump_json().encode()))
+    ledger.apply(SimpleNamespace(key=b"a", value=ours.model_dump_json().encode()))
+    assert ledger.entry("a") == ours and not ledger.echoes
