@@ -548,7 +548,8 @@ class Runtime:
 
 async def read_partition(kafka: KafkaConnection, topic: str, number: int) -> list[Record]:
     """Every committed record of one partition, from its beginning to its last stable offset."""
-    return await read_records(kafka, [topic], only={number})
+    return [Record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers))
+            for r in await read_records(kafka, [topic], only={number})]
 
 
 def document_input(broker: KafkaBroker, title: str, description: str, *, topic: str | None = None,

@@ -15,7 +15,6 @@ sender is rejected (`REFERRAL_UNKNOWN`).
 
 import asyncio
 
-from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ReferralError
@@ -29,7 +28,7 @@ from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
 from services.infra.consuming import dead_letter_record
 from services.infra.contract import Output
-from services.infra.kafka import Outbound
+from services.infra.kafka import Outbound, Record
 from services.infra.logging import get_logger
 from services.infra.processing import Processor, Runtime, document_input
 from services.infra.settings import Settings
@@ -118,7 +117,7 @@ class Intake(Processor):
         return read_message(channel, raw, known_products=self.products.products, received_at=self.clock.now(),
                              pseudonym_key=self.pseudonym_key, max_bytes=self.settings.max_message_bytes)
 
-    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+    async def handle(self, record: Record) -> list[Outbound]:
         channel, raw = channel_of(record.topic), record.value or b""
         outcome = self.parse(channel, raw)
         if isinstance(outcome, Rejection) and any(e.code is ErrorCode.PRODUCT_UNKNOWN for e in outcome.errors) \
@@ -133,7 +132,7 @@ class Intake(Processor):
             return self.on_cancellation(record, outcome)
         return self.reject(record, channel, outcome)
 
-    async def check_sender(self, record: ConsumerRecord, referral: Referral) -> list[Outbound] | None:
+    async def check_sender(self, record: Record, referral: Referral) -> list[Outbound] | None:
         """None when the organisation whose topic this is may send the referral; else its rejection and an alert.
         An organisation or sender the registry in force does not know may be in a registry published since."""
         rejection = sender_rejection(self.products.registry, record.topic, referral)
@@ -147,7 +146,7 @@ class Intake(Processor):
         return [*self.reject(record, referral.channel, rejection),
                 self.alert(sender_alert(referral.channel, organisation_id, self.clock.now()))]
 
-    def on_referral(self, record: ConsumerRecord, referral: Referral) -> list[Outbound]:
+    def on_referral(self, record: Record, referral: Referral) -> list[Outbound]:
         """A valid referral: new (accepted), a repeat (nothing), or a conflict (rejected, and an alert)."""
         channel, digest = referral.channel, referral_digest(referral)
         recorded = self.ledger.entry(referral.referral_id)
@@ -180,7 +179,7 @@ class Intake(Processor):
                       referrer_referral_id=referral.referrer_referral_id, pseudonym=referral.youth.pseudonym)
         return self.accept(record, referral, digest)
 
-    def accept(self, record: ConsumerRecord, referral: Referral, digest: str) -> list[Outbound]:
+    def accept(self, record: Record, referral: Referral, digest: str) -> list[Outbound]:
         now = self.clock.now()
         status = StatusEvent.of(referral.channel, referral.referrer_referral_id, referral.referral_id,
                                 ReferralStatus.RECEIVED, now)
@@ -194,7 +193,7 @@ class Intake(Processor):
                                   channel=referral.channel),
                 self.ledger.accept(record.partition, accepted)]
 
-    def on_cancellation(self, record: ConsumerRecord, cancellation: Cancellation) -> list[Outbound]:
+    def on_cancellation(self, record: Record, cancellation: Cancellation) -> list[Outbound]:
         """A referrer's cancellation: of a referral its organisation sent, the change and the ledger record marked
         cancelled; once more, nothing; of any other, `REFERRAL_UNKNOWN` (or `SENDER_NOT_ALLOWED` when it names a
         referrer the organisation may not send as)."""
@@ -224,7 +223,7 @@ class Intake(Processor):
     def change_record(change: ReferralChange) -> Outbound:
         return CHANGES.record(change, change.pseudonym, correlation_id=change.referral_id, channel=change.channel)
 
-    def reject(self, record: ConsumerRecord, channel: Channel, rejection: Rejection) -> list[Outbound]:
+    def reject(self, record: Record, channel: Channel, rejection: Rejection) -> list[Outbound]:
         for code in {e.code.value for e in rejection.errors}:
             metrics.REFERRALS_REJECTED.labels(channel.value, code).inc()
         self.log.warning("referral rejected", channel=channel.value,
@@ -238,7 +237,7 @@ class Intake(Processor):
         """An alert about no one youth, keyed by its channel."""
         return ALERTS.record(alert, alert.channel, channel=alert.channel or "")
 
-    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+    def refused(self, record: Record, errors: list[ReferralError]) -> list[Outbound]:
         """A referral the runtime dead-lettered (what intake would write too large, or the hub failed on it): the
         referrer is told `rejected`, as for a rejection."""
         channel = channel_of(record.topic)

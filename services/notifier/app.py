@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterable
 from datetime import datetime
 
-from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
@@ -34,7 +33,7 @@ from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
 from services.infra.following import follow
 from services.infra.contract import Output
-from services.infra.kafka import Outbound, encode
+from services.infra.kafka import Outbound, Record, encode
 from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.registry_topic import RegistryInForce
@@ -195,7 +194,7 @@ class Notifier(Processor):
     def registry(self) -> Registry:
         return self.in_force.registry
 
-    async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
+    async def load(self, partition: int, state: list[Record]) -> None:
         self.followups.load(partition, [(r.key, r.value) for r in state])
         self.clocks_published[partition] = float("-inf")
         self.log.info("follow-up partition owned", partition=partition,
@@ -209,7 +208,7 @@ class Notifier(Processor):
     def team_of(self, decision: RoutingDecision) -> str | None:
         return self.registry.postcodes.get(decision.referral.youth.pc4)
 
-    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+    async def handle(self, record: Record) -> list[Outbound]:
         """One input record: its effects, then the youth's follow-up (with the offset seen, a second guard
         besides the transaction against a record applied twice)."""
         topic, partition, value = record.topic, record.partition, record.value or b""
@@ -256,7 +255,7 @@ class Notifier(Processor):
         self.log.info("record followed up", outcome=outcome, correlation_id=correlation_id or None)
         return records
 
-    def refused(self, record: ConsumerRecord, errors: list[ReferralError]) -> list[Outbound]:
+    def refused(self, record: Record, errors: list[ReferralError]) -> list[Outbound]:
         """A decision the runtime dead-lettered (its handover too large, or the hub failed on it): the referrer is
         told `rejected`, as for routing's rejections; feedback and indications have no referrer to tell."""
         if record.topic != topics.DECISIONS:
@@ -347,7 +346,7 @@ class Notifier(Processor):
                        "from the start (no group).", topic=topics.REGISTRY, schema=RegistrySnapshot)
 
 
-def _schema(record: ConsumerRecord) -> str:
+def _schema(record: Record) -> str:
     """The record's `schema` header ('' without one)."""
     return dict(record.headers or ()).get("schema", b"").decode(errors="replace")
 

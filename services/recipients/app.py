@@ -22,7 +22,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import uvicorn
-from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 
 from schemas.feedback import Feedback
@@ -31,7 +30,7 @@ from schemas.registry import Registry
 from services.infra import topics
 from services.infra.clock import Clock
 from services.infra.contract import Output
-from services.infra.kafka import Outbound, encode
+from services.infra.kafka import Outbound, Record, encode
 from services.infra.logging import get_logger
 from services.infra.processing import Processor, Runtime, document_input
 from services.infra.settings import Settings
@@ -155,7 +154,7 @@ class Recipients(Processor):
         return [task for task_id in self.by_owner.get(owner, ()) if (task := self.task(owner, task_id))]
 
     # -- the runtime's hooks --------------------------------------------------------------------------------
-    async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
+    async def load(self, partition: int, state: list[Record]) -> None:
         latest: dict[str, bytes] = {}
         for record in state:
             if record.key is not None:
@@ -188,7 +187,7 @@ class Recipients(Processor):
             if not pending.future.done():
                 pending.future.set_result(pending.result)
 
-    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+    async def handle(self, record: Record) -> list[Outbound]:
         """A handover (a new Task) or any other record about a referral on a recipient's topic (listed with its
         Task); a record the hub itself wrote and this cannot read is logged and passed over, never retried."""
         if record.key is None or not record.value:

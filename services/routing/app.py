@@ -11,7 +11,6 @@ import time
 from collections import Counter
 from datetime import datetime
 
-from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
@@ -26,7 +25,7 @@ from services.infra import metrics, principals, topics
 from services.infra.clock import Clock
 from services.infra.connection import KafkaConnection
 from services.infra.contract import Output
-from services.infra.kafka import Outbound
+from services.infra.kafka import Outbound, Record
 from services.infra.logging import get_logger
 from services.infra.processing import Poison, Processor, Runtime, document_input
 from services.infra.settings import Settings
@@ -109,7 +108,7 @@ class Routing(Processor):
         await self.store.stop()
         await self.sides.stop()
 
-    async def load(self, partition: int, state: list[ConsumerRecord]) -> None:
+    async def load(self, partition: int, state: list[Record]) -> None:
         """The partition's youths from their latest state records: summaries and offsets, never the referrals."""
         index = PartitionIndex()
         for record in state:
@@ -199,7 +198,7 @@ class Routing(Processor):
         raise AssertionError(effect)
 
     # -- inputs ----------------------------------------------------------------------------------------
-    async def handle(self, record: ConsumerRecord) -> list[Outbound]:
+    async def handle(self, record: Record) -> list[Outbound]:
         if record.topic == topics.NORMALISED:
             if dict(record.headers or ()).get("schema") == ReferralChange.SCHEMA.encode():
                 return await self.on_change(record)
@@ -208,7 +207,7 @@ class Routing(Processor):
             return await self.on_indications(record)
         return await self.on_feedback(record)
 
-    async def on_referral(self, record: ConsumerRecord) -> list[Outbound]:
+    async def on_referral(self, record: Record) -> list[Outbound]:
         try:
             referral = Referral.model_validate_json(record.value or b"")
         except ValidationError:
@@ -225,7 +224,7 @@ class Routing(Processor):
                       registry_version=decision.registry_version)
         return self.records(record.partition, before, step)
 
-    async def on_change(self, record: ConsumerRecord) -> list[Outbound]:
+    async def on_change(self, record: Record) -> list[Outbound]:
         """A referral's amendment or cancellation (intake's `ReferralChange`): forwarded to its recipient by the core."""
         try:
             change = ReferralChange.model_validate_json(record.value or b"")
@@ -240,7 +239,7 @@ class Routing(Processor):
                       outcome=step.outcome)
         return self.records(record.partition, before, step)
 
-    async def on_feedback(self, record: ConsumerRecord) -> list[Outbound]:
+    async def on_feedback(self, record: Record) -> list[Outbound]:
         """Declines re-route, closures end the referral, started indications are kept, WIJ's `specialist-needed`
         decides again by rule 5; the rest is the notifier's.
         Feedback about a referral not with its writer is refused (`Refused`: nothing changes, an alert when its
@@ -273,7 +272,7 @@ class Routing(Processor):
             raise Poison([refused.error], also=alerts)
         return self.records(record.partition, before, step)
 
-    def refusal_records(self, record: ConsumerRecord, kind: RecipientKind, source: str, pseudonym: str,
+    def refusal_records(self, record: Record, kind: RecipientKind, source: str, pseudonym: str,
                         now: datetime) -> list[Outbound]:
         """The alert, when this refusal is one too many of its recipient's (core.count_refusal)."""
         self.refusals[record.topic], alert = count_refusal(self.refusals.get(record.topic, {}),
@@ -283,7 +282,7 @@ class Routing(Processor):
         self.log.warning("feedback refused repeatedly: alerted", recipient=f"{kind.value}:{source}")
         return [self.effect_record(Alerted(refusals_alert(kind, source, pseudonym, now)))]
 
-    async def on_indications(self, record: ConsumerRecord) -> list[Outbound]:
+    async def on_indications(self, record: Record) -> list[Outbound]:
         """A youth's list from another writer (the import); a single `Indication` is merged into the list."""
         if dict(record.headers or ()).get(WRITTEN_BY) == SERVICE.encode() or record.key is None:
             return []
