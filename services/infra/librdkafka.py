@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from services.infra.connection import KafkaConnection
 from services.infra.kafka import OUTBOUND_RECORD_BYTES, Outbound, Record
@@ -70,6 +71,17 @@ def is_too_large(exc: BaseException | KafkaError | None) -> bool:
 def record_of(message: Message) -> Record:
     return Record(message.topic(), message.partition(), message.offset(), message.timestamp()[1], message.key(),
                   message.value(), tuple(message.headers() or ()))
+
+
+def transaction_open(admin: AdminClient, topic: str, number: int, timeout_s: float) -> bool:
+    """Whether a transaction is open on a partition: its last stable offset (where `read_committed` readers stop)
+    is behind its end. Also for a moment after a transaction ended: its markers are written after it commits or
+    aborts, so until then its records stay behind the last stable offset. Blocking."""
+    tp = TopicPartition(topic, number)
+    stable, end = (admin.list_offsets({tp: OffsetSpec.latest()}, isolation_level=level,
+                                     request_timeout=timeout_s)[tp].result().offset
+                   for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED))
+    return stable < end
 
 
 class ConsumerThread:

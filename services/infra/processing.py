@@ -42,6 +42,7 @@ from typing import ClassVar
 
 from aiokafka.errors import KafkaError as AIOKafkaError
 from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 from faststream.kafka import KafkaBroker
 
 from schemas.errors import ErrorCode, ReferralError
@@ -51,8 +52,8 @@ from services.infra.consuming import DEAD_LETTER, dead_letter_record, handling
 from services.infra.contract import Output, declare
 from services.infra.kafka import Outbound, Record, group_id, make_broker, max_message_bytes, read_records, \
     record_bytes, request_bytes
-from services.infra.librdkafka import ConsumerThread, Delivery, Transactions, consumer_config, is_too_large, \
-    kafka_error, producer_config
+from services.infra.librdkafka import LIBRDKAFKA_LOG, ConsumerThread, Delivery, Transactions, consumer_config, \
+    is_too_large, kafka_error, producer_config, transaction_open
 from services.infra.logging import get_logger
 from services.infra.offsets import Input, Offsets, Window
 from services.infra.settings import Settings
@@ -194,6 +195,7 @@ class Runtime:
         self.transactional_id = ""
         self.instance_lock: int | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.admin: AdminClient | None = None
         self.task: asyncio.Task | None = None
         self.log = get_logger(service=processor.service)
         self.joined = asyncio.Event()
@@ -313,16 +315,42 @@ class Runtime:
         self.offsets.release(numbers)
 
     async def load(self, number: int) -> None:
-        """Partition N's state as committed, asked again until the broker answers."""
+        """Partition N's state as committed, asked again until the broker answers; once no transaction is open on
+        it (one that ended a moment ago, this instance's or the partition's previous owner's, would otherwise be
+        read as if it had not committed, its markers not written yet)."""
         while True:
             try:
                 topic = self.processor.state_topic
+                if topic:
+                    await self.settled(topic, number)
                 return await self.processor.load(number, await read_partition(self.kafka, topic, number)
                                                  if topic else [])
             except TRANSIENT as exc:
                 self.log.warning("partition's state not read yet: retrying", partition=number,
                                  error_type=type(exc).__name__)
                 await asyncio.sleep(1.0)
+
+    async def settled(self, topic: str, number: int) -> None:
+        """Wait until no transaction is open on partition N of `topic`: at most twice the transaction timeout, by
+        which the broker has aborted any (a frozen zombie's)."""
+        self.admin = self.admin or self.new_admin()
+        started = time.monotonic()
+        while True:
+            try:
+                if not await asyncio.to_thread(transaction_open, self.admin, topic, number, STABLE_WAIT_S):
+                    return
+            except KafkaException as exc:  # a leader moved: a new client learns where it is now
+                self.log.warning("state partition's ends not known yet: asked again", partition=number,
+                                 error=kafka_error(exc).name())
+                self.admin = self.new_admin()
+            waited = time.monotonic() - started
+            if waited > 2 * TRANSACTION_TIMEOUT_S:
+                self.log.warning("state partition still in a transaction: read as committed so far", partition=number)
+                return
+            await asyncio.sleep(0.02 if waited < 1 else 0.5)
+
+    def new_admin(self) -> AdminClient:
+        return AdminClient({**self.kafka.librdkafka(), "client.id": self.group, "logger": LIBRDKAFKA_LOG})
 
     # -- the loop --------------------------------------------------------------------------------------------
     async def run(self) -> None:
