@@ -21,7 +21,7 @@ class Resource(StrEnum):
     TOPIC = "topic"
     GROUP = "group"
     TRANSACTIONAL_ID = "transactionalId"
-    """A producer's transactional id (the services' one per partition: services/infra/processing.py)."""
+    """A producer's transactional id (a service instance's one: services/infra/processing.py)."""
 
 
 class Pattern(StrEnum):
@@ -84,7 +84,7 @@ def _own_groups(principal: str) -> Grant:
 
 
 def _transactions(principal: str) -> Grant:
-    """Transactional ids `<principal>-<partition>`: one per partition the service processes."""
+    """Transactional ids `<principal>-<host>-<slot>`: one per instance of the service (`claim_instance`)."""
     return Grant(principal, Resource.TRANSACTIONAL_ID, Pattern.PREFIXED, f"{principal}-", Operation.WRITE)
 
 

@@ -14,6 +14,7 @@ the producer's `produce` only queues, so it runs on the event loop, and its bloc
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -152,7 +153,17 @@ class Transactions:
         self.timeout_s = timeout_s
 
     async def open(self) -> None:
-        await asyncio.to_thread(self.producer.init_transactions, self.timeout_s)
+        """InitProducerId, asked again while librdkafka says the call may resume (a slow or busy broker)."""
+        def init() -> None:
+            deadline = time.monotonic() + 4 * self.timeout_s  # bounded: a thread cannot be cancelled
+            while True:
+                try:
+                    return self.producer.init_transactions(self.timeout_s)
+                except KafkaException as exc:
+                    if not exc.args[0].retriable() or time.monotonic() > deadline:
+                        raise
+                    LIBRDKAFKA_LOG.warning("transactions not initialised yet: %s, asked again", exc.args[0].name())
+        await asyncio.to_thread(init)
 
     def begin(self) -> None:
         self.producer.begin_transaction()
@@ -187,11 +198,12 @@ class Transactions:
                 self.producer.send_offsets_to_transaction(
                     [TopicPartition(topic, n, offset) for (topic, n), offset in offsets.items()], group,
                     self.timeout_s)
+            deadline = time.monotonic() + self.timeout_s
             while True:
                 try:
                     return self.producer.commit_transaction(self.timeout_s)
                 except KafkaException as exc:
-                    if not exc.args[0].retriable():
+                    if not exc.args[0].retriable() or time.monotonic() > deadline:
                         raise
         await asyncio.to_thread(commit)
 
