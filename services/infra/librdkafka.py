@@ -133,6 +133,24 @@ class ConsumerThread:
             self.thread.shutdown(wait=False)
 
 
+RESUME_WAIT_S = 0.1
+"""The pause before a call librdkafka says may resume is made again."""
+
+
+def resumed(call: Callable[[], Any], within_s: float) -> Any:
+    """`call()`, made again while librdkafka says it may resume (a retriable error), for at most `within_s`: it
+    blocks a thread, which cannot be cancelled, so the retrying is bounded."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return call()
+        except KafkaException as exc:
+            if not exc.args[0].retriable() or time.monotonic() > deadline:
+                raise
+            LIBRDKAFKA_LOG.warning("a transaction call not done yet: %s, asked again", exc.args[0].name())
+            time.sleep(RESUME_WAIT_S)
+
+
 @dataclass
 class Delivery:
     """What became of one record sent in a transaction: its error, or its offset once delivered."""
@@ -154,16 +172,7 @@ class Transactions:
 
     async def open(self) -> None:
         """InitProducerId, asked again while librdkafka says the call may resume (a slow or busy broker)."""
-        def init() -> None:
-            deadline = time.monotonic() + 4 * self.timeout_s  # bounded: a thread cannot be cancelled
-            while True:
-                try:
-                    return self.producer.init_transactions(self.timeout_s)
-                except KafkaException as exc:
-                    if not exc.args[0].retriable() or time.monotonic() > deadline:
-                        raise
-                    LIBRDKAFKA_LOG.warning("transactions not initialised yet: %s, asked again", exc.args[0].name())
-        await asyncio.to_thread(init)
+        await asyncio.to_thread(resumed, lambda: self.producer.init_transactions(self.timeout_s), 4 * self.timeout_s)
 
     def begin(self) -> None:
         self.producer.begin_transaction()
@@ -198,13 +207,7 @@ class Transactions:
                 self.producer.send_offsets_to_transaction(
                     [TopicPartition(topic, n, offset) for (topic, n), offset in offsets.items()], group,
                     self.timeout_s)
-            deadline = time.monotonic() + self.timeout_s
-            while True:
-                try:
-                    return self.producer.commit_transaction(self.timeout_s)
-                except KafkaException as exc:
-                    if not exc.args[0].retriable() or time.monotonic() > deadline:
-                        raise
+            resumed(lambda: self.producer.commit_transaction(self.timeout_s), self.timeout_s)
         await asyncio.to_thread(commit)
 
     async def abort(self) -> None:

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaError, KafkaException
 from schemas.errors import ErrorCode, ReferralError
 from services.infra import topics
 from services.infra.kafka import OUTBOUND_RECORD_BYTES, Outbound, Record, outbound
-from services.infra.librdkafka import Delivery, Transactions
+from services.infra.librdkafka import Delivery, Transactions, resumed
 from services.infra.processing import Given, Processor, Refused, Runtime
 from services.infra.settings import Settings
 
@@ -132,3 +132,30 @@ def test_a_transaction_with_a_record_not_delivered_sends_no_offsets_and_does_not
     transactions.producer.calls.clear()
     asyncio.run(transactions.commit({("echo", 0): 8}, object(), [Delivery(offset=3)]))
     assert transactions.producer.calls == ["flush", "offsets", "commit"]
+
+
+def test_a_call_librdkafka_says_may_resume_is_made_again_within_its_bound_and_no_other() -> None:
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "retry call to resume", retriable=True))
+        return "done"
+
+    assert resumed(flaky, 10) == "done" and len(calls) == 3
+
+    def refused() -> None:
+        calls.append(1)
+        raise KafkaException(too_large())
+
+    calls.clear()
+    with pytest.raises(KafkaException):  # not retriable: at once
+        resumed(refused, 10)
+    assert len(calls) == 1
+
+    def never() -> None:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "retry call to resume", retriable=True))
+
+    with pytest.raises(KafkaException):  # retriable for ever: given up after its bound
+        resumed(never, 0.05)
