@@ -64,15 +64,12 @@ class Window:
     interval_s: float
     most: int
     opened: float | None = None
-    count: int = 0
 
-    def add(self, now: float, count: int) -> None:
+    def closed(self, now: float, count: int) -> bool:
+        """Whether `count` records collected by `now` close the window (the first of them opens it)."""
         if count and self.opened is None:
             self.opened = now
-        self.count += count
-
-    def closed(self, now: float) -> bool:
-        return self.count >= self.most or (self.opened is not None and now >= self.opened + self.interval_s)
+        return count >= self.most or (self.opened is not None and now >= self.opened + self.interval_s)
 
     def wait_s(self, now: float, idle_s: float) -> float:
         """How long the next fetch may wait: until the window closes, or `idle_s` while it has no record."""

@@ -383,8 +383,7 @@ class Runtime:
                 await self.consumer.seek(self.offsets.of(self.owned))
                 continue
             records += [record for record in got if record.partition in self.owned]
-            window.add(time.monotonic(), len(records))
-            if window.closed(time.monotonic()) or not records:
+            if window.closed(time.monotonic(), len(records)) or not records:
                 return records
 
     def ticks_due(self) -> set[int]:

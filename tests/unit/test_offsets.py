@@ -50,16 +50,14 @@ def test_a_commit_never_moves_an_input_back_and_released_inputs_are_forgotten() 
 
 def test_a_window_closes_its_interval_after_the_first_record_or_when_full() -> None:
     window = Window(interval_s=0.1, most=3)
-    assert not window.closed(0.0) and window.wait_s(0.0, idle_s=0.5) == 0.5  # no record yet: waits idle
-    window.add(1.0, 1)
-    assert not window.closed(1.05) and round(window.wait_s(1.05, idle_s=0.5), 3) == 0.05
-    assert window.closed(1.1)
+    assert not window.closed(0.0, 0) and window.wait_s(0.0, idle_s=0.5) == 0.5  # no record yet: waits idle
+    assert not window.closed(1.0, 1) and round(window.wait_s(1.05, idle_s=0.5), 3) == 0.05
+    assert not window.closed(1.05, 2)  # the records held so far, not a sum of what each fetch brought
+    assert window.closed(1.1, 2)
     full = Window(interval_s=10, most=3)
-    full.add(0.0, 3)
-    assert full.closed(0.0)
+    assert not full.closed(0.0, 2) and full.closed(0.01, 3)
 
 
 def test_a_window_of_no_interval_takes_what_one_fetch_returned() -> None:
     window = Window(interval_s=0, most=500)
-    window.add(0.0, 2)
-    assert window.closed(0.0) and window.wait_s(0.0, idle_s=0.5) == 0
+    assert window.closed(0.0, 2) and window.wait_s(0.0, idle_s=0.5) == 0
