@@ -363,10 +363,6 @@ def summed_clocks(youths: Iterable[YouthClocks]) -> dict[str, ClockCounts]:
             for who, (running, at_risk, breached) in sorted(totals.items())}
 
 
-def recipient_clocks(states: Iterable[YouthFollowUp]) -> dict[str, ClockCounts]:
-    return summed_clocks(youth_clocks(state) for state in states)
-
-
 def partition_clocks(partition: int, youths: Iterable[YouthClocks], now: datetime) -> tuple[bytes, RecipientClocks]:
     """The `ops.recipients.v1` record (key, value) of one owned notifier partition."""
     return str(partition).encode(), RecipientClocks(partition=partition, at=now, recipients=summed_clocks(youths))

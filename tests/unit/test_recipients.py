@@ -20,7 +20,7 @@ from services.infra.registry_files import load_registry
 from services.infra.settings import REPO_ROOT, Settings
 from services.notifier.app import Notifier
 from services.notifier.calendar import AMSTERDAM, WorkingCalendar
-from services.notifier.followup import partition_clocks, recipient_clocks, youth_clocks
+from services.notifier.followup import partition_clocks, summed_clocks, youth_clocks
 from services.ops.commands import as_json, recipients_table
 from services.ops.page import render
 from services.ops.recipients import (
@@ -65,8 +65,8 @@ def test_clocks_are_counted_per_recipient_principal_and_carry_no_youth() -> None
                     handover("R2", RecipientKind.PROVIDER, "12345678", clock=False)),
               youth("p2", handover("R3", RecipientKind.WIJ_TEAM, "centrum", at_risk=True),
                     handover("R4", RecipientKind.WIJ_TEAM, "haren", at_risk=True, breached=True))]
-    assert recipient_clocks(states) == {"wij-centrum": ClockCounts(open=2, at_risk=1),
-                                        "wij-haren": ClockCounts(breached=1)}
+    assert summed_clocks(map(youth_clocks, states)) == {"wij-centrum": ClockCounts(open=2, at_risk=1),
+                                                        "wij-haren": ClockCounts(breached=1)}
     key, value = partition_clocks(3, [youth_clocks(state) for state in states], FRIDAY_4PM)
     assert key == b"3" and value.partition == 3
     assert not re.search(r"p1|p2|R\d", value.model_dump_json())  # counts only
