@@ -114,10 +114,14 @@ class ConsumerThread:
                 records.append(record_of(message))
         return records
 
-    async def positions(self, inputs: Iterable[Input]) -> dict[Input, int]:
-        """Each input's next offset to consume (past the transaction markers librdkafka skipped)."""
-        found = await self.call(self.consumer.position, [TopicPartition(topic, n) for topic, n in inputs])
-        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}
+    async def commit_point(self, inputs: Iterable[Input]) -> tuple[dict[Input, int], Any]:
+        """What a transaction commits, in one call on the consumer's thread: each input's next offset to consume
+        (past the transaction markers librdkafka skipped) and the group's metadata (generation, member)."""
+        def ask() -> tuple[list[TopicPartition], Any]:
+            return (self.consumer.position([TopicPartition(topic, n) for topic, n in inputs]),
+                    self.consumer.consumer_group_metadata())
+        found, group = await self.call(ask)
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}, group
 
     async def seek(self, offsets: dict[Input, int]) -> None:
         """Read again from these offsets (of assigned inputs): records fetched before are dropped by librdkafka."""

@@ -271,20 +271,23 @@ class Runtime:
         asyncio.run_coroutine_threadsafe(self.revoked(), self.loop).result()
 
     def _stable_offsets(self, consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return self._until_answered("committed offsets not stable yet",
+                                    lambda: consumer.committed(partitions, timeout=STABLE_WAIT_S))
+
+    def _beginning(self, consumer, tp: TopicPartition) -> int:
+        return self._until_answered("input's beginning not known yet",
+                                    lambda: consumer.get_watermark_offsets(tp, timeout=STABLE_WAIT_S)[0])
+
+    def _until_answered(self, waiting: str, ask):
+        """`ask()` on the consumer's thread, asked again until the broker answers (each asking waits up to
+        STABLE_WAIT_S)."""
         started = time.monotonic()
         while True:
             try:
-                return consumer.committed(partitions, timeout=STABLE_WAIT_S)
+                return ask()
             except KafkaException as exc:
-                self.log.warning("committed offsets not stable yet: asked again", error=kafka_error(exc).name(),
+                self.log.warning(f"{waiting}: asked again", error=kafka_error(exc).name(),
                                  waited_s=round(time.monotonic() - started))
-
-    def _beginning(self, consumer, tp: TopicPartition) -> int:
-        while True:
-            try:
-                return consumer.get_watermark_offsets(tp, timeout=STABLE_WAIT_S)[0]
-            except KafkaException as exc:
-                self.log.warning("input's beginning not known yet: asked again", error=kafka_error(exc).name())
 
     async def assigned(self, found: dict[Input, int | None], beginnings: dict[Input, int]) -> None:
         """Own the assigned partition numbers: what they committed, and the state of each number not owned yet."""
@@ -308,9 +311,7 @@ class Runtime:
         for number in numbers:
             self.processor.unload(number)
             self.ticks_failing.discard(number)
-            for future in self.tick_requests.pop(number, []):
-                if not future.done():
-                    future.set_result(None)
+        self.answer_ticks(numbers)
         self.owned -= numbers
         self.offsets.release(numbers)
 
@@ -421,8 +422,8 @@ class Runtime:
             if given or records or self.offsets.never:  # else no transaction at all
                 producer.begin()
                 producer.send([g.output for g in given], deliveries)
-                committed = self.offsets.to_commit(await self.consumer.positions(self.offsets.committed))
-                group = await self.consumer.call(self.consumer.consumer.consumer_group_metadata)
+                positions, group = await self.consumer.commit_point(self.offsets.committed)
+                committed = self.offsets.to_commit(positions)
                 await asyncio.wait_for(producer.commit(committed, group, deliveries), 2 * TRANSACTION_TIMEOUT_S)
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
@@ -497,7 +498,7 @@ class Runtime:
                     self.producer.close()
                 self.producer = await self.fresh_producer()
                 inputs = [TopicPartition(topic, n) for topic, n in self.offsets.committed]
-                found = await self.consumer.call(self.consumer.consumer.committed, inputs, timeout=STABLE_WAIT_S)
+                found = await self.consumer.call(self._stable_offsets, self.consumer.consumer, inputs)
                 self.offsets.own({(tp.topic, tp.partition): tp.offset for tp in found if tp.offset >= 0}, {})
                 fatal = False
             except TRANSIENT as exc:
